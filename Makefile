@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` installs and runs the built-in benchmark,
+# `make test` installs and runs the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU machines: this torch build installs from local disk / a small CPU wheel. On a GPU machine,
+# pass your own: `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+TORCH ?= torch==2.13.0
+BIN = $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(BIN)/specbench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/specbench
+
+demo: install
+	$(BIN)/specbench run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

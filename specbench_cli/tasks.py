@@ -1,0 +1,157 @@
+"""Question files in Spec-Bench's format → Question records grouped into the six subtasks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SUITE_DIR = Path(__file__).resolve().parents[1] / "tasks"
+
+
+class TaskError(ValueError):
+    """Bad question file or selection; the message is one line for the user."""
+
+
+def specbench_home() -> Path:
+    """Where downloads and the built-in benchmark live: $SPECBENCH_HOME or the user cache dir."""
+    if os.environ.get("SPECBENCH_HOME"):
+        return Path(os.environ["SPECBENCH_HOME"]).expanduser()
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("specbench"))
+
+
+def load_suite(name: str = "spec_bench") -> dict:
+    return yaml.safe_load((SUITE_DIR / f"{name}.yaml").read_text())
+
+
+SUITE = load_suite()
+SUBTASKS: list[str] = list(SUITE["subtasks"])
+CATEGORY_TO_SUBTASK = {cat: sub for sub, cats in SUITE["subtasks"].items() for cat in cats}
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: int
+    category: str
+    turns: tuple[str, ...]
+    reference: tuple[str, ...] | None = None
+
+    @property
+    def subtask(self) -> str:
+        return CATEGORY_TO_SUBTASK[self.category]
+
+
+def parse_question(line: str, where: str) -> Question:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise TaskError(f"{where}: malformed JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise TaskError(f"{where}: expected a JSON object")
+    qid, category, turns = row.get("question_id"), row.get("category"), row.get("turns")
+    if not isinstance(qid, int):
+        raise TaskError(f"{where}: question_id must be an integer")
+    if category not in CATEGORY_TO_SUBTASK:
+        raise TaskError(f"{where}: unknown category {category!r}; known: "
+                        f"{', '.join(CATEGORY_TO_SUBTASK)}")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise TaskError(f"{where}: question {qid} has no turns (need a list of strings)")
+    reference = row.get("reference")
+    return Question(qid, category, tuple(turns), tuple(map(str, reference)) if reference else None)
+
+
+def load_questions(path: Path) -> list[Question]:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"question file {path} does not exist")
+    questions, seen = [], set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            q = parse_question(line, f"{path}:{lineno}")
+            if q.question_id in seen:
+                raise TaskError(f"{path}:{lineno}: duplicate question_id {q.question_id}")
+            seen.add(q.question_id)
+            questions.append(q)
+    if not questions:
+        raise TaskError(f"{path}: no questions")
+    return questions
+
+
+def parse_subtasks(spec: str | None) -> list[str]:
+    """'mt_bench,summarization' → checked list; None or 'all' → all six."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(SUBTASKS)
+    chosen = [s.strip() for s in spec.split(",") if s.strip()]
+    for s in chosen:
+        if s not in SUBTASKS:
+            raise TaskError(f"unknown subtask {s!r}; valid: {', '.join(SUBTASKS)}")
+    return chosen
+
+
+def select(questions: list[Question], subtasks: list[str], limit: int | None) -> list[Question]:
+    """Questions of the chosen subtasks in file order; `limit` keeps the first N of each."""
+    if limit is not None and limit < 1:
+        raise TaskError(f"--limit must be at least 1 (got {limit})")
+    taken: dict[str, int] = {}
+    out = []
+    for q in questions:
+        if q.subtask in subtasks and (limit is None or taken.get(q.subtask, 0) < limit):
+            taken[q.subtask] = taken.get(q.subtask, 0) + 1
+            out.append(q)
+    if not out:
+        raise TaskError(f"no questions of subtasks {', '.join(subtasks)} in this file")
+    return out
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_verified(url: str, dest: Path, sha256: str) -> Path:
+    """Fetch url into dest only if its sha256 matches; a bad download never lands in the cache."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            while block := response.read(1 << 16):
+                out.write(block)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise TaskError(f"download of {url} failed: {err}; pass the file's path to --bench "
+                        "instead") from None
+    got = sha256_of(tmp)
+    if got != sha256:
+        tmp.unlink()
+        raise TaskError(f"checksum mismatch for {url}: sha256 {got}, expected {sha256}")
+    tmp.replace(dest)
+    return dest
+
+
+def official_question_file() -> Path:
+    """The official file from the cache, downloaded and verified when absent."""
+    dest = specbench_home() / "spec_bench" / "question.jsonl"
+    if dest.is_file() and sha256_of(dest) == SUITE["sha256"]:
+        return dest
+    return download_verified(SUITE["url"], dest, SUITE["sha256"])
+
+
+def resolve_bench(bench: str) -> Path:
+    """'spec_bench' → the official file; otherwise a path to a file in its format."""
+    if bench == "spec_bench":
+        return official_question_file()
+    path = Path(bench).expanduser()
+    if not path.is_file():
+        raise TaskError(f"--bench {bench}: no such file (or use 'spec_bench' / 'builtin')")
+    return path

@@ -1,0 +1,83 @@
+"""Every lossless method returns vanilla's greedy tokens; accept lengths add up."""
+
+import pytest
+import torch
+
+from specbench_cli.methods import METHODS, parse_methods
+from specbench_cli.methods.llma import first_occurrences
+from specbench_cli.methods.pld import lookup
+from specbench_cli.prompts import build_prompt_ids
+
+PROMPTS = [
+    "Summarize: the cat sat on the mat. the cat sat on the mat again and again.",
+    "Translate German to English: Guten Morgen, wie geht es dir heute?",
+    "abcabcabcabcabcabc",
+    "x",
+]
+
+
+def hf_greedy(folder, prompt_ids, n):
+    """transformers' own greedy decoding as an independent reference."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False,
+                         eos_token_id=2, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.parametrize("text", PROMPTS)
+def test_lossless_methods_equal_vanilla(tiny_engine, text):
+    engine, tok = tiny_engine
+    ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+    outputs = {}
+    for name, cls in METHODS.items():
+        gen = cls(engine, {2}).generate(ids, 60)
+        assert sum(gen.accept_lengths) == len(gen.tokens)
+        assert all(a >= 1 for a in gen.accept_lengths[:-1])
+        outputs[name] = gen.tokens
+    assert outputs["pld"] == outputs["vanilla"]
+    assert outputs["llma"] == outputs["vanilla"]
+
+
+def test_vanilla_equals_transformers_generate(tiny_engine, tiny_model_dir):
+    engine, tok = tiny_engine
+    ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], [])
+    gen = METHODS["vanilla"](engine, {2}).generate(ids, 40)
+    assert gen.tokens == hf_greedy(tiny_model_dir, ids, 40)[:len(gen.tokens)]
+    assert gen.accept_lengths == [1] * len(gen.tokens)
+
+
+def test_max_new_tokens_and_eos_trim(tiny_engine):
+    engine, tok = tiny_engine
+    ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[2]], [])
+    full = METHODS["vanilla"](engine, set()).generate(ids, 30).tokens
+    assert len(full) == 30
+    for name, cls in METHODS.items():
+        short = cls(engine, set()).generate(ids, 7)
+        assert short.tokens == full[:7] and sum(short.accept_lengths) == 7
+        # Pretend the 5th generated token is EOS: output stops right after it.
+        cut = cls(engine, {full[4]}).generate(ids, 30)
+        assert cut.tokens == full[:full.index(full[4]) + 1]
+
+
+def test_pld_lookup_takes_earliest_longest_match():
+    t = torch.tensor([5, 6, 7, 8, 9, 1, 6, 7, 3, 4, 6, 7])
+    assert lookup(t, 3, 3) == [8, 9, 1]        # suffix (6, 7) first seen at index 1
+    assert lookup(torch.tensor([1, 2, 3]), 3, 10) == []
+    assert lookup(torch.tensor([4, 1, 2, 4]), 3, 2) == [1, 2]
+
+
+def test_llma_index_points_past_first_occurrence():
+    index = first_occurrences([3, 4, 3, 5], 2)
+    assert index[(3,)] == 1 and index[(4,)] == 2 and index[(4, 3)] == 3 and (3, 5) not in index and (5,) not in index
+
+
+def test_parse_methods_always_includes_vanilla_and_names_valid_ones():
+    assert parse_methods("pld,llma") == ["vanilla", "pld", "llma"]
+    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma"):
+        parse_methods("foo")
+
+
+def test_unknown_method_option_is_an_error(tiny_engine):
+    with pytest.raises(ValueError, match="pld: unknown option"):
+        METHODS["pld"](tiny_engine[0], {2}, window=4)
