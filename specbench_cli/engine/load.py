@@ -10,6 +10,7 @@ import torch
 from .llama import Engine, EngineConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class ModelLoadError(ValueError):

@@ -1,0 +1,203 @@
+"""The `specbench` command line: thin wrappers that parse options and call the modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Spec-Bench for speculative decoding: run methods on one engine, report "
+                       "speedups, check exactness against vanilla.")
+# Wide tables stay readable when output goes to a file or CI log (Rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+DEFAULT_METHODS = "vanilla,pld,llma"
+RESULTS = Path("results")
+
+
+@contextmanager
+def user_errors():
+    """Bad input becomes one line on stderr and exit status 2, never a traceback."""
+    from .engine import UnsupportedModel
+    from .engine.load import ModelLoadError
+    from .metrics import MetricsError
+    from .tasks import TaskError
+    try:
+        yield
+    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, ValueError,
+            FileNotFoundError) as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                    transient=False)
+
+
+def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft) -> dict:
+    return {"pld": {"max_ngram": pld_max_ngram, "num_draft": pld_num_draft},
+            "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft}}
+
+
+def find_resumable(config) -> Path | None:
+    """The newest run under results/ whose stored configuration equals this one."""
+    candidates = sorted(RESULTS.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if json.loads(path.read_text()).get("config") == asdict(config):
+            return path.parent
+    return None
+
+
+def check_resume(out: Path, config) -> None:
+    stored = json.loads((out / "run.json").read_text()).get("config", {})
+    diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"--resume: {out} was run with other options ({', '.join(diff)} differ)")
+
+
+@app.command()
+def run(
+    model: Optional[str] = typer.Option(None, help="Hugging Face model folder or hub id "
+                                        "(Llama, Vicuna, Mistral, Qwen2)."),
+    bench: str = typer.Option("spec_bench", help="'spec_bench' (official file, downloaded "
+                              "and checksum-verified) or a path to a question file in its format."),
+    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated methods; vanilla is "
+                                "always included (speedups divide by it)."),
+    tasks: str = typer.Option("all", help="Comma-separated subtasks (see `specbench list`)."),
+    limit: Optional[int] = typer.Option(None, help="First N questions of each subtask."),
+    template: str = typer.Option("vicuna_v1.1", help="Prompt template: vicuna_v1.1 or chat "
+                                 "(the tokenizer's chat template)."),
+    max_new_tokens: int = typer.Option(1024, help="Generation limit per turn."),
+    repeats: int = typer.Option(1, help="Times every question is timed (speedups averaged)."),
+    warmup: int = typer.Option(3, help="Unrecorded generations of the first question per method."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, "
+                                        "fp32 on CPU)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if "
+                                         "available)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
+                                "repeating or losing answers."),
+    pld_max_ngram: int = typer.Option(3, help="PLD: longest n-gram looked up (tries n..1)."),
+    pld_num_draft: int = typer.Option(10, help="PLD: tokens drafted per lookup."),
+    llma_ngram: int = typer.Option(1, help="LLMA: longest output n-gram used as trigger."),
+    llma_num_draft: int = typer.Option(19, help="LLMA: tokens copied from the reference."),
+):
+    """Run methods over questions on one model and device; write answers and print the report."""
+    from .engine.load import DTYPE_NAMES, load_engine, resolve_device, resolve_dtype
+    from .methods import parse_methods
+    from .report import report
+    from .runner import Runner, RunConfig, write_run_json
+    from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
+    with user_errors():
+        if model is None:
+            raise ValueError("--model is required (a Hugging Face folder or hub id)")
+        names = parse_methods(methods)
+        subtasks = parse_subtasks(tasks)
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (got {limit})")
+        for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
+            if value < 1:
+                raise ValueError(f"{opt} must be at least 1 (got {value})")
+        if warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more (got {warmup})")
+        from .prompts import TEMPLATES
+        if template not in TEMPLATES:
+            raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
+        bench_file = resolve_bench(bench)
+        questions = select(load_questions(bench_file), subtasks, limit)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft)
+        config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
+                           subtasks=subtasks, limit=limit, methods=names,
+                           method_options={n: opts[n] for n in names if n in opts},
+                           template=template, max_new_tokens=max_new_tokens, repeats=repeats,
+                           warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev))
+        out = resolve_out(out, resume, config, model)
+        console.print(f"loading {model} ({config.dtype} on {config.device}) …")
+        engine, tokenizer, _ = load_engine(model, dtype=config.dtype, device=config.device)
+        runner = Runner(config, engine, tokenizer, questions, out, Path(model).name)
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            write_run_json(out, config, engine, runner, {})
+        console.print(f"{len(questions)} questions × {len(names)} methods × {repeats} repeats "
+                      f"→ {out}")
+        started = time.perf_counter()
+        try:
+            with progress_bar() as progress:
+                runner.run(progress)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted; answers so far are kept. Continue with the same "
+                              f"command and --resume (run directory {out}).")
+            raise typer.Exit(130)
+        console.print(f"done in {time.perf_counter() - started:.1f} s")
+        report(out, console)
+
+
+def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> Path:
+    if resume:
+        found = out if out is not None else find_resumable(config)
+        if found is None or not (found / "run.json").exists():
+            raise ValueError("--resume: no earlier run with these options under results/ "
+                             "(pass its directory with --out)")
+        check_resume(found, config)
+        return found
+    if out is None:
+        out = RESULTS / f"{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "run.json").exists():
+        raise ValueError(f"{out} holds a run already; use --resume to continue it or another --out")
+    return out
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (results/<run>).")):
+    """Print a run's table (speedup per subtask, MAT, tokens/s, overhead, equality) and write
+    summary.json beside its answers."""
+    from .report import report
+    with user_errors():
+        report(run_dir, console)
+
+
+@app.command("list")
+def list_cmd():
+    """List the methods (with option defaults), subtasks, prompt templates and benches."""
+    from .methods import METHODS
+    from .prompts import TEMPLATES
+    from .tasks import SUITE
+    table = Table(title="methods")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("options (defaults)")
+    for name, cls in METHODS.items():
+        table.add_row(name, cls.description, ", ".join(f"{k}={v}" for k, v in cls.defaults.items()))
+    console.print(table)
+    table = Table(title="subtasks (Spec-Bench)")
+    table.add_column("subtask")
+    table.add_column("categories in question files")
+    for sub, cats in SUITE["subtasks"].items():
+        table.add_row(sub, ", ".join(cats))
+    console.print(table)
+    console.print(f"templates: {', '.join(TEMPLATES)}")
+    console.print("benches: spec_bench (the official 480 questions, downloaded and verified), "
+                  "or a path to a question file in Spec-Bench's format")
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

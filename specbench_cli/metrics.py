@@ -1,0 +1,120 @@
+"""Numbers from answer files, by Spec-Bench's definitions (METHODS.md §1).
+
+- throughput of a question: sum(new_tokens) / sum(wall_time) over its turns (tokens/s);
+- speedup of a subset: mean over its questions of the method's throughput divided by the mean of
+  vanilla's throughput over the same questions and repeat; with repeats, the mean over repeats;
+- mean accepted tokens: all accept lengths of the subset pooled (step-weighted), bonus included;
+- CTAR(w): share of steps whose accept length exceeds w;
+- equal to vanilla: share of answers whose token ids equal vanilla's (same question and repeat).
+New tokens are counted from ids for every method alike, through EOS when one was generated.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .tasks import SUBTASKS
+
+DEFINITIONS = [
+    "speedup: mean over questions of the method's tokens/s divided by vanilla's mean over the "
+    "same questions (Spec-Bench); mean over repeats. tokens/s of a question = its new tokens / "
+    "its wall time (prefill included, device synchronized)",
+    "MAT: mean accepted tokens per target forward, pooled over all steps (step-weighted, bonus "
+    "token included; vanilla = 1.00)",
+    "tok/s: mean over questions of per-question throughput",
+    "equal: share of answers whose token ids equal vanilla's; the first differing question named",
+    "new tokens are counted from ids, through EOS, for every method alike",
+]
+
+
+class MetricsError(ValueError):
+    pass
+
+
+def load_answers(path: Path) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise MetricsError(f"{path}:{lineno}: malformed answer line ({err.msg})") from None
+    return rows
+
+
+def throughput(row: dict) -> float:
+    choice = row["choices"][0]
+    return sum(choice["new_tokens"]) / max(sum(choice["wall_time"]), 1e-12)
+
+
+def mean_accepted(rows: list[dict]) -> float:
+    lengths = [a for r in rows for a in r["choices"][0]["accept_lengths"]]
+    return sum(lengths) / len(lengths) if lengths else float("nan")
+
+
+def ctar(rows: list[dict], w: int) -> float:
+    lengths = [a for r in rows for a in r["choices"][0]["accept_lengths"]]
+    return sum(a > w for a in lengths) / len(lengths) if lengths else float("nan")
+
+
+def speedup(method_rows: list[dict], vanilla_rows: list[dict]) -> float | None:
+    """Spec-Bench speedup over the questions both have, per repeat, averaged over repeats."""
+    by_key = {(r["question_id"], r.get("repeat", 0)): r for r in vanilla_rows}
+    per_repeat: dict[int, tuple[list, list]] = {}
+    for row in method_rows:
+        key = (row["question_id"], row.get("repeat", 0))
+        if key in by_key:
+            mine, base = per_repeat.setdefault(key[1], ([], []))
+            mine.append(throughput(row))
+            base.append(throughput(by_key[key]))
+    ratios = [statistics.mean(m) / statistics.mean(b) for m, b in per_repeat.values()]
+    return statistics.mean(ratios) if ratios else None
+
+
+def equality(method_rows: list[dict], vanilla_rows: list[dict]) -> dict:
+    by_key = {(r["question_id"], r.get("repeat", 0)): r for r in vanilla_rows}
+    compared, equal, first_diff = 0, 0, None
+    for row in sorted(method_rows, key=lambda r: (r.get("repeat", 0), r["question_id"])):
+        base = by_key.get((row["question_id"], row.get("repeat", 0)))
+        if base is None or "token_ids" not in row or "token_ids" not in base:
+            continue
+        compared += 1
+        if row["token_ids"] == base["token_ids"]:
+            equal += 1
+        elif first_diff is None:
+            first_diff = row["question_id"]
+    return {"share": equal / compared if compared else None, "compared": compared,
+            "first_diff": first_diff}
+
+
+def subtask_of(row: dict) -> str:
+    from .tasks import CATEGORY_TO_SUBTASK
+    return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
+
+
+def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict:
+    """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality."""
+    if baseline not in answers:
+        raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
+    base = answers[baseline]
+    present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in base)]
+    out = {}
+    for name, rows in answers.items():
+        by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
+        base_sub = {s: [r for r in base if subtask_of(r) == s] for s in present}
+        out[name] = {
+            "questions": len({r["question_id"] for r in rows}),
+            "repeats": len({r.get("repeat", 0) for r in rows}),
+            "speedup": {s: speedup(by_sub[s], base_sub[s]) for s in present},
+            "speedup_overall": speedup(rows, base),
+            "mean_accepted": {s: mean_accepted(by_sub[s]) for s in present},
+            "mean_accepted_overall": mean_accepted(rows),
+            "tokens_per_s": statistics.mean(map(throughput, rows)) if rows else None,
+            "ctar": {str(w): ctar(rows, w) for w in range(1, 5)},
+            "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
+            "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
+            "equal_to_vanilla": equality(rows, base),
+        }
+    return {"subtasks": present, "methods": out, "definitions": DEFINITIONS}

@@ -1,0 +1,235 @@
+"""Runs methods over questions on one loaded model: warm-up, timing, answer files, resume.
+
+Questions are interleaved (for each question, every method in turn) so that drift in machine
+speed hits all methods alike. Every finished question is appended to its method's answer file
+and flushed to disk at once; `--resume` reads those files back and skips what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .engine import Engine
+from .methods import METHODS, Generation, Method
+from .prompts import build_prompt_ids
+from .tasks import Question
+
+ANSWERS_DIR = "answers"
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's numbers; stored in run.json and checked on --resume."""
+    model: str
+    bench: str
+    bench_sha256: str
+    subtasks: list[str]
+    limit: int | None
+    methods: list[str]
+    method_options: dict[str, dict] = field(default_factory=dict)
+    template: str = "vicuna_v1.1"
+    max_new_tokens: int = 1024
+    repeats: int = 1
+    warmup: int = 3
+    dtype: str = "fp32"
+    device: str = "cpu"
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+    }
+
+
+def answer_text(tokenizer, tokens: list[int], eos_ids: set[int]) -> str:
+    if tokens and tokens[-1] in eos_ids:
+        tokens = tokens[:-1]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def read_done(path: Path) -> set[tuple[int, int]]:
+    """(question_id, repeat) pairs already answered. A line cut short by a kill is removed."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    done = set()
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            done.add((row["question_id"], row.get("repeat", 0)))
+    return done
+
+
+class Runner:
+    def __init__(self, config: RunConfig, engine: Engine, tokenizer, questions: list[Question],
+                 out_dir: Path, model_id: str):
+        self.config = config
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.questions = questions
+        self.out_dir = out_dir
+        self.model_id = model_id
+        self.eos_ids = eos_token_ids(engine, tokenizer)
+        self.methods: dict[str, Method] = {
+            name: METHODS[name](engine, self.eos_ids, **config.method_options.get(name, {}))
+            for name in config.methods}
+
+    # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
+    def answer(self, method: Method, question: Question) -> tuple[list[str], list[Generation], list[float]]:
+        texts, gens, times = [], [], []
+        device = self.engine.device
+        for i in range(len(question.turns)):
+            ids = build_prompt_ids(self.tokenizer, self.config.template,
+                                   list(question.turns[:i + 1]), texts)
+            sync(device)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                gen = method.generate(ids, self.config.max_new_tokens)
+            sync(device)
+            times.append(time.perf_counter() - start)
+            gens.append(gen)
+            texts.append(answer_text(self.tokenizer, gen.tokens, self.eos_ids))
+        return texts, gens, times
+
+    def answer_line(self, name: str, question: Question, repeat: int, texts, gens, times) -> dict:
+        """Spec-Bench's answer-line format, plus our fields (token ids, repeat, method stats)."""
+        return {
+            "question_id": question.question_id,
+            "category": question.category,
+            "answer_id": f"{name}-{question.question_id}-{repeat}",
+            "model_id": f"{self.model_id}-{name}",
+            "tstamp": time.time(),
+            "choices": [{
+                "index": 0,
+                "turns": texts,
+                "decoding_steps": [g.steps for g in gens],
+                "new_tokens": [len(g.tokens) for g in gens],
+                "wall_time": times,
+                "accept_lengths": [a for g in gens for a in g.accept_lengths],
+            }],
+            "method": name,
+            "subtask": question.subtask,
+            "repeat": repeat,
+            "token_ids": [g.tokens for g in gens],
+            "turn_accept_lengths": [g.accept_lengths for g in gens],
+            "stats": [g.stats for g in gens],
+        }
+
+    def warm_up(self, progress=None):
+        """The first question, `warmup` times per method, unrecorded (kernels, caches, allocator)."""
+        if not self.config.warmup:
+            return
+        task = progress.add_task("warm-up", total=self.config.warmup * len(self.methods),
+                                 info="") if progress else None
+        for _ in range(self.config.warmup):
+            for name, method in self.methods.items():
+                self.answer(method, self.questions[0])
+                if progress:
+                    progress.update(task, advance=1, info=name)
+        if progress:
+            progress.remove_task(task)
+
+    def run(self, progress=None):
+        answers = self.out_dir / ANSWERS_DIR
+        answers.mkdir(parents=True, exist_ok=True)
+        files = {name: answers / f"{name}.jsonl" for name in self.methods}
+        done = {name: read_done(path) for name, path in files.items()}
+        todo = [(r, q) for r in range(self.config.repeats) for q in self.questions
+                if any((q.question_id, r) not in done[name] for name in self.methods)]
+        if not todo:
+            return
+        self.warm_up(progress)
+        task = progress.add_task("questions", total=len(todo), info="") if progress else None
+        for repeat, question in todo:
+            for name, method in self.methods.items():
+                if (question.question_id, repeat) in done[name]:
+                    continue
+                if progress:
+                    progress.update(task, info=f"q{question.question_id} {question.subtask} "
+                                               f"r{repeat + 1} {name}")
+                texts, gens, times = self.answer(method, question)
+                line = self.answer_line(name, question, repeat, texts, gens, times)
+                append_line(files[name], line)
+                if progress:
+                    rate = sum(len(g.tokens) for g in gens) / max(sum(times), 1e-9)
+                    progress.update(task, info=f"q{question.question_id} {question.subtask} "
+                                               f"r{repeat + 1} {name} {rate:.0f} tok/s")
+            if progress:
+                progress.update(task, advance=1)
+
+
+def append_line(path: Path, row: dict):
+    """One whole line per write, flushed and synced: a kill loses at most the line in flight."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
+    ids = set()
+    eos = engine.config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Runner, extra: dict):
+    meta = {
+        "config": asdict(config),
+        "environment": environment(engine.device),
+        "model_parameters": engine.num_parameters(),
+        "methods": {name: {"options": m.options, "overhead": m.parameter_overhead(),
+                           "lossless": m.lossless}
+                    for name, m in runner.methods.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    (out_dir / "run.json").write_text(json.dumps(meta, indent=2))
+    return meta
