@@ -71,8 +71,9 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None):
-    """Return (engine, tokenizer, folder)."""
+def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None,
+                with_tokenizer: bool = True):
+    """Return (engine, tokenizer or None, folder)."""
     folder = model_folder(name_or_path)
     cfg = EngineConfig.from_hf(json.loads((folder / "config.json").read_text()))
     dev = resolve_device(device)
@@ -88,7 +89,7 @@ def load_engine(name_or_path: str, dtype: str | None = None, device: str | None 
                              f"unexpected {unexpected[:5]}")
     engine = engine.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
     engine.requires_grad_(False)
-    return engine, load_tokenizer(folder), folder
+    return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 
 
 def load_tokenizer(folder: Path):

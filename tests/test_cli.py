@@ -1,0 +1,169 @@
+"""End to end through the command line: a run, its files, bad input, interrupt and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specbench_cli.cli import app
+
+from conftest import OFFICIAL_QUESTIONS, write_questions
+
+QUESTIONS = [
+    {"question_id": 1, "category": "writing", "turns": ["Write a poem about the sea.",
+                                                        "Now make it shorter."]},
+    {"question_id": 2, "category": "translation", "turns": ["Translate German to English: Guten Tag"]},
+    {"question_id": 3, "category": "summarization",
+     "turns": ["Summarize: The cat sat on the mat. The dog sat on the log. The cat was happy."]},
+    {"question_id": 4, "category": "qa", "turns": ["Who wrote Hamlet?"]},
+    {"question_id": 5, "category": "math_reasoning", "turns": ["Tom has 3 apples and eats 1."]},
+    {"question_id": 6, "category": "rag", "turns": ["Passage: Paris is in France. Q: Where is Paris?"]},
+]
+
+
+@pytest.fixture()
+def qfile(tmp_path):
+    return write_questions(tmp_path / "q.jsonl", QUESTIONS)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_run_writes_answers_and_summary_and_methods_equal_vanilla(tiny_model_dir, qfile, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens", 40,
+                    "--warmup", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["template"] == "vicuna_v1.1"
+    assert meta["config"]["methods"] == ["vanilla", "pld", "llma"]
+    for key in ("python", "torch", "transformers", "cpu", "torch_threads", "git_commit"):
+        assert key in meta["environment"]
+    lines = [json.loads(l) for l in (out / "answers/pld.jsonl").read_text().splitlines()]
+    assert [l["question_id"] for l in lines] == [1, 2, 3, 4, 5, 6]
+    first = lines[0]["choices"][0]
+    assert len(first["turns"]) == 2 and len(first["new_tokens"]) == 2
+    assert sum(first["accept_lengths"]) == sum(first["new_tokens"])
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("pld", "llma"):
+        assert summary["methods"][name]["equal_to_vanilla"]["share"] == 1.0
+    assert summary["methods"]["vanilla"]["speedup_overall"] == 1.0
+    assert "speedup: mean over questions" in result.output
+
+
+def test_official_questions_pld_and_llma_equal_vanilla(tiny_model_dir, tmp_path):
+    if not OFFICIAL_QUESTIONS.exists():
+        pytest.skip("official question file not present")
+    out = tmp_path / "official"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", OFFICIAL_QUESTIONS, "--limit", 3,
+                    "--max-new-tokens", 32, "--warmup", 0, "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["vanilla"]["questions"] == 18
+    for name in ("pld", "llma"):
+        assert summary["methods"][name]["equal_to_vanilla"] == {
+            "share": 1.0, "compared": 18, "first_diff": None}
+
+
+def one_line_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    text = result.stderr
+    assert "Traceback" not in text and "error:" in text
+    assert pattern in " ".join(text.split()), text
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--methods", "vanilla,turbo"], "unknown method 'turbo'; valid: vanilla, pld, llma"),
+    (["--tasks", "poems"], "unknown subtask 'poems'"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--template", "alpaca"], "--template 'alpaca'"),
+    (["--dtype", "fp8"], "--dtype 'fp8'"),
+])
+def test_bad_options_are_one_line_errors(tiny_model_dir, qfile, args, pattern):
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, *args), pattern)
+
+
+def test_bad_files_are_one_line_errors(tiny_model_dir, qfile, tmp_path):
+    one_line_error(invoke("run", "--model", tmp_path / "missing", "--bench", qfile),
+                   "does not exist")
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    one_line_error(invoke("run", "--model", gpt2, "--bench", qfile),
+                   "model_type 'gpt2' is not supported")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 1, "category": "qa", "turns": ["x"]}\n{oops\n')
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", bad),
+                   f"{bad}:2: malformed JSON")
+    one_line_error(invoke("report", tmp_path / "nothing"), "does not exist")
+    empty = tmp_path / "empty"
+    (empty / "answers").mkdir(parents=True)
+    one_line_error(invoke("report", empty), "no answers yet (empty run)")
+
+
+def answers_of(run_dir: Path) -> dict:
+    out = {}
+    for f in sorted((run_dir / "answers").glob("*.jsonl")):
+        rows = [json.loads(l) for l in f.read_text().splitlines()]
+        keys = [(r["question_id"], r["repeat"]) for r in rows]
+        assert len(keys) == len(set(keys)), f"{f.name}: an answer was written twice"
+        out[f.stem] = {k: r["token_ids"] for k, r in zip(keys, rows)}
+    return out
+
+
+def cli_command(model, qfile, out, *extra):
+    return [sys.executable, "-m", "specbench_cli.cli", "run", "--model", str(model), "--bench",
+            str(qfile), "--max-new-tokens", "48", "--repeats", "2", "--warmup", "0",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    """The reference: the same run, never interrupted."""
+    folder = tmp_path_factory.mktemp("resume")
+    qfile = write_questions(folder / "q.jsonl", QUESTIONS)
+    subprocess.run(cli_command(tiny_model_dir, qfile, folder / "full"), check=True,
+                   capture_output=True)
+    return qfile, answers_of(folder / "full")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_without_loss_or_repeats(tiny_model_dir, uninterrupted, tmp_path,
+                                                         sig):
+    qfile, want = uninterrupted
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cli_command(tiny_model_dir, qfile, cut), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    vanilla = cut / "answers" / "vanilla.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if vanilla.exists() and vanilla.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    partial = answers_of(cut)
+    assert sum(map(len, partial.values())) < sum(map(len, want.values())), "run ended too soon"
+    subprocess.run(cli_command(tiny_model_dir, qfile, cut, "--resume"), check=True,
+                   capture_output=True)
+    got = answers_of(cut)
+    assert {m: set(a) for m, a in got.items()} == {m: set(a) for m, a in want.items()}
+    assert got == want   # greedy fp32 tokens are deterministic
+
+
+def test_resume_refuses_other_options(tiny_model_dir, qfile, tmp_path):
+    out = tmp_path / "r"
+    assert invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens", 8,
+                  "--warmup", 0, "--out", out).exit_code == 0
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens",
+                          9, "--warmup", 0, "--out", out, "--resume"), "max_new_tokens differ")
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens",
+                          8, "--warmup", 0, "--out", out), "holds a run already")

@@ -1,0 +1,45 @@
+"""Spec-Bench's definitions on hand-made answer lines, checked to the exact number."""
+
+import pytest
+
+from specbench_cli.metrics import MetricsError, summarize
+
+
+def line(qid, category, new_tokens, wall_time, accept, tokens, repeat=0):
+    return {"question_id": qid, "category": category, "repeat": repeat, "token_ids": tokens,
+            "choices": [{"new_tokens": new_tokens, "wall_time": wall_time,
+                         "accept_lengths": accept}]}
+
+
+def test_speedup_mat_ctar_and_equality_exact():
+    vanilla = [line(1, "qa", [10], [1.0], [1] * 10, [[1]]),
+               line(2, "qa", [20], [4.0], [1] * 20, [[2]]),
+               line(3, "rag", [10], [2.0], [1] * 10, [[3]])]
+    fast = [line(1, "qa", [10], [0.5], [3, 3, 4], [[1]]),
+            line(2, "qa", [20], [2.0], [1, 2, 5, 2, 5, 5], [[9]]),
+            line(3, "rag", [10], [1.0], [5, 5], [[3]])]
+    s = summarize({"vanilla": vanilla, "pld": fast})
+    pld = s["methods"]["pld"]
+    # qa: vanilla throughputs 10 and 5 (mean 7.5); pld 20 and 10 (mean 15) -> 2.0
+    assert pld["speedup"]["qa"] == pytest.approx(2.0)
+    # overall: vanilla mean(10, 5, 5) = 20/3; pld mean(20, 10, 10) = 40/3 -> 2.0
+    assert pld["speedup_overall"] == pytest.approx(2.0)
+    # step-weighted: 40 tokens over 11 steps, not the mean of per-question means
+    assert pld["mean_accepted_overall"] == pytest.approx(40 / 11)
+    assert pld["mean_accepted"]["qa"] == pytest.approx(30 / 9)
+    assert pld["ctar"]["1"] == pytest.approx(10 / 11) and pld["ctar"]["4"] == pytest.approx(5 / 11)
+    assert pld["equal_to_vanilla"] == {"share": pytest.approx(2 / 3), "compared": 3,
+                                       "first_diff": 2}
+    assert s["methods"]["vanilla"]["mean_accepted_overall"] == 1.0
+    assert s["subtasks"] == ["qa", "rag"]
+
+
+def test_repeats_average_per_repeat_speedups():
+    vanilla = [line(1, "qa", [10], [1.0], [1] * 10, [[1]], r) for r in (0, 1)]
+    fast = [line(1, "qa", [10], [0.5], [10], [[1]], 0), line(1, "qa", [10], [0.25], [10], [[1]], 1)]
+    assert summarize({"vanilla": vanilla, "x": fast})["methods"]["x"]["speedup_overall"] == 3.0
+
+
+def test_no_vanilla_is_an_error():
+    with pytest.raises(MetricsError, match="no vanilla answers"):
+        summarize({"pld": [line(1, "qa", [1], [1.0], [1], [[1]])]})
