@@ -16,6 +16,12 @@ PROMPTS = [
 ]
 
 
+def make(name, engine, eos_ids):
+    """A method with test options: Kangaroo gets a random adapter."""
+    options = {"adapter": random_adapter(engine), "threshold": 0.0} if name == "kangaroo" else {}
+    return METHODS[name](engine, eos_ids, **options)
+
+
 def hf_greedy(folder, prompt_ids, n):
     """transformers' own greedy decoding as an independent reference."""
     from transformers import AutoModelForCausalLM
@@ -30,13 +36,13 @@ def test_lossless_methods_equal_vanilla(tiny_engine, text):
     engine, tok = tiny_engine
     ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
     outputs = {}
-    for name, cls in METHODS.items():
-        gen = cls(engine, {2}).generate(ids, 60)
+    for name in METHODS:
+        gen = make(name, engine, {2}).generate(ids, 60)
         assert sum(gen.accept_lengths) == len(gen.tokens)
         assert all(a >= 1 for a in gen.accept_lengths[:-1])
         outputs[name] = gen.tokens
-    assert outputs["pld"] == outputs["vanilla"]
-    assert outputs["llma"] == outputs["vanilla"]
+    for name in METHODS:
+        assert outputs[name] == outputs["vanilla"], name
 
 
 def test_vanilla_equals_transformers_generate(tiny_engine, tiny_model_dir):
@@ -52,11 +58,11 @@ def test_max_new_tokens_and_eos_trim(tiny_engine):
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[2]], [])
     full = METHODS["vanilla"](engine, set()).generate(ids, 30).tokens
     assert len(full) == 30
-    for name, cls in METHODS.items():
-        short = cls(engine, set()).generate(ids, 7)
+    for name in METHODS:
+        short = make(name, engine, set()).generate(ids, 7)
         assert short.tokens == full[:7] and sum(short.accept_lengths) == 7
         # Pretend the 5th generated token is EOS: output stops right after it.
-        cut = cls(engine, {full[4]}).generate(ids, 30)
+        cut = make(name, engine, {full[4]}).generate(ids, 30)
         assert cut.tokens == full[:full.index(full[4]) + 1]
 
 
@@ -74,10 +80,50 @@ def test_llma_index_points_past_first_occurrence():
 
 def test_parse_methods_always_includes_vanilla_and_names_valid_ones():
     assert parse_methods("pld,llma") == ["vanilla", "pld", "llma"]
-    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma"):
+    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma, kangaroo"):
         parse_methods("foo")
 
 
 def test_unknown_method_option_is_an_error(tiny_engine):
     with pytest.raises(ValueError, match="pld: unknown option"):
         METHODS["pld"](tiny_engine[0], {2}, window=4)
+
+
+def random_adapter(engine, seed=0, scale=1.0):
+    from specbench_cli.methods.kangaroo import Adapter
+    torch.manual_seed(seed)
+    adapter = Adapter(engine.config)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if p.dim() == 2:
+                p.normal_(0, scale / p.shape[1] ** 0.5)
+    return adapter
+
+
+@pytest.mark.parametrize("exit_layer, threshold, max_draft", [
+    (1, 0.6, 6), (2, 0.0, 4), (3, 0.9, 6), (1, 0.0, 1), (2, 1.0, 6)])
+def test_kangaroo_equals_vanilla(tiny_engine, exit_layer, threshold, max_draft):
+    engine, tok = tiny_engine
+    for text in PROMPTS[:3]:
+        ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+        want = METHODS["vanilla"](engine, {2}).generate(ids, 50).tokens
+        k = METHODS["kangaroo"](engine, {2}, adapter=random_adapter(engine), exit_layer=exit_layer,
+                                threshold=threshold, max_draft=max_draft)
+        gen = k.generate(ids, 50)
+        assert gen.tokens == want
+        assert sum(gen.accept_lengths) == len(gen.tokens)
+        assert max(gen.accept_lengths) <= max_draft + 1
+        if threshold == 0.0:        # never stops early: every round drafts up to the limit
+            assert gen.stats["stopped_by_threshold"] == 0
+
+
+def test_kangaroo_with_adapter_copied_from_target_accepts_drafts(tiny_engine):
+    """An 'adapter' that is the target's own next layer's attention drafts well on a repetitive
+    prompt; at least the machinery must accept multi-token rounds when drafts are right."""
+    engine, tok = tiny_engine
+    ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[2]], [])
+    k = METHODS["kangaroo"](engine, {2}, adapter=random_adapter(engine, scale=0.0), exit_layer=3,
+                            threshold=0.0, max_draft=4)
+    gen = k.generate(ids, 60)
+    assert gen.tokens == METHODS["vanilla"](engine, {2}).generate(ids, 60).tokens
+    assert gen.stats["drafted"] >= gen.stats["rounds"]

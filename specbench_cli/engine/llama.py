@@ -133,17 +133,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, h, bias=cfg.o_bias)
 
-    def forward(self, x, cos, sin, cache: KVCache, layer: int, offset: int, mask):
-        n = x.shape[1]
-        q = self.q_proj(x).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+    def forward(self, x, cos, sin, cache: KVCache | None, layer: int, offset: int, mask):
+        """x (b, n, H). With a cache (decoding, b = 1) keys/values are stored at rows
+        [offset, offset + n) and attention sees all rows so far; without one (training on whole
+        sequences) attention is causal within the block."""
+        b, n = x.shape[:2]
+        q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        keys, values = cache.write(layer, offset, k, v)
+        if cache is not None:
+            k, v = cache.write(layer, offset, k, v)
         out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=mask is None and offset == 0 and n > 1,
+            q, k, v, attn_mask=mask, is_causal=mask is None and offset == 0 and n > 1,
             enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(1, n, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
@@ -248,7 +252,7 @@ class Engine(nn.Module):
         prefix = torch.ones(n, offset, dtype=torch.bool, device=self.device)
         return torch.cat((prefix, block_mask.to(self.device, torch.bool)), dim=1)
 
-    def layers(self, h: torch.Tensor, start: int, end: int, cache: KVCache, offset: int,
+    def layers(self, h: torch.Tensor, start: int, end: int, cache: KVCache | None, offset: int,
                positions: torch.Tensor | None = None, block_mask: torch.Tensor | None = None,
                rope=None, mask=None):
         """Run decoder layers [start, end) on hidden states h (1, n, H) written at cache rows

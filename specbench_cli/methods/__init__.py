@@ -1,11 +1,12 @@
 """Decoding methods, one file each, behind the `Method` protocol."""
 
 from .base import Generation, Method
+from .kangaroo import Kangaroo
 from .llma import LLMA
 from .pld import PromptLookup
 from .vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo)}
 
 
 def parse_methods(spec: str) -> list[str]:

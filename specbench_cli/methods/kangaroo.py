@@ -1,0 +1,214 @@
+"""Kangaroo: self-speculative decoding with a double early exit.
+
+Drafts come from the target's own first `exit_layer` layers plus a one-layer adapter (attention
+only) that feeds the target's LM head. Drafting stops after `max_draft` tokens or as soon as a
+draft's top-1 probability falls below `threshold` (the second exit). Verification runs only the
+deep layers [exit_layer, N) on the layer-l states buffered while drafting, so the shallow layers
+are never computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine import Engine, EngineConfig
+from ..engine.llama import Attention, RMSNorm
+from .base import Generation, Method
+from .verify import DecodeState, verify_chain
+
+ADAPTER_KEYS = ("layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
+                "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",
+                "layers.0.input_layernorm.weight", "norm.weight")
+
+
+class AdapterError(ValueError):
+    pass
+
+
+def default_exit_layer(num_layers: int) -> int:
+    """About 1/16 of the layers, at least one: 2 for 32 layers (7B), 3 for 40 (13B)."""
+    return max(1, int(num_layers / 16 + 0.5))
+
+
+class AdapterLayer(nn.Module):
+    def __init__(self, cfg: EngineConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+
+
+class Adapter(nn.Module):
+    """Input RMSNorm → self-attention (the target's RoPE and KV heads) → residual → RMSNorm.
+    Parameter names follow the official checkpoint (`layers.0.…`, `norm.weight`)."""
+
+    def __init__(self, target: EngineConfig):
+        super().__init__()
+        # The attention has no biases, whatever the target's attention has.
+        cfg = EngineConfig(**{**target.__dict__, "qkv_bias": False, "o_bias": False})
+        self.config = cfg
+        self.layers = nn.ModuleList([AdapterLayer(cfg)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h, rope, cache, offset, mask=None):
+        layer = self.layers[0]
+        cos, sin = rope
+        h = h + layer.self_attn(layer.input_layernorm(h), cos, sin, cache, 0, offset, mask)
+        return self.norm(h)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def adapter_config(target: EngineConfig, exit_layer: int, extra: dict | None = None) -> dict:
+    """A LlamaConfig-shaped config.json with one layer, as the official checkpoints have."""
+    return {"model_type": "llama", "architectures": ["KangarooAdapter"],
+            "hidden_size": target.hidden_size, "num_hidden_layers": 1,
+            "num_attention_heads": target.num_heads, "num_key_value_heads": target.num_kv_heads,
+            "head_dim": target.head_dim, "vocab_size": target.vocab_size,
+            "intermediate_size": target.intermediate_size, "rms_norm_eps": target.rms_norm_eps,
+            "rope_theta": target.rope_theta, "rope_scaling": target.rope_scaling,
+            "specbench": {"exit_layer": exit_layer, "target_num_layers": target.num_layers,
+                          **(extra or {})}}
+
+
+def load_adapter(path: Path, target: EngineConfig) -> tuple[Adapter, dict]:
+    """Load an adapter folder (ours: model.safetensors; official: pytorch_model.bin) with strict
+    key, shape and model checks. Returns the adapter (fp32, CPU) and its config."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise AdapterError(f"Kangaroo adapter {path}: no config.json")
+    cfg = json.loads(cfg_file.read_text())
+    for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
+        if cfg.get(key) not in (None, want):
+            raise AdapterError(f"Kangaroo adapter {path} was made for another model: {key} "
+                               f"{cfg[key]}, the target has {want}")
+    trained_layers = cfg.get("specbench", {}).get("target_num_layers")
+    if trained_layers not in (None, target.num_layers):
+        raise AdapterError(f"Kangaroo adapter {path} was trained on a {trained_layers}-layer "
+                           f"model; the target has {target.num_layers} layers")
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        state = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise AdapterError(f"Kangaroo adapter {path}: no model.safetensors or pytorch_model.bin")
+    adapter = Adapter(target)
+    expected = adapter.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(f"Kangaroo adapter {path}: missing keys {missing or 'none'}, "
+                           f"unexpected keys {unexpected or 'none'}")
+    wrong = [f"{k} {tuple(state[k].shape)} (want {tuple(v.shape)})"
+             for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise AdapterError(f"Kangaroo adapter {path}: wrong shapes: {', '.join(wrong)}")
+    adapter.load_state_dict({k: v.float() for k, v in state.items()})
+    return adapter, cfg
+
+
+class Kangaroo(Method):
+    name = "kangaroo"
+    description = "Kangaroo: shallow layers + adapter draft, early stop on low confidence (chain)"
+    defaults = {"exit_layer": None, "threshold": 0.6, "max_draft": 6, "adapter": None}
+
+    def __init__(self, engine: Engine, eos_ids: set[int], **options):
+        super().__init__(engine, eos_ids, **options)
+        o = self.options
+        n = engine.num_layers
+        if o["exit_layer"] is None:
+            o["exit_layer"] = default_exit_layer(n)
+        if not 1 <= o["exit_layer"] < n:
+            raise ValueError(f"kangaroo: exit layer must be in [1, {n - 1}] for this {n}-layer "
+                             f"model (got {o['exit_layer']})")
+        if not 0.0 <= o["threshold"] <= 1.0:
+            raise ValueError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
+        if o["max_draft"] < 1:
+            raise ValueError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
+        adapter = o["adapter"]
+        if adapter is None:
+            raise ValueError("kangaroo needs an adapter: --kangaroo-adapter PATH "
+                             "(train one with `specbench train kangaroo`)")
+        if isinstance(adapter, (str, Path)):
+            adapter, _ = load_adapter(Path(adapter), engine.config)
+            o["adapter"] = str(o["adapter"])
+        self.adapter = adapter.to(engine.device, engine.dtype).eval().requires_grad_(False)
+
+    def parameter_overhead(self) -> dict:
+        params = self.adapter.num_parameters()
+        return {"params": params, "bytes": params * self.engine.dtype.itemsize}
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        # The adapter's own one-layer cache, on the engine's cache type.
+        self.adapter_cache = self.engine.new_cache(len(prompt_ids) + max_new_tokens + 1, 1)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, self.prefill)
+        self.catch_up = None       # layer-l states the adapter has not seen yet
+        stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
+        while not state.done:
+            draft, states, stopped = self.draft(state)
+            stats["rounds"] += 1
+            stats["drafted"] += len(draft)
+            stats["stopped_by_threshold"] += stopped
+            accepted = verify_chain(state, draft, lambda ids, offset: self.verify_forward(
+                states[:, :ids.shape[1]], offset, state))
+            # The adapter saw the pending token and all drafts but the last; after full
+            # acceptance the last draft's state must catch up at the start of the next round.
+            self.adapter_cache.truncate(state.offset)
+            self.catch_up = states[:, accepted:accepted + 1] if accepted == len(draft) and \
+                draft else None
+        return state.result(**stats)
+
+    def prefill(self, ids, cache):
+        engine, l = self.engine, self.options["exit_layer"]
+        rope = engine.rope(torch.arange(ids.shape[1], device=engine.device))
+        h = engine.layers(engine.embed(ids), 0, l, cache, 0, rope=rope)
+        self.adapter(h, rope, self.adapter_cache, 0)    # fill the adapter's cache
+        h = engine.layers(h, l, engine.num_layers, cache, 0, rope=rope)
+        return engine.logits(engine.norm(h))
+
+    def shallow(self, token: int, offset: int, state: DecodeState):
+        engine = self.engine
+        ids = torch.tensor([[token]], device=engine.device)
+        return engine.layers(engine.embed(ids), 0, self.options["exit_layer"], state.cache, offset)
+
+    def draft(self, state: DecodeState):
+        """Shallow layers on the pending token, then adapter → LM head → shallow layers per draft.
+        Returns the drafts, the buffered layer-l states (pending + drafts) and whether the
+        confidence exit stopped the round."""
+        engine, o = self.engine, self.options
+        offset = state.offset
+        h = self.shallow(state.pending, offset, state)
+        states = [h]
+        block = h if self.catch_up is None else torch.cat([self.catch_up, h], dim=1)
+        a_offset = offset - (block.shape[1] - 1)
+        rope = engine.rope(torch.arange(a_offset, offset + 1, device=engine.device))
+        a = self.adapter(block, rope, self.adapter_cache, a_offset,
+                         mask=engine.attention_mask(a_offset, block.shape[1], None))[:, -1:]
+        draft, stopped = [], False
+        limit = min(o["max_draft"], state.room - 1)
+        while len(draft) < limit:
+            probs = torch.softmax(engine.logits(a)[0, -1], dim=-1)
+            p, token = probs.max(dim=-1)
+            draft.append(int(token))
+            states.append(self.shallow(draft[-1], offset + len(draft), state))
+            if float(p) < o["threshold"]:
+                stopped = True
+                break
+            if len(draft) == limit:
+                break
+            pos = offset + len(draft)
+            a = self.adapter(states[-1], engine.rope(torch.tensor([pos], device=engine.device)),
+                             self.adapter_cache, pos)
+        return draft, torch.cat(states, dim=1), stopped
+
+    def verify_forward(self, states, offset, state: DecodeState):
+        engine = self.engine
+        h = engine.layers(states, self.options["exit_layer"], engine.num_layers, state.cache,
+                          offset)
+        return engine.logits(engine.norm(h))
