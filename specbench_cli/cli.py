@@ -32,11 +32,13 @@ def user_errors():
     from .engine import UnsupportedModel
     from .engine.load import ModelLoadError
     from .metrics import MetricsError
+    from .methods.kangaroo import AdapterError
     from .tasks import TaskError
+    from .train.data import DataError
     try:
         yield
-    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, ValueError,
-            FileNotFoundError) as err:
+    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, AdapterError, DataError,
+            ValueError, FileNotFoundError) as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
@@ -47,9 +49,13 @@ def progress_bar() -> Progress:
                     transient=False)
 
 
-def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft) -> dict:
+def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft, kangaroo_adapter,
+                   kangaroo_exit_layer, kangaroo_threshold, kangaroo_max_draft) -> dict:
     return {"pld": {"max_ngram": pld_max_ngram, "num_draft": pld_num_draft},
-            "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft}}
+            "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft},
+            "kangaroo": {"adapter": str(kangaroo_adapter) if kangaroo_adapter else None,
+                         "exit_layer": kangaroo_exit_layer, "threshold": kangaroo_threshold,
+                         "max_draft": kangaroo_max_draft}}
 
 
 def find_resumable(config) -> Path | None:
@@ -94,6 +100,14 @@ def run(
     pld_num_draft: int = typer.Option(10, help="PLD: tokens drafted per lookup."),
     llma_ngram: int = typer.Option(1, help="LLMA: longest output n-gram used as trigger."),
     llma_num_draft: int = typer.Option(19, help="LLMA: tokens copied from the reference."),
+    kangaroo_adapter: Optional[Path] = typer.Option(None, help="Kangaroo: adapter folder (ours "
+                                                    "or the official config.json + "
+                                                    "pytorch_model.bin)."),
+    kangaroo_exit_layer: Optional[int] = typer.Option(None, help="Kangaroo: layers in the draft "
+                                                      "path (default ~1/16 of the layers, ≥ 1)."),
+    kangaroo_threshold: float = typer.Option(0.6, help="Kangaroo: stop drafting when the draft's "
+                                             "top-1 probability is below this."),
+    kangaroo_max_draft: int = typer.Option(6, help="Kangaroo: most drafts per round (γ)."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
     from .engine.load import DTYPE_NAMES, load_engine, resolve_device, resolve_dtype
@@ -120,7 +134,9 @@ def run(
         questions = select(load_questions(bench_file), subtasks, limit)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft)
+        opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
+                              kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
+                              kangaroo_max_draft)
         config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names,
                            method_options={n: opts[n] for n in names if n in opts},
@@ -169,6 +185,40 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (result
     from .report import report
     with user_errors():
         report(run_dir, console)
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on a frozen target.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("kangaroo")
+def train_kangaroo_cmd(
+    model: str = typer.Option(..., help="Target model folder or hub id."),
+    data: list[Path] = typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, role/content "
+                                    "messages, or the built-in train.jsonl. Repeatable."),
+    out: Path = typer.Option(..., help="Output folder (config.json + model.safetensors)."),
+    exit_layer: Optional[int] = typer.Option(None, help="Shallow layers under the adapter "
+                                             "(default ~1/16 of the layers, ≥ 1)."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    lr: float = typer.Option(5e-5, help="Peak learning rate (AdamW, betas 0.9/0.95)."),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default min(2000, steps/10))."),
+    batch_size: int = typer.Option(8, help="Conversations per step."),
+    max_len: int = typer.Option(512, help="Tokens kept per conversation."),
+    seed: int = typer.Option(0),
+    dtype: str = typer.Option("fp32", help="Target dtype during training."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Train a Kangaroo adapter: soft cross-entropy against the target's next-token distribution
+    on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted."""
+    from .engine.load import load_engine
+    from .train.kangaroo import train_kangaroo
+    with user_errors():
+        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
+        metrics = train_kangaroo(engine, tokenizer, data, out, exit_layer=exit_layer, steps=steps,
+                                 lr=lr, warmup=warmup, batch_size=batch_size, max_len=max_len,
+                                 seed=seed, target_name=model, console=console)
+        console.print(f"adapter saved to {out} (final: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
 
 
 @app.command("list")

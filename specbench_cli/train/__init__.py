@@ -1,0 +1,1 @@
+"""Training what the methods need (Kangaroo adapters, Medusa heads) on a frozen target."""

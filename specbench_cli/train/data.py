@@ -1,0 +1,124 @@
+"""Conversation corpora → token sequences with a mask of the assistant's tokens.
+
+Accepted inputs (JSON array or JSONL, one conversation each):
+- ShareGPT: {"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}
+- the built-in training split: {"turns": [...user...], "answers": [...assistant...]}
+- role/content messages: {"messages": [{"role": "user"|"assistant", "content": ...}, ...]}
+Sequences follow the run's prompt template (vicuna_v1.1), so training sees what decoding sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..prompts import VICUNA_SYSTEM
+
+USER_ROLES = {"human", "user"}
+ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "model"}
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    assistant: list[bool]     # True where the token is part of an assistant answer (EOS included)
+
+
+def read_records(path: Path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"training data {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: malformed JSON ({err.msg}, line {err.lineno})") from None
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+    return records
+
+
+def to_pairs(record: dict) -> list[tuple[str, str]]:
+    """(user, assistant) pairs of one conversation in any accepted layout; [] if none."""
+    if "turns" in record and "answers" in record:
+        return list(zip(record["turns"], record["answers"]))
+    messages = record.get("conversations") or record.get("messages") or []
+    pairs, user = [], None
+    for m in messages:
+        role = m.get("from", m.get("role"))
+        text = m.get("value", m.get("content"))
+        if role in USER_ROLES:
+            user = text
+        elif role in ASSISTANT_ROLES and user is not None:
+            pairs.append((user, text))
+            user = None
+    return pairs
+
+
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> Example:
+    """Vicuna v1.1 layout: BOS SYSTEM USER: q ASSISTANT: a</s>USER: ... ; answer tokens masked in."""
+    def tok(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    mask = [False] * len(ids)
+    for i, (question, answer) in enumerate(pairs):
+        prompt = (VICUNA_SYSTEM + " " if i == 0 else "") + f"USER: {question} ASSISTANT:"
+        reply = tok(" " + answer) + [tokenizer.eos_token_id]
+        part = tok(prompt)
+        ids += part + reply
+        mask += [False] * len(part) + [True] * len(reply)
+    return Example(ids[:max_len], mask[:max_len])
+
+
+def load_examples(paths: list[Path], tokenizer, max_len: int) -> list[Example]:
+    examples = []
+    for path in paths:
+        for record in read_records(path):
+            pairs = to_pairs(record) if isinstance(record, dict) else []
+            if pairs:
+                ex = encode(tokenizer, pairs, max_len)
+                if any(ex.assistant):
+                    examples.append(ex)
+    if not examples:
+        raise DataError(f"no conversations with assistant turns in {', '.join(map(str, paths))}")
+    return examples
+
+
+def data_hash(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def batches(examples: list[Example], batch_size: int, seed: int):
+    """Endless shuffled batches: ids (b, n) right-padded with 0, assistant mask (b, n) bool.
+
+    Right padding needs no attention mask: with causal attention no real token sees a pad."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1,
+                       batch_size):
+            chunk = [examples[j] for j in order[i:i + batch_size]]
+            n = max(len(e.ids) for e in chunk)
+            ids = torch.zeros(len(chunk), n, dtype=torch.long)
+            mask = torch.zeros(len(chunk), n, dtype=torch.bool)
+            for row, e in enumerate(chunk):
+                ids[row, :len(e.ids)] = torch.tensor(e.ids)
+                mask[row, :len(e.ids)] = torch.tensor(e.assistant)
+            yield ids, mask

@@ -1,0 +1,67 @@
+"""Kangaroo adapter training: the frozen target's full next-token distribution is the teacher;
+the adapter on top of the shallow layers (through the target's LM head) is the student; loss is
+soft cross-entropy on assistant tokens (METHODS.md §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Engine
+from ..methods.kangaroo import Adapter, adapter_config, default_exit_layer
+from .data import batches, data_hash, load_examples
+from .loop import TrainSettings, finish, train
+
+
+def kangaroo_step(engine: Engine, adapter: Adapter, exit_layer: int):
+    def step(batch):
+        ids, mask = batch
+        ids, mask = ids.to(engine.device), mask.to(engine.device)
+        rope = engine.rope(torch.arange(ids.shape[1], device=engine.device))
+        with torch.no_grad():
+            shallow = engine.layers(engine.embed(ids), 0, exit_layer, None, 0, rope=rope)
+            deep = engine.layers(shallow, exit_layer, engine.num_layers, None, 0, rope=rope)
+            teacher = torch.softmax(engine.logits(engine.norm(deep))[mask], dim=-1)
+        student = engine.logits(adapter(shallow, rope, None, 0))[mask]
+        loss = -(teacher * F.log_softmax(student, dim=-1)).sum(-1).mean()
+        agree = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
+        return loss, {"top1_agree": float(agree)}
+    return step
+
+
+def train_kangaroo(engine: Engine, tokenizer, data: list[Path], out: Path, *,
+                   exit_layer: int | None = None, steps: int = 2000, lr: float = 5e-5,
+                   warmup: int | None = None, batch_size: int = 8, max_len: int = 512,
+                   seed: int = 0, target_name: str = "", console=None) -> dict:
+    exit_layer = exit_layer or default_exit_layer(engine.num_layers)
+    if not 1 <= exit_layer < engine.num_layers:
+        raise ValueError(f"exit layer must be in [1, {engine.num_layers - 1}] (got {exit_layer})")
+    examples = load_examples(data, tokenizer, max_len)
+    torch.manual_seed(seed)
+    adapter = Adapter(engine.config).to(engine.device)
+    init_from_target(adapter, engine, exit_layer)
+    engine.requires_grad_(False)
+    settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
+                             min(2000, steps // 10), clip_value=0.5)
+    metrics = train(adapter, kangaroo_step(engine, adapter, exit_layer),
+                    batches(examples, batch_size, seed), settings, out, console,
+                    label="kangaroo adapter")
+    config = adapter_config(engine.config, exit_layer, {
+        "target": target_name, "data_sha256": data_hash(data), "steps": steps, "lr": lr,
+        "examples": len(examples), "final": metrics})
+    finish(out, adapter, config)
+    return metrics
+
+
+def init_from_target(adapter: Adapter, engine: Engine, exit_layer: int):
+    """Start from the target's layer `exit_layer` attention and its final norm: a far better
+    starting point than random for a student that must mimic the deep layers' output."""
+    src = engine.model.layers[exit_layer]
+    dst = adapter.layers[0]
+    with torch.no_grad():
+        dst.input_layernorm.weight.copy_(src.input_layernorm.weight)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            getattr(dst.self_attn, name).weight.copy_(getattr(src.self_attn, name).weight)
+        adapter.norm.weight.copy_(engine.model.norm.weight)
