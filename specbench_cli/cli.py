@@ -108,10 +108,13 @@ def run(
     kangaroo_threshold: float = typer.Option(0.6, help="Kangaroo: stop drafting when the draft's "
                                              "top-1 probability is below this."),
     kangaroo_max_draft: int = typer.Option(6, help="Kangaroo: most drafts per round (γ)."),
+    sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
+                                    "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
+                                    "point runs as its own row in the same process."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
     from .engine.load import DTYPE_NAMES, load_engine, resolve_device, resolve_dtype
-    from .methods import parse_methods
+    from .methods import expand_sweeps, parse_methods
     from .report import report
     from .runner import Runner, RunConfig, write_run_json
     from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
@@ -137,9 +140,9 @@ def run(
         opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
                               kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
                               kangaroo_max_draft)
+        names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
         config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
-                           subtasks=subtasks, limit=limit, methods=names,
-                           method_options={n: opts[n] for n in names if n in opts},
+                           subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                            template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                            warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev))
         out = resolve_out(out, resume, config, model)

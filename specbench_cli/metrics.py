@@ -25,6 +25,8 @@ DEFINITIONS = [
     "token included; vanilla = 1.00)",
     "tok/s: mean over questions of per-question throughput",
     "equal: share of answers whose token ids equal vanilla's; the first differing question named",
+    "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
+    "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold",
     "new tokens are counted from ids, through EOS, for every method alike",
 ]
 
@@ -89,6 +91,24 @@ def equality(method_rows: list[dict], vanilla_rows: list[dict]) -> dict:
             "first_diff": first_diff}
 
 
+def method_stats(rows: list[dict]) -> dict:
+    """Method counters summed over all turns, plus the derived rates the report shows:
+    mean draft length (drafted tokens per round) and the share of rounds stopped by the
+    confidence threshold (Kangaroo)."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        for turn in row.get("stats", []):
+            for key, value in turn.items():
+                if isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0) + value
+    rounds = totals.get("rounds")
+    if rounds:
+        totals["mean_draft_length"] = totals.get("drafted", 0) / rounds
+        if "stopped_by_threshold" in totals:
+            totals["stopped_by_threshold_share"] = totals["stopped_by_threshold"] / rounds
+    return totals
+
+
 def subtask_of(row: dict) -> str:
     from .tasks import CATEGORY_TO_SUBTASK
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
@@ -116,5 +136,6 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
             "equal_to_vanilla": equality(rows, base),
+            "stats": method_stats(rows),
         }
     return {"subtasks": present, "methods": out, "definitions": DEFINITIONS}

@@ -77,6 +77,21 @@ def render_table(meta: dict, summary: dict, title: str) -> Table:
     return table
 
 
+def render_details(summary: dict) -> Table:
+    """Acceptance details: CTAR(1..4) for every method, drafting counters where a method has them."""
+    table = Table(title="acceptance details")
+    table.add_column("method", style="bold", no_wrap=True)
+    for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, m in summary["methods"].items():
+        stats = m["stats"]
+        stop = stats.get("stopped_by_threshold_share")
+        table.add_row(name, *[fmt(m["ctar"][str(w)]) for w in range(1, 5)], str(m["steps"]),
+                      fmt(stats.get("mean_draft_length")),
+                      "–" if stop is None else f"{100 * stop:.0f}%")
+    return table
+
+
 def report(run_dir: Path, console: Console | None = None) -> dict:
     """Print the run's table and definitions; write summary.json; return the summary."""
     console = console or Console()
@@ -88,6 +103,7 @@ def report(run_dir: Path, console: Console | None = None) -> dict:
     summary["target_parameters"] = meta.get("model_parameters")
     (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(render_table(meta, summary, f"specbench · {Path(run_dir).name}"))
+    console.print(render_details(summary))
     console.print("  [dim]columns: " + ", ".join(f"{SHORT[s]} = {s}" for s in summary["subtasks"]
                                                if s in SHORT) + "[/dim]")
     for line in summary["definitions"]:

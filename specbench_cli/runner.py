@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .engine import Engine
-from .methods import METHODS, Generation, Method
+from .methods import METHODS, Generation, Method, base_name
 from .prompts import build_prompt_ids
 from .tasks import Question
 
@@ -116,7 +116,8 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.methods: dict[str, Method] = {
-            name: METHODS[name](engine, self.eos_ids, **config.method_options.get(name, {}))
+            name: METHODS[base_name(name)](engine, self.eos_ids,
+                                           **config.method_options.get(name, {}))
             for name in config.methods}
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.

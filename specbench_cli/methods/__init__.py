@@ -18,4 +18,42 @@ def parse_methods(spec: str) -> list[str]:
     return ["vanilla"] + [n for n in dict.fromkeys(names) if n != "vanilla"]
 
 
-__all__ = ["METHODS", "Generation", "Method", "parse_methods"]
+def base_name(name: str) -> str:
+    """'kangaroo@exit_layer=1,threshold=0.4' (a sweep point) → 'kangaroo'."""
+    return name.split("@", 1)[0]
+
+
+def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str]):
+    """Apply `--sweep method.option=v1,v2,...` (repeatable): every swept method becomes one
+    variant per point of the grid, named 'method@opt=v,opt=v'. Returns (names, options)."""
+    import itertools
+
+    import yaml
+    grid: dict[str, dict[str, list]] = {}
+    for spec in sweeps:
+        key, _, values = spec.partition("=")
+        method, _, option = key.partition(".")
+        if not values or not option:
+            raise ValueError(f"--sweep {spec!r}: expected method.option=v1,v2,...")
+        if method not in names:
+            raise ValueError(f"--sweep {spec!r}: method {method!r} is not in --methods")
+        if option not in METHODS[method].defaults:
+            raise ValueError(f"--sweep {spec!r}: {method} has no option {option!r}; known: "
+                             f"{', '.join(METHODS[method].defaults)}")
+        grid.setdefault(method, {})[option] = [yaml.safe_load(v) for v in values.split(",")]
+    out_names, out_options = [], {}
+    for name in names:
+        if name not in grid:
+            out_names.append(name)
+            if name in options:
+                out_options[name] = options[name]
+            continue
+        keys = list(grid[name])
+        for point in itertools.product(*grid[name].values()):
+            variant = f"{name}@" + ",".join(f"{k}={v}" for k, v in zip(keys, point))
+            out_names.append(variant)
+            out_options[variant] = {**options.get(name, {}), **dict(zip(keys, point))}
+    return out_names, out_options
+
+
+__all__ = ["METHODS", "Generation", "Method", "base_name", "expand_sweeps", "parse_methods"]
