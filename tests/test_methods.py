@@ -127,3 +127,18 @@ def test_kangaroo_with_adapter_copied_from_target_accepts_drafts(tiny_engine):
     gen = k.generate(ids, 60)
     assert gen.tokens == METHODS["vanilla"](engine, {2}).generate(ids, 60).tokens
     assert gen.stats["drafted"] >= gen.stats["rounds"]
+
+
+def test_sweeps_expand_to_a_grid_of_named_variants():
+    from specbench_cli.methods import expand_sweeps
+    names, opts = expand_sweeps(["vanilla", "kangaroo"], {"kangaroo": {"adapter": "A"}},
+                                ["kangaroo.exit_layer=1,2", "kangaroo.threshold=0.4,0.8"])
+    assert names == ["vanilla", "kangaroo@exit_layer=1,threshold=0.4",
+                     "kangaroo@exit_layer=1,threshold=0.8", "kangaroo@exit_layer=2,threshold=0.4",
+                     "kangaroo@exit_layer=2,threshold=0.8"]
+    assert opts["kangaroo@exit_layer=2,threshold=0.4"] == {"adapter": "A", "exit_layer": 2,
+                                                           "threshold": 0.4}
+    with pytest.raises(ValueError, match="method 'pld' is not in --methods"):
+        expand_sweeps(["vanilla"], {}, ["pld.num_draft=1,2"])
+    with pytest.raises(ValueError, match="expected method.option=v1,v2"):
+        expand_sweeps(["vanilla"], {}, ["vanilla"])
