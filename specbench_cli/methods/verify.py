@@ -8,6 +8,7 @@ plus the target's own next token (the bonus).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -93,3 +94,90 @@ def verify_chain(state: DecodeState, draft: list[int], forward: Callable | None 
     state.cache.truncate(state.offset)
     state.commit(draft[:n] + [predicted[n]])
     return n
+
+
+class Tree:
+    """A draft tree's static buffers, built once: node 0 is the root (the pending token).
+
+    `parents[i]` is node i's parent (-1 for the root), nodes ordered so parents come first.
+    `mask[i, j]` is True where node j is node i itself or an ancestor; `depths[i]` its distance
+    from the root (position offset); `paths` the root-to-leaf node lists.
+    """
+
+    def __init__(self, parents: list[int]):
+        if not parents or parents[0] != -1 or any(not 0 <= p < i for i, p in
+                                                  enumerate(parents) if i):
+            raise ValueError("a tree needs node 0 as root and every parent before its child")
+        n = len(parents)
+        self.parents = list(parents)
+        self.depths = [0] * n
+        self.mask = torch.zeros(n, n, dtype=torch.bool)
+        for i, p in enumerate(parents):
+            self.mask[i, i] = True
+            if p >= 0:
+                self.depths[i] = self.depths[p] + 1
+                self.mask[i] |= self.mask[p]
+        has_child = set(parents[1:])
+        self.paths = [self.path_to(i) for i in range(n) if i not in has_child]
+
+    @classmethod
+    def from_choices(cls, choices: list[tuple[int, ...]]) -> "Tree":
+        """Medusa's form: each choice is a tuple of top-k ranks, one per depth; the node's
+        parent is the choice without its last rank. Node order: by depth, then by ranks."""
+        ordered = sorted({tuple(c) for c in choices}, key=lambda c: (len(c), c))
+        index = {(): 0}
+        parents = [-1]
+        for c in ordered:
+            if c[:-1] not in index:
+                raise ValueError(f"tree choice {list(c)} has no parent {list(c[:-1])} in the tree")
+            index[c] = len(parents)
+            parents.append(index[c[:-1]])
+        tree = cls(parents)
+        tree.choices = [()] + ordered
+        return tree
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+    @property
+    def depth(self) -> int:
+        return max(self.depths)
+
+    def path_to(self, node: int) -> list[int]:
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = self.parents[node]
+        return path[::-1]
+
+
+@dataclass
+class TreeResult:
+    accepted: int               # drafted tokens accepted (bonus not counted)
+    node: int                   # the last accepted node
+    hidden: torch.Tensor        # final normed hidden state at that node (1, H)
+
+
+def verify_tree(state: DecodeState, tree: Tree, tokens: list[int]) -> TreeResult:
+    """Verify a tree of candidates in one forward and commit the first longest accepted path.
+
+    `tokens[i]` is node i's token for nodes 1..n-1 (`tokens[0]` is ignored: the root is the
+    pending token). Each node sees the committed prefix and its own ancestors; its position is
+    offset + depth. The accepted path's cache rows are moved into place (keep-rows)."""
+    engine = state.engine
+    ids = torch.tensor([[state.pending] + list(tokens[1:])], device=engine.device)
+    depths = torch.tensor(tree.depths, device=engine.device)
+    logits, hidden = engine(ids, state.cache, state.offset, positions=state.offset + depths,
+                            block_mask=tree.mask, return_hidden=True)
+    predicted = logits[0].argmax(-1).tolist()
+    best, best_len = tree.paths[0], 0
+    for path in tree.paths:
+        n = accepted_prefix([tokens[j] for j in path[1:]], [predicted[j] for j in path[:-1]])
+        if n > best_len:
+            best, best_len = path, n
+    kept = best[:best_len + 1]
+    state.cache.keep_rows([state.offset + j for j in kept], state.offset)
+    state.offset += len(kept)
+    last = kept[-1]
+    state.commit([tokens[j] for j in kept[1:]] + [predicted[last]])
+    return TreeResult(best_len, last, hidden[0, last:last + 1])
