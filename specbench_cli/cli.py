@@ -33,11 +33,13 @@ def user_errors():
     from .engine.load import ModelLoadError
     from .metrics import MetricsError
     from .methods.kangaroo import AdapterError
+    from .methods.medusa import HeadsError
     from .tasks import TaskError
     from .train.data import DataError
     try:
         yield
-    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, AdapterError, DataError,
+    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, AdapterError, HeadsError,
+            DataError,
             ValueError, FileNotFoundError) as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
@@ -50,12 +52,24 @@ def progress_bar() -> Progress:
 
 
 def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft, kangaroo_adapter,
-                   kangaroo_exit_layer, kangaroo_threshold, kangaroo_max_draft) -> dict:
+                   kangaroo_exit_layer, kangaroo_threshold, kangaroo_max_draft, medusa_heads,
+                   medusa_num_heads, medusa_tree) -> dict:
     return {"pld": {"max_ngram": pld_max_ngram, "num_draft": pld_num_draft},
             "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft},
             "kangaroo": {"adapter": str(kangaroo_adapter) if kangaroo_adapter else None,
                          "exit_layer": kangaroo_exit_layer, "threshold": kangaroo_threshold,
-                         "max_draft": kangaroo_max_draft}}
+                         "max_draft": kangaroo_max_draft},
+            "medusa": {"heads": medusa_heads, "num_heads": medusa_num_heads, "tree": medusa_tree}}
+
+
+def resolve_heads(spec: Optional[str]) -> Optional[str]:
+    """A local heads file/folder as is; 'org/name' is fetched from the hub."""
+    if spec is None:
+        return None
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    from .engine.load import model_folder
+    return str(model_folder(spec))
 
 
 def find_resumable(config) -> Path | None:
@@ -108,6 +122,11 @@ def run(
     kangaroo_threshold: float = typer.Option(0.6, help="Kangaroo: stop drafting when the draft's "
                                              "top-1 probability is below this."),
     kangaroo_max_draft: int = typer.Option(6, help="Kangaroo: most drafts per round (γ)."),
+    medusa_heads: Optional[str] = typer.Option(None, help="Medusa: heads file or folder "
+                                               "(medusa_lm_head.pt/.safetensors) or a hub id."),
+    medusa_num_heads: Optional[int] = typer.Option(None, help="Medusa: use the first N heads."),
+    medusa_tree: str = typer.Option("budget64", help="Medusa: tree preset (budget16, budget32, "
+                                    "budget64) or a JSON/YAML file of rank lists."),
     sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
                                     "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
                                     "point runs as its own row in the same process."),
@@ -139,7 +158,8 @@ def run(
         dt = resolve_dtype(dtype, dev)
         opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
                               kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
-                              kangaroo_max_draft)
+                              kangaroo_max_draft, resolve_heads(medusa_heads),
+                              medusa_num_heads, medusa_tree)
         names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
         config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,

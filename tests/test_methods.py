@@ -16,9 +16,21 @@ PROMPTS = [
 ]
 
 
+def random_heads(engine, num_heads=3, seed=0):
+    from specbench_cli.methods.medusa import make_heads
+    torch.manual_seed(seed)
+    heads = make_heads(engine.config.hidden_size, engine.config.vocab_size, num_heads,
+                       engine.lm_head.weight)
+    with torch.no_grad():
+        for head in heads:
+            head[0].linear.weight.normal_(0, 0.3)
+    return heads
+
+
 def make(name, engine, eos_ids):
-    """A method with test options: Kangaroo gets a random adapter."""
-    options = {"adapter": random_adapter(engine), "threshold": 0.0} if name == "kangaroo" else {}
+    """A method with test options: Kangaroo gets a random adapter, Medusa random heads."""
+    options = {"kangaroo": {"adapter": random_adapter(engine), "threshold": 0.0},
+               "medusa": {"heads": random_heads(engine), "tree": "budget32"}}.get(name, {})
     return METHODS[name](engine, eos_ids, **options)
 
 
@@ -80,7 +92,7 @@ def test_llma_index_points_past_first_occurrence():
 
 def test_parse_methods_always_includes_vanilla_and_names_valid_ones():
     assert parse_methods("pld,llma") == ["vanilla", "pld", "llma"]
-    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma, kangaroo"):
+    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma, kangaroo, medusa"):
         parse_methods("foo")
 
 

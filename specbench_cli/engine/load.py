@@ -50,7 +50,7 @@ def model_folder(name_or_path: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(name_or_path, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt"]))
+            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*"]))
     except Exception as err:  # network, auth, missing repo: one line for the user
         raise ModelLoadError(f"could not fetch {name_or_path} from the hub: "
                              f"{str(err).splitlines()[0]}") from None

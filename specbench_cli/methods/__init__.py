@@ -3,10 +3,11 @@
 from .base import Generation, Method
 from .kangaroo import Kangaroo
 from .llma import LLMA
+from .medusa import Medusa
 from .pld import PromptLookup
 from .vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo, Medusa)}
 
 
 def parse_methods(spec: str) -> list[str]:

@@ -1,0 +1,203 @@
+"""Medusa-1: extra heads on the target's last hidden state propose the next tokens; a sparse
+tree of their top-k candidates is verified in one forward (shared tree verification).
+
+Head k (0-based) at position t predicts token t+2+k. A tree is a set of rank tuples: the node
+(r1, ..., rd) holds head d-1's rank-rd candidate under the node (r1, ..., r(d-1)).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine import Engine
+from .base import Generation, Method
+from .verify import DecodeState, Tree, verify_tree
+
+TOP_K = 10
+
+
+class HeadsError(ValueError):
+    pass
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(Linear(x)); zero-initialised so a fresh head starts as the LM head."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.linear.weight)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(x))
+
+
+def make_heads(hidden: int, vocab: int, num_heads: int, lm_head: torch.Tensor | None = None):
+    """K × (ResBlock → Linear to vocab). Keys: `{k}.0.linear.weight/bias`, `{k}.1.weight` (the
+    official layout). With `lm_head`, each head's output layer starts as a copy of it."""
+    heads = nn.ModuleList(nn.Sequential(ResBlock(hidden), nn.Linear(hidden, vocab, bias=False))
+                          for _ in range(num_heads))
+    if lm_head is not None:
+        with torch.no_grad():
+            for head in heads:
+                head[1].weight.copy_(lm_head)
+    return heads
+
+
+def load_heads(path: Path, hidden: int, vocab: int) -> nn.ModuleList:
+    """medusa_lm_head.pt / .safetensors (or a folder holding one) with strict checks. The head
+    count comes from the tensors: official configs miscount it."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+                 if (path / n).is_file()]
+        if not found:
+            raise HeadsError(f"Medusa heads {path}: no medusa_lm_head.safetensors or .pt")
+        path = found[0]
+    if not path.is_file():
+        raise HeadsError(f"Medusa heads {path} do not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    count = 1 + max((int(k.split(".", 1)[0]) for k in state if k.split(".", 1)[0].isdigit()),
+                    default=-1)
+    if count == 0:
+        raise HeadsError(f"Medusa heads {path}: no head tensors ('0.0.linear.weight', ...)")
+    heads = make_heads(hidden, vocab, count)
+    expected = heads.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise HeadsError(f"Medusa heads {path}: missing keys {missing or 'none'}, unexpected "
+                         f"keys {unexpected or 'none'}")
+    for key, want in expected.items():
+        if state[key].shape != want.shape:
+            raise HeadsError(f"Medusa heads {path} do not fit the model: {key} has shape "
+                             f"{tuple(state[key].shape)}, the model needs {tuple(want.shape)} "
+                             f"(hidden {hidden}, vocabulary {vocab})")
+    heads.load_state_dict({k: v.float() for k, v in state.items()})
+    return heads
+
+
+def grow_tree(accuracy: list[list[float]], budget: int) -> list[tuple[int, ...]]:
+    """Greedy sparse tree (Medusa paper, appendix C): accuracy[k][r] is the chance that head k's
+    rank-r candidate is right. A node's value is the product along its path (its chance to be
+    accepted); the expected accepted length is the sum over nodes, so taking nodes in order of
+    value maximises it for `budget` tokens (root included). Children never beat their parent,
+    so the result is prefix-closed."""
+    heads, top = len(accuracy), len(accuracy[0])
+    frontier = [(-accuracy[0][r], (r,)) for r in range(top)]
+    heapq.heapify(frontier)
+    chosen = []
+    while frontier and len(chosen) < budget - 1:
+        neg, node = heapq.heappop(frontier)
+        chosen.append(node)
+        if len(node) < heads:
+            for r in range(top):
+                heapq.heappush(frontier, (neg * accuracy[len(node)][r], node + (r,)))
+    return sorted(chosen, key=lambda c: (len(c), c))
+
+
+# Per-head top-k accuracy profile used for the presets when no calibration exists: head k's
+# top-1 accuracy falls with k, and rank r's share falls geometrically (shape as in the Medusa
+# paper's Vicuna-7B measurements; `specbench medusa calibrate` measures a model's own).
+DEFAULT_ACCURACY = [[a * 0.55 ** r for r in range(TOP_K)] for a in (0.60, 0.45, 0.35, 0.28)]
+PRESETS = {f"budget{b}": b for b in (16, 32, 64)}
+
+
+def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]:
+    """A preset name (budget16/32/64) or a JSON/YAML file holding a list of rank tuples."""
+    if spec in PRESETS:
+        return grow_tree((accuracy or DEFAULT_ACCURACY)[:num_heads], PRESETS[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise HeadsError(f"--medusa-tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
+    import yaml
+    try:
+        choices = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise HeadsError(f"tree file {path}: not JSON/YAML ({str(err).splitlines()[0]})") from None
+    if isinstance(choices, dict):
+        choices = choices.get("choices")
+    if not isinstance(choices, list) or not choices or not all(
+            isinstance(c, list) and c and all(isinstance(r, int) and 0 <= r < TOP_K for r in c)
+            for c in choices):
+        raise HeadsError(f"tree file {path}: expected a list of rank lists like [[0], [0, 1]] "
+                         f"with ranks in [0, {TOP_K - 1}]")
+    choices = [tuple(c) for c in choices]
+    deepest = max(map(len, choices))
+    if deepest > num_heads:
+        raise HeadsError(f"tree file {path} is {deepest} deep but there are only {num_heads} "
+                         "Medusa heads")
+    return choices
+
+
+class Medusa(Method):
+    name = "medusa"
+    description = "Medusa-1: extra heads propose top-k candidates, verified as a sparse tree"
+    defaults = {"heads": None, "num_heads": None, "tree": "budget64"}
+
+    def __init__(self, engine: Engine, eos_ids: set[int], **options):
+        super().__init__(engine, eos_ids, **options)
+        o = self.options
+        cfg = engine.config
+        heads = o["heads"]
+        if heads is None:
+            raise ValueError("medusa needs heads: --medusa-heads PATH "
+                             "(train them with `specbench train medusa`)")
+        if isinstance(heads, (str, Path)):
+            heads = load_heads(Path(heads), cfg.hidden_size, cfg.vocab_size)
+            accuracy = calibration_of(Path(o["heads"]))
+            o["heads"] = str(o["heads"])
+        else:
+            accuracy = None
+        if o["num_heads"] is not None:
+            if not 1 <= o["num_heads"] <= len(heads):
+                raise ValueError(f"medusa: --medusa-num-heads must be in [1, {len(heads)}]")
+            heads = heads[:o["num_heads"]]
+        self.heads = heads.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        choices = o["tree"] if isinstance(o["tree"], list) else \
+            load_tree(o["tree"], len(self.heads), accuracy)
+        if max(map(len, choices)) > len(self.heads):
+            raise ValueError(f"medusa: the tree is {max(map(len, choices))} deep but there are "
+                             f"only {len(self.heads)} heads")
+        self.tree = Tree.from_choices(choices)
+
+    def parameter_overhead(self) -> dict:
+        params = sum(p.numel() for p in self.heads.parameters())
+        return {"params": params, "bytes": params * self.engine.dtype.itemsize}
+
+    def candidates(self, hidden: torch.Tensor) -> list[int]:
+        """Node tokens of the tree from each head's top-k at the last accepted position."""
+        top = torch.stack([head(hidden)[0].float() for head in self.heads])
+        ranks = top.topk(TOP_K, dim=-1).indices.tolist()       # [head][rank]
+        return [0] + [ranks[len(c) - 1][c[-1]] for c in self.tree.choices[1:]]
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        hidden = {}
+
+        def prefill(ids, cache):
+            logits, h = self.engine(ids, cache, 0, return_hidden=True)
+            hidden["last"] = h[:, -1]
+            return logits
+
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill)
+        h = hidden["last"]
+        while not state.done:
+            result = verify_tree(state, self.tree, self.candidates(h))
+            h = result.hidden
+        return state.result(tree_size=len(self.tree))
+
+
+def calibration_of(heads_path: Path) -> list[list[float]] | None:
+    """Per-head top-k accuracies stored beside the heads by `specbench medusa calibrate`."""
+    folder = heads_path if heads_path.is_dir() else heads_path.parent
+    file = folder / "calibration.json"
+    return json.loads(file.read_text())["accuracy"] if file.is_file() else None
