@@ -244,6 +244,70 @@ def train_kangaroo_cmd(
             f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
 
 
+@train_app.command("medusa")
+def train_medusa_cmd(
+    model: str = typer.Option(..., help="Target model folder or hub id."),
+    data: list[Path] = typer.Option(..., help="Conversations (as for `train kangaroo`). Repeatable."),
+    out: Path = typer.Option(..., help="Output folder (medusa_lm_head.safetensors + config.json)."),
+    num_heads: int = typer.Option(4, help="Heads; head k predicts the token 2+k ahead."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (cosine schedule)."),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default steps/10)."),
+    batch_size: int = typer.Option(8, help="Conversations per step."),
+    max_len: int = typer.Option(512, help="Tokens kept per conversation."),
+    seed: int = typer.Option(0),
+    dtype: str = typer.Option("fp32", help="Target dtype during training."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Train Medusa heads: loss Σ 0.8^k·CE_k on assistant tokens, heads' output layers start as
+    the LM head. Resumes from OUT/checkpoint.pt when interrupted."""
+    from .engine.load import load_engine
+    from .train.medusa import train_medusa
+    with user_errors():
+        if num_heads < 1:
+            raise ValueError(f"--num-heads must be at least 1 (got {num_heads})")
+        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
+        metrics = train_medusa(engine, tokenizer, data, out, num_heads=num_heads, steps=steps,
+                               lr=lr, warmup=warmup, batch_size=batch_size, max_len=max_len,
+                               seed=seed, target_name=model, console=console)
+        console.print(f"heads saved to {out} (final: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+
+
+medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")
+app.add_typer(medusa_app, name="medusa")
+
+
+@medusa_app.command("calibrate")
+def medusa_calibrate_cmd(
+    model: str = typer.Option(..., help="Target model folder or hub id."),
+    heads: str = typer.Option(..., help="Heads folder (calibration.json is written there)."),
+    data: list[Path] = typer.Option(..., help="Held-out conversations. Repeatable."),
+    max_examples: int = typer.Option(200, help="Conversations measured."),
+):
+    """Measure each head's top-k accuracy and grow trees for budgets 16, 32, 64 (the presets
+    then use this model's own accuracies)."""
+    from .engine.load import load_engine
+    from .methods.medusa import load_heads
+    from .train.medusa import calibrate
+    with user_errors():
+        engine, tokenizer, _ = load_engine(model, dtype="fp32")
+        folder = Path(resolve_heads(heads))
+        loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
+        result = calibrate(engine, tokenizer, loaded.to(engine.device), data,
+                           folder if folder.is_dir() else folder.parent, max_examples)
+        table = Table(title=f"Medusa head accuracy ({int(result['positions'][0])} positions)")
+        table.add_column("head")
+        for r in range(3):
+            table.add_column(f"top-{r + 1}", justify="right")
+        for k, acc in enumerate(result["accuracy"]):
+            table.add_row(str(k), *[f"{sum(acc[:r + 1]):.3f}" for r in range(3)])
+        console.print(table)
+        for budget, tree in result["trees"].items():
+            depth = max(map(len, tree))
+            console.print(f"tree budget{budget}: {len(tree) + 1} tokens, depth {depth}")
+
+
 @app.command("list")
 def list_cmd():
     """List the methods (with option defaults), subtasks, prompt templates and benches."""

@@ -227,7 +227,7 @@ def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Run
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
         "methods": {name: {"options": m.options, "overhead": m.parameter_overhead(),
-                           "lossless": m.lossless}
+                           "lossless": m.lossless, "info": m.info()}
                     for name, m in runner.methods.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,

@@ -40,6 +40,10 @@ class Method:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         raise NotImplementedError
 
+    def info(self) -> dict:
+        """Static facts worth recording in run.json (tree size, exit layer, ...)."""
+        return {}
+
     def parameter_overhead(self) -> dict:
         """Extra parameters (count) and storage (bytes) the method adds to the target."""
         return {"params": 0, "bytes": 0}

@@ -174,6 +174,9 @@ class Medusa(Method):
         params = sum(p.numel() for p in self.heads.parameters())
         return {"params": params, "bytes": params * self.engine.dtype.itemsize}
 
+    def info(self) -> dict:
+        return {"heads": len(self.heads), "tree_tokens": len(self.tree), "tree_depth": self.tree.depth}
+
     def candidates(self, hidden: torch.Tensor) -> list[int]:
         """Node tokens of the tree from each head's top-k at the last accepted position."""
         top = torch.stack([head(hidden)[0].float() for head in self.heads])
@@ -193,7 +196,7 @@ class Medusa(Method):
         while not state.done:
             result = verify_tree(state, self.tree, self.candidates(h))
             h = result.hidden
-        return state.result(tree_size=len(self.tree))
+        return state.result()
 
 
 def calibration_of(heads_path: Path) -> list[list[float]] | None:
