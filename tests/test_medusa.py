@@ -97,3 +97,23 @@ def test_tree_files_and_their_errors(tiny_engine, tmp_path):
     engine, _ = tiny_engine
     with pytest.raises(ValueError, match="the tree is 3 deep but there are only 2 heads"):
         METHODS["medusa"](engine, {2}, heads=random_heads(engine, 2), tree=[(0,), (0, 0), (0, 0, 0)])
+
+
+def test_training_and_calibration(tiny_engine, tmp_path):
+    from specbench_cli.train.medusa import calibrate, train_medusa
+    engine, tok = tiny_engine
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"turns": [f"count {i}"], "answers": [
+        f"{i} {i + 1} {i + 2} and so on"]}) + "\n" for i in range(20)))
+    first = train_medusa(engine, tok, [data], tmp_path / "h1", num_heads=2, steps=1, batch_size=4)
+    last = train_medusa(engine, tok, [data], tmp_path / "h2", num_heads=2, steps=30, lr=3e-3,
+                        batch_size=4)
+    assert last["loss"] < first["loss"]
+    heads = load_heads(tmp_path / "h2", 64, 96)
+    assert len(heads) == 2
+    result = calibrate(engine, tok, heads, [data], tmp_path / "h2")
+    acc = result["accuracy"]
+    assert len(acc) == 2 and all(len(a) == 10 and sum(a) <= 1.0 + 1e-6 for a in acc)
+    m = METHODS["medusa"](engine, {2}, heads=str(tmp_path / "h2"), tree="budget16")
+    assert [tuple(c) for c in m.tree.choices[1:]] == result["trees"]["16"]
+    assert m.info() == {"heads": 2, "tree_tokens": 16, "tree_depth": m.tree.depth}
