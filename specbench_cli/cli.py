@@ -34,12 +34,13 @@ def user_errors():
     from .metrics import MetricsError
     from .methods.kangaroo import AdapterError
     from .methods.medusa import HeadsError
+    from .datastore import DatastoreError
     from .tasks import TaskError
     from .train.data import DataError
     try:
         yield
     except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, AdapterError, HeadsError,
-            DataError,
+            DataError, DatastoreError,
             ValueError, FileNotFoundError) as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
@@ -53,13 +54,16 @@ def progress_bar() -> Progress:
 
 def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft, kangaroo_adapter,
                    kangaroo_exit_layer, kangaroo_threshold, kangaroo_max_draft, medusa_heads,
-                   medusa_num_heads, medusa_tree) -> dict:
+                   medusa_num_heads, medusa_tree, datastore, rest_num_draft,
+                   rest_max_span) -> dict:
     return {"pld": {"max_ngram": pld_max_ngram, "num_draft": pld_num_draft},
             "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft},
             "kangaroo": {"adapter": str(kangaroo_adapter) if kangaroo_adapter else None,
                          "exit_layer": kangaroo_exit_layer, "threshold": kangaroo_threshold,
                          "max_draft": kangaroo_max_draft},
-            "medusa": {"heads": medusa_heads, "num_heads": medusa_num_heads, "tree": medusa_tree}}
+            "medusa": {"heads": medusa_heads, "num_heads": medusa_num_heads, "tree": medusa_tree},
+            "rest": {"datastore": str(datastore) if datastore else None,
+                     "num_draft": rest_num_draft, "max_span": rest_max_span}}
 
 
 def resolve_heads(spec: Optional[str]) -> Optional[str]:
@@ -127,6 +131,10 @@ def run(
     medusa_num_heads: Optional[int] = typer.Option(None, help="Medusa: use the first N heads."),
     medusa_tree: str = typer.Option("budget64", help="Medusa: tree preset (budget16, budget32, "
                                     "budget64) or a JSON/YAML file of rank lists."),
+    datastore: Optional[Path] = typer.Option(None, help="REST: datastore folder "
+                                             "(`specbench datastore build`)."),
+    rest_num_draft: int = typer.Option(64, help="REST: tree tokens (root included)."),
+    rest_max_span: int = typer.Option(16, help="REST: longest context suffix looked up."),
     sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
                                     "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
                                     "point runs as its own row in the same process."),
@@ -159,7 +167,8 @@ def run(
         opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
                               kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
                               kangaroo_max_draft, resolve_heads(medusa_heads),
-                              medusa_num_heads, medusa_tree)
+                              medusa_num_heads, medusa_tree, datastore, rest_num_draft,
+                              rest_max_span)
         names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
         config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,
@@ -306,6 +315,30 @@ def medusa_calibrate_cmd(
         for budget, tree in result["trees"].items():
             depth = max(map(len, tree))
             console.print(f"tree budget{budget}: {len(tree) + 1} tokens, depth {depth}")
+
+
+datastore_app = typer.Typer(no_args_is_help=True, help="REST datastores.")
+app.add_typer(datastore_app, name="datastore")
+
+
+@datastore_app.command("build")
+def datastore_build_cmd(
+    tokenizer: str = typer.Option(..., help="The target model (folder or hub id) whose "
+                                  "tokenizer the datastore must share."),
+    data: list[Path] = typer.Option(..., help="Corpus files: ShareGPT JSON/JSONL, UltraChat "
+                                    "JSONL, plain-text JSONL ({\"text\": ...}). Repeatable."),
+    out: Path = typer.Option(..., help="Output folder."),
+):
+    """Tokenize every turn (streaming) into one 32-bit token array and build its suffix array."""
+    from .datastore import build_datastore
+    from .engine.load import load_tokenizer, model_folder
+    with user_errors():
+        tok = load_tokenizer(model_folder(tokenizer))
+        with progress_bar() as progress:
+            m = build_datastore(tok, data, out, tokenizer, progress)
+        console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, "
+                      f"built in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} "
+                      "tokens/s)")
 
 
 @app.command("list")

@@ -26,7 +26,8 @@ DEFINITIONS = [
     "tok/s: mean over questions of per-question throughput",
     "equal: share of answers whose token ids equal vanilla's; the first differing question named",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
-    "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold",
+    "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
+    "hit rate / retr ms: share of REST steps with a datastore match, mean retrieval time per step",
     "new tokens are counted from ids, through EOS, for every method alike",
 ]
 
@@ -106,6 +107,9 @@ def method_stats(rows: list[dict]) -> dict:
         totals["mean_draft_length"] = totals.get("drafted", 0) / rounds
         if "stopped_by_threshold" in totals:
             totals["stopped_by_threshold_share"] = totals["stopped_by_threshold"] / rounds
+        if "hits" in totals:            # REST: retrieval hit rate and time per step
+            totals["hit_rate"] = totals["hits"] / rounds
+            totals["retrieval_ms_per_step"] = 1e3 * totals.get("retrieval_seconds", 0) / rounds
     return totals
 
 

@@ -29,6 +29,13 @@ def load_run(run_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
         order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
 def format_overhead(overhead: dict | None, target_params: int | None) -> str:
     if not overhead:
         return "?"
@@ -36,7 +43,7 @@ def format_overhead(overhead: dict | None, target_params: int | None) -> str:
         share = f" ({100 * overhead['params'] / target_params:.2f}%)" if target_params else ""
         return f"{overhead['params'] / 1e6:.2f}M{share}"
     if overhead.get("bytes"):
-        return f"{overhead['bytes'] / 2**20:.1f} MiB"
+        return human_bytes(overhead["bytes"])
     return "0"
 
 
@@ -81,14 +88,18 @@ def render_details(summary: dict) -> Table:
     """Acceptance details: CTAR(1..4) for every method, drafting counters where a method has them."""
     table = Table(title="acceptance details")
     table.add_column("method", style="bold", no_wrap=True)
-    for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop"):
+    for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop",
+                "hit rate", "retr ms"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, m in summary["methods"].items():
         stats = m["stats"]
         stop = stats.get("stopped_by_threshold_share")
+        hits = stats.get("hit_rate")
         table.add_row(name, *[fmt(m["ctar"][str(w)]) for w in range(1, 5)], str(m["steps"]),
                       fmt(stats.get("mean_draft_length")),
-                      "–" if stop is None else f"{100 * stop:.0f}%")
+                      "–" if stop is None else f"{100 * stop:.0f}%",
+                      "–" if hits is None else f"{100 * hits:.0f}%",
+                      fmt(stats.get("retrieval_ms_per_step"), ".3f"))
     return table
 
 

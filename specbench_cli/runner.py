@@ -116,7 +116,7 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.methods: dict[str, Method] = {
-            name: METHODS[base_name(name)](engine, self.eos_ids,
+            name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
             for name in config.methods}
 

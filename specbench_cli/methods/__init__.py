@@ -5,9 +5,10 @@ from .kangaroo import Kangaroo
 from .llma import LLMA
 from .medusa import Medusa
 from .pld import PromptLookup
+from .rest import REST
 from .vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo, Medusa)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST)}
 
 
 def parse_methods(spec: str) -> list[str]:

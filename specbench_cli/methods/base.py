@@ -28,13 +28,14 @@ class Method:
     defaults: ClassVar[dict] = {}
     lossless: ClassVar[bool] = True
 
-    def __init__(self, engine: Engine, eos_ids: set[int], **options):
+    def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(self.defaults) or 'none'}")
         self.engine = engine
         self.eos_ids = eos_ids
+        self.tokenizer = tokenizer
         self.options = {**self.defaults, **options}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:

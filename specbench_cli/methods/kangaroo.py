@@ -118,8 +118,8 @@ class Kangaroo(Method):
     description = "Kangaroo: shallow layers + adapter draft, early stop on low confidence (chain)"
     defaults = {"exit_layer": None, "threshold": 0.6, "max_draft": 6, "adapter": None}
 
-    def __init__(self, engine: Engine, eos_ids: set[int], **options):
-        super().__init__(engine, eos_ids, **options)
+    def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
+        super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         n = engine.num_layers
         if o["exit_layer"] is None:

@@ -144,8 +144,8 @@ class Medusa(Method):
     description = "Medusa-1: extra heads propose top-k candidates, verified as a sparse tree"
     defaults = {"heads": None, "num_heads": None, "tree": "budget64"}
 
-    def __init__(self, engine: Engine, eos_ids: set[int], **options):
-        super().__init__(engine, eos_ids, **options)
+    def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
+        super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         cfg = engine.config
         heads = o["heads"]
