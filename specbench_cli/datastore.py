@@ -80,13 +80,11 @@ def record_texts(record) -> Iterator[str]:
 def build_datastore(tokenizer, files: list[Path], out: Path, tokenizer_name: str = "",
                     progress=None) -> dict:
     """Tokenize every turn to disk (streaming), then sort the suffixes. Returns the manifest."""
-    import pydivsufsort
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tokens_path = out / TOKENS
     count = 0
     task = progress.add_task("tokenizing", total=None, info="") if progress else None
-    with open(tokens_path, "wb") as sink:
+    with open(out / TOKENS, "wb") as sink:
         for file in files:
             for text in iter_texts(Path(file)):
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -96,25 +94,29 @@ def build_datastore(tokenizer, files: list[Path], out: Path, tokenizer_name: str
                     if progress and count % 1000 < len(ids) + 1:
                         progress.update(task, info=f"{count:,} tokens")
     if count == 0:
-        tokens_path.unlink()
+        (out / TOKENS).unlink()
         raise DatastoreError(f"empty corpus: no text in {', '.join(map(str, files))}")
     if progress:
         progress.update(task, total=1, completed=1, info=f"{count:,} tokens")
-        task = progress.add_task("suffix array", total=1, info="")
-    tokens = np.memmap(tokens_path, dtype=np.uint32, mode="r")
-    reversed_tokens = np.ascontiguousarray(tokens[::-1])
-    suffixes = pydivsufsort.divsufsort(reversed_tokens)
+    return index_tokens(out, {"tokenizer": tokenizer_name, "vocab_hash": vocab_hash(tokenizer),
+                              "sources": [str(f) for f in files]}, started, progress)
+
+
+def index_tokens(out: Path, info: dict, started: float, progress=None) -> dict:
+    """Build the reversed suffix array of out/tokens.u32 and write the manifest last."""
+    import pydivsufsort
+    task = progress.add_task("suffix array", total=1, info="") if progress else None
+    tokens = np.memmap(out / TOKENS, dtype=np.uint32, mode="r")
+    suffixes = pydivsufsort.divsufsort(np.ascontiguousarray(tokens[::-1]))
     sa_name = f"rsa.{'i32' if suffixes.dtype == np.int32 else 'i64'}"
     suffixes.tofile(out / sa_name)
     if progress:
         progress.update(task, completed=1)
     seconds = time.perf_counter() - started
-    manifest = {"format": FORMAT_VERSION, "tokenizer": tokenizer_name,
-                "vocab_hash": vocab_hash(tokenizer), "tokens": count,
+    manifest = {"format": FORMAT_VERSION, **info, "tokens": int(tokens.size),
                 "suffix_array": sa_name, "suffix_dtype": str(suffixes.dtype),
-                "bytes": tokens_path.stat().st_size + (out / sa_name).stat().st_size,
-                "sources": [str(f) for f in files], "build_seconds": seconds,
-                "tokens_per_second": count / seconds}
+                "bytes": (out / TOKENS).stat().st_size + (out / sa_name).stat().st_size,
+                "build_seconds": seconds, "tokens_per_second": tokens.size / seconds}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
