@@ -23,6 +23,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEFAULT_METHODS = "vanilla,pld,llma"
+BUILTIN_LIMIT = 5
 RESULTS = Path("results")
 
 
@@ -95,13 +96,19 @@ def check_resume(out: Path, config) -> None:
 @app.command()
 def run(
     model: Optional[str] = typer.Option(None, help="Hugging Face model folder or hub id "
-                                        "(Llama, Vicuna, Mistral, Qwen2)."),
-    bench: str = typer.Option("spec_bench", help="'spec_bench' (official file, downloaded "
-                              "and checksum-verified) or a path to a question file in its format."),
-    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated methods; vanilla is "
-                                "always included (speedups divide by it)."),
+                                        "(Llama, Vicuna, Mistral, Qwen2). Default: the built-in "
+                                        "model (prepared on first use)."),
+    bench: Optional[str] = typer.Option(None, help="'spec_bench' (official file, downloaded "
+                                        "and checksum-verified), 'builtin', or a path to a "
+                                        "question file in its format. Default: builtin without "
+                                        "--model, spec_bench with it."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods; vanilla is "
+                                          "always included. Default: all on the built-in model, "
+                                          f"{DEFAULT_METHODS} otherwise."),
     tasks: str = typer.Option("all", help="Comma-separated subtasks (see `specbench list`)."),
-    limit: Optional[int] = typer.Option(None, help="First N questions of each subtask."),
+    limit: Optional[int] = typer.Option(None, help="First N questions of each subtask "
+                                        f"(default: all; {BUILTIN_LIMIT} on the built-in "
+                                        "benchmark, which has 30)."),
     template: str = typer.Option("vicuna_v1.1", help="Prompt template: vicuna_v1.1 or chat "
                                  "(the tokenizer's chat template)."),
     max_new_tokens: int = typer.Option(1024, help="Generation limit per turn."),
@@ -129,8 +136,11 @@ def run(
     medusa_heads: Optional[str] = typer.Option(None, help="Medusa: heads file or folder "
                                                "(medusa_lm_head.pt/.safetensors) or a hub id."),
     medusa_num_heads: Optional[int] = typer.Option(None, help="Medusa: use the first N heads."),
-    medusa_tree: str = typer.Option("budget64", help="Medusa: tree preset (budget16, budget32, "
-                                    "budget64) or a JSON/YAML file of rank lists."),
+    medusa_tree: Optional[str] = typer.Option(None, help="Medusa: tree preset (budget16, "
+                                              "budget32, budget64) or a JSON/YAML file of rank "
+                                              "lists (default budget64; budget16 on the "
+                                              "built-in model, where a wide tree costs more "
+                                              "than it gains on a CPU)."),
     datastore: Optional[Path] = typer.Option(None, help="REST: datastore folder "
                                              "(`specbench datastore build`)."),
     rest_num_draft: int = typer.Option(64, help="REST: tree tokens (root included)."),
@@ -141,14 +151,23 @@ def run(
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
     from .engine.load import DTYPE_NAMES, load_engine, resolve_device, resolve_dtype
-    from .methods import expand_sweeps, parse_methods
+    from .methods import METHODS, expand_sweeps, parse_methods
     from .report import report
     from .runner import Runner, RunConfig, write_run_json
     from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
     with user_errors():
-        if model is None:
-            raise ValueError("--model is required (a Hugging Face folder or hub id)")
-        names = parse_methods(methods)
+        defaults: dict[str, dict] = {}
+        if model is None or bench == "builtin":
+            from .prepare import prepare_all
+            prepared = prepare_all(console=console)
+            if model is None:
+                model = str(prepared.model_dir)
+                defaults = prepared.method_defaults()
+                methods = methods or ",".join(METHODS)
+            if bench in (None, "builtin"):
+                bench, limit = "builtin", limit or BUILTIN_LIMIT
+                bench_file = prepared.question_file
+        names = parse_methods(methods or DEFAULT_METHODS)
         subtasks = parse_subtasks(tasks)
         if limit is not None and limit < 1:
             raise ValueError(f"--limit must be at least 1 (got {limit})")
@@ -160,7 +179,8 @@ def run(
         from .prompts import TEMPLATES
         if template not in TEMPLATES:
             raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
-        bench_file = resolve_bench(bench)
+        if bench != "builtin":
+            bench_file = resolve_bench(bench or "spec_bench")
         questions = select(load_questions(bench_file), subtasks, limit)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
@@ -169,8 +189,14 @@ def run(
                               kangaroo_max_draft, resolve_heads(medusa_heads),
                               medusa_num_heads, medusa_tree, datastore, rest_num_draft,
                               rest_max_span)
+        for name, values in defaults.items():       # built-in add-ons unless the user chose
+            for key, value in values.items():
+                if opts[name].get(key) is None:
+                    opts[name][key] = value
+        # Options left unset take the method's own default.
+        opts = {name: {k: v for k, v in o.items() if v is not None} for name, o in opts.items()}
         names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
-        config = RunConfig(model=model, bench=bench, bench_sha256=sha256_of(bench_file),
+        config = RunConfig(model=model, bench=bench or "spec_bench", bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                            template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                            warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev))
@@ -217,6 +243,20 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (result
     from .report import report
     with user_errors():
         report(run_dir, console)
+
+
+@app.command()
+def prepare(
+    force: bool = typer.Option(False, help="Rebuild even when a cached build exists."),
+    home: Optional[Path] = typer.Option(None, help="Cache folder (default $SPECBENCH_HOME or "
+                                        "the user cache dir)."),
+):
+    """Build the offline built-in benchmark (tasks, tokenizer, trained model, Kangaroo adapter,
+    Medusa heads, REST datastore) into the cache, or reuse it."""
+    from .prepare import prepare_all, print_timings
+    with user_errors():
+        prepared = prepare_all(home=home, force=force, console=console)
+        print_timings(console, prepared)
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on a frozen target.")

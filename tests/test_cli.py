@@ -81,7 +81,7 @@ def one_line_error(result, pattern):
 
 
 @pytest.mark.parametrize("args, pattern", [
-    (["--methods", "vanilla,turbo"], "unknown method 'turbo'; valid: vanilla, pld, llma, kangaroo, medusa"),
+    (["--methods", "vanilla,turbo"], "unknown method 'turbo'; valid: vanilla, pld, llma, kangaroo, medusa, rest"),
     (["--tasks", "poems"], "unknown subtask 'poems'"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--template", "alpaca"], "--template 'alpaca'"),

@@ -1,5 +1,7 @@
 """Every lossless method returns vanilla's greedy tokens; accept lengths add up."""
 
+import json
+
 import pytest
 import torch
 
@@ -27,11 +29,35 @@ def random_heads(engine, num_heads=3, seed=0):
     return heads
 
 
-def make(name, engine, eos_ids):
-    """A method with test options: Kangaroo gets a random adapter, Medusa random heads."""
-    options = {"kangaroo": {"adapter": random_adapter(engine), "threshold": 0.0},
-               "medusa": {"heads": random_heads(engine), "tree": "budget32"}}.get(name, {})
-    return METHODS[name](engine, eos_ids, **options)
+_STORES = {}
+
+
+def tiny_datastore(engine, tok):
+    """A datastore of text the tiny model's greedy outputs share (built once per session)."""
+    import tempfile
+    from pathlib import Path
+
+    from specbench_cli.datastore import Datastore, build_datastore
+    if "store" not in _STORES:
+        folder = Path(tempfile.mkdtemp())
+        texts = []
+        for text in PROMPTS:
+            ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+            texts.append(tok.decode(METHODS["vanilla"](engine, {2}).generate(ids, 30).tokens))
+        (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                     for t in texts))
+        build_datastore(tok, [folder / "corpus.jsonl"], folder / "ds")
+        _STORES["store"] = Datastore(folder / "ds", tok)
+    return _STORES["store"]
+
+
+def make(name, engine, eos_ids, tok=None):
+    """A method with test options: Kangaroo gets a random adapter, Medusa random heads, REST a
+    datastore of the model's own outputs."""
+    options = {"kangaroo": lambda: {"adapter": random_adapter(engine), "threshold": 0.0},
+               "medusa": lambda: {"heads": random_heads(engine), "tree": "budget32"},
+               "rest": lambda: {"datastore": tiny_datastore(engine, tok)}}
+    return METHODS[name](engine, eos_ids, tok, **options.get(name, dict)())
 
 
 def hf_greedy(folder, prompt_ids, n):
@@ -49,7 +75,7 @@ def test_lossless_methods_equal_vanilla(tiny_engine, text):
     ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
     outputs = {}
     for name in METHODS:
-        gen = make(name, engine, {2}).generate(ids, 60)
+        gen = make(name, engine, {2}, tok).generate(ids, 60)
         assert sum(gen.accept_lengths) == len(gen.tokens)
         assert all(a >= 1 for a in gen.accept_lengths[:-1])
         outputs[name] = gen.tokens
@@ -71,10 +97,10 @@ def test_max_new_tokens_and_eos_trim(tiny_engine):
     full = METHODS["vanilla"](engine, set()).generate(ids, 30).tokens
     assert len(full) == 30
     for name in METHODS:
-        short = make(name, engine, set()).generate(ids, 7)
+        short = make(name, engine, set(), tok).generate(ids, 7)
         assert short.tokens == full[:7] and sum(short.accept_lengths) == 7
         # Pretend the 5th generated token is EOS: output stops right after it.
-        cut = make(name, engine, {full[4]}).generate(ids, 30)
+        cut = make(name, engine, {full[4]}, tok).generate(ids, 30)
         assert cut.tokens == full[:full.index(full[4]) + 1]
 
 
@@ -92,7 +118,7 @@ def test_llma_index_points_past_first_occurrence():
 
 def test_parse_methods_always_includes_vanilla_and_names_valid_ones():
     assert parse_methods("pld,llma") == ["vanilla", "pld", "llma"]
-    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma, kangaroo, medusa"):
+    with pytest.raises(ValueError, match="unknown method 'foo'; valid: vanilla, pld, llma, kangaroo, medusa, rest"):
         parse_methods("foo")
 
 

@@ -122,8 +122,18 @@ class Kangaroo(Method):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         n = engine.num_layers
-        if o["exit_layer"] is None:
-            o["exit_layer"] = default_exit_layer(n)
+        adapter = o["adapter"]
+        if adapter is None:
+            raise ValueError("kangaroo needs an adapter: --kangaroo-adapter PATH "
+                             "(train one with `specbench train kangaroo`)")
+        trained_at = None
+        if isinstance(adapter, (str, Path)):
+            adapter, cfg = load_adapter(Path(adapter), engine.config)
+            trained_at = cfg.get("specbench", {}).get("exit_layer")
+            o["adapter"] = str(o["adapter"])
+        self.adapter = adapter.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        if o["exit_layer"] is None:        # the layer the adapter was trained on, else ~1/16
+            o["exit_layer"] = trained_at or default_exit_layer(n)
         if not 1 <= o["exit_layer"] < n:
             raise ValueError(f"kangaroo: exit layer must be in [1, {n - 1}] for this {n}-layer "
                              f"model (got {o['exit_layer']})")
@@ -131,14 +141,6 @@ class Kangaroo(Method):
             raise ValueError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
         if o["max_draft"] < 1:
             raise ValueError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
-        adapter = o["adapter"]
-        if adapter is None:
-            raise ValueError("kangaroo needs an adapter: --kangaroo-adapter PATH "
-                             "(train one with `specbench train kangaroo`)")
-        if isinstance(adapter, (str, Path)):
-            adapter, _ = load_adapter(Path(adapter), engine.config)
-            o["adapter"] = str(o["adapter"])
-        self.adapter = adapter.to(engine.device, engine.dtype).eval().requires_grad_(False)
 
     def parameter_overhead(self) -> dict:
         params = self.adapter.num_parameters()
