@@ -18,6 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .jsonl import json_lines
+
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched
 TOKENS, MANIFEST = "tokens.u32", "manifest.json"
 FORMAT_VERSION = 1
@@ -43,20 +45,16 @@ def iter_texts(path: Path) -> Iterator[str]:
         first = f.read(1)
         while first.isspace():
             first = f.read(1)
-        f.seek(0)
-        if first == "[":            # one JSON array (ShareGPT dumps): not streamable, loaded whole
-            records = json.load(f)
-        else:
-            records = (parse_line(line, path, n) for n, line in enumerate(f, 1) if line.strip())
-        for record in records:
-            yield from record_texts(record)
-
-
-def parse_line(line: str, path: Path, lineno: int):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DatastoreError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+    if first == "[":            # one JSON array (ShareGPT dumps): not streamable, loaded whole
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DatastoreError(f"{path}: malformed JSON ({err.msg}, line {err.lineno})") \
+                from None
+    else:
+        records = (record for _, record in json_lines(path, DatastoreError))
+    for record in records:
+        yield from record_texts(record)
 
 
 def record_texts(record) -> Iterator[str]:

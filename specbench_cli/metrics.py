@@ -11,10 +11,10 @@ New tokens are counted from ids for every method alike, through EOS when one was
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
+from .jsonl import json_lines
 from .tasks import SUBTASKS
 
 DEFINITIONS = [
@@ -37,14 +37,7 @@ class MetricsError(ValueError):
 
 
 def load_answers(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise MetricsError(f"{path}:{lineno}: malformed answer line ({err.msg})") from None
-    return rows
+    return [row for _, row in json_lines(path, MetricsError)]
 
 
 def throughput(row: dict) -> float:
@@ -62,26 +55,77 @@ def ctar(rows: list[dict], w: int) -> float:
     return sum(a > w for a in lengths) / len(lengths) if lengths else float("nan")
 
 
+def paired(method_rows: list[dict], vanilla_rows: list[dict]):
+    """(method row, vanilla row) pairs answering the same question in the same repeat."""
+    by_key = {(r["question_id"], r.get("repeat", 0)): r for r in vanilla_rows}
+    for row in method_rows:
+        base = by_key.get((row["question_id"], row.get("repeat", 0)))
+        if base is not None:
+            yield row, base
+
+
+def speedup_by_repeat(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
+    """Spec-Bench speedup (ratio of mean throughputs) within each repeat, over shared questions."""
+    per_repeat: dict[int, tuple[list, list]] = {}
+    for row, base in paired(method_rows, vanilla_rows):
+        mine, theirs = per_repeat.setdefault(row.get("repeat", 0), ([], []))
+        mine.append(throughput(row))
+        theirs.append(throughput(base))
+    return {r: statistics.mean(m) / statistics.mean(b) for r, (m, b) in sorted(per_repeat.items())}
+
+
 def speedup(method_rows: list[dict], vanilla_rows: list[dict]) -> float | None:
     """Spec-Bench speedup over the questions both have, per repeat, averaged over repeats."""
-    by_key = {(r["question_id"], r.get("repeat", 0)): r for r in vanilla_rows}
-    per_repeat: dict[int, tuple[list, list]] = {}
-    for row in method_rows:
-        key = (row["question_id"], row.get("repeat", 0))
-        if key in by_key:
-            mine, base = per_repeat.setdefault(key[1], ([], []))
-            mine.append(throughput(row))
-            base.append(throughput(by_key[key]))
-    ratios = [statistics.mean(m) / statistics.mean(b) for m, b in per_repeat.values()]
+    ratios = list(speedup_by_repeat(method_rows, vanilla_rows).values())
     return statistics.mean(ratios) if ratios else None
 
 
+def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
+    """Per question: method/vanilla throughput in the same repeat, averaged over repeats.
+    One value a question, because repeats of one question are not independent samples."""
+    ratios: dict[int, list[float]] = {}
+    for row, base in paired(method_rows, vanilla_rows):
+        ratios.setdefault(row["question_id"], []).append(throughput(row) / throughput(base))
+    return {q: statistics.mean(r) for q, r in sorted(ratios.items())}
+
+
+def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean; seeded, so a report is reproducible."""
+    import numpy as np
+    if len(values) < 2:
+        return None
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_speedup(method_rows: list[dict], vanilla_rows: list[dict], resamples: int = 2000,
+                   seed: int = 0) -> dict:
+    """Mean paired per-question speedup and its 95% bootstrap interval (questions resampled)."""
+    ratios = list(paired_ratios(method_rows, vanilla_rows).values())
+    ci = bootstrap_ci(ratios, resamples=resamples, seed=seed)
+    return {"mean": statistics.mean(ratios) if ratios else None,
+            "ci95": list(ci) if ci else None, "questions": len(ratios),
+            "resamples": resamples, "seed": seed}
+
+
+def missing_answers(answers: dict[str, list[dict]]) -> dict[str, list[tuple[int, int]]]:
+    """Per method, the (question_id, repeat) pairs another method answered and it did not."""
+    keys = {name: {(r["question_id"], r.get("repeat", 0)) for r in rows}
+            for name, rows in answers.items()}
+    everything = set().union(*keys.values()) if keys else set()
+    return {name: sorted(everything - mine) for name, mine in keys.items() if everything - mine}
+
+
 def equality(method_rows: list[dict], vanilla_rows: list[dict]) -> dict:
-    by_key = {(r["question_id"], r.get("repeat", 0)): r for r in vanilla_rows}
     compared, equal, first_diff = 0, 0, None
-    for row in sorted(method_rows, key=lambda r: (r.get("repeat", 0), r["question_id"])):
-        base = by_key.get((row["question_id"], row.get("repeat", 0)))
-        if base is None or "token_ids" not in row or "token_ids" not in base:
+    ordered = sorted(method_rows, key=lambda r: (r.get("repeat", 0), r["question_id"]))
+    for row, base in paired(ordered, vanilla_rows):
+        if "token_ids" not in row or "token_ids" not in base:
             continue
         compared += 1
         if row["token_ids"] == base["token_ids"]:
@@ -133,6 +177,9 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict
             "repeats": len({r.get("repeat", 0) for r in rows}),
             "speedup": {s: speedup(by_sub[s], base_sub[s]) for s in present},
             "speedup_overall": speedup(rows, base),
+            "speedup_by_repeat": list(speedup_by_repeat(rows, base).values()),
+            "speedup_std": std_over_repeats(rows, base),
+            "paired_speedup": paired_speedup(rows, base),
             "mean_accepted": {s: mean_accepted(by_sub[s]) for s in present},
             "mean_accepted_overall": mean_accepted(rows),
             "tokens_per_s": statistics.mean(map(throughput, rows)) if rows else None,

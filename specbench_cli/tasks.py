@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from .jsonl import json_lines
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
@@ -47,11 +48,7 @@ class Question:
         return CATEGORY_TO_SUBTASK[self.category]
 
 
-def parse_question(line: str, where: str) -> Question:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise TaskError(f"{where}: malformed JSON ({err.msg})") from None
+def parse_question(row, where: str) -> Question:
     if not isinstance(row, dict):
         raise TaskError(f"{where}: expected a JSON object")
     qid, category, turns = row.get("question_id"), row.get("category"), row.get("turns")
@@ -71,15 +68,12 @@ def load_questions(path: Path) -> list[Question]:
     if not path.is_file():
         raise TaskError(f"question file {path} does not exist")
     questions, seen = [], set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            q = parse_question(line, f"{path}:{lineno}")
-            if q.question_id in seen:
-                raise TaskError(f"{path}:{lineno}: duplicate question_id {q.question_id}")
-            seen.add(q.question_id)
-            questions.append(q)
+    for lineno, row in json_lines(path, TaskError):
+        q = parse_question(row, f"{path}:{lineno}")
+        if q.question_id in seen:
+            raise TaskError(f"{path}:{lineno}: duplicate question_id {q.question_id}")
+        seen.add(q.question_id)
+        questions.append(q)
     if not questions:
         raise TaskError(f"{path}: no questions")
     return questions

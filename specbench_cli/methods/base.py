@@ -38,6 +38,13 @@ class Method:
         self.tokenizer = tokenizer
         self.options = {**self.defaults, **options}
 
+    def require(self, option: str, how: str):
+        """The value of an option the method cannot run without; `how` tells how to get one."""
+        value = self.options[option]
+        if value is None:
+            raise ValueError(f"{self.name} needs {how}")
+        return value
+
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         raise NotImplementedError
 

@@ -122,10 +122,8 @@ class Kangaroo(Method):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         n = engine.num_layers
-        adapter = o["adapter"]
-        if adapter is None:
-            raise ValueError("kangaroo needs an adapter: --kangaroo-adapter PATH "
-                             "(train one with `specbench train kangaroo`)")
+        adapter = self.require("adapter", "an adapter: --kangaroo-adapter PATH (train one with "
+                                          "`specbench train kangaroo`)")
         trained_at = None
         if isinstance(adapter, (str, Path)):
             adapter, cfg = load_adapter(Path(adapter), engine.config)

@@ -148,10 +148,8 @@ class Medusa(Method):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         cfg = engine.config
-        heads = o["heads"]
-        if heads is None:
-            raise ValueError("medusa needs heads: --medusa-heads PATH "
-                             "(train them with `specbench train medusa`)")
+        heads = self.require("heads", "heads: --medusa-heads PATH (train them with "
+                                      "`specbench train medusa`)")
         if isinstance(heads, (str, Path)):
             heads = load_heads(Path(heads), cfg.hidden_size, cfg.vocab_size)
             accuracy = calibration_of(Path(o["heads"]))

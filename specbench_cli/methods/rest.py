@@ -59,15 +59,14 @@ class REST(Method):
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        if o["datastore"] is None:
-            raise ValueError("rest needs a datastore: --datastore PATH "
-                             "(build one with `specbench datastore build`)")
+        store = self.require("datastore", "a datastore: --datastore PATH (build one with "
+                                          "`specbench datastore build`)")
         if o["num_draft"] < 2 or o["max_span"] < 2:
             raise ValueError("rest: --rest-num-draft and --rest-max-span must be at least 2")
-        self.store = o["datastore"] if isinstance(o["datastore"], Datastore) else \
-            Datastore(Path(o["datastore"]), tokenizer)
-        o["datastore"] = str(o["datastore"]) if not isinstance(o["datastore"], Datastore) else \
-            "<in-memory>"
+        if not isinstance(store, Datastore):
+            store = Datastore(Path(store), tokenizer)
+            o["datastore"] = str(o["datastore"])
+        self.store = store
 
     def parameter_overhead(self) -> dict:
         return {"params": 0, "bytes": self.store.bytes, "tokens": self.store.n}

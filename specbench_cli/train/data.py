@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..jsonl import json_lines
 from ..prompts import VICUNA_SYSTEM
 
 USER_ROLES = {"human", "user"}
@@ -42,14 +43,7 @@ def read_records(path: Path) -> list:
             return json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: malformed JSON ({err.msg}, line {err.lineno})") from None
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-    return records
+    return [record for _, record in json_lines(path, DataError)]
 
 
 def to_pairs(record: dict) -> list[tuple[str, str]]:
