@@ -176,7 +176,7 @@ def run(
                 raise ValueError(f"{opt} must be at least 1 (got {value})")
         if warmup < 0:
             raise ValueError(f"--warmup must be 0 or more (got {warmup})")
-        from .prompts import TEMPLATES
+        from .prompts import TEMPLATES, build_prompt_ids
         if template not in TEMPLATES:
             raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
         if bench != "builtin":
@@ -203,6 +203,8 @@ def run(
         out = resolve_out(out, resume, config, model)
         console.print(f"loading {model} ({config.dtype} on {config.device}) …")
         engine, tokenizer, _ = load_engine(model, dtype=config.dtype, device=config.device)
+        # Fail before anything is written when the template cannot work with this tokenizer.
+        build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
         runner = Runner(config, engine, tokenizer, questions, out, Path(model).name)
         if not resume:
             out.mkdir(parents=True, exist_ok=True)

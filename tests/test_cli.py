@@ -91,6 +91,24 @@ def test_bad_options_are_one_line_errors(tiny_model_dir, qfile, args, pattern):
     one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, *args), pattern)
 
 
+def test_chat_template_needs_one_and_is_recorded(tiny_model_dir, qfile, tmp_path):
+    out = tmp_path / "chat"
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--template", "chat",
+                          "--out", out), "this tokenizer has no chat template")
+    assert not out.exists()
+    import shutil
+    chat_model = tmp_path / "chat_model"
+    shutil.copytree(tiny_model_dir, chat_model)
+    cfg = json.loads((chat_model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+                            "{% endfor %}assistant:")
+    (chat_model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    result = invoke("run", "--model", chat_model, "--bench", qfile, "--template", "chat",
+                    "--max-new-tokens", 8, "--warmup", 0, "--tasks", "qa", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["config"]["template"] == "chat"
+
+
 def test_bad_files_are_one_line_errors(tiny_model_dir, qfile, tmp_path):
     one_line_error(invoke("run", "--model", tmp_path / "missing", "--bench", qfile),
                    "does not exist")
