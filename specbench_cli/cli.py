@@ -239,12 +239,32 @@ def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> Path:
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory (results/<run>).")):
-    """Print a run's table (speedup per subtask, MAT, tokens/s, overhead, equality) and write
-    summary.json beside its answers."""
-    from .report import report
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (results/<run>) or folders "
+                                          "of Spec-Bench answer files (<model-id>.jsonl); "
+                                          "several are shown side by side."),
+    fmt_: str = typer.Option("table", "--format", help="table (Rich), markdown, csv or json "
+                             "(csv/json: unrounded numbers, one row per run and method)."),
+    plots: bool = typer.Option(False, "--plots", help="Also write 4 figures (PNG and SVG) "
+                               "under RUN/plots/."),
+    published: list[str] = typer.Option([], "--published", help="Published numbers shown "
+                                        "beside the runs: a name under baselines/published/ "
+                                        "(e.g. spec_bench_a100_vicuna7b) or a baseline file. "
+                                        "Repeatable."),
+    baseline_name: Optional[str] = typer.Option(None, help="The method speedups divide by, "
+                                                "for Spec-Bench answer folders whose vanilla "
+                                                "file cannot be told from its name (file name "
+                                                "or model_id)."),
+):
+    """Print the runs' leaderboard (speedup per subtask and overall, ± std over repeats, paired
+    speedup with a 95% bootstrap CI, MAT, tokens/s, overhead, equality) and write summary.json
+    beside each run's answers."""
+    from .compare import load_baseline
+    from .report import report_runs
     with user_errors():
-        report(run_dir, console)
+        docs = [load_baseline(name) for name in published]
+        report_runs(run_dirs, console, fmt_=fmt_, published=docs, plots=plots,
+                    baseline_name=baseline_name, err_console=err_console)
 
 
 @app.command()
@@ -381,6 +401,51 @@ def datastore_build_cmd(
         console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, "
                       f"built in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} "
                       "tokens/s)")
+
+
+@app.command()
+def compare(
+    run_dir: Path = typer.Argument(..., help="The run to check: a run directory or a folder of "
+                                   "Spec-Bench answer files."),
+    baseline: Path = typer.Argument(..., help="A baseline file (YAML/JSON), a name under "
+                                    "baselines/published/, or another run directory. With "
+                                    "--save: the baseline file to write."),
+    speedup_tolerance: float = typer.Option(0.1, help="Absolute: a method regresses when its "
+                                            "overall speedup is below the baseline's minus "
+                                            "this (1.50x may fall to 1.40x)."),
+    accepted_tolerance: float = typer.Option(0.02, help="Absolute: a method regresses when its "
+                                             "mean accepted tokens per step is below the "
+                                             "baseline's minus this."),
+    save: bool = typer.Option(False, "--save", help="Write BASELINE (YAML, or JSON for *.json) "
+                              "from RUN_DIR instead of comparing."),
+    baseline_name: Optional[str] = typer.Option(None, help="As for `report`: the vanilla file "
+                                                "of a Spec-Bench answer folder."),
+):
+    """Regression gate: a table of each method's overall speedup, MAT and equality with
+    vanilla against a baseline. Exit 1 when any baseline method fell more than a tolerance
+    below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
+    model than the baseline's, methods with differing question sets, unreadable files)."""
+    from .compare import gate, load_baseline, notes, save_baseline, verdict_table
+    from .report import load_summarized
+    with user_errors():
+        run = load_summarized(run_dir, baseline_name)
+        if save:
+            doc = save_baseline(run, baseline)
+            console.print(f"baseline written to {baseline} ({len(doc['methods'])} methods, model "
+                          f"{doc['model']}, {doc['machine']})", highlight=False)
+            return
+        base = load_baseline(baseline, baseline_name)
+        verdicts = gate(run, base, speedup_tolerance, accepted_tolerance)
+    extra = notes(run, base)
+    console.print(verdict_table(verdicts, f"{run.label} against {base.get('name', baseline)}",
+                                f"tolerances: speedup −{speedup_tolerance:g}, MAT "
+                                f"−{accepted_tolerance:g} (absolute)"
+                                + "".join(f"\nnote: {n}" for n in extra)))
+    failed = [v.method for v in verdicts if v.reasons]
+    if failed:
+        console.print(f"[red]regression[/red] in {', '.join(failed)}", highlight=False)
+        raise typer.Exit(1)
+    console.print("[green]no regression[/green]", highlight=False)
 
 
 @app.command("list")

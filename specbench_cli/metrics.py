@@ -11,6 +11,7 @@ New tokens are counted from ids for every method alike, through EOS when one was
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -29,6 +30,10 @@ DEFINITIONS = [
     "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
     "hit rate / retr ms: share of REST steps with a datastore match, mean retrieval time per step",
     "new tokens are counted from ids, through EOS, for every method alike",
+    "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
+    "geometric mean over questions of method/vanilla tokens/s on the same question and repeat "
+    "(a question's repeats averaged first), with a seeded percentile bootstrap interval "
+    "(2000 resamples of the questions)",
 ]
 
 
@@ -81,12 +86,12 @@ def speedup(method_rows: list[dict], vanilla_rows: list[dict]) -> float | None:
 
 
 def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
-    """Per question: method/vanilla throughput in the same repeat, averaged over repeats.
+    """Per question: method/vanilla throughput in the same repeat, geometric mean over repeats.
     One value a question, because repeats of one question are not independent samples."""
-    ratios: dict[int, list[float]] = {}
+    logs: dict[int, list[float]] = {}
     for row, base in paired(method_rows, vanilla_rows):
-        ratios.setdefault(row["question_id"], []).append(throughput(row) / throughput(base))
-    return {q: statistics.mean(r) for q, r in sorted(ratios.items())}
+        logs.setdefault(row["question_id"], []).append(math.log(throughput(row) / throughput(base)))
+    return {q: math.exp(statistics.mean(v)) for q, v in sorted(logs.items())}
 
 
 def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95,
@@ -105,12 +110,14 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95
 
 def paired_speedup(method_rows: list[dict], vanilla_rows: list[dict], resamples: int = 2000,
                    seed: int = 0) -> dict:
-    """Mean paired per-question speedup and its 95% bootstrap interval (questions resampled)."""
-    ratios = list(paired_ratios(method_rows, vanilla_rows).values())
-    ci = bootstrap_ci(ratios, resamples=resamples, seed=seed)
-    return {"mean": statistics.mean(ratios) if ratios else None,
-            "ci95": list(ci) if ci else None, "questions": len(ratios),
-            "resamples": resamples, "seed": seed}
+    """Geometric mean of the paired per-question speedups and its 95% bootstrap interval
+    (questions resampled). Geometric, because ratios average that way: 2x on one question and
+    0.5x on another is no speedup, and one question timed during a hiccup cannot dominate."""
+    logs = [math.log(r) for r in paired_ratios(method_rows, vanilla_rows).values()]
+    ci = bootstrap_ci(logs, resamples=resamples, seed=seed)
+    return {"mean": math.exp(statistics.mean(logs)) if logs else None,
+            "ci95": [math.exp(ci[0]), math.exp(ci[1])] if ci else None,
+            "questions": len(logs), "resamples": resamples, "seed": seed}
 
 
 def missing_answers(answers: dict[str, list[dict]]) -> dict[str, list[tuple[int, int]]]:
@@ -172,13 +179,14 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict
     for name, rows in answers.items():
         by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
         base_sub = {s: [r for r in base if subtask_of(r) == s] for s in present}
+        by_repeat = list(speedup_by_repeat(rows, base).values())
         out[name] = {
             "questions": len({r["question_id"] for r in rows}),
             "repeats": len({r.get("repeat", 0) for r in rows}),
             "speedup": {s: speedup(by_sub[s], base_sub[s]) for s in present},
             "speedup_overall": speedup(rows, base),
-            "speedup_by_repeat": list(speedup_by_repeat(rows, base).values()),
-            "speedup_std": std_over_repeats(rows, base),
+            "speedup_by_repeat": by_repeat,
+            "speedup_std": statistics.stdev(by_repeat) if len(by_repeat) > 1 else None,
             "paired_speedup": paired_speedup(rows, base),
             "mean_accepted": {s: mean_accepted(by_sub[s]) for s in present},
             "mean_accepted_overall": mean_accepted(rows),
@@ -189,4 +197,7 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict
             "equal_to_vanilla": equality(rows, base),
             "stats": method_stats(rows),
         }
-    return {"subtasks": present, "methods": out, "definitions": DEFINITIONS}
+    return {"subtasks": present, "methods": out, "baseline": baseline,
+            "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
+            "definitions": DEFINITIONS}
+

@@ -1,21 +1,55 @@
-"""Rich tables and summary.json for a run directory."""
+"""Reports of runs: Rich tables (or Markdown, CSV, JSON), summary.json, published rows beside.
+
+A run is either one of ours (`RUN/run.json` + `RUN/answers/<method>.jsonl`) or a folder of
+Spec-Bench answer files (`<model-id>.jsonl`, imported as they are). Numbers come from
+metrics.summarize; this module only arranges them.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .metrics import MetricsError, load_answers, summarize
 from .runner import ANSWERS_DIR
+from .tasks import SUBTASKS
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+# The leaderboard's column names.
+SHORT = {"mt_bench": "MT", "translation": "Trans", "summarization": "Sum", "qa": "QA",
+         "math_reasoning": "Math", "rag": "RAG"}
 
 
-def load_run(run_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
+@dataclass
+class Run:
+    """A loaded run: where it is, its run.json (or what an import could tell), answers, numbers."""
+    path: Path
+    meta: dict
+    answers: dict[str, list[dict]]
+    summary: dict
+
+    @property
+    def label(self) -> str:
+        return self.path.resolve().name
+
+
+# ---------------------------------------------------------------- loading
+
+def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """run.json (or an import's stand-in) and the answers by method, baseline first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MetricsError(f"run directory {run_dir} does not exist")
+    if not (run_dir / ANSWERS_DIR).is_dir() and any(run_dir.glob("*.jsonl")):
+        return import_specbench(run_dir, baseline_name)
     meta_path = run_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     files = sorted((run_dir / ANSWERS_DIR).glob("*.jsonl"))
@@ -23,11 +57,91 @@ def load_run(run_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
     answers = {k: v for k, v in answers.items() if v}
     if not answers:
         raise MetricsError(f"{run_dir}: no answers yet (empty run)")
+    if baseline_name:
+        meta["baseline"] = pick_baseline(list(answers), baseline_name, run_dir)
     # Keep the run's own method order (vanilla first).
     order = meta.get("config", {}).get("methods", [])
     return meta, dict(sorted(answers.items(), key=lambda kv: (
         order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
+
+REQUIRED = ("question_id", "category", "choices")
+
+
+def import_specbench(folder: Path, baseline_name: str | None) -> tuple[dict, dict[str, list[dict]]]:
+    """A folder of Spec-Bench answer files: one method a file, named after its model id.
+    Method names are the file names less their common prefix (the model, e.g. vicuna-7b-v1.3)."""
+    files = [f for f in sorted(folder.glob("*.jsonl")) if f.stat().st_size]
+    if not files:
+        raise MetricsError(f"{folder}: no answers yet (empty run)")
+    model, names = split_common_prefix([f.stem for f in files])
+    answers = {name: checked_specbench_lines(path) for name, path in zip(names, files)}
+    # A method is also known by its file name and the model_id inside (for --baseline-name).
+    ids = {name: {path.stem} | {r.get("model_id") for r in answers[name]}
+           for name, path in zip(names, files)}
+    baseline = pick_baseline(names, baseline_name, folder, ids)
+    order = [baseline] + [n for n in names if n != baseline]
+    meta = {"imported": str(folder), "baseline": baseline,
+            "config": {"model": model or "?", "bench": "spec_bench (imported answer files)",
+                       "methods": order, "repeats": 1}}
+    return meta, {n: answers[n] for n in order}
+
+
+def checked_specbench_lines(path: Path) -> list[dict]:
+    rows = load_answers(path)
+    for i, row in enumerate(rows, 1):
+        choice = (row.get("choices") or [{}])[0]
+        if any(k not in row for k in REQUIRED) or not {"new_tokens", "wall_time"} <= set(choice):
+            raise MetricsError(f"{path}: answer {i} is not a Spec-Bench answer line (needs "
+                               "question_id, category, choices[0].new_tokens/wall_time)")
+        # Their vanilla script may leave accept lengths out: MAT then shows as unknown.
+        choice.setdefault("accept_lengths", [])
+    return rows
+
+
+def split_common_prefix(stems: list[str]) -> tuple[str, list[str]]:
+    """('vicuna-7b-v1.3', ['vanilla-float16', 'medusa']) from the files' names, split at '-';
+    every name keeps at least its last part."""
+    parts = [s.split("-") for s in stems]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    if len(stems) == 1:
+        common = 0
+    return "-".join(parts[0][:common]), ["-".join(p[common:]) for p in parts]
+
+
+def pick_baseline(names: list[str], chosen: str | None, where: Path,
+                  ids: dict[str, set] | None = None) -> str:
+    """The method every speedup divides by: --baseline-name (a method name, file name or model
+    id), else the one name that says vanilla or baseline."""
+    ids = ids or {n: set() for n in names}
+    if chosen:
+        hits = [n for n in names if chosen == n or chosen in ids.get(n, set())]
+        if not hits:
+            raise MetricsError(f"--baseline-name {chosen!r} is none of {where}'s answer files "
+                               f"({', '.join(names)})")
+        return hits[0]
+    hits = [n for n in names if any(w in " ".join(map(str, {n} | ids.get(n, set()))).lower()
+                                    for w in ("vanilla", "baseline"))]
+    if len(hits) != 1:
+        found = f"candidates {', '.join(hits)}" if hits else "no name says vanilla or baseline"
+        raise MetricsError(f"{where}: cannot tell which answer file is vanilla decoding ({found}); "
+                           f"pass --baseline-name with one of: {', '.join(names)}")
+    return hits[0]
+
+
+def load_summarized(run_dir: Path, baseline_name: str | None = None) -> Run:
+    meta, answers = load_run(run_dir, baseline_name)
+    summary = summarize(answers, baseline=meta.get("baseline", "vanilla"))
+    summary["run"] = str(run_dir)
+    summary["device"] = meta.get("environment", {})
+    summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
+    summary["target_parameters"] = meta.get("model_parameters")
+    return Run(Path(run_dir), meta, answers, summary)
+
+
+# ---------------------------------------------------------------- numbers into frames
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -47,46 +161,136 @@ def format_overhead(overhead: dict | None, target_params: int | None) -> str:
     return "0"
 
 
+def missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def fmt(x, spec=".2f", suffix="") -> str:
-    return "–" if x is None or x != x else f"{x:{spec}}{suffix}"
+    return "–" if missing(x) else f"{x:{spec}}{suffix}"
 
 
 def caption(meta: dict) -> str:
     cfg, env = meta.get("config", {}), meta.get("environment", {})
+    if meta.get("imported"):
+        return (f"imported Spec-Bench answers {meta['imported']} · model {cfg.get('model', '?')} "
+                f"· speedups over {meta.get('baseline')}")
     device = env.get("gpu") or env.get("cpu") or "?"
     return (f"model {cfg.get('model', '?')} · {cfg.get('dtype', '?')} on {cfg.get('device', '?')} "
             f"({device}, {env.get('torch_threads', '?')} threads) · bench {cfg.get('bench', '?')} · "
             f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}")
 
 
-# The leaderboard's column names.
-SHORT = {"mt_bench": "MT", "translation": "Trans", "summarization": "Sum", "qa": "QA",
-         "math_reasoning": "Math", "rag": "RAG"}
+def run_rows(run: Run) -> list[dict]:
+    """One row a method, unrounded numbers (CSV and JSON export these as they are)."""
+    rows, target = [], run.meta.get("model_parameters")
+    for name, m in run.summary["methods"].items():
+        overhead = run.meta.get("methods", {}).get(name, {}).get("overhead")
+        eq, paired = m["equal_to_vanilla"], m["paired_speedup"]
+        rows.append({
+            "run": run.label, "published": False, "method": name,
+            **{SHORT.get(s, s): m["speedup"][s] for s in run.summary["subtasks"]},
+            "overall": m["speedup_overall"], "std": m["speedup_std"],
+            "paired": paired["mean"],
+            "ci_low": paired["ci95"][0] if paired["ci95"] else None,
+            "ci_high": paired["ci95"][1] if paired["ci95"] else None,
+            "MAT": m["mean_accepted_overall"], "tok/s": m["tokens_per_s"],
+            "overhead": format_overhead(overhead, target),
+            "params": (overhead or {}).get("params"), "bytes": (overhead or {}).get("bytes"),
+            "equal": eq["share"], "first_diff": eq["first_diff"],
+            "questions": m["questions"], "repeats": m["repeats"]})
+    return rows
 
 
-def render_table(meta: dict, summary: dict, title: str) -> Table:
-    subtasks = summary["subtasks"]
-    table = Table(title=title, caption=caption(meta), show_lines=False)
-    table.add_column("method", style="bold", no_wrap=True)
-    for col in [SHORT.get(s, s) for s in subtasks] + ["overall", "MAT", "tok/s", "overhead"]:
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("equal", justify="right")
-    target = meta.get("model_parameters")
-    for name, m in summary["methods"].items():
-        eq = m["equal_to_vanilla"]
-        equal = "–" if eq["share"] is None else f"{100 * eq['share']:.0f}%"
-        if eq["first_diff"] is not None:
-            equal += f" (first diff q{eq['first_diff']})"
-        overhead = meta.get("methods", {}).get(name, {}).get("overhead")
-        table.add_row(name, *[fmt(m["speedup"][s], ".2f", "x") for s in subtasks],
-                      fmt(m["speedup_overall"], ".2f", "x"), fmt(m["mean_accepted_overall"]),
-                      fmt(m["tokens_per_s"], ".1f"), format_overhead(overhead, target), equal)
+def baseline_rows(doc: dict) -> list[dict]:
+    """Rows from a baseline or published-numbers file (baselines/: see compare.load_baseline)."""
+    rows, target = [], doc.get("target_parameters")
+    for name, m in doc["methods"].items():
+        overhead = m.get("overhead")
+        rows.append({
+            "run": doc.get("name", "baseline"), "published": doc.get("kind") == "published",
+            "method": name,
+            **{SHORT.get(s, s): v for s, v in (m.get("speedup") or {}).items()},
+            "overall": m.get("speedup_overall"), "MAT": m.get("mean_accepted_overall"),
+            "overhead": format_overhead(overhead, target) if overhead else "",
+            "params": (overhead or {}).get("params"), "bytes": (overhead or {}).get("bytes"),
+            "equal": m.get("equal_to_vanilla")})
+    return rows
+
+
+def leaderboard(runs: list[Run], published: list[dict] = ()) -> pd.DataFrame:
+    """Methods × (subtask speedups, overall, spread, MAT, tok/s, overhead, equality), runs
+    stacked in order, published rows after them."""
+    rows = [r for run in runs for r in run_rows(run)] + [r for doc in published
+                                                          for r in baseline_rows(doc)]
+    columns = (["run", "published", "method"] + [SHORT[s] for s in SUBTASKS]
+               + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "overhead",
+                  "params", "bytes", "equal", "first_diff", "questions", "repeats"])
+    shown = [s for s in SUBTASKS if any(s in run.summary["subtasks"] for run in runs)]
+    # dtype object: ints stay ints beside None (question ids, parameter counts).
+    frame = pd.DataFrame(rows, columns=columns, dtype=object).drop(
+        columns=[SHORT[s] for s in SUBTASKS if s not in shown])
+    return frame.where(frame.notna(), None)     # NaN → None: JSON null, '–' in tables
+
+
+def display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as the strings people read: 1.52x, 1.52 ± 0.03, 1.48 [1.32, 1.66], 100%."""
+    subtasks = [c for c in frame.columns if c in SHORT.values()]
+    out = pd.DataFrame({
+        "run": [f"{r} (published)" if p else r for r, p in zip(frame["run"], frame["published"])],
+        "method": frame["method"]})
+    for col in subtasks + ["overall"]:
+        out[col] = frame[col].map(lambda x: fmt(x, ".2f", "x"))
+    if frame["std"].notna().any():
+        out["± std"] = frame["std"].map(lambda x: "" if missing(x) else f"± {x:.2f}")
+    if frame["ci_low"].notna().any():
+        out["paired [95% CI]"] = [
+            "–" if missing(lo) else f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+            for p, lo, hi in zip(frame["paired"], frame["ci_low"], frame["ci_high"])]
+    out["MAT"] = frame["MAT"].map(fmt)
+    out["tok/s"] = frame["tok/s"].map(lambda x: fmt(x, ".1f"))
+    out["overhead"] = frame["overhead"]
+    out["equal"] = [equal_text(share, diff, pub)
+                    for share, diff, pub in zip(frame["equal"], frame["first_diff"],
+                                                frame["published"])]
+    # A published table leaves out what it did not report; '–' would read as "measured, none".
+    published = frame["published"].astype(bool).to_numpy()
+    out.loc[published] = out.loc[published].replace("–", "")
+    return out
+
+
+def equal_text(share, first_diff, published: bool) -> str:
+    if missing(share):
+        return "" if published else "n/a"      # no token ids (imported answers): cannot check
+    text = f"{100 * share:.0f}%"
+    return text + (f" (first diff q{first_diff})" if not missing(first_diff) else "")
+
+
+# ---------------------------------------------------------------- output
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub table; numbers right-aligned (no tabulate dependency)."""
+    header = list(frame.columns)
+    align = ["---" if c in ("run", "method") else "---:" for c in header]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def render_table(frame: pd.DataFrame, published_flags, title: str, captions: list[str]) -> Table:
+    table = Table(title=title, caption="\n".join(captions), show_lines=False)
+    for col in frame.columns:
+        table.add_column(col, justify="left" if col in ("run", "method") else "right",
+                         style="bold" if col == "method" else None,
+                         no_wrap=col != "equal")
+    for row, published in zip(frame.itertuples(index=False), published_flags):
+        table.add_row(*(escape(str(v)) for v in row), style="dim italic" if published else None)
     return table
 
 
-def render_details(summary: dict) -> Table:
+def render_details(summary: dict, title: str = "acceptance details") -> Table:
     """Acceptance details: CTAR(1..4) for every method, drafting counters where a method has them."""
-    table = Table(title="acceptance details")
+    table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
     for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop",
                 "hit rate", "retr ms"):
@@ -103,22 +307,83 @@ def render_details(summary: dict) -> Table:
     return table
 
 
-def report(run_dir: Path, console: Console | None = None) -> dict:
-    """Print the run's table and definitions; write summary.json; return the summary."""
+def describe_missing(summary: dict) -> str:
+    """'medusa lacks q3 r1, q5 r2; pld lacks q9 r1' (r = repeat, 1-based, shown with repeats)."""
+    repeats = max(m["repeats"] for m in summary["methods"].values()) > 1
+    return "; ".join(
+        f"{name} lacks " + ", ".join(f"q{q}" + (f" r{r + 1}" if repeats else "") for q, r in keys)
+        for name, keys in summary["missing"].items())
+
+
+def published_caption(doc: dict) -> str:
+    source = doc.get("source") or {}
+    where = source.get("url", "") if isinstance(source, dict) else str(source)
+    return (f"{doc.get('name')} * published: {doc.get('model', '?')} on {doc.get('machine', '?')}"
+            f" · {doc.get('settings', '')} · {where}")
+
+
+def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
+                published: list[dict] = (), plots: bool = False,
+                baseline_name: str | None = None, err_console: Console | None = None) -> list[dict]:
+    """Print the runs side by side (and published rows); write each run's summary.json (and
+    plots); return the summaries."""
+    if fmt_ not in FORMATS:
+        raise ValueError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
-    meta, answers = load_run(run_dir)
-    summary = summarize(answers)
-    summary["run"] = str(run_dir)
-    summary["device"] = meta.get("environment", {})
-    summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
-    summary["target_parameters"] = meta.get("model_parameters")
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(render_table(meta, summary, f"specbench · {Path(run_dir).name}"))
-    console.print(render_details(summary))
-    console.print("  [dim]columns: " + ", ".join(f"{SHORT[s]} = {s}" for s in summary["subtasks"]
-                                               if s in SHORT) + "[/dim]")
-    for line in summary["definitions"]:
+    err_console = err_console or Console(stderr=True)
+    runs = [load_summarized(d, baseline_name) for d in run_dirs]
+    for run in runs:
+        (run.path / "summary.json").write_text(json.dumps(run.summary, indent=2))
+        if run.summary["missing"]:
+            # Not fatal: a run still in progress is worth a look. Speedups pair questions.
+            err_console.print(f"[yellow]warning:[/yellow] {run.path}: methods answered different "
+                              f"questions: {describe_missing(run.summary)}",
+                              highlight=False, soft_wrap=True)
+    if plots:       # files first: a reader that stops early (| head) must not cost the plots
+        from .plots import write_plots
+        for run in runs:
+            files = write_plots(run)
+            # stderr, so that csv/json on stdout stay machine-readable
+            err_console.print(f"plots: {len(files)} files in {run.path / 'plots'}",
+                              highlight=False)
+    frame = leaderboard(runs, published)
+    if fmt_ == "csv":
+        console.out(frame.to_csv(index=False).rstrip("\n"), highlight=False)
+    elif fmt_ == "json":
+        console.out(frame.to_json(orient="records", indent=2), highlight=False)
+    else:
+        shown = display(frame)
+        if len(runs) == 1 and not published:
+            shown = shown.drop(columns=["run"])
+        if fmt_ == "markdown":
+            console.out(to_markdown(shown), highlight=False)
+        else:
+            print_tables(console, runs, published, shown, frame["published"])
+    return [run.summary for run in runs]
+
+
+def print_tables(console: Console, runs: list[Run], published: list[dict], shown: pd.DataFrame,
+                 published_flags) -> None:
+    captions = [(f"{run.label}: " if len(runs) > 1 else "") + caption(run.meta) for run in runs]
+    captions += [published_caption(doc) for doc in published]
+    title = "specbench · " + " | ".join(run.label for run in runs)
+    if "run" in shown.columns:      # a narrow mark keeps the table within 160 columns
+        shown = shown.assign(run=shown["run"].str.replace(" (published)", " *", regex=False))
+    console.print(render_table(shown, published_flags, title, captions))
+    for run in runs:
+        console.print(render_details(run.summary, "acceptance details"
+                                     + (f" · {run.label}" if len(runs) > 1 else "")))
+    console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
+                                               if v in shown.columns) + "[/dim]")
+    for line in runs[0].summary["definitions"]:
         console.print(f"  [dim]{line}[/dim]")
+    targets = {run.meta.get("model_parameters") for run in runs}
+    count = f"{fmt(targets.pop(), ',')} " if len(targets) == 1 else ""
     console.print("  [dim]overhead: extra trainable parameters (and % of the target's "
-                  f"{fmt(meta.get('model_parameters'), ',')} parameters) or storage[/dim]")
-    return summary
+                  f"{count}parameters) or storage; equal n/a: no token ids to compare (imported "
+                  "answers)[/dim]")
+
+
+def report(run_dir: Path, console: Console | None = None, **options) -> dict:
+    """One run's report (what `specbench run` prints at its end); returns its summary."""
+    return report_runs([run_dir], console, **options)[0]
