@@ -155,7 +155,20 @@ def run(
     from .report import report
     from .runner import Runner, RunConfig, write_run_json
     from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
+    from .prompts import TEMPLATES, build_prompt_ids
     with user_errors():
+        # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (got {limit})")
+        for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
+            if value < 1:
+                raise ValueError(f"{opt} must be at least 1 (got {value})")
+        if warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more (got {warmup})")
+        if template not in TEMPLATES:
+            raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
+        subtasks = parse_subtasks(tasks)
+        parse_methods(methods or DEFAULT_METHODS)
         defaults: dict[str, dict] = {}
         if model is None or bench == "builtin":
             from .prepare import prepare_all
@@ -168,17 +181,6 @@ def run(
                 bench, limit = "builtin", limit or BUILTIN_LIMIT
                 bench_file = prepared.question_file
         names = parse_methods(methods or DEFAULT_METHODS)
-        subtasks = parse_subtasks(tasks)
-        if limit is not None and limit < 1:
-            raise ValueError(f"--limit must be at least 1 (got {limit})")
-        for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
-            if value < 1:
-                raise ValueError(f"{opt} must be at least 1 (got {value})")
-        if warmup < 0:
-            raise ValueError(f"--warmup must be 0 or more (got {warmup})")
-        from .prompts import TEMPLATES, build_prompt_ids
-        if template not in TEMPLATES:
-            raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
         if bench != "builtin":
             bench_file = resolve_bench(bench or "spec_bench")
         questions = select(load_questions(bench_file), subtasks, limit)
@@ -196,7 +198,8 @@ def run(
         # Options left unset take the method's own default.
         opts = {name: {k: v for k, v in o.items() if v is not None} for name, o in opts.items()}
         names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
-        config = RunConfig(model=model, bench=bench or "spec_bench", bench_sha256=sha256_of(bench_file),
+        config = RunConfig(model=model, bench=bench or "spec_bench",
+                           bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                            template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                            warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev))
