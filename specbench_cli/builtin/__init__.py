@@ -1,0 +1,121 @@
+"""The offline built-in mini benchmark: generated Spec-Bench-style tasks and a small trained Llama.
+
+`prepare_builtin()` builds (or reuses) a folder named after the recipe's hash:
+
+    builtin-<hash>/model/          Hugging Face model + tokenizer (AutoModelForCausalLM/AutoTokenizer)
+    builtin-<hash>/question.jsonl  held-out questions, Spec-Bench format, `reference` = gold answers
+    builtin-<hash>/train.jsonl     training conversations {"turns", "answers", "category"}
+    builtin-<hash>/done.json       written last: recipe, quality, hashes, timings
+
+A build happens in a temporary folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .recipe import RECIPE_VERSION, Recipe, tiny_recipe
+
+__all__ = ["BuiltinAssets", "Recipe", "RECIPE_VERSION", "default_home", "prepare_builtin", "tiny_recipe"]
+
+MODEL_DIR, QUESTION_FILE, TRAIN_FILE, DONE_FILE = "model", "question.jsonl", "train.jsonl", "done.json"
+
+
+@dataclass(frozen=True)
+class BuiltinAssets:
+    root: Path
+    model_dir: Path
+    question_file: Path
+    train_file: Path
+    quality: dict
+    hashes: dict
+    reused: bool
+
+
+def default_home() -> Path:
+    """$SPECBENCH_HOME, else the user cache folder for specbench."""
+    env = os.environ.get("SPECBENCH_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("specbench"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _assets(root: Path, done: dict, reused: bool) -> BuiltinAssets:
+    return BuiltinAssets(root=root, model_dir=root / MODEL_DIR, question_file=root / QUESTION_FILE,
+                         train_file=root / TRAIN_FILE, quality=done["quality"], hashes=done["hashes"],
+                         reused=reused)
+
+
+def _read_done(root: Path) -> dict | None:
+    try:
+        return json.loads((root / DONE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _install(tmp: Path, root: Path) -> None:
+    """Move a finished build to `root`, replacing an older one; never leaves a half folder there."""
+    old = None
+    if root.exists():
+        old = root.with_name(f".old-{root.name}-{os.getpid()}")
+        os.rename(root, old)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if _read_done(root) is None:  # not a concurrent build of the same recipe that won the race
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_builtin(home: Path | None = None, force: bool = False, seed: int = 0, console=None,
+                    recipe: Recipe | None = None) -> BuiltinAssets:
+    """Build the built-in benchmark, or reuse a complete earlier build of the same recipe.
+
+    `recipe` overrides the default recipe (tests pass `tiny_recipe()`); `seed` is used only
+    without one. Progress, hashes, the quality table and timings go to `console`.
+    """
+    from rich.console import Console
+
+    from .summary import print_summary
+
+    console = console or Console()
+    recipe = recipe or Recipe(seed=seed)
+    home = Path(home).expanduser() if home else default_home()
+    root = home / f"builtin-{recipe.hash()}"
+    done = None if force else _read_done(root)
+    if done is not None:
+        console.print(f"[green]built-in benchmark ready[/] at {root} (reused)")
+        print_summary(console, done)
+        return _assets(root, done, reused=True)
+
+    from .build import build  # torch and transformers: only when there is something to build
+
+    # A hidden sibling (same file system, so the final rename is atomic), with the usual permissions.
+    tmp = home / f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        done = build(tmp, recipe, console)
+        (tmp / DONE_FILE).write_text(json.dumps(done, indent=1) + "\n")  # last: marks it complete
+        _install(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(f"[green]built-in benchmark built[/] at {root}")
+    print_summary(console, done)
+    return _assets(root, done, reused=False)
