@@ -1,0 +1,56 @@
+"""`specbench prepare` and the default `specbench run` on a shrunken built-in recipe."""
+
+import functools
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from specbench_cli import prepare as prepare_module
+from specbench_cli.builtin import tiny_recipe
+from specbench_cli.cli import app
+
+SMALL_ADDONS = {"kangaroo": {"steps": 5, "batch_size": 4, "max_len": 128},
+                "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4, "max_len": 128},
+                "datastore": {}}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture()
+def tiny_prepare(monkeypatch, home):
+    small = functools.partial(prepare_module.prepare_all, home=home, recipe=tiny_recipe(),
+                              addons=SMALL_ADDONS)
+    monkeypatch.setattr(prepare_module, "prepare_all", lambda **kw: small(
+        **{k: v for k, v in kw.items() if k != "home"}))
+    return small
+
+
+def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
+    first = tiny_prepare()
+    assert set(first.addons) == {"kangaroo", "medusa", "datastore"}
+    assert (first.addons["medusa"] / "calibration.json").exists()
+    assert (first.addons["datastore"] / "manifest.json").exists()
+    again = tiny_prepare()
+    assert list(again.timings) == ["base"]            # nothing rebuilt
+    assert again.method_defaults()["kangaroo"]["adapter"] == str(first.addons["kangaroo"])
+
+
+def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--max-new-tokens", "16", "--warmup", "0",
+                                      "--limit", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["bench"] == "builtin"
+    assert meta["config"]["methods"] == ["vanilla", "pld", "llma", "kangaroo", "medusa", "rest"]
+    assert meta["methods"]["medusa"]["options"]["tree"] == "budget16"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["subtasks"] == ["mt_bench", "translation", "summarization", "qa",
+                                   "math_reasoning", "rag"]
+    for name, m in summary["methods"].items():
+        assert m["questions"] == 12
+        assert m["equal_to_vanilla"]["share"] == 1.0, name
