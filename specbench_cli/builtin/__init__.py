@@ -12,7 +12,6 @@ A build happens in a temporary folder that is renamed into place only when compl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..tasks import sha256_of, specbench_home
 from .recipe import RECIPE_VERSION, Recipe, tiny_recipe
 
 __all__ = ["BuiltinAssets", "Recipe", "RECIPE_VERSION", "default_home", "prepare_builtin", "tiny_recipe"]
@@ -38,22 +38,9 @@ class BuiltinAssets:
     reused: bool
 
 
-def default_home() -> Path:
-    """$SPECBENCH_HOME, else the user cache folder for specbench."""
-    env = os.environ.get("SPECBENCH_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("specbench"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# One definition each, shared with the question files' cache and checksums.
+default_home = specbench_home
+sha256_file = sha256_of
 
 
 def _assets(root: Path, done: dict, reused: bool) -> BuiltinAssets:
