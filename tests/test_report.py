@@ -343,11 +343,19 @@ def test_empty_runs_and_bad_baselines(tmp_path, run_dir):
     one_line_error(invoke("report", run_dir, "--published", "nope"), "published name")
 
 
-def test_ci_baseline_is_a_marked_placeholder(run_dir):
+def test_ci_baseline_is_a_real_builtin_baseline(run_dir, tmp_path):
+    """The committed CI baseline holds numbers for every method on the built-in benchmark, and a
+    placeholder baseline (as it was before one was measured) is refused."""
     path = Path(__file__).resolve().parents[1] / "baselines/ci/builtin-cpu.yaml"
     doc = yaml.safe_load(path.read_text())
-    assert doc["placeholder"] is True and doc["machine"] == "2-core CPU"
-    one_line_error(invoke("compare", run_dir, path), "is a placeholder")
+    assert not doc.get("placeholder") and doc["machine"] == "2-core CPU"
+    assert doc["bench"] == "builtin" and "builtin-" in doc["model"]
+    assert set(doc["methods"]) == {"vanilla", "pld", "llma", "kangaroo", "medusa", "rest"}
+    assert all(m["equal_to_vanilla"] == 1.0 and m["mean_accepted_overall"] >= 1.0
+               for m in doc["methods"].values())
+    placeholder = tmp_path / "placeholder.yaml"
+    placeholder.write_text(yaml.safe_dump({**doc, "placeholder": True}))
+    one_line_error(invoke("compare", run_dir, placeholder), "is a placeholder")
 
 
 # ---------------------------------------------------------------- Spec-Bench answer folders
