@@ -211,7 +211,7 @@ def run(
         runner = Runner(config, engine, tokenizer, questions, out, Path(model).name)
         if not resume:
             out.mkdir(parents=True, exist_ok=True)
-            write_run_json(out, config, engine, runner, {})
+            write_run_json(out, config, engine, runner)
         console.print(f"{len(questions)} questions × {len(names)} methods × {repeats} repeats "
                       f"→ {out}")
         started = time.perf_counter()

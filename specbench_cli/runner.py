@@ -221,7 +221,7 @@ def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
     return ids
 
 
-def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Runner, extra: dict):
+def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Runner):
     meta = {
         "config": asdict(config),
         "environment": environment(engine.device),
@@ -230,7 +230,6 @@ def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Run
                            "lossless": m.lossless, "info": m.info()}
                     for name, m in runner.methods.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
     }
     (out_dir / "run.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -254,7 +254,7 @@ class Engine(nn.Module):
 
     def layers(self, h: torch.Tensor, start: int, end: int, cache: KVCache | None, offset: int,
                positions: torch.Tensor | None = None, block_mask: torch.Tensor | None = None,
-               rope=None, mask=None):
+               rope=None):
         """Run decoder layers [start, end) on hidden states h (1, n, H) written at cache rows
         [offset, offset + n). `positions` default to those rows (trees pass offset + depth)."""
         n = h.shape[1]
@@ -262,8 +262,7 @@ class Engine(nn.Module):
             if positions is None:
                 positions = torch.arange(offset, offset + n, device=self.device)
             rope = self.rope(positions)
-        if mask is None:
-            mask = self.attention_mask(offset, n, block_mask)
+        mask = self.attention_mask(offset, n, block_mask)
         cos, sin = rope
         for i in range(start, end):
             h = self.model.layers[i](h, cos, sin, cache, i, offset, mask)
