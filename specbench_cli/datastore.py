@@ -141,43 +141,74 @@ class Datastore:
             if path.stat().st_size != size:
                 raise DatastoreError(f"datastore {folder}: {name} is truncated or damaged "
                                      f"({path.stat().st_size} bytes, expected {size})")
-        self.tokens = np.memmap(folder / TOKENS, dtype=np.uint32, mode="r")
-        self.suffixes = np.memmap(folder / m["suffix_array"], dtype=dtype, mode="r")
+        # Plain ndarray views of the maps: indexing a np.memmap costs more than the lookup.
+        self.tokens = np.memmap(folder / TOKENS, dtype=np.uint32, mode="r").view(np.ndarray)
+        self.suffixes = np.memmap(folder / m["suffix_array"], dtype=dtype, mode="r") \
+            .view(np.ndarray)
         self.n = n
         self.bytes = m["bytes"]
+        self._memo: dict[tuple[int, ...], tuple[int, int]] = {}
 
-    def token_at_reversed(self, i: int) -> int:
-        """Token i of the reversed array; -1 past its end (shorter suffixes sort first)."""
-        return int(self.tokens[self.n - 1 - i]) if i < self.n else -1
+    # Ranges up to this size are searched in one vectorised pass; larger ones are narrowed by
+    # sampling this many evenly spaced suffixes at a time (a 1024-way search: three rounds for
+    # a billion tokens), so no Python-level binary search touches the maps element by element.
+    SCAN = 1024
+
+    def keys(self, idx: np.ndarray, depth: int) -> np.ndarray:
+        """Token `depth` of the reversed suffixes at suffix-array indices `idx`; -1 past the end
+        (a shorter suffix sorts first)."""
+        pos = self.suffixes[idx].astype(np.int64) + depth
+        inside = pos < self.n
+        return np.where(inside, self.tokens[self.n - 1 - np.where(inside, pos, 0)]
+                        .astype(np.int64), -1)
+
+    def first_at_least(self, lo: int, hi: int, depth: int, value: int) -> int:
+        """The first index in [lo, hi) whose key at `depth` is ≥ value (hi if none); keys are
+        sorted within a range whose suffixes share `depth` leading tokens."""
+        while hi - lo > self.SCAN:
+            idx = np.linspace(lo, hi - 1, self.SCAN).astype(np.int64)
+            a = int(np.searchsorted(self.keys(idx, depth), value, "left"))
+            if a == 0:
+                return lo
+            # key(idx[a-1]) < value ≤ key(idx[a]): the answer lies in (idx[a-1], idx[a]].
+            lo, hi = int(idx[a - 1]) + 1, (int(idx[a]) + 1 if a < len(idx) else hi)
+        return lo + int(np.searchsorted(self.keys(np.arange(lo, hi), depth), value, "left"))
 
     def narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
         """Within suffix-array range [lo, hi) whose suffixes share `depth` leading tokens, the
-        sub-range whose next token equals `token` (binary search; vectorised when small)."""
-        if hi - lo <= 2048:
-            pos = self.suffixes[lo:hi].astype(np.int64) + depth
-            keys = np.where(pos < self.n, self.tokens[self.n - 1 - np.minimum(pos, self.n - 1)]
-                            .astype(np.int64), -1)
+        sub-range whose next token equals `token`."""
+        if hi - lo <= self.SCAN:        # the common case past the first tokens: one pass
+            keys = self.keys(np.arange(lo, hi), depth)
             return (lo + int(np.searchsorted(keys, token, "left")),
                     lo + int(np.searchsorted(keys, token, "right")))
+        start = self.first_at_least(lo, hi, depth, token)
+        return start, self.first_at_least(start, hi, depth, token + 1)
 
-        def bound(strict: bool) -> int:
-            a, b = lo, hi
-            while a < b:
-                mid = (a + b) // 2
-                t = self.token_at_reversed(int(self.suffixes[mid]) + depth)
-                if t < token or (strict and t == token):
-                    a = mid + 1
-                else:
-                    b = mid
-            return a
-        return bound(False), bound(True)
+    MEMO_DEPTH, MEMO_SIZE = 2, 1 << 16
+
+    def prefix_range(self, prefix: tuple[int, ...]) -> tuple[int, int]:
+        """Suffix-array range of a short query (newest token first), memoised: the one- and
+        two-token queries are the wide, costly searches, and decoding asks them again and again.
+        The memo is emptied when full, so memory stays bounded on long runs."""
+        found = self._memo.get(prefix)
+        if found is None:
+            lo, hi = self.prefix_range(prefix[:-1]) if len(prefix) > 1 else (0, self.n)
+            found = self.narrow(lo, hi, len(prefix) - 1, prefix[-1]) if lo < hi else (lo, lo)
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            self._memo[prefix] = found
+        return found
 
     def longest_match(self, context: list[int], max_span: int, min_span: int = 2):
         """The longest suffix of `context` (at most max_span, at least min_span tokens) found in
         the corpus: (length, lo, hi) of its suffix-array range, or None."""
+        query = context[::-1][:max_span]
         lo, hi, best = 0, self.n, None
-        for depth, token in enumerate(reversed(context[-max_span:])):
-            lo, hi = self.narrow(lo, hi, depth, token)
+        for depth, token in enumerate(query):
+            if depth < self.MEMO_DEPTH:
+                lo, hi = self.prefix_range(tuple(query[:depth + 1]))
+            else:
+                lo, hi = self.narrow(lo, hi, depth, token)
             if lo >= hi:
                 break
             if depth + 1 >= min_span:

@@ -1,6 +1,7 @@
 """REST: suffix-array retrieval against brute force, trie trees, equality with vanilla, errors."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -52,13 +53,14 @@ def brute_force(tokens, context, max_span, min_span=2):
     return None
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_suffix_array_search_equals_brute_force(tmp_path, seed):
+@pytest.mark.parametrize("seed,scan", [(0, 1024), (1, 1024), (2, 8), (3, 3)])
+def test_suffix_array_search_equals_brute_force(tmp_path, seed, scan):
     rng = np.random.default_rng(seed)
     alphabet = rng.choice(np.arange(60000, 70100), size=4, replace=False)   # ids above 65,535
     tokens = rng.choice(alphabet, size=3000).tolist()
     store = store_from(tokens, tmp_path)
-    for trial in range(40):
+    store.SCAN = scan                    # small: every range goes through the sampled search
+    for trial in range(80):              # repeated short queries are answered from the memo
         if trial % 2:
             start = int(rng.integers(0, 2900))
             context = tokens[start:start + int(rng.integers(2, 20))]     # surely present
@@ -87,6 +89,34 @@ def test_trie_tree_takes_most_frequent_prefixes():
     assert tokens[1:] == [4, 5, 4, 6] and parents == [-1, 0, 0, 1, 2]
     sep = np.array([[5, int(SEPARATOR), 1]], dtype=np.uint32)
     assert trie_tree(sep, 8) == ([-1, 0], [0, 5])
+
+
+def brute_force_tree(conts, budget):
+    """Every drafted prefix by count, ties to the shorter then the smaller: the top budget - 1."""
+    counts = Counter(tuple(row[:d]) for row in conts.tolist() for d in range(1, len(row) + 1)
+                     if int(SEPARATOR) not in row[:d])
+    return sorted(counts, key=lambda p: (-counts[p], len(p), p))[:budget - 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trie_tree_equals_brute_force_counting(seed):
+    rng = np.random.default_rng(seed)
+    rows, length, budget = int(rng.integers(1, 300)), int(rng.integers(1, 11)), \
+        int(rng.integers(2, 80))
+    conts = rng.choice([7, 8, 9, 70000, int(SEPARATOR)], p=[.4, .3, .15, .1, .05],
+                       size=(rows, length)).astype(np.uint32)
+    want = brute_force_tree(conts, budget)
+    got = trie_tree(conts, budget)
+    if not want:
+        assert got is None
+        return
+    parents, tokens = got
+    assert len(parents) == len(want) + 1 <= budget
+    paths = [()]
+    for parent, token in zip(parents[1:], tokens[1:]):
+        assert 0 <= parent < len(paths)                  # parents come first: prefix-closed
+        paths.append(paths[parent] + (token,))
+    assert sorted(paths[1:]) == sorted(want)
 
 
 def test_rest_equals_vanilla_with_a_datastore_of_its_own_outputs(tiny_engine, tmp_path):

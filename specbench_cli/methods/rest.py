@@ -19,35 +19,37 @@ def trie_tree(conts: np.ndarray, budget: int) -> tuple[list[int], list[int]] | N
     """The `budget - 1` most frequent prefixes of the continuation rows as a tree (root = node 0):
     returns (parents, tokens) or None when nothing is drafted.
 
-    Rows are sorted once; at depth d a new prefix starts where a row differs from the previous
-    one within its first d tokens, so every prefix count is a run length. A prefix is never
-    rarer than its extensions and ties go to the shallower, so the top nodes are prefix-closed.
-    Prefixes that reach the end of a turn (SEPARATOR) are not drafts."""
+    Rows are sorted once; at depth d a new prefix starts at every row that differs from the
+    previous one within its first d tokens, so a prefix's count is the length of its run of rows.
+    All depths are counted at once on a (rows × depth) grid: the per-step cost must stay small
+    next to one forward of the target. A prefix is never rarer than its extensions and ties go to
+    the shallower, so the top nodes are prefix-closed. Prefixes that reach the end of a turn
+    (SEPARATOR) are not drafts."""
     rows, length = conts.shape
-    conts = conts[np.lexsort(conts.T[::-1])]
+    # Lexicographic row order in one sort: big-endian rows compared as raw bytes.
+    conts = conts[np.argsort(conts.astype(">u4").view(f"V{4 * length}").ravel(), kind="stable")]
     differs = conts[1:] != conts[:-1]
-    first_diff = np.where(differs.any(1), differs.argmax(1), length)    # per row i ≥ 1
-    first_diff = np.concatenate([[-1], first_diff])                     # row 0 starts everything
+    first_diff = np.concatenate([[-1], np.where(differs.any(1), differs.argmax(1), length)])
     is_sep = conts == SEPARATOR
     first_sep = np.where(is_sep.any(1), is_sep.argmax(1), length)
-    nodes = []                                   # (-count, depth, row)
-    for depth in range(1, length + 1):
-        starts = np.flatnonzero(first_diff < depth)
-        counts = np.diff(np.append(starts, rows))
-        keep = first_sep[starts] >= depth
-        nodes += zip((-counts[keep]).tolist(), [depth] * int(keep.sum()), starts[keep].tolist())
-    if not nodes:
+    depth = np.arange(1, length + 1)
+    starts_run = (first_diff[:, None] < depth).T                # (depth, row): a prefix starts
+    run_id = np.cumsum(starts_run, axis=1) - 1                 # per depth, the run of each row
+    run_id += np.concatenate([[0], np.cumsum(run_id[:, -1] + 1)[:-1]])[:, None]
+    counts = np.bincount(run_id.ravel())                       # per node: by depth, then row
+    node_depth, node_row = np.nonzero(starts_run)              # the same order (= run ids)
+    node = np.flatnonzero(first_sep[node_row] > node_depth)    # drafts stop before a turn ends
+    if node.size == 0:
         return None
-    nodes.sort()
-    chosen = sorted(nodes[:budget - 1], key=lambda n: (n[1], n[2]))
-    index = {(): 0}
-    parents, tokens = [-1], [0]
-    for _, depth, row in chosen:
-        prefix = tuple(conts[row, :depth].tolist())
-        index[prefix] = len(parents)
-        parents.append(index[prefix[:-1]])
-        tokens.append(prefix[-1])
-    return parents, tokens
+    # Most frequent first, ties to the shallower, then to the first row: one integer key.
+    key = ((counts.max() - counts[node]) * length + node_depth[node]) * rows + node_row[node]
+    chosen = np.sort(node[np.argsort(key)[:budget - 1]])       # by run id: parents first
+    d, row = node_depth[chosen], node_row[chosen]
+    # A node's parent is the run holding its row one depth up; the root for depth-1 nodes.
+    tree_index = np.zeros(counts.size, dtype=np.int64)
+    tree_index[chosen] = np.arange(1, chosen.size + 1)
+    parents = np.where(d > 0, tree_index[run_id[np.maximum(d - 1, 0), row]], 0)
+    return [-1] + parents.tolist(), [0] + conts[row, d].tolist()
 
 
 class REST(Method):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..engine import Engine
@@ -111,12 +112,13 @@ class Tree:
         n = len(parents)
         self.parents = list(parents)
         self.depths = [0] * n
-        self.mask = torch.zeros(n, n, dtype=torch.bool)
-        for i, p in enumerate(parents):
-            self.mask[i, i] = True
-            if p >= 0:
-                self.depths[i] = self.depths[p] + 1
-                self.mask[i] |= self.mask[p]
+        # Built in numpy: REST makes a new tree every step, and row-by-row torch ops on a
+        # 64-node mask cost a sizeable share of a small model's forward.
+        mask = np.eye(n, dtype=bool)
+        for i, p in enumerate(parents[1:], start=1):
+            self.depths[i] = self.depths[p] + 1
+            mask[i] |= mask[p]
+        self.mask = torch.from_numpy(mask)
         has_child = set(parents[1:])
         self.paths = [self.path_to(i) for i in range(n) if i not in has_child]
 
