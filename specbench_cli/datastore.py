@@ -149,14 +149,16 @@ class Datastore:
         self.bytes = m["bytes"]
         self._memo: dict[tuple[int, ...], tuple[int, int]] = {}
 
-    # Ranges up to this size are searched in one vectorised pass; larger ones are narrowed by
-    # sampling this many evenly spaced suffixes at a time (a 1024-way search: three rounds for
-    # a billion tokens), so no Python-level binary search touches the maps element by element.
-    SCAN = 1024
+    # Search costs are dominated by per-call overhead and by cache misses into the maps, not by
+    # comparisons. A range wider than SCAN is narrowed by sampling FANOUT evenly spaced suffixes
+    # a round (no Python loop reads the maps element by element); a range of at most SCAN
+    # suffixes is read whole, every remaining query token at once.
+    SCAN, FANOUT = 256, 64
+    MEMO_DEPTH, MEMO_SIZE = 2, 1 << 16
 
-    def keys(self, idx: np.ndarray, depth: int) -> np.ndarray:
-        """Token `depth` of the reversed suffixes at suffix-array indices `idx`; -1 past the end
-        (a shorter suffix sorts first)."""
+    def keys(self, idx: np.ndarray, depth) -> np.ndarray:
+        """Token `depth` (an int or an array broadcast against idx) of the reversed suffixes at
+        suffix-array indices `idx`; -1 past the end (a shorter suffix sorts first)."""
         pos = self.suffixes[idx].astype(np.int64) + depth
         inside = pos < self.n
         return np.where(inside, self.tokens[self.n - 1 - np.where(inside, pos, 0)]
@@ -166,7 +168,7 @@ class Datastore:
         """The first index in [lo, hi) whose key at `depth` is ≥ value (hi if none); keys are
         sorted within a range whose suffixes share `depth` leading tokens."""
         while hi - lo > self.SCAN:
-            idx = np.linspace(lo, hi - 1, self.SCAN).astype(np.int64)
+            idx = np.linspace(lo, hi - 1, self.FANOUT).astype(np.int64)
             a = int(np.searchsorted(self.keys(idx, depth), value, "left"))
             if a == 0:
                 return lo
@@ -177,14 +179,22 @@ class Datastore:
     def narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
         """Within suffix-array range [lo, hi) whose suffixes share `depth` leading tokens, the
         sub-range whose next token equals `token`."""
-        if hi - lo <= self.SCAN:        # the common case past the first tokens: one pass
-            keys = self.keys(np.arange(lo, hi), depth)
-            return (lo + int(np.searchsorted(keys, token, "left")),
-                    lo + int(np.searchsorted(keys, token, "right")))
         start = self.first_at_least(lo, hi, depth, token)
         return start, self.first_at_least(start, hi, depth, token + 1)
 
-    MEMO_DEPTH, MEMO_SIZE = 2, 1 << 16
+    def extend(self, lo: int, hi: int, depth: int, query: list[int]) -> tuple[int, int, int]:
+        """Match the rest of `query` (from `depth` on) against every suffix of the small range
+        [lo, hi) in one read: (matched depth, lo, hi) of the longest common run. The suffixes
+        that share it are adjacent because the range is sorted."""
+        rest = np.asarray(query[depth:], dtype=np.int64)
+        keys = self.keys(np.arange(lo, hi)[:, None], depth + np.arange(rest.size)[None, :])
+        same = keys == rest
+        run = np.where(same.all(1), rest.size, same.argmin(1))
+        longest = int(run.max())
+        if longest == 0:
+            return depth, lo, hi
+        rows = np.flatnonzero(run == longest)
+        return depth + longest, lo + int(rows[0]), lo + int(rows[-1]) + 1
 
     def prefix_range(self, prefix: tuple[int, ...]) -> tuple[int, int]:
         """Suffix-array range of a short query (newest token first), memoised: the one- and
@@ -203,16 +213,20 @@ class Datastore:
         """The longest suffix of `context` (at most max_span, at least min_span tokens) found in
         the corpus: (length, lo, hi) of its suffix-array range, or None."""
         query = context[::-1][:max_span]
-        lo, hi, best = 0, self.n, None
-        for depth, token in enumerate(query):
+        lo, hi, depth, best = 0, self.n, 0, None
+        while depth < len(query):
+            if depth >= self.MEMO_DEPTH and hi - lo <= self.SCAN:
+                depth, lo, hi = self.extend(lo, hi, depth, query)
+                return (depth, lo, hi) if depth >= min_span else best
             if depth < self.MEMO_DEPTH:
                 lo, hi = self.prefix_range(tuple(query[:depth + 1]))
             else:
-                lo, hi = self.narrow(lo, hi, depth, token)
+                lo, hi = self.narrow(lo, hi, depth, query[depth])
             if lo >= hi:
                 break
-            if depth + 1 >= min_span:
-                best = (depth + 1, lo, hi)
+            depth += 1
+            if depth >= min_span:
+                best = (depth, lo, hi)
         return best
 
     def continuations(self, lo: int, hi: int, max_hits: int, length: int) -> np.ndarray:

@@ -43,10 +43,12 @@ class Prepared:
         return self.base.question_file
 
     def method_defaults(self) -> dict[str, dict]:
-        """Add-on paths the built-in run gives each method unless the user names others."""
+        """Add-on paths the built-in run gives each method unless the user names others, and
+        tree sizes for a CPU: a small model's forward grows with every tree token (benchmarks/
+        medusa_tree_forward.py), so the widest trees cost more than their extra tokens give."""
         return {"kangaroo": {"adapter": str(self.addons["kangaroo"])},
                 "medusa": {"heads": str(self.addons["medusa"]), "tree": "budget16"},
-                "rest": {"datastore": str(self.addons["datastore"])}}
+                "rest": {"datastore": str(self.addons["datastore"]), "num_draft": 32}}
 
 
 def build_addon(name: str, opts: dict, base: BuiltinAssets, folder: Path, console: Console):

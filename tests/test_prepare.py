@@ -48,6 +48,7 @@ def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, t
     assert meta["config"]["bench"] == "builtin"
     assert meta["config"]["methods"] == ["vanilla", "pld", "llma", "kangaroo", "medusa", "rest"]
     assert meta["methods"]["medusa"]["options"]["tree"] == "budget16"
+    assert meta["methods"]["rest"]["options"]["num_draft"] == 32
     summary = json.loads((out / "summary.json").read_text())
     assert summary["subtasks"] == ["mt_bench", "translation", "summarization", "qa",
                                    "math_reasoning", "rag"]
