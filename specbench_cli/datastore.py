@@ -119,6 +119,22 @@ def index_tokens(out: Path, info: dict, started: float, progress=None) -> dict:
     return manifest
 
 
+def token_bounds(tokens: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
+    """Where each token id's suffixes start in the suffix array of the reversed tokens: the first
+    reversed token orders them, so the ranges are the cumulative token counts (separators sort
+    last and are left out). Counted in chunks: one pass over the map, little memory."""
+    counts = np.zeros(0, dtype=np.int64)
+    for start in range(0, tokens.size, chunk):
+        part = tokens[start:start + chunk]
+        part = np.bincount(part[part != SEPARATOR].astype(np.int64))
+        if part.size > counts.size:
+            part[:counts.size] += counts
+            counts = part
+        else:
+            counts[:part.size] += part
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
 class Datastore:
     """Memory-mapped datastore with longest-context retrieval."""
 
@@ -148,6 +164,7 @@ class Datastore:
         self.n = n
         self.bytes = m["bytes"]
         self._memo: dict[tuple[int, ...], tuple[int, int]] = {}
+        self.first_bounds = token_bounds(self.tokens)
 
     # Search costs are dominated by per-call overhead and by cache misses into the maps, not by
     # comparisons. A range wider than SCAN is narrowed by sampling FANOUT evenly spaced suffixes
@@ -178,9 +195,24 @@ class Datastore:
 
     def narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
         """Within suffix-array range [lo, hi) whose suffixes share `depth` leading tokens, the
-        sub-range whose next token equals `token`."""
-        start = self.first_at_least(lo, hi, depth, token)
-        return start, self.first_at_least(start, hi, depth, token + 1)
+        sub-range whose next token equals `token`. Sampling rounds are shared by both ends
+        while no sample falls inside the answer."""
+        while hi - lo > self.SCAN:
+            idx = np.linspace(lo, hi - 1, self.FANOUT).astype(np.int64)
+            keys = self.keys(idx, depth)
+            a, b = np.searchsorted(keys, token, "left"), np.searchsorted(keys, token, "right")
+            start = int(idx[a - 1]) + 1 if a else lo
+            if a < b:          # samples a..b-1 hold the token: each end has its own window
+                end = int(idx[b - 1]) + 1
+                return (self.first_at_least(start, int(idx[a]) + 1, depth, token),
+                        self.first_at_least(end, int(idx[b]) + 1 if b < len(idx) else hi,
+                                            depth, token + 1))
+            if a == 0:
+                return lo, lo   # the first suffix already comes after the token
+            lo, hi = start, (int(idx[a]) if a < len(idx) else hi)
+        keys = self.keys(np.arange(lo, hi), depth)
+        return (lo + int(np.searchsorted(keys, token, "left")),
+                lo + int(np.searchsorted(keys, token, "right")))
 
     def extend(self, lo: int, hi: int, depth: int, query: list[int]) -> tuple[int, int, int]:
         """Match the rest of `query` (from `depth` on) against every suffix of the small range
@@ -200,6 +232,11 @@ class Datastore:
         """Suffix-array range of a short query (newest token first), memoised: the one- and
         two-token queries are the wide, costly searches, and decoding asks them again and again.
         The memo is emptied when full, so memory stays bounded on long runs."""
+        if len(prefix) == 1:            # the widest search of all: a table lookup
+            t = prefix[0]
+            if 0 <= t < len(self.first_bounds) - 1:
+                return int(self.first_bounds[t]), int(self.first_bounds[t + 1])
+            return 0, 0
         found = self._memo.get(prefix)
         if found is None:
             lo, hi = self.prefix_range(prefix[:-1]) if len(prefix) > 1 else (0, self.n)
