@@ -83,7 +83,9 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
     for name, opts in addons.items():
         folder = base.root / name
         marker = folder / "ready.json"
-        if force or not marker.exists():
+        # Rebuilt when its settings changed (a newer release of this file), not only when absent.
+        built_with = json.loads(marker.read_text()).get("options") if marker.exists() else None
+        if force or built_with != json.loads(json.dumps(opts)):
             t = time.perf_counter()
             tmp = base.root / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)

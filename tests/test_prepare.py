@@ -37,6 +37,10 @@ def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
     again = tiny_prepare()
     assert list(again.timings) == ["base"]            # nothing rebuilt
     assert again.method_defaults()["kangaroo"]["adapter"] == str(first.addons["kangaroo"])
+    changed = {**SMALL_ADDONS, "medusa": {**SMALL_ADDONS["medusa"], "steps": 6}}
+    assert list(tiny_prepare(addons=changed).timings) == ["base", "medusa"]   # settings changed
+    assert list(tiny_prepare(addons=changed).timings) == ["base"]
+    assert list(tiny_prepare().timings) == ["base", "medusa"]                 # and back
 
 
 def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, tmp_path):
