@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .metrics import MetricsError, load_answers, summarize
-from .runner import ANSWERS_DIR
+from .runner import ANSWERS_DIR, method_of_answer_file
 from .tasks import SUBTASKS
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -53,7 +53,7 @@ def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dic
     meta_path = run_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     files = sorted((run_dir / ANSWERS_DIR).glob("*.jsonl"))
-    answers = {f.stem: load_answers(f) for f in files}
+    answers = {method_of_answer_file(f): load_answers(f) for f in files}
     answers = {k: v for k, v in answers.items() if v}
     if not answers:
         raise MetricsError(f"{run_dir}: no answers yet (empty run)")

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import torch
 
@@ -24,6 +25,16 @@ from .prompts import build_prompt_ids
 from .tasks import Question
 
 ANSWERS_DIR = "answers"
+
+
+def answer_file_name(method: str) -> str:
+    """A method's answer file: sweep variants may carry paths ('medusa@heads=/x/y'), so the name
+    is percent-encoded (reversibly: `method_of_answer_file`)."""
+    return quote(method, safe="@=,.+-_ ") + ".jsonl"
+
+
+def method_of_answer_file(path: Path) -> str:
+    return unquote(path.stem)
 
 
 @dataclass
@@ -178,7 +189,7 @@ class Runner:
     def run(self, progress=None):
         answers = self.out_dir / ANSWERS_DIR
         answers.mkdir(parents=True, exist_ok=True)
-        files = {name: answers / f"{name}.jsonl" for name in self.methods}
+        files = {name: answers / answer_file_name(name) for name in self.methods}
         done = {name: read_done(path) for name, path in files.items()}
         todo = [(r, q) for r in range(self.config.repeats) for q in self.questions
                 if any((q.question_id, r) not in done[name] for name in self.methods)]

@@ -185,3 +185,25 @@ def test_resume_refuses_other_options(tiny_model_dir, qfile, tmp_path):
                           9, "--warmup", 0, "--out", out, "--resume"), "max_new_tokens differ")
     one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens",
                           8, "--warmup", 0, "--out", out), "holds a run already")
+
+
+def test_sweep_over_paths_keeps_each_variant_in_its_own_file(tiny_model_dir, tiny_engine, qfile,
+                                                             tmp_path):
+    from specbench_cli.datastore import build_datastore
+    _, tok = tiny_engine
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "The cat sat on the mat. Paris is in France."}) + "\n")
+    stores = [tmp_path / "stores" / name / "ds" for name in ("a", "b")]
+    for store in stores:
+        build_datastore(tok, [corpus], store, "tiny")
+    out = tmp_path / "run"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens", 12,
+                    "--warmup", 0, "--methods", "rest", "--out", out,
+                    "--sweep", f"rest.datastore={stores[0]},{stores[1]}")
+    assert result.exit_code == 0, result.output
+    names = [f"rest@datastore={s}" for s in stores]
+    assert len(list((out / "answers").glob("*.jsonl"))) == 3       # vanilla + one per store
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["vanilla"] + names
+    for name in names:
+        assert summary["methods"][name]["equal_to_vanilla"]["share"] == 1.0
