@@ -176,6 +176,11 @@ def test_sweeps_expand_to_a_grid_of_named_variants():
                      "kangaroo@exit_layer=2,threshold=0.8"]
     assert opts["kangaroo@exit_layer=2,threshold=0.4"] == {"adapter": "A", "exit_layer": 2,
                                                            "threshold": 0.4}
+    names, opts = expand_sweeps(["vanilla", "medusa"], {}, ["medusa.heads=/x/h300,/y/h600"])
+    assert names == ["vanilla", "medusa@heads=h300", "medusa@heads=h600"]   # paths shortened
+    assert opts["medusa@heads=h600"] == {"heads": "/y/h600"}
+    names, _ = expand_sweeps(["vanilla", "rest"], {}, ["rest.datastore=/a/ds,/b/ds"])
+    assert names == ["vanilla", "rest@datastore=/a/ds", "rest@datastore=/b/ds"]  # alike: whole
     with pytest.raises(ValueError, match="method 'pld' is not in --methods"):
         expand_sweeps(["vanilla"], {}, ["pld.num_draft=1,2"])
     with pytest.raises(ValueError, match="expected method.option=v1,v2"):

@@ -25,6 +25,14 @@ def base_name(name: str) -> str:
     return name.split("@", 1)[0]
 
 
+def value_labels(values: list) -> dict:
+    """How sweep values appear in variant names: paths by their last component (the table stays
+    readable), unless two would then look alike."""
+    from pathlib import PurePath
+    short = {v: PurePath(v).name if isinstance(v, str) and "/" in v else v for v in values}
+    return short if len(set(map(str, short.values()))) == len(values) else {v: v for v in values}
+
+
 def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str]):
     """Apply `--sweep method.option=v1,v2,...` (repeatable): every swept method becomes one
     variant per point of the grid, named 'method@opt=v,opt=v'. Returns (names, options)."""
@@ -51,8 +59,9 @@ def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str])
                 out_options[name] = options[name]
             continue
         keys = list(grid[name])
+        labels = {k: value_labels(values) for k, values in grid[name].items()}
         for point in itertools.product(*grid[name].values()):
-            variant = f"{name}@" + ",".join(f"{k}={v}" for k, v in zip(keys, point))
+            variant = f"{name}@" + ",".join(f"{k}={labels[k][v]}" for k, v in zip(keys, point))
             out_names.append(variant)
             out_options[variant] = {**options.get(name, {}), **dict(zip(keys, point))}
     return out_names, out_options
