@@ -1,4 +1,4 @@
-"""Tree verification forward (64 and 16 tree tokens) vs a one-token forward, side by side.
+"""Tree verification forward (64, 32 and 16 tree tokens) vs a one-token forward, side by side.
 
 Same model, same cache, same context length: each repeat times a one-token decoding forward and
 the verification forward of the preset trees (mask + positions as Medusa uses them), alternately.
@@ -32,7 +32,7 @@ def main():
         args.model = str(prepare_builtin().model_dir)
     engine, _, _ = load_engine(args.model, dtype="fp32", device="cpu")
     ctx = args.context
-    trees = {name: Tree.from_choices(load_tree(name, 4)) for name in ("budget64", "budget16")}
+    trees = {name: Tree.from_choices(load_tree(name, 4)) for name in ("budget64", "budget32", "budget16")}
     cache = engine.cache(ctx + 80)
     ids = torch.randint(3, engine.config.vocab_size, (1, ctx + 64))
     times = {"1 token": [], **{f"tree {len(t)}": [] for t in trees.values()}}
