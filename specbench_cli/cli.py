@@ -291,64 +291,78 @@ train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on
 app.add_typer(train_app, name="train")
 
 
+# Options both trainers take (Typer reads these declarations; sharing them keeps help alike).
+TRAIN_MODEL = typer.Option(..., help="Target model folder or hub id.")
+TRAIN_DATA = typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, role/content messages, "
+                          "or the built-in train.jsonl. Repeatable.")
+TRAIN_STEPS = typer.Option(2000, help="Optimizer steps.")
+TRAIN_BATCH = typer.Option(8, help="Conversations per step.")
+TRAIN_MAX_LEN = typer.Option(512, help="Tokens kept per conversation.")
+TRAIN_SEED = typer.Option(0)
+TRAIN_DTYPE = typer.Option("fp32", help="Target dtype during training.")
+TRAIN_DEVICE = typer.Option(None)
+
+
+def train_and_report(trainer, what: str, model: str, dtype: str, device: Optional[str],
+                     data: list[Path], out: Path, **options):
+    """Load the frozen target, run one trainer, print where its result went."""
+    from .engine.load import load_engine
+    with user_errors():
+        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
+        metrics = trainer(engine, tokenizer, data, out, target_name=model, console=console,
+                          **options)
+        console.print(f"{what} saved to {out} (final: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+
+
 @train_app.command("kangaroo")
 def train_kangaroo_cmd(
-    model: str = typer.Option(..., help="Target model folder or hub id."),
-    data: list[Path] = typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, role/content "
-                                    "messages, or the built-in train.jsonl. Repeatable."),
+    model: str = TRAIN_MODEL,
+    data: list[Path] = TRAIN_DATA,
     out: Path = typer.Option(..., help="Output folder (config.json + model.safetensors)."),
     exit_layer: Optional[int] = typer.Option(None, help="Shallow layers under the adapter "
                                              "(default ~1/16 of the layers, ≥ 1)."),
-    steps: int = typer.Option(2000, help="Optimizer steps."),
+    steps: int = TRAIN_STEPS,
     lr: float = typer.Option(5e-5, help="Peak learning rate (AdamW, betas 0.9/0.95)."),
     warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default min(2000, steps/10))."),
-    batch_size: int = typer.Option(8, help="Conversations per step."),
-    max_len: int = typer.Option(512, help="Tokens kept per conversation."),
-    seed: int = typer.Option(0),
-    dtype: str = typer.Option("fp32", help="Target dtype during training."),
-    device: Optional[str] = typer.Option(None),
+    batch_size: int = TRAIN_BATCH,
+    max_len: int = TRAIN_MAX_LEN,
+    seed: int = TRAIN_SEED,
+    dtype: str = TRAIN_DTYPE,
+    device: Optional[str] = TRAIN_DEVICE,
 ):
     """Train a Kangaroo adapter: soft cross-entropy against the target's next-token distribution
     on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted."""
-    from .engine.load import load_engine
     from .train.kangaroo import train_kangaroo
-    with user_errors():
-        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
-        metrics = train_kangaroo(engine, tokenizer, data, out, exit_layer=exit_layer, steps=steps,
-                                 lr=lr, warmup=warmup, batch_size=batch_size, max_len=max_len,
-                                 seed=seed, target_name=model, console=console)
-        console.print(f"adapter saved to {out} (final: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+    train_and_report(train_kangaroo, "adapter", model, dtype, device, data, out,
+                     exit_layer=exit_layer, steps=steps, lr=lr, warmup=warmup,
+                     batch_size=batch_size, max_len=max_len, seed=seed)
 
 
 @train_app.command("medusa")
 def train_medusa_cmd(
-    model: str = typer.Option(..., help="Target model folder or hub id."),
-    data: list[Path] = typer.Option(..., help="Conversations (as for `train kangaroo`). Repeatable."),
+    model: str = TRAIN_MODEL,
+    data: list[Path] = TRAIN_DATA,
     out: Path = typer.Option(..., help="Output folder (medusa_lm_head.safetensors + config.json)."),
     num_heads: int = typer.Option(4, help="Heads; head k predicts the token 2+k ahead."),
-    steps: int = typer.Option(2000, help="Optimizer steps."),
+    steps: int = TRAIN_STEPS,
     lr: float = typer.Option(1e-3, help="Peak learning rate (cosine schedule)."),
     warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default steps/10)."),
-    batch_size: int = typer.Option(8, help="Conversations per step."),
-    max_len: int = typer.Option(512, help="Tokens kept per conversation."),
-    seed: int = typer.Option(0),
-    dtype: str = typer.Option("fp32", help="Target dtype during training."),
-    device: Optional[str] = typer.Option(None),
+    batch_size: int = TRAIN_BATCH,
+    max_len: int = TRAIN_MAX_LEN,
+    seed: int = TRAIN_SEED,
+    dtype: str = TRAIN_DTYPE,
+    device: Optional[str] = TRAIN_DEVICE,
 ):
     """Train Medusa heads: loss Σ 0.8^k·CE_k on assistant tokens, heads' output layers start as
     the LM head. Resumes from OUT/checkpoint.pt when interrupted."""
-    from .engine.load import load_engine
     from .train.medusa import train_medusa
-    with user_errors():
+    with user_errors():         # checked before the model loads
         if num_heads < 1:
             raise ValueError(f"--num-heads must be at least 1 (got {num_heads})")
-        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
-        metrics = train_medusa(engine, tokenizer, data, out, num_heads=num_heads, steps=steps,
-                               lr=lr, warmup=warmup, batch_size=batch_size, max_len=max_len,
-                               seed=seed, target_name=model, console=console)
-        console.print(f"heads saved to {out} (final: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+    train_and_report(train_medusa, "heads", model, dtype, device, data, out,
+                     num_heads=num_heads, steps=steps, lr=lr, warmup=warmup,
+                     batch_size=batch_size, max_len=max_len, seed=seed)
 
 
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")

@@ -207,3 +207,21 @@ def test_sweep_over_paths_keeps_each_variant_in_its_own_file(tiny_model_dir, tin
     assert list(summary["methods"]) == ["vanilla"] + names
     for name in names:
         assert summary["methods"][name]["equal_to_vanilla"]["share"] == 1.0
+
+
+def test_train_commands_save_what_the_methods_load(tiny_model_dir, tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"conversations": [
+        {"from": "human", "value": f"Say {i} twice."},
+        {"from": "gpt", "value": f"{i} {i} and that is all."}]}) + "\n" for i in range(8)))
+    common = ("--model", tiny_model_dir, "--data", data, "--steps", 2, "--batch-size", 2)
+    result = invoke("train", "kangaroo", *common, "--out", tmp_path / "adapter")
+    assert result.exit_code == 0, result.output
+    assert "adapter saved to" in result.output
+    assert (tmp_path / "adapter" / "model.safetensors").exists()
+    result = invoke("train", "medusa", *common, "--num-heads", 2, "--out", tmp_path / "heads")
+    assert result.exit_code == 0, result.output
+    assert "heads saved to" in result.output
+    assert (tmp_path / "heads" / "medusa_lm_head.safetensors").exists()
+    result = invoke("train", "medusa", *common, "--num-heads", 0, "--out", tmp_path / "h0")
+    assert result.exit_code == 2 and "--num-heads must be at least 1" in result.output
