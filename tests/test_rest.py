@@ -53,20 +53,23 @@ def brute_force(tokens, context, max_span, min_span=2):
     return None
 
 
-@pytest.mark.parametrize("seed,scan,fanout", [(0, 256, 64), (1, 4096, 64), (2, 8, 4), (3, 3, 2)])
-def test_suffix_array_search_equals_brute_force(tmp_path, seed, scan, fanout):
+@pytest.mark.parametrize("seed,scan,fanout,memo", [(0, 256, 64, 1 << 16), (1, 4096, 64, 1 << 16),
+                                                  (2, 8, 4, 3), (3, 3, 2, 1)])
+def test_suffix_array_search_equals_brute_force(tmp_path, seed, scan, fanout, memo):
     rng = np.random.default_rng(seed)
     alphabet = rng.choice(np.arange(60000, 70100), size=4, replace=False)   # ids above 65,535
     tokens = rng.choice(alphabet, size=3000).tolist()
     store = store_from(tokens, tmp_path)
     # Small limits: wide ranges go through several sampled rounds; 4096: every range read whole.
-    store.SCAN, store.FANOUT = scan, fanout
+    store.SCAN, store.FANOUT, store.MEMO_SIZE = scan, fanout, memo    # tiny memo: often emptied
     for trial in range(80):              # repeated short queries are answered from the memo
         if trial % 2:
             start = int(rng.integers(0, 2900))
             context = tokens[start:start + int(rng.integers(2, 20))]     # surely present
         else:
             context = rng.choice(alphabet, size=int(rng.integers(2, 20))).tolist()
+        if trial % 7 == 0:               # separators end turns and are never matched
+            context = context + [int(SEPARATOR)]
         want = brute_force(tokens, context, 16)
         got = store.longest_match(context, 16)
         if want is None:
