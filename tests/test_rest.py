@@ -17,8 +17,8 @@ from test_methods import PROMPTS
 class ArrayTokenizer:
     """Stands in for a tokenizer: each 'text' is a list of token ids already."""
 
-    def __call__(self, ids, add_special_tokens=False):
-        return {"input_ids": list(ids)}
+    def __call__(self, batch, add_special_tokens=False):
+        return {"input_ids": [list(ids) for ids in batch]}
 
     def get_vocab(self):
         return {"a": 0}
@@ -30,8 +30,8 @@ class FixedTokenizer(ArrayTokenizer):
     def __init__(self, ids):
         self.ids = ids
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": list(self.ids)}
+    def __call__(self, batch, add_special_tokens=False):
+        return {"input_ids": [list(self.ids) for _ in batch]}
 
 
 def store_from(tokens, tmp_path):
