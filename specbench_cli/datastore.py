@@ -2,7 +2,10 @@
 
 The suffix array is built over the *reversed* tokens so that a query read backwards from the
 newest token (root, previous token, ...) narrows its range one token at a time: the longest
-matching context is found in one pass instead of one binary search per length. Files:
+matching context is found in one pass instead of one binary search per length. The widest
+searches are skipped: a one-token range comes from the token counts, two-token ranges are
+memoised, and once a range is small the rest of the query is compared with all of it at once.
+Files:
   tokens.u32   uint32, little-endian, turns separated by SEPARATOR
   rsa.i32|i64  suffix array of the reversed token array (int32 below 2^31 tokens)
   manifest.json  tokenizer name, vocab hash, token count, file sizes, build options
@@ -257,7 +260,7 @@ class Datastore:
             return 0, 0
         found = self._memo.get(prefix)
         if found is None:
-            lo, hi = self.prefix_range(prefix[:-1]) if len(prefix) > 1 else (0, self.n)
+            lo, hi = self.prefix_range(prefix[:-1])
             found = self.narrow(lo, hi, len(prefix) - 1, prefix[-1]) if lo < hi else (lo, lo)
             if len(self._memo) >= self.MEMO_SIZE:
                 self._memo.clear()
@@ -267,7 +270,7 @@ class Datastore:
     def longest_match(self, context: list[int], max_span: int, min_span: int = 2):
         """The longest suffix of `context` (at most max_span, at least min_span tokens) found in
         the corpus: (length, lo, hi) of its suffix-array range, or None."""
-        query = context[::-1][:max_span]
+        query = context[-max_span:][::-1]        # newest token first
         lo, hi, depth, best = 0, self.n, 0, None
         while depth < len(query):
             if depth >= self.MEMO_DEPTH and hi - lo <= self.SCAN:
