@@ -140,6 +140,9 @@ def index_tokens(out: Path, info: dict, started: float, progress=None) -> dict:
     return manifest
 
 
+MAX_TOKEN_ID = 1 << 24      # far above any tokenizer's vocabulary
+
+
 def token_bounds(tokens: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
     """Where each token id's suffixes start in the suffix array of the reversed tokens: the first
     reversed token orders them, so the ranges are the cumulative token counts (separators sort
@@ -147,7 +150,11 @@ def token_bounds(tokens: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
     counts = np.zeros(0, dtype=np.int64)
     for start in range(0, tokens.size, chunk):
         part = tokens[start:start + chunk]
-        part = np.bincount(part[part != SEPARATOR].astype(np.int64))
+        part = part[part != SEPARATOR]
+        if part.size and int(part.max()) >= MAX_TOKEN_ID:
+            raise DatastoreError(f"token id {int(part.max()):,} is beyond any vocabulary: "
+                                 f"{TOKENS} is damaged (rebuild the datastore)")
+        part = np.bincount(part.astype(np.int64))
         if part.size > counts.size:
             part[:counts.size] += counts
             counts = part

@@ -156,6 +156,10 @@ def test_datastore_errors(tiny_engine, tmp_path):
     build_datastore(tok, [corpus], tmp_path / "ds")
     with pytest.raises(DatastoreError, match="built with another tokenizer"):
         Datastore(tmp_path / "ds", ArrayTokenizer())
+    size = (tmp_path / "ds" / "tokens.u32").stat().st_size
+    (tmp_path / "ds" / "tokens.u32").write_bytes(b"\x07" * size)    # right size, garbage ids
+    with pytest.raises(DatastoreError, match="beyond any vocabulary: tokens.u32 is damaged"):
+        Datastore(tmp_path / "ds", tok)
     (tmp_path / "ds" / "tokens.u32").write_bytes(b"\0" * 8)
     with pytest.raises(DatastoreError, match="tokens.u32 is truncated or damaged"):
         Datastore(tmp_path / "ds", tok)
