@@ -91,16 +91,24 @@ def main():
             t = time.perf_counter()
             engine(ids[:, -1:], cache, 200)
             forward.append(time.perf_counter() - t)
-    r_ms, f_ms = statistics.median(times) * 1e3, statistics.median(forward) * 1e3
+    f_ms = statistics.median(forward) * 1e3
+    mean_ms = statistics.fmean(times) * 1e3
+    miss_times = [t for t in times if t not in hit_times]
     print(f"datastore: {manifest['tokens']:,} tokens, {manifest['bytes'] / 2**20:.1f} MiB; "
           f"suffix array built at {manifest['tokens_per_second']:,.0f} tokens/s "
           f"({manifest['build_seconds']:.1f} s)")
-    print(f"retrieval per step: median {r_ms:.3f} ms, p90 {np.percentile(times, 90) * 1e3:.3f} ms "
-          f"over {args.steps} steps; the {len(hit_times)} steps with a match: median "
-          f"{statistics.median(hit_times) * 1e3:.3f} ms")
     print(f"one target forward (built-in-shaped model, {engine.num_parameters() / 1e6:.1f}M "
-          f"params, fp32 cpu, {torch.get_num_threads()} threads, context 200): median {f_ms:.3f} ms")
-    print(f"retrieval / forward: {r_ms / f_ms:.3f} (goal < 0.10)")
+          f"params, fp32 cpu, {torch.get_num_threads()} threads, context 200): median "
+          f"{f_ms:.3f} ms")
+    for label, group in ((f"{len(hit_times)} steps with a match", hit_times),
+                         (f"{len(miss_times)} steps without", miss_times)):
+        if group:
+            ms = statistics.median(group) * 1e3
+            print(f"retrieval, {label}: median {ms:.3f} ms = {ms / f_ms:.3f} of a forward")
+    # The mean, not the median: the two kinds of steps differ ten-fold, and a REST step's cost
+    # is what it pays on average.
+    print(f"retrieval per step, mean over all {args.steps}: {mean_ms:.3f} ms = "
+          f"{mean_ms / f_ms:.3f} of a forward (goal < 0.10)")
 
 
 if __name__ == "__main__":
