@@ -3,8 +3,9 @@
 The suffix array is built over the *reversed* tokens so that a query read backwards from the
 newest token (root, previous token, ...) narrows its range one token at a time: the longest
 matching context is found in one pass instead of one binary search per length. The widest
-searches are skipped: a one-token range comes from the token counts, two-token ranges are
-memoised, and once a range is small the rest of the query is compared with all of it at once.
+searches are skipped: a one-token range comes from the token counts, narrowings of wide ranges
+(frequent contexts) are memoised, and once a range is small the rest of the query is compared
+with all of it at once.
 Files:
   tokens.u32   uint32, little-endian, turns separated by SEPARATOR
   rsa.i32|i64  suffix array of the reversed token array (int32 below 2^31 tokens)
@@ -199,7 +200,7 @@ class Datastore:
     # a round (no Python loop reads the maps element by element); a range of at most SCAN
     # suffixes is read whole, every remaining query token at once.
     SCAN, FANOUT = 256, 64
-    MEMO_DEPTH, MEMO_SIZE = 2, 1 << 16
+    MEMO_SIZE = 1 << 16
 
     def keys(self, idx: np.ndarray, depth) -> np.ndarray:
         """Token `depth` (an int or an array broadcast against idx) of the reversed suffixes at
@@ -256,37 +257,33 @@ class Datastore:
         rows = np.flatnonzero(run == longest)
         return depth + longest, lo + int(rows[0]), lo + int(rows[-1]) + 1
 
-    def prefix_range(self, prefix: tuple[int, ...]) -> tuple[int, int]:
-        """Suffix-array range of a short query (newest token first), memoised: the one- and
-        two-token queries are the wide, costly searches, and decoding asks them again and again.
-        The memo is emptied when full, so memory stays bounded on long runs."""
-        if len(prefix) == 1:            # the widest search of all: a table lookup
-            t = prefix[0]
-            if 0 <= t < len(self.first_bounds) - 1:
-                return int(self.first_bounds[t]), int(self.first_bounds[t + 1])
-            return 0, 0
-        found = self._memo.get(prefix)
+    def narrow_memoised(self, query: tuple[int, ...], lo: int, hi: int) -> tuple[int, int]:
+        """`narrow` of a wide range, memoised by the query so far (newest token first). Only
+        ranges wider than SCAN are searched this way, and those at one depth are disjoint, so
+        there are at most tokens / SCAN of them a depth: decoding meets the same frequent
+        contexts again and again. The memo is emptied when full: memory stays bounded."""
+        found = self._memo.get(query)
         if found is None:
-            lo, hi = self.prefix_range(prefix[:-1])
-            found = self.narrow(lo, hi, len(prefix) - 1, prefix[-1]) if lo < hi else (lo, lo)
+            found = self.narrow(lo, hi, len(query) - 1, query[-1])
             if len(self._memo) >= self.MEMO_SIZE:
                 self._memo.clear()
-            self._memo[prefix] = found
+            self._memo[query] = found
         return found
 
     def longest_match(self, context: list[int], max_span: int, min_span: int = 2):
         """The longest suffix of `context` (at most max_span, at least min_span tokens) found in
         the corpus: (length, lo, hi) of its suffix-array range, or None."""
         query = context[-max_span:][::-1]        # newest token first
-        lo, hi, depth, best = 0, self.n, 0, None
-        while depth < len(query):
-            if depth >= self.MEMO_DEPTH and hi - lo <= self.SCAN:
+        if not query or not 0 <= query[0] < len(self.first_bounds) - 1:
+            return None
+        # One token: its range comes from the token counts, no search.
+        lo, hi = int(self.first_bounds[query[0]]), int(self.first_bounds[query[0] + 1])
+        depth, best = 1, ((1, lo, hi) if min_span <= 1 and lo < hi else None)
+        while depth < len(query) and lo < hi:
+            if hi - lo <= self.SCAN:              # small: the rest of the query in one read
                 depth, lo, hi = self.extend(lo, hi, depth, query)
                 return (depth, lo, hi) if depth >= min_span else best
-            if depth < self.MEMO_DEPTH:
-                lo, hi = self.prefix_range(tuple(query[:depth + 1]))
-            else:
-                lo, hi = self.narrow(lo, hi, depth, query[depth])
+            lo, hi = self.narrow_memoised(tuple(query[:depth + 1]), lo, hi)
             if lo >= hi:
                 break
             depth += 1
