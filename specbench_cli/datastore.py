@@ -5,8 +5,7 @@ newest token (root, previous token, ...) narrows its range one token at a time: 
 matching context is found in one pass instead of one binary search per length. The widest
 searches are skipped: a one-token range comes from the token counts, narrowings of wide ranges
 (frequent contexts) are memoised, and once a range is small the rest of the query is compared
-with all of it at once.
-Files:
+with all of it at once. Files:
   tokens.u32   uint32, little-endian, turns separated by SEPARATOR
   rsa.i32|i64  suffix array of the reversed token array (int32 below 2^31 tokens)
   manifest.json  tokenizer name, vocab hash, token count, file sizes, build options
@@ -105,12 +104,13 @@ def build_datastore(tokenizer, files: list[Path], out: Path, tokenizer_name: str
             for batch in batched(iter_texts(Path(file)), TOKENIZE_BATCH):
                 # One call per batch: a fast tokenizer encodes a batch on all cores, and the
                 # per-call overhead, not the encoding, dominates turn-at-a-time tokenizing.
-                turns = [list(ids) + [SEPARATOR] for ids in
-                         tokenizer(batch, add_special_tokens=False)["input_ids"] if ids]
-                if turns:
-                    flat = np.concatenate([np.asarray(t, dtype=np.uint32) for t in turns])
-                    flat.tofile(sink)
-                    count += flat.size
+                flat = []
+                for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                    if ids:
+                        flat.extend(ids)
+                        flat.append(SEPARATOR)
+                np.asarray(flat, dtype=np.uint32).tofile(sink)
+                count += len(flat)
                 if progress:
                     progress.update(task, info=f"{count:,} tokens")
     if count == 0:
@@ -224,24 +224,13 @@ class Datastore:
 
     def narrow(self, lo: int, hi: int, depth: int, token: int) -> tuple[int, int]:
         """Within suffix-array range [lo, hi) whose suffixes share `depth` leading tokens, the
-        sub-range whose next token equals `token`. Sampling rounds are shared by both ends
-        while no sample falls inside the answer."""
-        while hi - lo > self.SCAN:
-            idx = np.linspace(lo, hi - 1, self.FANOUT).astype(np.int64)
-            keys = self.keys(idx, depth)
-            a, b = np.searchsorted(keys, token, "left"), np.searchsorted(keys, token, "right")
-            start = int(idx[a - 1]) + 1 if a else lo
-            if a < b:          # samples a..b-1 hold the token: each end has its own window
-                end = int(idx[b - 1]) + 1
-                return (self.first_at_least(start, int(idx[a]) + 1, depth, token),
-                        self.first_at_least(end, int(idx[b]) + 1 if b < len(idx) else hi,
-                                            depth, token + 1))
-            if a == 0:
-                return lo, lo   # the first suffix already comes after the token
-            lo, hi = start, (int(idx[a]) if a < len(idx) else hi)
-        keys = self.keys(np.arange(lo, hi), depth)
-        return (lo + int(np.searchsorted(keys, token, "left")),
-                lo + int(np.searchsorted(keys, token, "right")))
+        sub-range whose next token equals `token`."""
+        if hi - lo <= self.SCAN:            # small: both ends from one read
+            keys = self.keys(np.arange(lo, hi), depth)
+            return (lo + int(np.searchsorted(keys, token, "left")),
+                    lo + int(np.searchsorted(keys, token, "right")))
+        start = self.first_at_least(lo, hi, depth, token)
+        return start, self.first_at_least(start, hi, depth, token + 1)
 
     def extend(self, lo: int, hi: int, depth: int, query: list[int]) -> tuple[int, int, int]:
         """Match the rest of `query` (from `depth` on) against every suffix of the small range
