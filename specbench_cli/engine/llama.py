@@ -43,6 +43,9 @@ class EngineConfig:
     model_type: str
     bos_token_id: int | None
     eos_token_id: int | list | None
+    # The positions the model was trained for (None when the config does not say). Last and
+    # defaulted, so configs built field by field elsewhere still construct.
+    max_position_embeddings: int | None = None
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "EngineConfig":
@@ -81,12 +84,16 @@ class EngineConfig:
             model_type=model_type,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
+            max_position_embeddings=cfg.get("max_position_embeddings"),
         )
 
 
 def rope_inv_freq(cfg: EngineConfig) -> torch.Tensor:
+    """On the CPU whatever the default device: the loader builds the engine under
+    `torch.device("meta")`, and these frequencies are computed, not loaded."""
     dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    steps = torch.arange(0, dim, 2, dtype=torch.float64, device="cpu")
+    inv_freq = 1.0 / (cfg.rope_theta ** (steps / dim))
     scaling = cfg.rope_scaling
     if scaling is None:
         return inv_freq

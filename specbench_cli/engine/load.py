@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import mmap as mmap_module
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
 from .llama import Engine, EngineConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# run.json records the short name, whichever alias the user typed.
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# torch's own names too, as `from_pretrained(dtype=...)` users type them.
+DTYPE_ALIASES = {**DTYPES, "float32": torch.float32, "float16": torch.float16,
+                 "half": torch.float16, "bfloat16": torch.bfloat16}
+# safetensors header dtype → torch; others (int8, fp8, …) are quantised formats we do not run.
+STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class ModelLoadError(ValueError):
@@ -33,14 +44,22 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """Spec-Bench's default: fp16 on GPU; fp32 on CPU, where half precision is slow and inexact."""
     if dtype in (None, "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if dtype.lower() not in DTYPE_ALIASES:
+        raise ModelLoadError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_ALIASES)}")
+    return DTYPE_ALIASES[dtype.lower()]
 
 
-def model_folder(name_or_path: str) -> Path:
-    """A local folder as is; anything else is taken as a hub id and fetched (cached)."""
+def model_folder(name_or_path: str, console=None) -> Path:
+    """A Hugging Face folder for any way a user names a model: a named real target (smollm2) or
+    a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
+    id (fetched, cached)."""
+    from ..targets import TARGETS, target_folder
+    from .gguf import gguf_folder
     path = Path(name_or_path).expanduser()
+    if name_or_path in TARGETS and not path.exists():
+        return target_folder(name_or_path, console=console)
+    if path.suffix.lower() == ".gguf":
+        return gguf_folder(path, console=console)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: not a model folder (no config.json)")
@@ -56,40 +75,183 @@ def model_folder(name_or_path: str) -> Path:
                              f"{str(err).splitlines()[0]}") from None
 
 
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All weights of a checkpoint folder: single or sharded safetensors, else PyTorch .bin."""
-    from safetensors.torch import load_file
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of a folder, looked for as `from_pretrained` does: an index, then a
+    single file, safetensors first.
+
+    The index's weight_map names exactly the shards; the `*.safetensors` glob is a last resort,
+    since folders also hold other weights (medusa_lm_head.safetensors, consolidated.safetensors).
+    """
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            files = [folder / name for name in sorted(set(weight_map.values()))]
+            absent = [f.name for f in files if not f.is_file()]
+            if absent:
+                raise ModelLoadError(f"{folder}: {index} names missing files {absent[:5]}")
+            if not files:
+                raise ModelLoadError(f"{folder}: {index} names no files")
+            return files
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).is_file():
+            return [folder / single]
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise ModelLoadError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
-    state = {}
+    return files
+
+
+Reader = Callable[[torch.dtype, torch.device], torch.Tensor]
+
+
+def checkpoint_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int, ...], Reader]]:
+    """(name, shape, read) per tensor; `read(dtype, device)` returns it converted. Names and
+    shapes come first so that skipped or misshapen tensors are never read. With `mmap`, a tensor
+    already in the run dtype on the CPU stays the file's own pages (see load_engine)."""
+    if file.suffix == ".safetensors":
+        yield from safetensors_tensors(file, mmap)
+        return
+    # Legacy pickles: torch.load maps the file and each tensor is converted (or kept) alone,
+    # but the pages read stay resident until the whole file is done.
+    try:
+        state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # not a zip-format torch.save file, or not only tensors
+        raise ModelLoadError(f"{file}: does not load: {str(err).splitlines()[0]}") from None
+    for name, t in state.items():
+        def read(dtype, device, t=t):
+            out = to_run(t, dtype, device)
+            return out.clone() if out is t and not mmap else out
+        yield name, tuple(t.shape), read
+
+
+def safetensors_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int, ...], Reader]]:
+    """Our own reader of the format (8-byte header length, JSON header, raw bytes) that maps one
+    tensor at a time: a converted tensor's pages leave the process as soon as it is converted,
+    where safetensors' whole-file map keeps every page read resident until the file is done
+    (a single-file checkpoint converted to fp32 would peak at 3x its size instead of 2x)."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        try:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len > size:
+                raise ValueError
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            raise ModelLoadError(f"{file}: not a safetensors file (bad header)") from None
+        base = f.tell()
+        header.pop("__metadata__", None)
+        # In file order, so the disk reads sequentially.
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+
+            def read(dtype, device, name=name, info=info):
+                stored = STORED_DTYPES.get(info["dtype"])
+                if stored is None:
+                    raise ModelLoadError(f"{file}: tensor {name} is stored as {info['dtype']}; "
+                                         f"supported: {', '.join(STORED_DTYPES)}")
+                start, end = (base + offset for offset in info["data_offsets"])
+                shape, numel = info["shape"], math.prod(info["shape"])
+                if numel * stored.itemsize != end - start or end > size:
+                    raise ModelLoadError(f"{file}: tensor {name}: bytes [{start}, {end}) of "
+                                         f"{size} do not hold {info['dtype']} {shape}")
+                if numel == 0:
+                    return torch.empty(shape, dtype=dtype, device=device)
+                t = file_view(f, start, end, stored).view(shape)
+                out = to_run(t, dtype, device)
+                # Kept, the tensor is the map (misaligned data is copied all the same); copied,
+                # the map and its pages go with the last reference to `t`.
+                keep = mmap and start % stored.itemsize == 0
+                return out.clone() if out is t and not keep else out
+
+            yield name, tuple(info["shape"]), read
+
+
+def file_view(f, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+    """Bytes [start, end) of an open file as a 1-D tensor over a private map of them, which
+    lives as long as the tensor. Copy-on-write (ACCESS_COPY): torch wants a writable buffer, and
+    a write must never reach the file."""
+    page = start - start % mmap_module.ALLOCATIONGRANULARITY
+    mapped = mmap_module.mmap(f.fileno(), end - page, offset=page, access=mmap_module.ACCESS_COPY)
+    return torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize,
+                            offset=start - page)
+
+
+def to_run(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Cast and move, crossing to the device in the narrower of the two dtypes. Returns `t`
+    itself when it is already right."""
+    if t.element_size() > dtype.itemsize:
+        return t.to(dtype).to(device)
+    return t.to(device).to(dtype)
+
+
+def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: torch.device,
+                 mmap: bool = True):
+    """Fill the engine's meta parameters tensor by tensor, each read once, in the run dtype on
+    the run device, so peak memory is about the model's size. Raises ModelLoadError on missing
+    or unexpected tensors and on shape mismatches."""
+    tied = engine.config.tie_word_embeddings
+    slots = {f"{prefix}.{name}".lstrip("."): module for prefix, module in engine.named_modules()
+             for name, p in module._parameters.items() if p is not None}
+    unexpected = []
     for file in files:
-        if file.suffix == ".safetensors":
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    return state
+        for name, shape, read in checkpoint_tensors(file, mmap):
+            # A tied head is the embedding; HF's rotary buffers are recomputed by the engine.
+            if (tied and name == "lm_head.weight") or "rotary_emb" in name:
+                continue
+            if name not in slots:
+                unexpected.append(name)
+                continue
+            module, param_name = slots[name], name.rpartition(".")[2]
+            want = tuple(module._parameters[param_name].shape)
+            if shape != want:
+                raise ModelLoadError(f"{file}: tensor {name} has shape {list(shape)}, the config "
+                                     f"needs {list(want)}")
+            module._parameters[param_name] = nn.Parameter(read(dtype, device), requires_grad=False)
+    if tied:
+        engine.lm_head.weight = engine.model.embed_tokens.weight
+    missing = [name for name, p in engine.named_parameters() if p.is_meta]
+    if missing or unexpected:
+        raise ModelLoadError(f"{files[0].parent}: weights do not fit the config: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None,
-                with_tokenizer: bool = True):
-    """Return (engine, tokenizer or None, folder)."""
+                with_tokenizer: bool = True, mmap: bool = True):
+    """Return (engine, tokenizer or None, folder).
+
+    Weights already in the run dtype, run on the CPU, are mapped from the files (`mmap`), as
+    `from_pretrained` does: loading is instant, pages are read on first use and shared with the
+    page cache (and other processes), and peak memory is the model's size. The files must then
+    not change while the engine lives; `mmap=False` copies them instead. Every other tensor is
+    converted (or moved) one at a time, so the peak stays near the run size
+    (benchmarks/load_memory.py).
+    """
     folder = model_folder(name_or_path)
     cfg = EngineConfig.from_hf(json.loads((folder / "config.json").read_text()))
     dev = resolve_device(device)
-    engine = Engine(cfg)
-    state = read_state_dict(folder)
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = engine.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
-    unexpected = [k for k in unexpected if "rotary_emb" not in k]
-    if missing or unexpected:
-        raise ModelLoadError(f"{folder}: weights do not fit the config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    engine = engine.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
-    engine.requires_grad_(False)
+    run_dtype = resolve_dtype(dtype, dev)
+    files = checkpoint_files(folder)
+    # Parameters without storage, and no random init: every one is about to be replaced.
+    with torch.device("meta"), no_init():
+        engine = Engine(cfg)
+    load_weights(engine, files, run_dtype, dev, mmap)
+    engine.eval()
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
+
+
+@contextmanager
+def no_init():
+    """Make torch.nn.init's in-place initialisers no-ops for a while. On the meta device they
+    are wasted work, and meta `normal_` (nn.Embedding's init) alone imports torch's Python meta
+    kernels and sympy: ~1.3 s and ~75 MB resident. Not thread-safe (as transformers' own)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
 
 
 def load_tokenizer(folder: Path):

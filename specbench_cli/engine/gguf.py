@@ -1,0 +1,104 @@
+"""llama.cpp GGUF file → an ordinary Hugging Face folder, converted once and cached.
+
+The engine reads safetensors folders only; transformers can read a GGUF (dequantizing it) but
+refuses to `save_pretrained` the result, so we write the folder ourselves. The cache key is the
+file's content hash, so a renamed or moved file is not converted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+GGUF_MAGIC = b"GGUF"
+MARKER = "specbench_gguf.json"  # written last: its presence means the folder is complete
+INSTALL_HINT = "GGUF files need the 'gguf' and 'accelerate' packages: pip install 'specbench[gguf]'"
+# Not part of the model: where transformers loaded it from, and the quantizer it refuses to save.
+DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
+
+
+def _error(message: str) -> Exception:
+    from .load import ModelLoadError  # lazy: load.py imports this module
+    return ModelLoadError(message)
+
+
+def gguf_folder(path: Path, home: Path | None = None, console=None, force: bool = False) -> Path:
+    """The cached HF folder for GGUF file `path`, converting it first if needed (or `force`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _error(f"GGUF file {path} does not exist")
+    with path.open("rb") as fh:  # before anything heavy: a wrong file fails in microseconds
+        if fh.read(4) != GGUF_MAGIC:
+            raise _error(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    from ..tasks import sha256_of, specbench_home
+    home = home if home is not None else specbench_home()
+    sha = sha256_of(path)
+    folder = Path(home) / "gguf" / sha[:16]
+    if force:
+        shutil.rmtree(folder, ignore_errors=True)
+    if (folder / MARKER).is_file():
+        return folder
+    try:  # only converting needs them; a cached folder loads without
+        import accelerate  # noqa: F401
+        import gguf  # noqa: F401
+    except ImportError:
+        raise _error(INSTALL_HINT) from None
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # A private temp dir per process: parallel workers converting the same file do not collide.
+    part = Path(tempfile.mkdtemp(prefix=f"{folder.name}.part-", dir=folder.parent))
+    part.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        status = (console.status(f"Converting {path.name} to a Hugging Face folder (once)…")
+                  if console is not None else contextlib.nullcontext())
+        start = time.perf_counter()
+        with status:
+            _convert(path, part)
+        (part / MARKER).write_text(json.dumps({
+            "source": path.name, "sha256": sha, "size": path.stat().st_size,
+            "convert_seconds": round(time.perf_counter() - start, 2),
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+        if folder.exists() and not (folder / MARKER).is_file():
+            shutil.rmtree(folder)  # incomplete leftover from an older layout or a manual copy
+        try:
+            os.rename(part, folder)
+        except OSError:  # another process finished first; its folder is as good as ours
+            if not (folder / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    if console is not None:
+        console.print(f"[dim]GGUF {path.name} converted → {folder}[/dim]")
+    return folder
+
+
+def _convert(path: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as err:  # unsupported architecture or tokenizer: one line for the user
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise _error(f"{path.name}: transformers cannot convert this GGUF file: {reason}") from None
+    config = {k: v for k, v in model.config.to_dict().items() if k not in DROP_CONFIG_KEYS}
+    config["architectures"] = [type(model).__name__]  # GGUF configs leave it empty
+    config["dtype"] = "float32"
+    state = model.state_dict()
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)  # shares the embedding's storage; safetensors refuses
+    bad = sorted({str(t.dtype) for t in state.values() if not t.is_floating_point()})
+    if bad:  # a loader that kept quantized blocks instead of dequantizing
+        raise _error(f"{path.name}: transformers left weights quantized ({', '.join(bad)})")
+    save_file({k: t.detach().contiguous() for k, t in state.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
