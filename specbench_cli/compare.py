@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,9 @@ from rich.table import Table
 from .metrics import MetricsError
 from .report import Run, caption, describe_missing, fmt, load_summarized, missing
 
-BASELINES_DIR = Path(__file__).resolve().parents[1] / "baselines"
-PUBLISHED_DIR = BASELINES_DIR / "published"
+# Package data (importlib.resources), so an installed tool never needs the checkout; the
+# checkout's baselines/published is a link to this folder.
+PUBLISHED_DIR = files("specbench_cli") / "published"
 METHOD_FIELDS = ("speedup_overall", "mean_accepted_overall", "equal_to_vanilla")
 
 
@@ -42,7 +44,7 @@ class BaselineError(MetricsError):
 # ---------------------------------------------------------------- baseline files
 
 def published_names() -> list[str]:
-    return sorted(p.stem for p in PUBLISHED_DIR.glob("*.yaml"))
+    return sorted(p.name[:-5] for p in PUBLISHED_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_baseline(spec: str | Path, baseline_name: str | None = None) -> dict:

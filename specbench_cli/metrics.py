@@ -5,7 +5,9 @@
   vanilla's throughput over the same questions and repeat; with repeats, the mean over repeats;
 - mean accepted tokens: all accept lengths of the subset pooled (step-weighted), bonus included;
 - CTAR(w): share of steps whose accept length exceeds w;
-- equal to vanilla: share of answers whose token ids equal vanilla's (same question and repeat).
+- equal to vanilla: share of answers whose token ids equal vanilla's (same question and repeat);
+  the others split into near-ties (at the first differing token vanilla's top-1 and top-2 logits
+  were closer than a tolerance: a rounding flip, expected in fp16/bf16) and mismatches.
 New tokens are counted from ids for every method alike, through EOS when one was generated.
 """
 
@@ -25,7 +27,10 @@ DEFINITIONS = [
     "MAT: mean accepted tokens per target forward, pooled over all steps (step-weighted, bonus "
     "token included; vanilla = 1.00)",
     "tok/s: mean over questions of per-question throughput",
-    "equal: share of answers whose token ids equal vanilla's; the first differing question named",
+    "equal: share of answers whose token ids equal vanilla's; the first differing question named. "
+    "near-tie: differs first where vanilla's top-1 − top-2 logit gap was below the dtype's "
+    "tolerance (fp32 1e-4, fp16 0.05, bf16 0.25): rounding in another kernel shape, not a bug; "
+    "mismatch: every other difference",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
     "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
     "hit rate / retr ms: share of REST steps with a datastore match, mean retrieval time per step",
@@ -128,19 +133,55 @@ def missing_answers(answers: dict[str, list[dict]]) -> dict[str, list[tuple[int,
     return {name: sorted(everything - mine) for name, mine in keys.items() if everything - mine}
 
 
-def equality(method_rows: list[dict], vanilla_rows: list[dict]) -> dict:
-    compared, equal, first_diff = 0, 0, None
+# Vanilla's top-1 − top-2 logit gap below which a flipped token counts as a near-tie: the method
+# computed the same logits in another kernel shape (a block, a tree), so they round differently.
+# Scaled to each dtype's precision (fp16 keeps 11 significant bits, bf16 8; logits are ~10-30).
+NEAR_TIE = {"fp32": 1e-4, "fp16": 0.05, "bf16": 0.25}
+
+
+def first_difference(mine: list[list[int]], theirs: list[list[int]]) -> tuple[int, int] | None:
+    """(turn, position) of the first token where two answers differ; None when equal. Later
+    turns are not compared past it: their prompts already differ."""
+    for turn, (a, b) in enumerate(zip(mine, theirs)):
+        if a != b:
+            return turn, next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                              min(len(a), len(b)))
+    return None if len(mine) == len(theirs) else (min(len(mine), len(theirs)), 0)
+
+
+def vanilla_gap(base: dict, turn: int, position: int) -> float | None:
+    """Vanilla's recorded top-1 − top-2 logit gap at a token (None: not recorded)."""
+    stats = base.get("stats") or []
+    gaps = stats[turn].get("top2_gap") if turn < len(stats) else None
+    return gaps[position] if gaps and position < len(gaps) else None
+
+
+def equality(method_rows: list[dict], vanilla_rows: list[dict], tolerance: float = 1e-4) -> dict:
+    """Equal answers, near-ties and mismatches (shares of the answers compared), with each
+    difference's place and vanilla's logit gap there."""
+    compared, equal, near_tie, first_diff, first_mismatch, diffs = 0, 0, 0, None, None, []
     ordered = sorted(method_rows, key=lambda r: (r.get("repeat", 0), r["question_id"]))
     for row, base in paired(ordered, vanilla_rows):
         if "token_ids" not in row or "token_ids" not in base:
             continue
         compared += 1
-        if row["token_ids"] == base["token_ids"]:
+        where = first_difference(row["token_ids"], base["token_ids"])
+        if where is None:
             equal += 1
-        elif first_diff is None:
-            first_diff = row["question_id"]
-    return {"share": equal / compared if compared else None, "compared": compared,
-            "first_diff": first_diff}
+            continue
+        gap = vanilla_gap(base, *where)
+        tie = gap is not None and gap < tolerance
+        near_tie += tie
+        first_diff = first_diff if first_diff is not None else row["question_id"]
+        if not tie and first_mismatch is None:
+            first_mismatch = row["question_id"]
+        diffs.append({"question_id": row["question_id"], "repeat": row.get("repeat", 0),
+                      "turn": where[0], "position": where[1], "gap": gap, "near_tie": tie})
+    share = (lambda n: n / compared if compared else None)
+    return {"share": share(equal), "near_tie": share(near_tie),
+            "mismatch": share(compared - equal - near_tie), "compared": compared,
+            "first_diff": first_diff, "first_mismatch": first_mismatch, "tolerance": tolerance,
+            "differences": diffs}
 
 
 def method_stats(rows: list[dict]) -> dict:
@@ -169,8 +210,10 @@ def subtask_of(row: dict) -> str:
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
 
 
-def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict:
-    """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality."""
+def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
+              near_tie: float = NEAR_TIE["fp32"]) -> dict:
+    """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality (`near_tie`:
+    the logit-gap tolerance, by the run's dtype)."""
     if baseline not in answers:
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
     base = answers[baseline]
@@ -194,7 +237,7 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla") -> dict
             "ctar": {str(w): ctar(rows, w) for w in range(1, 5)},
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
-            "equal_to_vanilla": equality(rows, base),
+            "equal_to_vanilla": equality(rows, base, near_tie),
             "stats": method_stats(rows),
         }
     return {"subtasks": present, "methods": out, "baseline": baseline,

@@ -193,8 +193,36 @@ def write_plots(run: Run) -> list[Path]:
     for name, draw in FIGURES.items():
         fig = draw(run)
         fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=7.5, color="#555555")
-        for suffix in ("png", "svg"):
-            path = folder / f"{name}.{suffix}"
-            fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.15)
-            written.append(path)
+        written += save_figure(fig, folder / name)
     return written
+
+
+def profile_figure(profile: dict, note: str) -> Figure:
+    """Forward latency against tokens in the block, one line a context, and the memory-wall
+    floor (weight bytes / streaming bandwidth) as a dashed line."""
+    fig = new_figure((8, 4.8))
+    ax = fig.add_subplot()
+    for i, (context, table) in enumerate(profile["latency_seconds"].items()):
+        sizes = sorted(int(n) for n in table)
+        ax.plot(sizes, [1e3 * table[str(n)] for n in sizes], marker=MARKERS[i % len(MARKERS)],
+                color=COLORS[i % len(COLORS)], label=f"context {context}")
+    floor = 1e3 * profile["floor_seconds"]
+    ax.axhline(floor, color="#555555", linestyle="--",
+               label=f"memory floor {floor:.2f} ms ({profile['weight_bytes'] / 2**20:.0f} MiB at "
+                     f"{profile['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(profile["sizes"], [str(n) for n in profile["sizes"]])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("tokens in the verified block")
+    ax.set_ylabel("forward latency (ms, median)")
+    ax.legend(fontsize=8)
+    fig.text(0.5, -0.01, "\n".join(textwrap.wrap(note, 120)), ha="center", va="top",
+             fontsize=7.5, color="#555555")
+    return fig
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(f".{suffix}") for suffix in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.15)
+    return paths

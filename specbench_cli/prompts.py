@@ -7,6 +7,19 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 TEMPLATES = ("vicuna_v1.1", "chat")
+AUTO = "auto"
+
+
+def resolve_template(template: str, tokenizer, model_name: str) -> str:
+    """'auto' → Vicuna v1.1 for Vicuna-family models (Spec-Bench's own setting) and for tokenizers
+    without a chat template, else the tokenizer's chat template; a named template as is."""
+    if template != AUTO:
+        if template not in TEMPLATES:
+            raise ValueError(f"--template {template!r}: choose one of {AUTO}, {', '.join(TEMPLATES)}")
+        return template
+    if "vicuna" in model_name.lower() or not getattr(tokenizer, "chat_template", None):
+        return "vicuna_v1.1"
+    return "chat"
 
 
 def vicuna_prompt(turns: list[str], answers: list[str], eos: str = "</s>") -> str:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .metrics import MetricsError, load_answers, summarize
+from .metrics import NEAR_TIE, MetricsError, load_answers, summarize
 from .runner import ANSWERS_DIR, method_of_answer_file
 from .tasks import SUBTASKS
 
@@ -133,7 +133,9 @@ def pick_baseline(names: list[str], chosen: str | None, where: Path,
 
 def load_summarized(run_dir: Path, baseline_name: str | None = None) -> Run:
     meta, answers = load_run(run_dir, baseline_name)
-    summary = summarize(answers, baseline=meta.get("baseline", "vanilla"))
+    dtype = meta.get("config", {}).get("dtype", "fp32")
+    summary = summarize(answers, baseline=meta.get("baseline", "vanilla"),
+                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]))
     summary["run"] = str(run_dir)
     summary["device"] = meta.get("environment", {})
     summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
@@ -197,6 +199,8 @@ def run_rows(run: Run) -> list[dict]:
             "overhead": format_overhead(overhead, target),
             "params": (overhead or {}).get("params"), "bytes": (overhead or {}).get("bytes"),
             "equal": eq["share"], "first_diff": eq["first_diff"],
+            "near_tie": eq.get("near_tie"), "mismatch": eq.get("mismatch"),
+            "dtype": run.meta.get("config", {}).get("dtype"),
             "questions": m["questions"], "repeats": m["repeats"]})
     return rows
 
@@ -224,7 +228,8 @@ def leaderboard(runs: list[Run], published: list[dict] = ()) -> pd.DataFrame:
                                                           for r in baseline_rows(doc)]
     columns = (["run", "published", "method"] + [SHORT[s] for s in SUBTASKS]
                + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "overhead",
-                  "params", "bytes", "equal", "first_diff", "questions", "repeats"])
+                  "params", "bytes", "equal", "first_diff", "near_tie", "mismatch", "dtype",
+                  "questions", "repeats"])
     shown = [s for s in SUBTASKS if any(s in run.summary["subtasks"] for run in runs)]
     # dtype object: ints stay ints beside None (question ids, parameter counts).
     frame = pd.DataFrame(rows, columns=columns, dtype=object).drop(
@@ -252,6 +257,11 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
     out["equal"] = [equal_text(share, diff, pub)
                     for share, diff, pub in zip(frame["equal"], frame["first_diff"],
                                                 frame["published"])]
+    # Half precision, or any answer that differs: equal / near-tie / mismatch, side by side.
+    differs = (frame["near_tie"].fillna(0) + frame["mismatch"].fillna(0) > 0).any()
+    if differs or frame["dtype"].isin(["fp16", "bf16"]).any():
+        out["near-tie"] = frame["near_tie"].map(lambda x: fmt(x, ".0%"))
+        out["mismatch"] = frame["mismatch"].map(lambda x: fmt(x, ".0%"))
     # A published table leaves out what it did not report; '–' would read as "measured, none".
     published = frame["published"].astype(bool).to_numpy()
     out.loc[published] = out.loc[published].replace("–", "")

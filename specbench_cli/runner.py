@@ -25,6 +25,12 @@ from .prompts import build_prompt_ids
 from .tasks import Question
 
 ANSWERS_DIR = "answers"
+# What happens to a turn whose prompt + max_new_tokens would run past the model's context.
+OVER_CONTEXT = ("error", "cap")
+
+
+class ContextError(ValueError):
+    """A prompt that does not fit the model's context; one line naming the question."""
 
 
 def answer_file_name(method: str) -> str:
@@ -53,6 +59,7 @@ class RunConfig:
     warmup: int = 3
     dtype: str = "fp32"
     device: str = "cpu"
+    over_context: str = "error"
 
 
 def sync(device: torch.device):
@@ -94,6 +101,39 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def model_context(folder: Path) -> int | None:
+    """The positions the model was trained for (config.json's max_position_embeddings)."""
+    value = json.loads((Path(folder) / "config.json").read_text()).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def token_budget(question: Question, turn: int, prompt_len: int, max_new_tokens: int,
+                 context: int | None, policy: str) -> int:
+    """New tokens a turn may generate: max_new_tokens, or (policy 'cap') what fits the context.
+    Past the context RoPE runs beyond its trained range, so that is never done silently."""
+    if context is None or prompt_len + max_new_tokens <= context:
+        return max_new_tokens
+    if policy == "cap" and prompt_len < context:
+        return context - prompt_len
+    raise ContextError(
+        f"question {question.question_id} ({question.subtask}), turn {turn + 1}: a prompt of "
+        f"{prompt_len} tokens + --max-new-tokens {max_new_tokens} exceeds the model's context of "
+        f"{context} positions; lower --max-new-tokens, leave the question out (--tasks, "
+        f"--limit) or pass --over-context cap")
+
+
+def check_context(questions: list[Question], tokenizer, template: str, max_new_tokens: int,
+                  folder: Path, policy: str) -> None:
+    """Before anything is written: every question's last turn, earlier answers taken as empty
+    (a lower bound of the real prompt), must leave room for its budget."""
+    context = model_context(folder)
+    if context is None:
+        return
+    for q in questions:
+        ids = build_prompt_ids(tokenizer, template, list(q.turns), [""] * (len(q.turns) - 1))
+        token_budget(q, len(q.turns) - 1, len(ids), max_new_tokens, context, policy)
+
+
 def answer_text(tokenizer, tokens: list[int], eos_ids: set[int]) -> str:
     if tokens and tokens[-1] in eos_ids:
         tokens = tokens[:-1]
@@ -126,6 +166,7 @@ class Runner:
         self.out_dir = out_dir
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
+        self.context = engine.config.max_position_embeddings
         self.methods: dict[str, Method] = {
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
@@ -138,10 +179,12 @@ class Runner:
         for i in range(len(question.turns)):
             ids = build_prompt_ids(self.tokenizer, self.config.template,
                                    list(question.turns[:i + 1]), texts)
+            budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
+                                  self.context, self.config.over_context)
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
-                gen = method.generate(ids, self.config.max_new_tokens)
+                gen = method.generate(ids, budget)
             sync(device)
             times.append(time.perf_counter() - start)
             gens.append(gen)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 from .jsonl import json_lines
 
-SUITE_DIR = Path(__file__).resolve().parents[1] / "tasks"
+# Package data; the checkout's top-level tasks/ is a link to this folder.
+SUITE_DIR = files("specbench_cli") / "suites"
 
 
 class TaskError(ValueError):
@@ -28,7 +31,7 @@ def specbench_home() -> Path:
 
 
 def load_suite(name: str = "spec_bench") -> dict:
-    return yaml.safe_load((SUITE_DIR / f"{name}.yaml").read_text())
+    return yaml.safe_load((SUITE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
 
 
 SUITE = load_suite()
@@ -124,7 +127,7 @@ def download_verified(url: str, dest: Path, sha256: str) -> Path:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise TaskError(f"download of {url} failed: {err}; pass the file's path to --bench "
-                        "instead") from None
+                        "instead (the official file is then cached for later runs)") from None
     got = sha256_of(tmp)
     if got != sha256:
         tmp.unlink()
@@ -142,10 +145,16 @@ def official_question_file() -> Path:
 
 
 def resolve_bench(bench: str) -> Path:
-    """'spec_bench' → the official file; otherwise a path to a file in its format."""
+    """'spec_bench' → the official file; otherwise a path to a file in its format. A path whose
+    content is the official file is also kept in the cache, so that `--bench spec_bench` works
+    from then on without a network."""
     if bench == "spec_bench":
         return official_question_file()
     path = Path(bench).expanduser()
     if not path.is_file():
         raise TaskError(f"--bench {bench}: no such file (or use 'spec_bench' / 'builtin')")
+    cached = specbench_home() / "spec_bench" / "question.jsonl"
+    if not cached.is_file() and sha256_of(path) == SUITE["sha256"]:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, cached)
     return path

@@ -70,3 +70,25 @@ def test_official_file_is_taken_from_the_cache_when_verified(tmp_path, monkeypat
     counts = {s: sum(q.subtask == s for q in qs) for s in SUBTASKS}
     assert counts == {s: 80 for s in SUBTASKS}
     assert all(len(q.turns) == 2 for q in qs if q.subtask == "mt_bench")
+
+
+def test_official_file_given_by_path_is_cached_for_offline_spec_bench(tmp_path, monkeypatch):
+    if not OFFICIAL_QUESTIONS.exists():
+        pytest.skip("official question file not present")
+    import urllib.request
+    from specbench_cli.tasks import resolve_bench
+    monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(TaskError, match="no network; pass the file's path to --bench"):
+        resolve_bench("spec_bench")
+    other = write_questions(tmp_path / "mine.jsonl", [{"question_id": 1, "category": "qa",
+                                                       "turns": ["Who?"]}])
+    assert resolve_bench(str(other)) == other
+    assert not (tmp_path / "spec_bench" / "question.jsonl").exists()    # not the official file
+    assert resolve_bench(str(OFFICIAL_QUESTIONS)) == OFFICIAL_QUESTIONS
+    cached = resolve_bench("spec_bench")
+    assert cached == tmp_path / "spec_bench" / "question.jsonl"
+    assert cached.read_bytes() == OFFICIAL_QUESTIONS.read_bytes()

@@ -11,7 +11,19 @@ class Vanilla(Method):
     description = "greedy autoregressive decoding, one token per forward (the baseline)"
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        # The top-1 minus top-2 logit gap behind every token: in half precision a method's
+        # answer may flip where this gap is tiny (a near-tie), which the report tells apart
+        # from a real mismatch.
+        gaps: list[float] = []
+
+        def forward(ids, cache, offset=0):
+            logits = self.engine(ids, cache, offset)
+            top2 = logits[0, -1].topk(2).values.tolist()
+            gaps.append(round(top2[0] - top2[1], 5))
+            return logits
+
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward)
         while not state.done:
-            verify_chain(state, [])
-        return state.result()
+            verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset))
+        return Generation(state.new_tokens, state.accept_lengths,
+                          {"top2_gap": gaps[:len(state.new_tokens)]})

@@ -1,0 +1,158 @@
+"""`specbench profile`: what a forward costs on this device, against the memory wall.
+
+Decoding reads every weight once per target forward, whatever the number of tokens in the block,
+as long as the arithmetic stays cheaper than that read. So the two numbers that explain a
+speculative method's speedup are measured here:
+- the latency of a forward over a block of n new tokens (n = 1, 2, 4, ... 64, causal within the
+  block, after a committed context of c tokens), median of repeats with device sync;
+- the device's streaming read bandwidth, on a buffer several times the last-level cache, written
+  first (untouched pages read as shared zero pages and look impossibly fast); on CUDA a
+  device-to-device copy.
+The floor `weight bytes / bandwidth` is the fastest any one-token step could be.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .engine import Engine
+
+SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def weight_bytes(engine: Engine) -> int:
+    """Bytes of weights one forward reads: every layer, the final norm and the LM head. The
+    embedding table is only gathered a row a token, unless it is the (tied) LM head."""
+    unique = {id(p): p for p in engine.parameters()}
+    total = sum(p.numel() * p.element_size() for p in unique.values())
+    embed = engine.model.embed_tokens.weight
+    if embed is not engine.lm_head.weight:
+        total -= embed.numel() * embed.element_size()
+    return total
+
+
+def matmul_flops_per_token(engine: Engine) -> int:
+    """2 × the weights of every matrix product a token goes through (layers and LM head);
+    attention over the context is left out (small next to the weights at these lengths)."""
+    mats = [m.weight for m in engine.modules() if isinstance(m, torch.nn.Linear)]
+    return 2 * sum(w.numel() for w in {id(w): w for w in mats}.values())
+
+
+def last_level_cache_bytes() -> int | None:
+    """The CPU's largest cache (Linux sysfs), or None where it cannot be read."""
+    best = None
+    for level_file in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/level"):
+        try:
+            level = int(level_file.read_text())
+            size = level_file.with_name("size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        value = int(size.rstrip("KMG")) * scale
+        if best is None or level > best[0]:
+            best = (level, value)
+    return best[1] if best else None
+
+
+def stream_bandwidth(device: torch.device, repeats: int = 7) -> dict:
+    """Bytes per second the device streams: a sum over a written CPU buffer of max(8 × LLC,
+    512 MiB), or a device-to-device copy on CUDA (read + write counted)."""
+    if device.type == "cuda":
+        size = 1 << 30
+        src = torch.ones(size, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        seconds = median_seconds(lambda: dst.copy_(src), device, repeats)
+        return {"bytes_per_s": 2 * size / seconds, "buffer_bytes": size,
+                "how": "device-to-device copy of 1 GiB (read + write bytes)"}
+    llc = last_level_cache_bytes()
+    size = max(8 * (llc or 0), 512 << 20)
+    buf = torch.ones(size // 4, dtype=torch.float32)        # written: real pages, not zero pages
+    seconds = median_seconds(lambda: buf.sum(), device, repeats)
+    return {"bytes_per_s": size / seconds, "buffer_bytes": size, "llc_bytes": llc,
+            "how": f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or 512 MiB)"}
+
+
+def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
+    """Median seconds of one forward over n new tokens after `context` committed ones."""
+    device = engine.device
+    gen = torch.Generator().manual_seed(n * 7919 + context)
+    vocab = engine.config.vocab_size
+    cache = engine.cache(context + n + 8)
+    with torch.inference_mode():
+        engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
+        block = torch.randint(vocab, (1, n), generator=gen).to(device)
+
+        def step():
+            cache.truncate(context)
+            engine(block, cache, context)
+        return median_seconds(step, device, repeats)
+
+
+def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: int = 10,
+                   progress=None) -> dict:
+    """Latency table, bandwidth, and what follows from them (the profile.json content)."""
+    device = engine.device
+    bandwidth = stream_bandwidth(device)
+    read = weight_bytes(engine)
+    task = progress.add_task("profile", total=len(contexts) * len(sizes), info="") \
+        if progress else None
+    latency: dict[str, dict[str, float]] = {}
+    for context in contexts:
+        latency[str(context)] = {}
+        for n in sizes:
+            if progress:
+                progress.update(task, info=f"context {context}, {n} tokens")
+            latency[str(context)][str(n)] = block_latency(engine, n, context, repeats)
+            if progress:
+                progress.update(task, advance=1)
+    first = latency[str(contexts[0])]
+    floor = read / bandwidth["bytes_per_s"]
+    widest = str(max(sizes))
+    return {
+        "weight_bytes": read,
+        "bandwidth": bandwidth,
+        "floor_seconds": floor,
+        "contexts": list(contexts), "sizes": list(sizes), "repeats": repeats,
+        "latency_seconds": latency,
+        # n = 1 streams the weights once: the share of the measured bandwidth it achieves.
+        "achieved_bandwidth_share": floor / first["1"],
+        "relative_cost": {n: t / first["1"] for n, t in first.items()},
+        "flops_per_second_at_widest": matmul_flops_per_token(engine) * max(sizes) / first[widest],
+    }
+
+
+def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
+    """Forward latency of a block of `tokens` (fractional: a mean block size), relative to a
+    one-token forward, interpolated linearly between measured sizes at the nearest context."""
+    contexts = [int(c) for c in profile["latency_seconds"]]
+    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
+    table = sorted((int(n), t) for n, t in profile["latency_seconds"][key].items())
+    one = dict(table)[1]
+    if tokens <= table[0][0]:
+        return table[0][1] / one
+    for (n0, t0), (n1, t1) in zip(table, table[1:]):
+        if tokens <= n1:
+            return (t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)) / one
+    return table[-1][1] / one * tokens / table[-1][0]        # past the table: linear in n
