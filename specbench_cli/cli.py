@@ -382,7 +382,8 @@ def profile(
         if not kept:
             raise ValueError(f"no context fits the model's {limit} positions")
         engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
-        out = out or RESULTS / f"profile-{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = Path(model.rstrip("/")).name
+        out = out or RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         out.mkdir(parents=True, exist_ok=True)
         with progress_bar() as progress:
             result = profile_engine(engine, kept, parsed["--sizes"], repeats, progress)
@@ -390,16 +391,18 @@ def profile(
         result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
                       environment=env)
         (out / "profile.json").write_text(json.dumps(result, indent=2))
-        note = (f"{Path(model.rstrip('/')).name} · {result['dtype']} on {result['device']} "
+        note = (f"{name} · {result['dtype']} on {result['device']} "
                 f"({env['gpu'] or env['cpu']}, {env['torch_threads']} threads)")
         save_figure(profile_figure(result, note), out / "profile")
         console.print(profile_table(result, note))
+        for line in profile_notes(result):
+            console.print(f"  {line}", highlight=False)
         console.print(f"written: {out}/profile.json, profile.png, profile.svg", highlight=False)
 
 
-def profile_table(result: dict, note: str) -> Table:
+def profile_notes(result: dict) -> list[str]:
     bw = result["bandwidth"]
-    table = Table(title=f"forward latency by tokens in the block · {note}", caption="\n".join([
+    return [
         f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
         f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
         f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
@@ -408,7 +411,11 @@ def profile_table(result: dict, note: str) -> Table:
         f"matrix products at {max(result['sizes'])} tokens: "
         f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
         f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
-        "token at the same context"]))
+        "token at the same context"]
+
+
+def profile_table(result: dict, note: str) -> Table:
+    table = Table(title=f"forward latency by tokens in the block · {note}")
     table.add_column("tokens", justify="right")
     for c in result["contexts"]:
         table.add_column(f"ctx {c} ms", justify="right")

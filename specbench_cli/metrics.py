@@ -29,7 +29,7 @@ DEFINITIONS = [
     "tok/s: mean over questions of per-question throughput",
     "equal: share of answers whose token ids equal vanilla's; the first differing question named. "
     "near-tie: differs first where vanilla's top-1 − top-2 logit gap was below the dtype's "
-    "tolerance (fp32 1e-4, fp16 0.05, bf16 0.25): rounding in another kernel shape, not a bug; "
+    "tolerance (fp32 1e-4, fp16 0.0625, bf16 0.5): rounding in another kernel shape, not a bug; "
     "mismatch: every other difference",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
     "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
@@ -135,8 +135,10 @@ def missing_answers(answers: dict[str, list[dict]]) -> dict[str, list[tuple[int,
 
 # Vanilla's top-1 − top-2 logit gap below which a flipped token counts as a near-tie: the method
 # computed the same logits in another kernel shape (a block, a tree), so they round differently.
-# Scaled to each dtype's precision (fp16 keeps 11 significant bits, bf16 8; logits are ~10-30).
-NEAR_TIE = {"fp32": 1e-4, "fp16": 0.05, "bf16": 0.25}
+# Two units in the last place of a logit between 32 and 64 in each dtype (bf16 keeps 8
+# significant bits, fp16 11): on SmolLM2 in bf16, 10% of vanilla's own tokens have a gap
+# under 0.25 and 21% under 0.5, and every flip seen was at a gap of 0 to 0.25.
+NEAR_TIE = {"fp32": 1e-4, "fp16": 0.0625, "bf16": 0.5}
 
 
 def first_difference(mine: list[list[int]], theirs: list[list[int]]) -> tuple[int, int] | None:
