@@ -162,6 +162,15 @@ def run(
     sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
                                     "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
                                     "point runs as its own row in the same process."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Time each method's prefill, "
+                                   "drafting, verification forwards and the rest apart (device "
+                                   "synchronized around each: off by default, as the syncs "
+                                   "perturb the headline timing), profile the forward and "
+                                   "report predicted next to measured speedups."),
+    profile_file: Optional[Path] = typer.Option(None, "--profile", help="With --breakdown: a "
+                                                "profile.json of `specbench profile` for this "
+                                                "model and device, instead of profiling at the "
+                                                "end of the run."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
     from .engine.load import (DTYPE_NAMES, load_engine, load_tokenizer, model_folder,
@@ -186,6 +195,8 @@ def run(
         if over_context not in (None, *OVER_CONTEXT):
             raise ValueError(f"--over-context {over_context!r}: choose one of "
                              f"{', '.join(OVER_CONTEXT)}")
+        if profile_file is not None and not profile_file.is_file():
+            raise ValueError(f"--profile {profile_file}: no such file")
         if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
             raise ValueError(f"--out {out}: a file is in the way; give a directory for the run")
         dev = resolve_device(device)
@@ -233,7 +244,7 @@ def run(
                            subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                            template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                            warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
-                           over_context=over_context)
+                           over_context=over_context, breakdown=breakdown)
         out, resume = resolve_out(out, resume, config, model)
         console.print(f"loading {model} ({config.dtype} on {config.device}, template "
                       f"{template}) …")
@@ -254,7 +265,33 @@ def run(
                               f"command and --resume (run directory {out}).")
             raise typer.Exit(130)
         console.print(f"done in {time.perf_counter() - started:.1f} s")
+        if breakdown:
+            attach_profile(engine, model, out, profile_file, [
+                len(build_prompt_ids(tokenizer, template, [q.turns[0]], [])) for q in questions])
         report(out, console)
+
+
+def attach_profile(engine, model: str, out: Path, profile_file: Optional[Path],
+                   prompt_lengths: list[int]):
+    """The cost model's yardstick in the run directory: the given profile, or one measured now
+    on this engine at the run's median prompt length."""
+    import shutil
+    import statistics
+    from .engine.load import DTYPE_NAMES
+    from .profile import profile_engine
+    from .report import PROFILE_FILE
+    from .runner import environment
+    if profile_file is not None:
+        shutil.copyfile(profile_file, out / PROFILE_FILE)
+        return
+    if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
+        return
+    context = int(statistics.median(prompt_lengths))
+    with progress_bar() as progress:
+        result = profile_engine(engine, [context], repeats=10, progress=progress)
+    result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
+                  environment=environment(engine.device))
+    (out / PROFILE_FILE).write_text(json.dumps(result, indent=2))
 
 
 def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> tuple[Path, bool]:
@@ -296,6 +333,10 @@ def report_cmd(
                                                 "for Spec-Bench answer folders whose vanilla "
                                                 "file cannot be told from its name (file name "
                                                 "or model_id)."),
+    profile_file: Optional[Path] = typer.Option(None, "--profile", help="A profile.json of "
+                                                "`specbench profile` (same model and device): "
+                                                "predicted speedups beside the measured ones "
+                                                "(default: RUN/profile.json when present)."),
 ):
     """Print the runs' leaderboard (speedup per subtask and overall, ± std over repeats, paired
     speedup with a 95% bootstrap CI, MAT, tokens/s, overhead, equality) and write summary.json
@@ -304,8 +345,10 @@ def report_cmd(
     from .report import report_runs
     with user_errors():
         docs = [load_baseline(name) for name in published]
+        if profile_file is not None and not profile_file.is_file():
+            raise ValueError(f"--profile {profile_file}: no such file")
         report_runs(run_dirs, console, fmt_=fmt_, published=docs, plots=plots,
-                    baseline_name=baseline_name, err_console=err_console)
+                    baseline_name=baseline_name, err_console=err_console, profile=profile_file)
 
 
 @app.command()

@@ -207,6 +207,25 @@ def method_stats(rows: list[dict]) -> dict:
     return totals
 
 
+PHASES = ("prefill", "draft", "verify")
+
+
+def phase_breakdown(rows: list[dict], stats: dict) -> dict | None:
+    """Where a method's time went (runs made with --breakdown): seconds per phase summed over
+    all turns, the rest (acceptance, cache moves, Python) being wall time minus the phases;
+    also per committed token and per target forward (step), in ms."""
+    if "verify_seconds" not in stats:
+        return None
+    wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
+    tokens = sum(sum(r["choices"][0]["new_tokens"]) for r in rows)
+    steps = sum(len(r["choices"][0]["accept_lengths"]) for r in rows)
+    seconds = {p: stats.get(f"{p}_seconds", 0.0) for p in PHASES}
+    seconds["rest"] = wall - sum(seconds.values())
+    return {"seconds": seconds, "wall_seconds": wall, "tokens": tokens, "steps": steps,
+            "ms_per_token": {p: 1e3 * v / tokens for p, v in seconds.items()} if tokens else {},
+            "ms_per_step": {p: 1e3 * v / steps for p, v in seconds.items()} if steps else {}}
+
+
 def subtask_of(row: dict) -> str:
     from .tasks import CATEGORY_TO_SUBTASK
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
@@ -242,6 +261,13 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "equal_to_vanilla": equality(rows, base, near_tie),
             "stats": method_stats(rows),
         }
+        m = out[name]
+        # Mean tokens a verification forward took (pending token + drafts or tree nodes); each
+        # turn's first step is its prefill, which verified nothing.
+        forwards = m["steps"] - sum(len(r["choices"][0]["new_tokens"]) for r in rows)
+        m["mean_verified"] = m["stats"]["verified"] / forwards \
+            if m["stats"].get("verified") and forwards > 0 else None
+        m["breakdown"] = phase_breakdown(rows, m["stats"])
     return {"subtasks": present, "methods": out, "baseline": baseline,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
             "definitions": DEFINITIONS}

@@ -180,17 +180,46 @@ def overhead_label(overhead: dict, target: int | None) -> str:
     return "no extra params" if overhead else "overhead unknown"
 
 
+def time_by_phase(run: Run) -> Figure:
+    """Stacked bars: ms per committed token by phase, one bar a method (vanilla first), with
+    vanilla's total as a dashed line (below it, a method is faster)."""
+    fig = new_figure((9, 5))
+    ax = fig.add_subplot()
+    names = [n for n, m in run.summary["methods"].items() if m.get("breakdown")]
+    phase_colors = {"prefill": "#8C8C8C", "draft": "#DD8452", "verify": "#4C72B0",
+                    "rest": "#CCB974"}
+    bottom = [0.0] * len(names)
+    for phase, shade in phase_colors.items():
+        values = [run.summary["methods"][n]["breakdown"]["ms_per_token"][phase] for n in names]
+        ax.bar(names, values, bottom=bottom, color=shade, label=phase, zorder=3)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    base = run.summary["methods"].get(run.summary.get("baseline", "vanilla"), {}).get("breakdown")
+    if base:
+        total = sum(base["ms_per_token"].values())
+        ax.axhline(total, color="black", lw=0.9, ls="--", label=f"vanilla {total:.2f} ms/token")
+    ax.set_ylabel("ms per committed token (wall time, device synchronized)")
+    ax.set_title("Where the time goes: prefill, drafting, verification forwards, the rest")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    return fig
+
+
 FIGURES = {"speedup_by_subtask": speedup_by_subtask, "speedup_vs_accepted": speedup_vs_accepted,
-           "accept_lengths": accept_lengths, "overhead_vs_speedup": overhead_vs_speedup}
+           "accept_lengths": accept_lengths, "overhead_vs_speedup": overhead_vs_speedup,
+           "time_by_phase": time_by_phase}
 
 
 def write_plots(run: Run) -> list[Path]:
-    """The four figures as PNG and SVG; each carries the run's model and device underneath."""
+    """The figures as PNG and SVG (time by phase only for runs made with --breakdown); each
+    carries the run's model and device underneath."""
     folder = run.path / "plots"
     folder.mkdir(exist_ok=True)
     text = "\n".join(textwrap.wrap(caption(run.meta), 150))
     written = []
+    has_breakdown = any(m.get("breakdown") for m in run.summary["methods"].values())
     for name, draw in FIGURES.items():
+        if name == "time_by_phase" and not has_breakdown:
+            continue
         fig = draw(run)
         fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=7.5, color="#555555")
         written += save_figure(fig, folder / name)

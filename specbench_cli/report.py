@@ -332,17 +332,40 @@ def published_caption(doc: dict) -> str:
             f" · {doc.get('settings', '')} · {where}")
 
 
+PROFILE_FILE = "profile.json"
+
+
+def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
+    """Predicted speedups (costmodel.py) from a profile of the same model and device: the
+    given file, else the one `run --breakdown` wrote into the run."""
+    path = profile_file or run.path / PROFILE_FILE
+    if not Path(path).is_file():
+        return
+    from .costmodel import predict
+    try:
+        profile = json.loads(Path(path).read_text())
+        infos = {name: m.get("info") or {} for name, m in run.meta.get("methods", {}).items()}
+        run.summary["cost_model"] = predict(run.summary, profile, infos=infos)
+    except (ValueError, KeyError, TypeError) as err:
+        raise MetricsError(f"{path}: not a profile.json of `specbench profile` ({err})") from None
+    run.summary["cost_model_profile"] = {"file": str(path), "model": profile.get("model"),
+                                         "device": profile.get("device"),
+                                         "contexts": profile.get("contexts")}
+
+
 def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
                 published: list[dict] = (), plots: bool = False,
-                baseline_name: str | None = None, err_console: Console | None = None) -> list[dict]:
+                baseline_name: str | None = None, err_console: Console | None = None,
+                profile: Path | None = None) -> list[dict]:
     """Print the runs side by side (and published rows); write each run's summary.json (and
-    plots); return the summaries."""
+    plots); return the summaries. `profile`: a profile.json for the cost model's predictions."""
     if fmt_ not in FORMATS:
         raise ValueError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
     err_console = err_console or Console(stderr=True)
     runs = [load_summarized(d, baseline_name) for d in run_dirs]
     for run in runs:
+        add_cost_model(run, profile)
         (run.path / "summary.json").write_text(json.dumps(run.summary, indent=2))
         if run.summary["missing"]:
             # Not fatal: a run still in progress is worth a look. Speedups pair questions.
@@ -381,8 +404,13 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
         shown = shown.assign(run=shown["run"].str.replace(" (published)", " *", regex=False))
     console.print(render_table(shown, published_flags, title, captions))
     for run in runs:
-        console.print(render_details(run.summary, "acceptance details"
-                                     + (f" · {run.label}" if len(runs) > 1 else "")))
+        label = f" · {run.label}" if len(runs) > 1 else ""
+        console.print(render_details(run.summary, "acceptance details" + label))
+        if any(m.get("breakdown") for m in run.summary["methods"].values()) \
+                or run.summary.get("cost_model"):
+            console.print(render_time(run.summary, "where the time goes" + label))
+            for line in time_notes(run.summary):
+                console.print(f"  [dim]{escape(line)}[/dim]")
     console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
                                                if v in shown.columns) + "[/dim]")
     for line in runs[0].summary["definitions"]:
@@ -392,6 +420,43 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
     console.print("  [dim]overhead: extra trainable parameters (and % of the target's "
                   f"{count}parameters) or storage; equal n/a: no token ids to compare (imported "
                   "answers)[/dim]")
+
+
+def render_time(summary: dict, title: str) -> Table:
+    """ms per committed token by phase (runs with --breakdown), the mean verified block, and
+    the cost model's predicted speedup beside the measured one (with a profile)."""
+    model = summary.get("cost_model", {})
+    table = Table(title=title)
+    table.add_column("method", style="bold", no_wrap=True)
+    for col in ("prefill", "draft", "verify", "rest", "total ms/tok", "block", "c(block)",
+                "predicted", "measured"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, m in summary["methods"].items():
+        per_token = (m.get("breakdown") or {}).get("ms_per_token") or {}
+        phases = [fmt(per_token.get(p), ".3f") for p in ("prefill", "draft", "verify", "rest")]
+        total = fmt(sum(per_token.values()), ".3f") if per_token else "–"
+        pred = model.get(name, {})
+        table.add_row(name, *phases, total, fmt(m.get("mean_verified")),
+                      fmt(pred.get("verify_cost")), fmt(pred.get("predicted"), ".2f", "x"),
+                      fmt(m.get("speedup_overall"), ".2f", "x"))
+    return table
+
+
+def time_notes(summary: dict) -> list[str]:
+    notes = ["ms/tok: wall ms per committed token by phase, device synchronized around each "
+             "(prefill: the prompt's forward; draft: drafter forwards, lookups, retrieval, tree "
+             "building; verify: target forwards; rest: acceptance, cache moves, Python); "
+             "block: mean tokens a target forward verified"]
+    model, source = summary.get("cost_model"), summary.get("cost_model_profile")
+    if model:
+        notes.append(f"c(block): that forward's latency over a one-token forward's, from "
+                     f"{source['file']} ({source['model']} on {source['device']}, context "
+                     f"{source['contexts'][0]}); predicted = MAT × (1 + ρ_vanilla) / (c(block) "
+                     "+ δ + ρ), δ and ρ the draft and rest time per step in one-token steps "
+                     "(0 without --breakdown)")
+        notes += [f"{name}: {p['why']}" for name, p in model.items()
+                  if name != summary.get("baseline", "vanilla")]
+    return notes
 
 
 def report(run_dir: Path, console: Console | None = None, **options) -> dict:

@@ -21,6 +21,7 @@ import torch
 
 from .engine import Engine
 from .methods import METHODS, Generation, Method, base_name
+from .methods.verify import Phases
 from .prompts import build_prompt_ids
 from .tasks import Question
 
@@ -60,6 +61,7 @@ class RunConfig:
     dtype: str = "fp32"
     device: str = "cpu"
     over_context: str = "error"
+    breakdown: bool = False      # time prefill/draft/verify apart (device synced around each)
 
 
 def sync(device: torch.device):
@@ -181,12 +183,17 @@ class Runner:
                                    list(question.turns[:i + 1]), texts)
             budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
                                   self.context, self.config.over_context)
+            if self.config.breakdown:
+                self.engine.phases = Phases(device)
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
                 gen = method.generate(ids, budget)
             sync(device)
             times.append(time.perf_counter() - start)
+            if self.config.breakdown:
+                gen.stats.update({f"{k}_seconds": v for k, v in self.engine.phases.seconds.items()})
+                self.engine.phases = None
             gens.append(gen)
             texts.append(answer_text(self.tokenizer, gen.tokens, self.eos_ids))
         return texts, gens, times

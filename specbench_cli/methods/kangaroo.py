@@ -140,6 +140,11 @@ class Kangaroo(Method):
         if o["max_draft"] < 1:
             raise ValueError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
 
+    def info(self) -> dict:
+        # Verification runs only the deep layers: the cost model scales a forward by this share.
+        layers = self.engine.num_layers
+        return {"verify_layer_share": (layers - self.options["exit_layer"]) / layers}
+
     def parameter_overhead(self) -> dict:
         params = self.adapter.num_parameters()
         return {"params": params, "bytes": params * self.engine.dtype.itemsize}
@@ -151,7 +156,8 @@ class Kangaroo(Method):
         self.catch_up = None       # layer-l states the adapter has not seen yet
         stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
         while not state.done:
-            draft, states, stopped = self.draft(state)
+            with state.phase("draft"):
+                draft, states, stopped = self.draft(state)
             stats["rounds"] += 1
             stats["drafted"] += len(draft)
             stats["stopped_by_threshold"] += stopped

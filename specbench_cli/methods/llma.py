@@ -23,18 +23,20 @@ class LLMA(Method):
     defaults = {"ngram": 1, "num_draft": 19}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        n_max, num_draft = self.options["ngram"], self.options["num_draft"]
-        index = first_occurrences(prompt_ids, n_max)
+        index = first_occurrences(prompt_ids, self.options["ngram"])
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
         drafted = 0
         while not state.done:
-            output = state.new_tokens
-            draft = []
-            for n in range(min(n_max, len(output)), 0, -1):   # longest trigger first
-                start = index.get(tuple(output[-n:]))
-                if start is not None:
-                    draft = prompt_ids[start:start + num_draft]
-                    break
+            with state.phase("draft"):
+                draft = self.draft(index, prompt_ids, state.new_tokens)
             drafted += len(draft)
             verify_chain(state, draft)
         return state.result(drafted=drafted)
+
+    def draft(self, index: dict[tuple, int], reference: list[int], output: list[int]) -> list[int]:
+        """What follows the reference's first occurrence of the output's longest trigger."""
+        for n in range(min(self.options["ngram"], len(output)), 0, -1):   # longest first
+            start = index.get(tuple(output[-n:]))
+            if start is not None:
+                return reference[start:start + self.options["num_draft"]]
+        return []

@@ -192,7 +192,9 @@ class Medusa(Method):
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill)
         h = hidden["last"]
         while not state.done:
-            result = verify_tree(state, self.tree, self.candidates(h))
+            with state.phase("draft"):
+                candidates = self.candidates(h)
+            result = verify_tree(state, self.tree, candidates)
             h = result.hidden
         return state.result()
 

@@ -31,8 +31,9 @@ class PromptLookup(Method):
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
         drafted = 0
         while not state.done:
-            draft = lookup(torch.tensor(state.tokens), self.options["max_ngram"],
-                           self.options["num_draft"])
+            with state.phase("draft"):
+                draft = lookup(torch.tensor(state.tokens), self.options["max_ngram"],
+                               self.options["num_draft"])
             drafted += len(draft)
             verify_chain(state, draft)
         return state.result(drafted=drafted)

@@ -86,9 +86,11 @@ class REST(Method):
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
         stats = {"rounds": 0, "hits": 0, "drafted": 0, "retrieval_seconds": 0.0}
         while not state.done:
-            start = time.perf_counter()
-            found = self.retrieve(state.tokens)        # ends with the pending (greedy root) token
-            stats["retrieval_seconds"] += time.perf_counter() - start
+            with state.phase("draft"):
+                start = time.perf_counter()
+                found = self.retrieve(state.tokens)    # ends with the pending (greedy root) token
+                stats["retrieval_seconds"] += time.perf_counter() - start
+                tree = Tree(found[0]) if found is not None else None
             stats["rounds"] += 1
             if found is None:
                 verify_chain(state, [])                # no hit: a plain one-token step
@@ -96,5 +98,5 @@ class REST(Method):
             parents, tokens = found
             stats["hits"] += 1
             stats["drafted"] += len(parents) - 1
-            verify_tree(state, Tree(parents), tokens)
+            verify_tree(state, tree, tokens)
         return state.result(**stats)

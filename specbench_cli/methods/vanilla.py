@@ -25,5 +25,4 @@ class Vanilla(Method):
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward)
         while not state.done:
             verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset))
-        return Generation(state.new_tokens, state.accept_lengths,
-                          {"top2_gap": gaps[:len(state.new_tokens)]})
+        return state.result(top2_gap=gaps[:len(state.new_tokens)])

@@ -8,6 +8,9 @@ plus the target's own next token (the bonus).
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +24,34 @@ from .base import Generation
 DRAFT_HEADROOM = 128
 
 
+class Phases:
+    """Seconds spent in each phase of decoding (prefill, draft, verify), the device synchronized
+    at every boundary. `specbench run --breakdown` sets one as `engine.phases`; it is off by
+    default because the syncs perturb the headline timing (on a GPU they stall the queue)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] += time.perf_counter() - start
+
+
+def no_phases(name: str):
+    return nullcontext()
+
+
 class DecodeState:
     def __init__(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                  eos_ids: set[int], prefill: Callable | None = None):
@@ -29,6 +60,9 @@ class DecodeState:
         if not prompt_ids:
             raise ValueError("empty prompt")
         self.engine = engine
+        # `with state.phase("draft"): ...` times a phase when a breakdown was asked for.
+        self.phase = getattr(engine, "phases", None) or no_phases
+        self.verified = 0                      # tokens fed to verification forwards
         self.eos_ids = eos_ids
         self.max_new_tokens = max_new_tokens
         self.prompt_len = len(prompt_ids)
@@ -37,9 +71,11 @@ class DecodeState:
         self.done = False
         self.cache = engine.cache(self.prompt_len + max_new_tokens + DRAFT_HEADROOM)
         ids = torch.tensor([prompt_ids], device=engine.device)
-        logits = prefill(ids, self.cache) if prefill else engine(ids, self.cache, 0)
+        with self.phase("prefill"):
+            logits = prefill(ids, self.cache) if prefill else engine(ids, self.cache, 0)
+            first = int(logits[0, -1].argmax())
         self.offset = self.prompt_len          # cache rows filled
-        self.commit([int(logits[0, -1].argmax())])
+        self.commit([first])
 
     @property
     def pending(self) -> int:
@@ -68,7 +104,7 @@ class DecodeState:
             self.done = True
 
     def result(self, **stats) -> Generation:
-        return Generation(self.new_tokens, self.accept_lengths, stats)
+        return Generation(self.new_tokens, self.accept_lengths, {**stats, "verified": self.verified})
 
 
 def accepted_prefix(draft: list[int], predicted: list[int]) -> int:
@@ -88,8 +124,10 @@ def verify_chain(state: DecodeState, draft: list[int], forward: Callable | None 
     engine = state.engine
     draft = draft[:max(state.room - 1, 0)]  # never verify what could not be committed
     ids = torch.tensor([[state.pending] + draft], device=engine.device)
-    logits = forward(ids, state.offset) if forward else engine(ids, state.cache, state.offset)
-    predicted = logits[0].argmax(-1).tolist()
+    with state.phase("verify"):
+        logits = forward(ids, state.offset) if forward else engine(ids, state.cache, state.offset)
+        predicted = logits[0].argmax(-1).tolist()
+    state.verified += ids.shape[1]
     n = accepted_prefix(draft, predicted)
     state.offset += 1 + n
     state.cache.truncate(state.offset)
@@ -169,9 +207,11 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int]) -> TreeResult
     engine = state.engine
     ids = torch.tensor([[state.pending] + list(tokens[1:])], device=engine.device)
     depths = torch.tensor(tree.depths, device=engine.device)
-    logits, hidden = engine(ids, state.cache, state.offset, positions=state.offset + depths,
-                            block_mask=tree.mask, return_hidden=True)
-    predicted = logits[0].argmax(-1).tolist()
+    with state.phase("verify"):
+        logits, hidden = engine(ids, state.cache, state.offset, positions=state.offset + depths,
+                                block_mask=tree.mask, return_hidden=True)
+        predicted = logits[0].argmax(-1).tolist()
+    state.verified += ids.shape[1]
     best, best_len = tree.paths[0], 0
     for path in tree.paths:
         n = accepted_prefix([tokens[j] for j in path[1:]], [predicted[j] for j in path[:-1]])

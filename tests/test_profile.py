@@ -1,0 +1,129 @@
+"""The memory-wall profile and the cost model: exact numbers on hand-made inputs, the profile
+command and a --breakdown run end to end on a tiny model."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from specbench_cli.cli import app
+from specbench_cli.costmodel import explain, predict
+from specbench_cli.profile import (interpolated_cost, matmul_flops_per_token, profile_engine,
+                                   weight_bytes)
+
+from conftest import TINY, make_model_folder, write_questions
+
+
+def test_weight_bytes_count_the_head_and_skip_a_gathered_embedding(tiny_engine, tmp_path):
+    engine, _ = tiny_engine
+    h, m, v, layers = TINY["hidden_size"], TINY["intermediate_size"], TINY["vocab_size"], \
+        TINY["num_hidden_layers"]
+    per_layer = 4 * h * h + 3 * h * m + 2 * h          # q k v o (4 heads, no GQA), MLP, 2 norms
+    assert weight_bytes(engine) == 4 * (layers * per_layer + h + v * h)      # + norm + head
+    assert matmul_flops_per_token(engine) == 2 * (layers * (4 * h * h + 3 * h * m) + v * h)
+    from specbench_cli.engine.load import load_engine
+    tied, _, _ = load_engine(str(make_model_folder(tmp_path / "tied", tie_word_embeddings=True)),
+                             with_tokenizer=False)
+    assert weight_bytes(tied) == 4 * (layers * per_layer + h + v * h)        # the head is it
+
+
+PROFILE = {"latency_seconds": {"100": {"1": 0.010, "2": 0.015, "4": 0.020},
+                               "1000": {"1": 0.020, "2": 0.040, "4": 0.080}}}
+
+
+def test_interpolated_cost_is_linear_between_sizes_at_the_nearest_context():
+    assert interpolated_cost(PROFILE, 1) == 1.0
+    assert interpolated_cost(PROFILE, 3) == pytest.approx(1.75)
+    assert interpolated_cost(PROFILE, 8) == pytest.approx(4.0)      # past the table: linear in n
+    assert interpolated_cost(PROFILE, 3, context=900) == pytest.approx(3.0)
+
+
+def summary(with_breakdown: bool):
+    def method(mat, block, speedup, draft=0.0, rest=0.0):
+        bd = {"ms_per_step": {"prefill": 0.0, "draft": draft, "verify": 10.0, "rest": rest}}
+        return {"mean_accepted_overall": mat, "mean_verified": block, "speedup_overall": speedup,
+                "breakdown": bd if with_breakdown else None}
+    return {"baseline": "vanilla", "methods": {"vanilla": method(1.0, 1.0, 1.0, rest=1.0),
+                                               "pld": method(2.0, 3.0, 1.1, draft=2.5, rest=1.0)}}
+
+
+def test_predicted_speedup_from_mat_block_cost_and_draft_cost():
+    # Memory wall only: MAT / c(3) = 2 / 1.75.
+    plain = predict(summary(False), PROFILE)
+    assert plain["pld"]["predicted"] == pytest.approx(2 / 1.75)
+    assert plain["vanilla"]["predicted"] == pytest.approx(1.0)
+    # With a breakdown: one step = vanilla's 10 ms forward; δ = 0.25, ρ = ρ_vanilla = 0.1.
+    full = predict(summary(True), PROFILE)["pld"]
+    assert (full["draft_cost"], full["rest_cost"], full["vanilla_rest_cost"]) == \
+        pytest.approx((0.25, 0.1, 0.1))
+    assert full["break_even"] == pytest.approx((1.75 + 0.25 + 0.1) / 1.1)
+    assert full["predicted"] == pytest.approx(2 * 1.1 / 2.1)
+    assert full["why"].startswith("verifying 3.0 tokens costs 1.75 steps: MAT must exceed 1.91")
+
+
+def test_explanation_names_the_largest_term():
+    assert explain(1.5, 11, 1.7, 0.0, 0.02, 1.72) == (
+        "verifying 11.0 tokens costs 1.70 steps: MAT must exceed 1.72 to gain (it is 1.50, "
+        "cannot gain)")
+    assert explain(4.0, 5, 1.2, 1.7, 0.1, 3.0).startswith("drafting costs 1.70 of a step")
+
+
+def test_profile_engine_measures_every_point(tiny_engine):
+    engine, _ = tiny_engine
+    result = profile_engine(engine, contexts=(8, 32), sizes=(1, 2, 4), repeats=2)
+    assert set(result["latency_seconds"]) == {"8", "32"}
+    assert all(set(t) == {"1", "2", "4"} and min(t.values()) > 0
+               for t in result["latency_seconds"].values())
+    assert result["bandwidth"]["buffer_bytes"] >= 512 << 20
+    assert result["floor_seconds"] == pytest.approx(
+        result["weight_bytes"] / result["bandwidth"]["bytes_per_s"])
+    assert result["achieved_bandwidth_share"] == pytest.approx(
+        result["floor_seconds"] / result["latency_seconds"]["8"]["1"])
+    assert result["relative_cost"]["1"] == 1.0
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_profile_command_writes_json_and_plot_and_refuses_bad_sizes(tiny_model_dir, tmp_path):
+    out = tmp_path / "prof"
+    result = invoke("profile", "--model", tiny_model_dir, "--contexts", "16,5000", "--sizes",
+                    "1,2", "--repeats", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "context 5000 skipped" in result.output and "achieves" in result.output
+    doc = json.loads((out / "profile.json").read_text())
+    assert doc["contexts"] == [16] and doc["dtype"] == "fp32" and doc["model"]
+    assert (out / "profile.png").stat().st_size > 0 and (out / "profile.svg").exists()
+    for args, message in ((["--sizes", "2,4"], "--sizes must include 1"),
+                          (["--sizes", "1,x"], "expected comma-separated integers"),
+                          (["--contexts", "9000"], "no context fits the model's 4096 positions")):
+        bad = invoke("profile", "--model", tiny_model_dir, *args)
+        assert bad.exit_code == 2 and message in bad.stderr, bad.output
+
+
+def test_breakdown_run_splits_time_and_predicts(tiny_model_dir, tmp_path):
+    qfile = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "summarization",
+         "turns": ["Summarize: the cat sat on the mat. the cat sat on the mat."]},
+        {"question_id": 2, "category": "qa", "turns": ["Who wrote Hamlet? Who wrote it?"]}])
+    out = tmp_path / "run"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--max-new-tokens", 24,
+                    "--warmup", 0, "--breakdown", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["config"]["breakdown"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    for name, m in summary["methods"].items():
+        bd = m["breakdown"]
+        assert m["equal_to_vanilla"]["share"] == 1.0
+        assert bd["seconds"]["verify"] > 0 and bd["seconds"]["prefill"] > 0
+        assert bd["seconds"]["rest"] >= -1e-3          # phases lie inside the wall time
+        assert sum(bd["seconds"].values()) == pytest.approx(bd["wall_seconds"])
+        assert m["mean_verified"] >= 1.0
+        assert name in summary["cost_model"]
+    assert summary["methods"]["vanilla"]["mean_verified"] == 1.0
+    assert summary["methods"]["vanilla"]["breakdown"]["seconds"]["draft"] == 0
+    assert (out / "profile.json").exists()
+    assert "where the time goes" in result.output and "MAT must exceed" in result.output
+    plots = invoke("report", out, "--plots")
+    assert plots.exit_code == 0 and (out / "plots" / "time_by_phase.png").exists()
