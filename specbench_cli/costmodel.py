@@ -1,31 +1,25 @@
 """Predicted speedup from the memory-wall cost model, next to the measured one.
 
-In units of one vanilla step (a one-token forward, plus what vanilla spends around it), a
-method's target forward over a block of b tokens costs c(b) (the profile's latency of b tokens
-over that of one, times the share of layers the verification runs), its drafting δ and its
-other per-step work ρ. Each such step commits MAT
-tokens, so
+Everything is in units of one vanilla step (a one-token forward). A method's verification
+forward over a block of b tokens costs c(b): the profile's latency of b tokens over that of one,
+times the share of layers the verification runs (Kangaroo verifies with the deep layers only),
+averaged over the block sizes the run actually verified (c of the mean block would overrate a
+method whose blocks are 1 or 11 tokens, like PLD's). Per step it also drafts (δ) and does other
+work (ρ: acceptance, cache moves), and it commits MAT tokens. Per committed token, then:
 
-    predicted speedup = MAT × (1 + ρ_vanilla) / (c(b) + δ + ρ),
+    vanilla: π_v + 1 + ρ_v        method: π + (c̄ + δ + ρ) / MAT
 
-and the method gains only while MAT exceeds the break-even c(b) + δ + ρ (over 1 + ρ_vanilla).
-Without a breakdown (`run --breakdown`) δ and ρ are unknown and left at 0: the pure memory-wall
-prediction MAT / c(b). Prefill is left out: every method pays it alike.
+with π the prefill time per committed token; the predicted speedup is their ratio, and the
+break-even MAT the one where they are equal. δ, ρ and π come from `run --breakdown`; without it
+they are 0: the pure memory-wall prediction MAT / c̄. The prediction is of time per token pooled
+over the run, which is what the "pooled" measured speedup is (vanilla's ms per token over the
+method's); Spec-Bench's speedup averages per-question throughputs instead, so questions where a
+method is fastest weigh more there.
 """
 
 from __future__ import annotations
 
 from .profile import interpolated_cost
-
-
-def step_terms(method: dict, vanilla: dict, one_step_ms: float) -> tuple[float, float, float]:
-    """(δ, ρ, ρ_vanilla) in one-token steps; zeros where no breakdown was recorded."""
-    b, v = method.get("breakdown"), vanilla.get("breakdown")
-    if not b or not v or not b["ms_per_step"]:
-        return 0.0, 0.0, 0.0
-    per_step = b["ms_per_step"]
-    return (per_step["draft"] / one_step_ms, per_step["rest"] / one_step_ms,
-            v["ms_per_step"]["rest"] / one_step_ms)
 
 
 def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:
@@ -39,36 +33,65 @@ def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:
     return 1e3 * profile["latency_seconds"][key]["1"]
 
 
+def terms(m: dict, unit_ms: float) -> dict:
+    """π (prefill per token), δ (draft per step), ρ (rest per step) in one-token steps; zeros
+    without a breakdown."""
+    b = m.get("breakdown")
+    if not b or not b["ms_per_step"]:
+        return {"prefill": 0.0, "draft": 0.0, "rest": 0.0}
+    return {"prefill": b["ms_per_token"]["prefill"] / unit_ms,
+            "draft": b["ms_per_step"]["draft"] / unit_ms,
+            "rest": b["ms_per_step"]["rest"] / unit_ms}
+
+
+def verify_cost(m: dict, profile: dict, share: float, context: int | None) -> float:
+    """c̄: the mean over the run's verification forwards of c(block size)."""
+    sizes = {int(k): n for k, n in (m.get("block_sizes") or {}).items()}
+    if not sizes:
+        return share * interpolated_cost(profile, m["mean_verified"], context)
+    total = sum(sizes.values())
+    return share * sum(n * interpolated_cost(profile, k, context) for k, n in sizes.items()) / total
+
+
 def predict(summary: dict, profile: dict, context: int | None = None,
             infos: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Per method: predicted speedup, its terms, the break-even MAT and one line on what holds
-    it back. `infos` (run.json's per-method info) may scale a method's verification forward by
-    the share of layers it runs (`verify_layer_share`: Kangaroo verifies with the deep layers)."""
+    """Per method: predicted speedup, its terms, the break-even MAT, the pooled measured
+    speedup and one line on the term that decides. `infos`: run.json's per-method info
+    (`verify_layer_share`)."""
     methods = summary["methods"]
     vanilla = methods[summary.get("baseline", "vanilla")]
     unit = one_step_ms(vanilla, profile, context)
+    v = terms(vanilla, unit)
+    vanilla_per_token = v["prefill"] + 1 + v["rest"]
     out = {}
     for name, m in methods.items():
-        mat, block = m.get("mean_accepted_overall"), m.get("mean_verified")
-        if not mat or not block:
+        mat = m.get("mean_accepted_overall")
+        if not mat or not m.get("mean_verified"):
             continue
         share = (infos or {}).get(name, {}).get("verify_layer_share", 1.0)
-        cost = share * interpolated_cost(profile, block, context)
-        draft, rest, vanilla_rest = step_terms(m, vanilla, unit)
-        need = (cost + draft + rest) / (1 + vanilla_rest)
-        out[name] = {"predicted": mat / need, "measured": m.get("speedup_overall"),
-                     "mean_accepted": mat, "block": block, "verify_cost": cost,
-                     "draft_cost": draft, "rest_cost": rest, "vanilla_rest_cost": vanilla_rest,
-                     "break_even": need, "why": explain(mat, block, cost, draft, rest, need)}
+        cost = verify_cost(m, profile, share, context)
+        t = terms(m, unit)
+        per_step = cost + t["draft"] + t["rest"]
+        room = vanilla_per_token - t["prefill"]      # what a token may cost past its prefill
+        need = per_step / room if room > 0 else float("inf")
+        pooled = (vanilla["ms_per_token"] / m["ms_per_token"]
+                  if m.get("ms_per_token") and vanilla.get("ms_per_token") else None)
+        out[name] = {"predicted": vanilla_per_token / (t["prefill"] + per_step / mat),
+                     "measured": m.get("speedup_overall"), "measured_pooled": pooled,
+                     "mean_accepted": mat, "block": m["mean_verified"], "verify_cost": cost,
+                     "draft_cost": t["draft"], "rest_cost": t["rest"],
+                     "prefill_cost": t["prefill"], "vanilla_rest_cost": v["rest"],
+                     "break_even": need,
+                     "why": explain(mat, m["mean_verified"], cost, t["draft"], t["rest"], need)}
     return out
 
 
 def explain(mat: float, block: float, cost: float, draft: float, rest: float,
             need: float) -> str:
     """The term that decides: verification cost, drafting or the rest, in one line."""
-    terms = {f"verifying {block:.1f} tokens costs {cost:.2f} steps": cost - 1,
-             f"drafting costs {draft:.2f} of a step per round": draft,
-             f"the rest (acceptance, cache moves) costs {rest:.2f} of a step": rest}
-    main = max(terms, key=terms.get)
+    candidates = {f"verifying {block:.1f} tokens costs {cost:.2f} steps": cost - 1,
+                  f"drafting costs {draft:.2f} of a step per round": draft,
+                  f"the rest (acceptance, cache moves) costs {rest:.2f} of a step": rest}
+    main = max(candidates, key=candidates.get)
     verdict = "gains" if mat > need else "cannot gain"
     return f"{main}: MAT must exceed {need:.2f} to gain (it is {mat:.2f}, {verdict})"

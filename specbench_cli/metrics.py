@@ -210,6 +210,16 @@ def method_stats(rows: list[dict]) -> dict:
 PHASES = ("prefill", "draft", "verify")
 
 
+def block_histogram(rows: list[dict]) -> dict[str, int]:
+    """How many verification forwards took each number of tokens (runs that recorded it)."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        for turn in row.get("stats", []):
+            for size in turn.get("block_sizes", []):
+                counts[size] = counts.get(size, 0) + 1
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
 def phase_breakdown(rows: list[dict], stats: dict) -> dict | None:
     """Where a method's time went (runs made with --breakdown): seconds per phase summed over
     all turns, the rest (acceptance, cache moves, Python) being wall time minus the phases;
@@ -268,6 +278,9 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         m["mean_verified"] = m["stats"]["verified"] / forwards \
             if m["stats"].get("verified") and forwards > 0 else None
         m["breakdown"] = phase_breakdown(rows, m["stats"])
+        m["block_sizes"] = block_histogram(rows)
+        wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
+        m["ms_per_token"] = 1e3 * wall / m["new_tokens"] if m["new_tokens"] else None
     return {"subtasks": present, "methods": out, "baseline": baseline,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
             "definitions": DEFINITIONS}

@@ -429,7 +429,7 @@ def render_time(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
     for col in ("prefill", "draft", "verify", "rest", "total ms/tok", "block", "c(block)",
-                "predicted", "measured"):
+                "predicted", "pooled", "measured"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, m in summary["methods"].items():
         per_token = (m.get("breakdown") or {}).get("ms_per_token") or {}
@@ -438,6 +438,7 @@ def render_time(summary: dict, title: str) -> Table:
         pred = model.get(name, {})
         table.add_row(name, *phases, total, fmt(m.get("mean_verified")),
                       fmt(pred.get("verify_cost")), fmt(pred.get("predicted"), ".2f", "x"),
+                      fmt(pred.get("measured_pooled"), ".2f", "x"),
                       fmt(m.get("speedup_overall"), ".2f", "x"))
     return table
 
@@ -449,11 +450,14 @@ def time_notes(summary: dict) -> list[str]:
              "block: mean tokens a target forward verified"]
     model, source = summary.get("cost_model"), summary.get("cost_model_profile")
     if model:
-        notes.append(f"c(block): that forward's latency over a one-token forward's, from "
-                     f"{source['file']} ({source['model']} on {source['device']}, context "
-                     f"{source['contexts'][0]}); predicted = MAT × (1 + ρ_vanilla) / (c(block) "
-                     "+ δ + ρ), δ and ρ the draft and rest time per step in one-token steps "
-                     "(0 without --breakdown)")
+        notes.append(f"c(block): a verification forward's latency over a one-token forward's, "
+                     f"averaged over the run's block sizes, from {source['file']} "
+                     f"({source['model']} on {source['device']}, context "
+                     f"{source['contexts'][0]}); predicted: vanilla's time per token over the "
+                     "method's, π + (c(block) + δ + ρ) / MAT in one-token steps (π prefill per "
+                     "token, δ draft and ρ rest per step: 0 without --breakdown); pooled: "
+                     "measured vanilla ms/token over the method's (what is predicted); measured: "
+                     "Spec-Bench's speedup (mean of per-question throughputs)")
         notes += [f"{name}: {p['why']}" for name, p in model.items()
                   if name != summary.get("baseline", "vanilla")]
     return notes

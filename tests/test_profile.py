@@ -38,27 +38,41 @@ def test_interpolated_cost_is_linear_between_sizes_at_the_nearest_context():
     assert interpolated_cost(PROFILE, 3, context=900) == pytest.approx(3.0)
 
 
-def summary(with_breakdown: bool):
-    def method(mat, block, speedup, draft=0.0, rest=0.0):
-        bd = {"ms_per_step": {"prefill": 0.0, "draft": draft, "verify": 10.0, "rest": rest}}
+def summary(with_breakdown: bool, block_sizes=None):
+    def method(mat, block, speedup, ms, prefill, draft=0.0, rest=0.0):
+        bd = {"ms_per_step": {"prefill": 0.0, "draft": draft, "verify": 10.0, "rest": rest},
+              "ms_per_token": {"prefill": prefill}}
         return {"mean_accepted_overall": mat, "mean_verified": block, "speedup_overall": speedup,
+                "ms_per_token": ms, "block_sizes": block_sizes,
                 "breakdown": bd if with_breakdown else None}
-    return {"baseline": "vanilla", "methods": {"vanilla": method(1.0, 1.0, 1.0, rest=1.0),
-                                               "pld": method(2.0, 3.0, 1.1, draft=2.5, rest=1.0)}}
+    return {"baseline": "vanilla", "methods": {
+        "vanilla": method(1.0, 1.0, 1.0, 13.0, prefill=2.0, rest=1.0),
+        "pld": method(2.0, 3.0, 1.1, 10.0, prefill=1.0, draft=2.5, rest=1.0)}}
 
 
 def test_predicted_speedup_from_mat_block_cost_and_draft_cost():
-    # Memory wall only: MAT / c(3) = 2 / 1.75.
+    # Memory wall only: MAT / c(3) = 2 / 1.75; pooled measured = 13 / 10 ms per token.
     plain = predict(summary(False), PROFILE)
     assert plain["pld"]["predicted"] == pytest.approx(2 / 1.75)
+    assert plain["pld"]["measured_pooled"] == pytest.approx(1.3)
     assert plain["vanilla"]["predicted"] == pytest.approx(1.0)
-    # With a breakdown: one step = vanilla's 10 ms forward; δ = 0.25, ρ = ρ_vanilla = 0.1.
+    # With a breakdown, in 10 ms steps: vanilla π 0.2 + 1 + ρ 0.1 = 1.3 a token; the method
+    # π 0.1 + (c 1.75 + δ 0.25 + ρ 0.1) / MAT 2 = 1.15.
     full = predict(summary(True), PROFILE)["pld"]
-    assert (full["draft_cost"], full["rest_cost"], full["vanilla_rest_cost"]) == \
-        pytest.approx((0.25, 0.1, 0.1))
-    assert full["break_even"] == pytest.approx((1.75 + 0.25 + 0.1) / 1.1)
-    assert full["predicted"] == pytest.approx(2 * 1.1 / 2.1)
-    assert full["why"].startswith("verifying 3.0 tokens costs 1.75 steps: MAT must exceed 1.91")
+    assert (full["prefill_cost"], full["draft_cost"], full["rest_cost"]) == \
+        pytest.approx((0.1, 0.25, 0.1))
+    assert full["predicted"] == pytest.approx(1.3 / 1.15)
+    assert full["break_even"] == pytest.approx(2.1 / 1.2)
+    assert full["why"] == ("verifying 3.0 tokens costs 1.75 steps: MAT must exceed 1.75 to gain "
+                           "(it is 2.00, gains)")
+    assert predict(summary(True), PROFILE)["vanilla"]["predicted"] == pytest.approx(1.0)
+
+
+def test_verify_cost_averages_over_the_block_sizes_and_scales_by_layer_share():
+    mixed = predict(summary(False, block_sizes={"1": 1, "4": 1}), PROFILE)["pld"]
+    assert mixed["verify_cost"] == pytest.approx((1.0 + 2.0) / 2)   # not c(mean 2.5) = 1.625
+    half = predict(summary(False), PROFILE, infos={"pld": {"verify_layer_share": 0.5}})["pld"]
+    assert half["verify_cost"] == pytest.approx(0.875)
 
 
 def test_explanation_names_the_largest_term():

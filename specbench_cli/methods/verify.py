@@ -62,7 +62,7 @@ class DecodeState:
         self.engine = engine
         # `with state.phase("draft"): ...` times a phase when a breakdown was asked for.
         self.phase = getattr(engine, "phases", None) or no_phases
-        self.verified = 0                      # tokens fed to verification forwards
+        self.block_sizes: list[int] = []       # tokens fed to each verification forward
         self.eos_ids = eos_ids
         self.max_new_tokens = max_new_tokens
         self.prompt_len = len(prompt_ids)
@@ -104,7 +104,9 @@ class DecodeState:
             self.done = True
 
     def result(self, **stats) -> Generation:
-        return Generation(self.new_tokens, self.accept_lengths, {**stats, "verified": self.verified})
+        return Generation(self.new_tokens, self.accept_lengths,
+                          {**stats, "verified": sum(self.block_sizes),
+                           "block_sizes": self.block_sizes})
 
 
 def accepted_prefix(draft: list[int], predicted: list[int]) -> int:
@@ -127,7 +129,7 @@ def verify_chain(state: DecodeState, draft: list[int], forward: Callable | None 
     with state.phase("verify"):
         logits = forward(ids, state.offset) if forward else engine(ids, state.cache, state.offset)
         predicted = logits[0].argmax(-1).tolist()
-    state.verified += ids.shape[1]
+    state.block_sizes.append(ids.shape[1])
     n = accepted_prefix(draft, predicted)
     state.offset += 1 + n
     state.cache.truncate(state.offset)
@@ -211,7 +213,7 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int]) -> TreeResult
         logits, hidden = engine(ids, state.cache, state.offset, positions=state.offset + depths,
                                 block_mask=tree.mask, return_hidden=True)
         predicted = logits[0].argmax(-1).tolist()
-    state.verified += ids.shape[1]
+    state.block_sizes.append(ids.shape[1])
     best, best_len = tree.paths[0], 0
     for path in tree.paths:
         n = accepted_prefix([tokens[j] for j in path[1:]], [predicted[j] for j in path[:-1]])
