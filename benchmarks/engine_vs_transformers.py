@@ -1,10 +1,12 @@
 """Engine vanilla decoding vs transformers' `generate` (greedy), side by side in one process.
 
-Same random Llama (~100M parameters), same prompts, same device and dtype. Each repeat times
+Same model (a random ~100M Llama, or --model: any folder, .gguf or named target such as
+smollm2), same random prompts, same device and dtype. Each repeat times
 every prompt with both, alternating, so machine drift hits both alike; the report is the median
 over repeats of total new tokens / total seconds, and the ratio engine / transformers.
 
     .venv/bin/python benchmarks/engine_vs_transformers.py [--repeats 5] [--new-tokens 64]
+        [--model smollm2]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from specbench_cli.engine.load import load_engine
+from specbench_cli.engine.load import load_engine, model_folder
 from specbench_cli.methods import METHODS
 
 CONFIG = dict(vocab_size=32000, hidden_size=640, intermediate_size=1728, num_hidden_layers=12,
@@ -32,15 +34,20 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-lengths", default="300,450,600")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    folder = Path(tempfile.mkdtemp()) / "llama-100m"
-    AutoModelForCausalLM.from_config(LlamaConfig(**CONFIG)).save_pretrained(folder)
+    if args.model:
+        folder = model_folder(args.model)
+    else:
+        folder = Path(tempfile.mkdtemp()) / "llama-100m"
+        AutoModelForCausalLM.from_config(LlamaConfig(**CONFIG)).save_pretrained(folder)
     ref = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(args.device)
     ref.eval()
     engine, _, _ = load_engine(str(folder), dtype="fp32", device=args.device, with_tokenizer=False)
     vanilla = METHODS["vanilla"](engine, set())
-    prompts = [torch.randint(3, 32000, (n,)).tolist() for n in map(int, args.prompt_lengths.split(","))]
+    vocab = engine.config.vocab_size
+    prompts = [torch.randint(3, vocab, (n,)).tolist() for n in map(int, args.prompt_lengths.split(","))]
     n = args.new_tokens
 
     def run_engine(ids):
@@ -69,7 +76,7 @@ def main():
             rates[name].append(n * len(prompts) / seconds)
     med = {k: statistics.median(v) for k, v in rates.items()}
     params = engine.num_parameters()
-    print(f"model: random Llama, {params / 1e6:.1f}M parameters, fp32 on {args.device} "
+    print(f"model: {args.model or 'random Llama'}, {params / 1e6:.1f}M parameters, fp32 on {args.device} "
           f"({torch.get_num_threads()} threads); prompts {args.prompt_lengths} tokens; "
           f"{n} new tokens each; median of {args.repeats} repeats")
     print(f"{'engine vanilla':>22}: {med['engine']:8.2f} tokens/s  "

@@ -130,15 +130,43 @@ def rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
+# Up to this many tokens a product takes the column-block path of `Linear` (see there).
+SPLIT_ROWS = 16
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose weight the loader stores transposed on a CPU (in × out, contiguous; the
+    `weight` parameter is a view of it, so its meaning and name stay Hugging Face's).
+
+    Why: for a product over a few tokens MKL runs one row-major GEMV on one thread, at ~40% of
+    the memory bandwidth; on the transposed weight the same product streams it ~1.4× faster, and
+    cut into `split` column blocks (one per thread, all views of the same storage) one batched
+    product runs them in parallel, near the memory wall (benchmarks/engine_step.py). Every output
+    is still one dot product over the whole input, so the greedy tokens do not change."""
+
+    split = 1       # column blocks: the loader sets the thread count where it divides out_features
+
+    def forward(self, x):
+        wt = self.weight.t()
+        rows = x.numel() // x.shape[-1]
+        if self.split == 1 or rows > SPLIT_ROWS or not wt.is_contiguous():
+            return F.linear(x, self.weight, self.bias)
+        k, n = wt.shape
+        blocks = wt.view(k, self.split, n // self.split).transpose(0, 1)
+        out = torch.bmm(x.reshape(1, rows, k).expand(self.split, rows, k), blocks)
+        out = out.transpose(0, 1).reshape(*x.shape[:-1], n)
+        return out if self.bias is None else out + self.bias
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: EngineConfig):
         super().__init__()
         h, hd = cfg.hidden_size, cfg.head_dim
         self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
-        self.q_proj = nn.Linear(h, cfg.num_heads * hd, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.num_heads * hd, h, bias=cfg.o_bias)
+        self.q_proj = Linear(h, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = Linear(cfg.num_heads * hd, h, bias=cfg.o_bias)
 
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, offset: int, mask):
         """x (b, n, H). With a cache (decoding, b = 1) keys/values are stored at rows
@@ -161,9 +189,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: EngineConfig):
         super().__init__()
         h, m, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = nn.Linear(h, m, bias=b)
-        self.up_proj = nn.Linear(h, m, bias=b)
-        self.down_proj = nn.Linear(m, h, bias=b)
+        self.gate_proj = Linear(h, m, bias=b)
+        self.up_proj = Linear(h, m, bias=b)
+        self.down_proj = Linear(m, h, bias=b)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -199,7 +227,7 @@ class Engine(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # A plain attribute, not a buffer: `.to(fp16)` must not round the RoPE frequencies.
