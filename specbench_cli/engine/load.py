@@ -22,9 +22,10 @@ DTYPE_ALIASES = {**DTYPES, "float32": torch.float32, "float16": torch.float16,
                  "half": torch.float16, "bfloat16": torch.bfloat16}
 # safetensors header dtype → torch; others (int8, fp8, …) are quantised formats we do not run.
 # Weights from this size on are read in column blocks, one a thread (llama.Linear); smaller
-# products are too short for the batched form's per-call cost to pay (the built-in model's step:
-# 1.16 ms with every product split, 0.88 ms with none; SmolLM2's: 26 ms split, 33 ms not).
-SPLIT_BYTES = 1 << 20
+# products are too short for the batched form's per-call cost to pay (the built-in model's step,
+# whose products are 64-180 KiB but its 1 MiB head: 1.16 ms with every product split, 0.88 ms
+# with the head alone; SmolLM2's, 0.4-113 MiB: 26 ms with all split, 33 ms with none).
+SPLIT_BYTES = 256 << 10
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
