@@ -147,7 +147,7 @@ def child(loader: str, folder: Path, dtype: str):
     start = time.perf_counter()
     with torch.no_grad():
         for p in params:
-            p.view(-1)[::4096 // p.element_size()].float().sum()
+            (p if p.is_contiguous() else p.t()).reshape(-1)[::4096 // p.element_size()].float().sum()
     print(json.dumps({"imports": imports, "loaded": loaded, "peak": memory()["VmHWM"],
                       "seconds": seconds, "touch": time.perf_counter() - start,
                       "params": sum(p.numel() for p in params)}))
