@@ -672,7 +672,12 @@ def list_cmd():
     for sub, cats in SUITE["subtasks"].items():
         table.add_row(sub, ", ".join(cats))
     console.print(table)
-    console.print(f"templates: {', '.join(TEMPLATES)}")
+    console.print(f"templates: auto (default: the tokenizer's chat template, else vicuna_v1.1), "
+                  f"{', '.join(TEMPLATES)}")
+    from .targets import TARGETS
+    for target in TARGETS.values():
+        console.print(f"named models: {target.name}: {target.description} ({target.license}; "
+                      "from the package index)")
     console.print("benches: spec_bench (the official 480 questions, downloaded and verified), "
                   "or a path to a question file in Spec-Bench's format")
 

@@ -218,3 +218,35 @@ def test_unsupported_architecture_is_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="cannot convert") as err:
         gguf_folder(file, home=tmp_path / "home")
     assert "\n" not in str(err.value)
+
+
+@needs_gguf
+def test_cli_takes_a_gguf_file_for_run_and_datastore(tmp_path, monkeypatch):
+    """`--model file.gguf` and `datastore build --tokenizer file.gguf`, through the command line:
+    converted once under $SPECBENCH_HOME, then a run whose methods equal vanilla."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from specbench_cli.cli import app
+    from conftest import write_questions
+    monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path / "home"))
+    file = tmp_path / "tiny.gguf"
+    write_gguf(file, "llama")
+    qfile = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "qa", "turns": ["the theme is the thing"]}])
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--model", str(file), "--bench", str(qfile),
+                                      "--max-new-tokens", "12", "--warmup", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["model"] == str(file) and meta["config"]["template"] == "chat"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["pld"]["equal_to_vanilla"]["share"] == 1.0
+    assert len(list((tmp_path / "home" / "gguf").iterdir())) == 1          # converted once
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "the theme is the thing there"}) + "\n")
+    store = CliRunner().invoke(app, ["datastore", "build", "--tokenizer", str(file), "--data",
+                                     str(corpus), "--out", str(tmp_path / "ds")])
+    assert store.exit_code == 0, store.output
+    assert "tokens" in store.output
