@@ -46,9 +46,7 @@ def terms(m: dict, unit_ms: float) -> dict:
 
 def verify_cost(m: dict, profile: dict, share: float, context: int | None) -> float:
     """c̄: the mean over the run's verification forwards of c(block size)."""
-    sizes = {int(k): n for k, n in (m.get("block_sizes") or {}).items()}
-    if not sizes:
-        return share * interpolated_cost(profile, m["mean_verified"], context)
+    sizes = {int(k): n for k, n in m["block_sizes"].items()}
     total = sum(sizes.values())
     return share * sum(n * interpolated_cost(profile, k, context) for k, n in sizes.items()) / total
 

@@ -220,15 +220,18 @@ def block_histogram(rows: list[dict]) -> dict[str, int]:
     return {str(k): counts[k] for k in sorted(counts)}
 
 
-def phase_breakdown(rows: list[dict], stats: dict) -> dict | None:
+def mean_block(histogram: dict[str, int]) -> float | None:
+    """Mean tokens a verification forward took (pending token + drafts or tree nodes)."""
+    forwards = sum(histogram.values())
+    return sum(int(k) * n for k, n in histogram.items()) / forwards if forwards else None
+
+
+def phase_breakdown(stats: dict, wall: float, tokens: int, steps: int) -> dict | None:
     """Where a method's time went (runs made with --breakdown): seconds per phase summed over
     all turns, the rest (acceptance, cache moves, Python) being wall time minus the phases;
     also per committed token and per target forward (step), in ms."""
     if "verify_seconds" not in stats:
         return None
-    wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
-    tokens = sum(sum(r["choices"][0]["new_tokens"]) for r in rows)
-    steps = sum(len(r["choices"][0]["accept_lengths"]) for r in rows)
     seconds = {p: stats.get(f"{p}_seconds", 0.0) for p in PHASES}
     seconds["rest"] = wall - sum(seconds.values())
     return {"seconds": seconds, "wall_seconds": wall, "tokens": tokens, "steps": steps,
@@ -272,15 +275,11 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "stats": method_stats(rows),
         }
         m = out[name]
-        # Mean tokens a verification forward took (pending token + drafts or tree nodes); each
-        # turn's first step is its prefill, which verified nothing.
-        forwards = m["steps"] - sum(len(r["choices"][0]["new_tokens"]) for r in rows)
-        m["mean_verified"] = m["stats"]["verified"] / forwards \
-            if m["stats"].get("verified") and forwards > 0 else None
-        m["breakdown"] = phase_breakdown(rows, m["stats"])
-        m["block_sizes"] = block_histogram(rows)
         wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
         m["ms_per_token"] = 1e3 * wall / m["new_tokens"] if m["new_tokens"] else None
+        m["block_sizes"] = block_histogram(rows)
+        m["mean_verified"] = mean_block(m["block_sizes"])
+        m["breakdown"] = phase_breakdown(m["stats"], wall, m["new_tokens"], m["steps"])
     return {"subtasks": present, "methods": out, "baseline": baseline,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
             "definitions": DEFINITIONS}

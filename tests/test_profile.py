@@ -39,11 +39,12 @@ def test_interpolated_cost_is_linear_between_sizes_at_the_nearest_context():
 
 
 def summary(with_breakdown: bool, block_sizes=None):
+    # Blocks of 3 tokens by default (mean 3); vanilla's are 1 token.
     def method(mat, block, speedup, ms, prefill, draft=0.0, rest=0.0):
         bd = {"ms_per_step": {"prefill": 0.0, "draft": draft, "verify": 10.0, "rest": rest},
               "ms_per_token": {"prefill": prefill}}
         return {"mean_accepted_overall": mat, "mean_verified": block, "speedup_overall": speedup,
-                "ms_per_token": ms, "block_sizes": block_sizes,
+                "ms_per_token": ms, "block_sizes": block_sizes or {str(int(block)): 10},
                 "breakdown": bd if with_breakdown else None}
     return {"baseline": "vanilla", "methods": {
         "vanilla": method(1.0, 1.0, 1.0, 13.0, prefill=2.0, rest=1.0),
@@ -69,7 +70,7 @@ def test_predicted_speedup_from_mat_block_cost_and_draft_cost():
 
 
 def test_verify_cost_averages_over_the_block_sizes_and_scales_by_layer_share():
-    mixed = predict(summary(False, block_sizes={"1": 1, "4": 1}), PROFILE)["pld"]
+    mixed = predict(summary(False, block_sizes={"1": 1, "4": 1}), PROFILE)["pld"]   # mean 2.5
     assert mixed["verify_cost"] == pytest.approx((1.0 + 2.0) / 2)   # not c(mean 2.5) = 1.625
     half = predict(summary(False), PROFILE, infos={"pld": {"verify_layer_share": 0.5}})["pld"]
     assert half["verify_cost"] == pytest.approx(0.875)

@@ -105,8 +105,7 @@ class DecodeState:
 
     def result(self, **stats) -> Generation:
         return Generation(self.new_tokens, self.accept_lengths,
-                          {**stats, "verified": sum(self.block_sizes),
-                           "block_sizes": self.block_sizes})
+                          {**stats, "block_sizes": self.block_sizes})
 
 
 def accepted_prefix(draft: list[int], predicted: list[int]) -> int:
