@@ -277,10 +277,8 @@ def attach_profile(engine, model: str, out: Path, profile_file: Optional[Path],
     on this engine at the run's median prompt length."""
     import shutil
     import statistics
-    from .engine.load import DTYPE_NAMES
-    from .profile import profile_engine
+    from .profile import write_profile
     from .report import PROFILE_FILE
-    from .runner import environment
     if profile_file is not None:
         shutil.copyfile(profile_file, out / PROFILE_FILE)
         return
@@ -288,10 +286,7 @@ def attach_profile(engine, model: str, out: Path, profile_file: Optional[Path],
         return
     context = int(statistics.median(prompt_lengths))
     with progress_bar() as progress:
-        result = profile_engine(engine, [context], repeats=10, progress=progress)
-    result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
-                  environment=environment(engine.device))
-    (out / PROFILE_FILE).write_text(json.dumps(result, indent=2))
+        write_profile(engine, model, out / PROFILE_FILE, [context], progress=progress)
 
 
 def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> tuple[Path, bool]:
@@ -394,10 +389,10 @@ def profile(
     """Measure the memory wall: forward latency of a block of n tokens at each context, the
     weight bytes a step reads, the device's streaming bandwidth, and what share of it a
     one-token step achieves. Writes profile.json and profile.png/svg."""
-    from .engine.load import DTYPE_NAMES, load_engine, model_folder
+    from .engine.load import load_engine, model_folder
     from .plots import profile_figure, save_figure
-    from .profile import profile_engine
-    from .runner import environment, model_context
+    from .profile import write_profile
+    from .runner import model_context
     with user_errors():
         numbers = {"--contexts": contexts, "--sizes": sizes}
         parsed = {}
@@ -429,11 +424,9 @@ def profile(
         out = out or RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         out.mkdir(parents=True, exist_ok=True)
         with progress_bar() as progress:
-            result = profile_engine(engine, kept, parsed["--sizes"], repeats, progress)
-        env = environment(engine.device)
-        result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
-                      environment=env)
-        (out / "profile.json").write_text(json.dumps(result, indent=2))
+            result = write_profile(engine, model, out / "profile.json", kept, parsed["--sizes"],
+                                   repeats, progress)
+        env = result["environment"]
         note = (f"{name} · {result['dtype']} on {result['device']} "
                 f"({env['gpu'] or env['cpu']}, {env['torch_threads']} threads)")
         save_figure(profile_figure(result, note), out / "profile")

@@ -143,6 +143,20 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
     }
 
 
+def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
+                  repeats: int = 10, progress=None) -> dict:
+    """Profile the engine and write profile.json, with the model, dtype, device and machine."""
+    import json
+
+    from .engine.load import DTYPE_NAMES
+    from .runner import environment
+    result = profile_engine(engine, contexts, sizes, repeats, progress)
+    result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
+                  environment=environment(engine.device))
+    Path(path).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
     """Forward latency of a block of `tokens` (fractional: a mean block size), relative to a
     one-token forward, interpolated linearly between measured sizes at the nearest context."""
