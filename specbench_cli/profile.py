@@ -19,14 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine
+from .engine import Engine, sync
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:

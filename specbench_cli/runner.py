@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote
 
 import torch
 
-from .engine import Engine
+from .engine import Engine, sync
 from .methods import METHODS, Generation, Method, base_name
 from .methods.verify import Phases
 from .prompts import build_prompt_ids
@@ -62,11 +62,6 @@ class RunConfig:
     device: str = "cpu"
     over_context: str = "error"
     breakdown: bool = False      # time prefill/draft/verify apart (device synced around each)
-
-
-def sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def git_commit() -> str | None:

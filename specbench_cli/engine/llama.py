@@ -20,6 +20,12 @@ from .cache import KVCache
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
+def sync(device: torch.device):
+    """Wait for the device's queued work (timing must see it done); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class UnsupportedModel(ValueError):
     """The config describes an architecture this engine does not implement."""
 

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..engine import Engine
+from ..engine import Engine, sync
 from .base import Generation
 
 # Rows reserved past prompt + max_new_tokens for a block of drafts in flight (trees included).
@@ -33,18 +33,14 @@ class Phases:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
 
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @contextmanager
     def __call__(self, name: str):
-        self.sync()
+        sync(self.device)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.sync()
+            sync(self.device)
             self.seconds[name] += time.perf_counter() - start
 
 
