@@ -19,7 +19,7 @@ method is fastest weigh more there.
 
 from __future__ import annotations
 
-from .profile import interpolated_cost
+from .profile import interpolated_cost, latencies_at
 
 
 def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:
@@ -28,9 +28,7 @@ def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:
     b = vanilla.get("breakdown")
     if b and b["ms_per_step"]:
         return b["ms_per_step"]["verify"]
-    contexts = [int(c) for c in profile["latency_seconds"]]
-    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
-    return 1e3 * profile["latency_seconds"][key]["1"]
+    return 1e3 * latencies_at(profile, context)["1"]
 
 
 def terms(m: dict, unit_ms: float) -> dict:

@@ -152,12 +152,18 @@ def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
     return result
 
 
+def latencies_at(profile: dict, context: int | None = None) -> dict[str, float]:
+    """The profile's latency table (tokens → seconds) at the measured context nearest to
+    `context` (the first one when None)."""
+    contexts = [int(c) for c in profile["latency_seconds"]]
+    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
+    return profile["latency_seconds"][key]
+
+
 def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
     """Forward latency of a block of `tokens` (fractional: a mean block size), relative to a
     one-token forward, interpolated linearly between measured sizes at the nearest context."""
-    contexts = [int(c) for c in profile["latency_seconds"]]
-    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
-    table = sorted((int(n), t) for n, t in profile["latency_seconds"][key].items())
+    table = sorted((int(n), t) for n, t in latencies_at(profile, context).items())
     one = dict(table)[1]
     if tokens <= table[0][0]:
         return table[0][1] / one
