@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import json
 import sys
 import time
@@ -29,20 +30,12 @@ RESULTS = Path("results")
 
 @contextmanager
 def user_errors():
-    """Bad input becomes one line on stderr and exit status 2, never a traceback."""
-    from .engine import UnsupportedModel
-    from .engine.load import ModelLoadError
-    from .metrics import MetricsError
-    from .methods.kangaroo import AdapterError
-    from .methods.medusa import HeadsError
-    from .datastore import DatastoreError
-    from .tasks import TaskError
-    from .train.data import DataError
+    """Errors meant for users (SpecbenchError) become one line on stderr and exit status 2;
+    anything else is a bug and keeps its traceback."""
+    from .errors import SpecbenchError
     try:
         yield
-    except (TaskError, ModelLoadError, UnsupportedModel, MetricsError, AdapterError, HeadsError,
-            DataError, DatastoreError,
-            ValueError, FileNotFoundError) as err:
+    except SpecbenchError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
@@ -90,7 +83,7 @@ def check_resume(out: Path, config) -> None:
     stored = json.loads((out / "run.json").read_text()).get("config", {})
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
-        raise ValueError(f"--resume: {out} was run with other options ({', '.join(diff)} differ)")
+        raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} differ)")
 
 
 @app.command()
@@ -183,22 +176,22 @@ def run(
     with user_errors():
         # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
         if limit is not None and limit < 1:
-            raise ValueError(f"--limit must be at least 1 (got {limit})")
+            raise SpecbenchError(f"--limit must be at least 1 (got {limit})")
         for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
             if value < 1:
-                raise ValueError(f"{opt} must be at least 1 (got {value})")
+                raise SpecbenchError(f"{opt} must be at least 1 (got {value})")
         if warmup < 0:
-            raise ValueError(f"--warmup must be 0 or more (got {warmup})")
+            raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
         if template not in (AUTO, *TEMPLATES):
-            raise ValueError(f"--template {template!r}: choose one of {AUTO}, "
+            raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
                              f"{', '.join(TEMPLATES)}")
         if over_context not in (None, *OVER_CONTEXT):
-            raise ValueError(f"--over-context {over_context!r}: choose one of "
+            raise SpecbenchError(f"--over-context {over_context!r}: choose one of "
                              f"{', '.join(OVER_CONTEXT)}")
         if profile_file is not None and not profile_file.is_file():
-            raise ValueError(f"--profile {profile_file}: no such file")
+            raise SpecbenchError(f"--profile {profile_file}: no such file")
         if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
-            raise ValueError(f"--out {out}: a file is in the way; give a directory for the run")
+            raise SpecbenchError(f"--out {out}: a file is in the way; give a directory for the run")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         subtasks = parse_subtasks(tasks)
@@ -294,20 +287,20 @@ def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> tuple[
     if resume and out is None:
         out = find_resumable(config)
         if out is None:
-            raise ValueError("--resume: no earlier run with these options under results/ "
+            raise SpecbenchError("--resume: no earlier run with these options under results/ "
                              "(pass its directory with --out)")
     if resume and (out / "run.json").exists():
         check_resume(out, config)
         return out, True
     if resume and (out / "answers").is_dir() and any((out / "answers").iterdir()):
-        raise ValueError(f"--resume: {out} holds answers but no run.json, so its options "
+        raise SpecbenchError(f"--resume: {out} holds answers but no run.json, so its options "
                          "cannot be checked; use another --out")
     if resume:      # killed before the run directory was written: nothing to continue
         err_console.print(f"--resume: no earlier run in {out}; starting it", highlight=False)
     if out is None:
         out = RESULTS / f"{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "run.json").exists():
-        raise ValueError(f"{out} holds a run already; use --resume to continue it or another --out")
+        raise SpecbenchError(f"{out} holds a run already; use --resume to continue it or another --out")
     return out, False
 
 
@@ -341,7 +334,7 @@ def report_cmd(
     with user_errors():
         docs = [load_baseline(name) for name in published]
         if profile_file is not None and not profile_file.is_file():
-            raise ValueError(f"--profile {profile_file}: no such file")
+            raise SpecbenchError(f"--profile {profile_file}: no such file")
         report_runs(run_dirs, console, fmt_=fmt_, published=docs, plots=plots,
                     baseline_name=baseline_name, err_console=err_console, profile=profile_file)
 
@@ -368,7 +361,7 @@ def prepare(
                           highlight=False)
             return
         if target != "builtin":
-            raise ValueError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
+            raise SpecbenchError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
         prepared = prepare_all(home=home, force=force, console=console)
         print_timings(console, prepared)
 
@@ -400,13 +393,13 @@ def profile(
             try:
                 parsed[opt] = sorted({int(v) for v in text.split(",") if v.strip()})
             except ValueError:
-                raise ValueError(f"{opt} {text!r}: expected comma-separated integers") from None
+                raise SpecbenchError(f"{opt} {text!r}: expected comma-separated integers") from None
             if not parsed[opt] or min(parsed[opt]) < 1:
-                raise ValueError(f"{opt} {text!r}: expected integers of at least 1")
+                raise SpecbenchError(f"{opt} {text!r}: expected integers of at least 1")
         if 1 not in parsed["--sizes"]:
-            raise ValueError("--sizes must include 1 (every cost is relative to a one-token step)")
+            raise SpecbenchError("--sizes must include 1 (every cost is relative to a one-token step)")
         if repeats < 1:
-            raise ValueError(f"--repeats must be at least 1 (got {repeats})")
+            raise SpecbenchError(f"--repeats must be at least 1 (got {repeats})")
         if model is None:
             from .prepare import prepare_all
             model = str(prepare_all(console=console).model_dir)
@@ -418,7 +411,7 @@ def profile(
             console.print(f"context {c} skipped: with {max(parsed['--sizes'])} more tokens it "
                           f"passes the model's {limit} positions")
         if not kept:
-            raise ValueError(f"no context fits the model's {limit} positions")
+            raise SpecbenchError(f"no context fits the model's {limit} positions")
         engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
         name = Path(model.rstrip("/")).name
         out = out or RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -537,7 +530,7 @@ def train_medusa_cmd(
     from .train.medusa import train_medusa
     with user_errors():         # checked before the model loads
         if num_heads < 1:
-            raise ValueError(f"--num-heads must be at least 1 (got {num_heads})")
+            raise SpecbenchError(f"--num-heads must be at least 1 (got {num_heads})")
     train_and_report(train_medusa, "heads", model, dtype, device, data, out,
                      num_heads=num_heads, steps=steps, lr=lr, warmup=warmup,
                      batch_size=batch_size, max_len=max_len, seed=seed)

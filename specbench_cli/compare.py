@@ -18,6 +18,7 @@ tolerance below the baseline, or its share of answers equal to vanilla's dropped
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import json
 import time
 from dataclasses import dataclass, field
@@ -156,7 +157,7 @@ def gate(run: Run, baseline: dict, speedup_tolerance: float = 0.1,
     for opt, tol in (("--speedup-tolerance", speedup_tolerance),
                      ("--accepted-tolerance", accepted_tolerance)):
         if tol < 0:
-            raise ValueError(f"{opt} must be 0 or more (got {tol})")
+            raise SpecbenchError(f"{opt} must be 0 or more (got {tol})")
     if baseline.get("placeholder"):
         raise BaselineError(f"baseline {baseline.get('name')} is a placeholder without numbers; "
                             "write it from a real run: specbench compare --save RUN FILE")

@@ -13,6 +13,7 @@ with all of it at once. Files:
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import hashlib
 import json
 import time
@@ -28,7 +29,7 @@ TOKENS, MANIFEST = "tokens.u32", "manifest.json"
 FORMAT_VERSION = 1
 
 
-class DatastoreError(ValueError):
+class DatastoreError(SpecbenchError):
     pass
 
 

@@ -13,6 +13,7 @@ New tokens are counted from ids for every method alike, through EOS when one was
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import math
 import statistics
 from pathlib import Path
@@ -42,7 +43,7 @@ DEFINITIONS = [
 ]
 
 
-class MetricsError(ValueError):
+class MetricsError(SpecbenchError):
     pass
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -15,7 +16,7 @@ def resolve_template(template: str, tokenizer, model_name: str) -> str:
     without a chat template, else the tokenizer's chat template; a named template as is."""
     if template != AUTO:
         if template not in TEMPLATES:
-            raise ValueError(f"--template {template!r}: choose one of {AUTO}, {', '.join(TEMPLATES)}")
+            raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, {', '.join(TEMPLATES)}")
         return template
     if "vicuna" in model_name.lower() or not getattr(tokenizer, "chat_template", None):
         return "vicuna_v1.1"
@@ -30,7 +31,7 @@ def vicuna_prompt(turns: list[str], answers: list[str], eos: str = "</s>") -> st
     EOS text after assistant answers, as FastChat's vicuna_v1.1 template writes them.
     """
     if len(answers) != len(turns) - 1:
-        raise ValueError("need exactly one answer for every turn but the last")
+        raise SpecbenchError("need exactly one answer for every turn but the last")
     text = VICUNA_SYSTEM + " "
     for i, question in enumerate(turns):
         text += f"USER: {question} ASSISTANT:"
@@ -48,7 +49,7 @@ def build_prompt_ids(tokenizer, template: str, turns: list[str], answers: list[s
         return ([bos] if bos is not None else []) + list(ids)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--template chat: this tokenizer has no chat template; use vicuna_v1.1")
+            raise SpecbenchError("--template chat: this tokenizer has no chat template; use vicuna_v1.1")
         messages = []
         for i, question in enumerate(turns):
             messages.append({"role": "user", "content": question})
@@ -58,4 +59,4 @@ def build_prompt_ids(tokenizer, template: str, turns: list[str], answers: list[s
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
-    raise ValueError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    raise SpecbenchError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")

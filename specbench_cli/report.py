@@ -7,6 +7,7 @@ metrics.summarize; this module only arranges them.
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import json
 import math
 from dataclasses import dataclass
@@ -360,7 +361,7 @@ def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str 
     """Print the runs side by side (and published rows); write each run's summary.json (and
     plots); return the summaries. `profile`: a profile.json for the cost model's predictions."""
     if fmt_ not in FORMATS:
-        raise ValueError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
+        raise SpecbenchError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
     err_console = err_console or Console(stderr=True)
     runs = [load_summarized(d, baseline_name) for d in run_dirs]

@@ -7,6 +7,7 @@ and flushed to disk at once; `--resume` reads those files back and skips what is
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ ANSWERS_DIR = "answers"
 OVER_CONTEXT = ("error", "cap")
 
 
-class ContextError(ValueError):
+class ContextError(SpecbenchError):
     """A prompt that does not fit the model's context; one line naming the question."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .errors import SpecbenchError
 import hashlib
 import os
 import shutil
@@ -18,7 +19,7 @@ from .jsonl import json_lines
 SUITE_DIR = files("specbench_cli") / "suites"
 
 
-class TaskError(ValueError):
+class TaskError(SpecbenchError):
     """Bad question file or selection; the message is one line for the user."""
 
 

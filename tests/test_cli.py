@@ -322,3 +322,18 @@ def test_prompt_past_the_context_is_refused_or_capped(tiny_model_dir, qfile, tmp
             assert len(prompt) + new <= 300
             capped.append(len(prompt) + new == 300)
     assert capped == [True, False]      # the summary stops at the context; QA fits
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tiny_model_dir, qfile,
+                                                                    monkeypatch):
+    """Only SpecbenchError becomes a one-line message: a ValueError from a bug (here planted in
+    the question loader) must reach the caller with its traceback, not be dressed as bad input."""
+    import specbench_cli.tasks as tasks
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug deep inside")
+    monkeypatch.setattr(tasks, "load_questions", broken)
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--device", "cpu")
+    assert result.exit_code != 2 and isinstance(result.exception, ValueError)
+    assert "a bug deep inside" in str(result.exception)
+    assert "error:" not in result.output

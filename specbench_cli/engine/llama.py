@@ -8,6 +8,7 @@ dict loads without renaming.
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ def sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(SpecbenchError):
     """The config describes an architecture this engine does not implement."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import json
 import math
 import mmap as mmap_module
@@ -29,7 +30,7 @@ SPLIT_BYTES = 256 << 10
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(SpecbenchError):
     pass
 
 

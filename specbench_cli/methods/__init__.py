@@ -1,5 +1,6 @@
 """Decoding methods, one file each, behind the `Method` protocol."""
 
+from ..errors import SpecbenchError
 from .base import Generation, Method
 from .kangaroo import Kangaroo
 from .llma import LLMA
@@ -16,7 +17,7 @@ def parse_methods(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for name in names:
         if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+            raise SpecbenchError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     return ["vanilla"] + [n for n in dict.fromkeys(names) if n != "vanilla"]
 
 
@@ -44,11 +45,11 @@ def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str])
         key, _, values = spec.partition("=")
         method, _, option = key.partition(".")
         if not values or not option:
-            raise ValueError(f"--sweep {spec!r}: expected method.option=v1,v2,...")
+            raise SpecbenchError(f"--sweep {spec!r}: expected method.option=v1,v2,...")
         if method not in names:
-            raise ValueError(f"--sweep {spec!r}: method {method!r} is not in --methods")
+            raise SpecbenchError(f"--sweep {spec!r}: method {method!r} is not in --methods")
         if option not in METHODS[method].defaults:
-            raise ValueError(f"--sweep {spec!r}: {method} has no option {option!r}; known: "
+            raise SpecbenchError(f"--sweep {spec!r}: {method} has no option {option!r}; known: "
                              f"{', '.join(METHODS[method].defaults)}")
         grid.setdefault(method, {})[option] = [yaml.safe_load(v) for v in values.split(",")]
     out_names, out_options = [], {}

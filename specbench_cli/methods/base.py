@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,7 +32,7 @@ class Method:
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         unknown = set(options) - set(self.defaults)
         if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}; "
+            raise SpecbenchError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(self.defaults) or 'none'}")
         self.engine = engine
         self.eos_ids = eos_ids
@@ -42,7 +43,7 @@ class Method:
         """The value of an option the method cannot run without; `how` tells how to get one."""
         value = self.options[option]
         if value is None:
-            raise ValueError(f"{self.name} needs {how}")
+            raise SpecbenchError(f"{self.name} needs {how}")
         return value
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:

@@ -9,6 +9,7 @@ are never computed twice.
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ ADAPTER_KEYS = ("layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.w
                 "layers.0.input_layernorm.weight", "norm.weight")
 
 
-class AdapterError(ValueError):
+class AdapterError(SpecbenchError):
     pass
 
 
@@ -133,12 +134,12 @@ class Kangaroo(Method):
         if o["exit_layer"] is None:        # the layer the adapter was trained on, else ~1/16
             o["exit_layer"] = trained_at or default_exit_layer(n)
         if not 1 <= o["exit_layer"] < n:
-            raise ValueError(f"kangaroo: exit layer must be in [1, {n - 1}] for this {n}-layer "
+            raise SpecbenchError(f"kangaroo: exit layer must be in [1, {n - 1}] for this {n}-layer "
                              f"model (got {o['exit_layer']})")
         if not 0.0 <= o["threshold"] <= 1.0:
-            raise ValueError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
+            raise SpecbenchError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
         if o["max_draft"] < 1:
-            raise ValueError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
+            raise SpecbenchError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
 
     def info(self) -> dict:
         # Verification runs only the deep layers: the cost model scales a forward by this share.

@@ -7,6 +7,7 @@ Head k (0-based) at position t predicts token t+2+k. A tree is a set of rank tup
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import heapq
 import json
 from pathlib import Path
@@ -21,7 +22,7 @@ from .verify import DecodeState, Tree, verify_tree
 TOP_K = 10
 
 
-class HeadsError(ValueError):
+class HeadsError(SpecbenchError):
     pass
 
 
@@ -158,13 +159,13 @@ class Medusa(Method):
             accuracy = None
         if o["num_heads"] is not None:
             if not 1 <= o["num_heads"] <= len(heads):
-                raise ValueError(f"medusa: --medusa-num-heads must be in [1, {len(heads)}]")
+                raise SpecbenchError(f"medusa: --medusa-num-heads must be in [1, {len(heads)}]")
             heads = heads[:o["num_heads"]]
         self.heads = heads.to(engine.device, engine.dtype).eval().requires_grad_(False)
         choices = o["tree"] if isinstance(o["tree"], list) else \
             load_tree(o["tree"], len(self.heads), accuracy)
         if max(map(len, choices)) > len(self.heads):
-            raise ValueError(f"medusa: the tree is {max(map(len, choices))} deep but there are "
+            raise SpecbenchError(f"medusa: the tree is {max(map(len, choices))} deep but there are "
                              f"only {len(self.heads)} heads")
         self.tree = Tree.from_choices(choices)
 

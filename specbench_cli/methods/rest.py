@@ -4,6 +4,7 @@ nodes become a draft tree, verified like Medusa's."""
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class REST(Method):
         store = self.require("datastore", "a datastore: --datastore PATH (build one with "
                                           "`specbench datastore build`)")
         if o["num_draft"] < 2 or o["max_span"] < 2:
-            raise ValueError("rest: --rest-num-draft and --rest-max-span must be at least 2")
+            raise SpecbenchError("rest: --rest-num-draft and --rest-max-span must be at least 2")
         if not isinstance(store, Datastore):
             store = Datastore(Path(store), tokenizer)
             o["datastore"] = str(o["datastore"])

@@ -8,6 +8,7 @@ plus the target's own next token (the bonus).
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -143,7 +144,7 @@ class Tree:
     def __init__(self, parents: list[int]):
         if not parents or parents[0] != -1 or any(not 0 <= p < i for i, p in
                                                   enumerate(parents) if i):
-            raise ValueError("a tree needs node 0 as root and every parent before its child")
+            raise SpecbenchError("a tree needs node 0 as root and every parent before its child")
         n = len(parents)
         self.parents = list(parents)
         self.depths = [0] * n
@@ -166,7 +167,7 @@ class Tree:
         parents = [-1]
         for c in ordered:
             if c[:-1] not in index:
-                raise ValueError(f"tree choice {list(c)} has no parent {list(c[:-1])} in the tree")
+                raise SpecbenchError(f"tree choice {list(c)} has no parent {list(c[:-1])} in the tree")
             index[c] = len(parents)
             parents.append(index[c[:-1]])
         tree = cls(parents)

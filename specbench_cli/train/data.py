@@ -9,6 +9,7 @@ Sequences follow the run's prompt template (vicuna_v1.1), so training sees what 
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "model"}
 
 
-class DataError(ValueError):
+class DataError(SpecbenchError):
     pass
 
 

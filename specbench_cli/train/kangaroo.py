@@ -4,6 +4,7 @@ soft cross-entropy on assistant tokens (METHODS.md §2)."""
 
 from __future__ import annotations
 
+from ..errors import SpecbenchError
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ def train_kangaroo(engine: Engine, tokenizer, data: list[Path], out: Path, *,
                    seed: int = 0, target_name: str = "", console=None) -> dict:
     exit_layer = exit_layer or default_exit_layer(engine.num_layers)
     if not 1 <= exit_layer < engine.num_layers:
-        raise ValueError(f"exit layer must be in [1, {engine.num_layers - 1}] (got {exit_layer})")
+        raise SpecbenchError(f"exit layer must be in [1, {engine.num_layers - 1}] (got {exit_layer})")
     examples = load_examples(data, tokenizer, max_len)
     torch.manual_seed(seed)
     adapter = Adapter(engine.config).to(engine.device)
