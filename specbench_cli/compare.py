@@ -18,7 +18,6 @@ tolerance below the baseline, or its share of answers equal to vanilla's dropped
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from .errors import SpecbenchError
 from .metrics import MetricsError
 from .report import Run, caption, describe_missing, fmt, load_summarized, missing
 

@@ -13,7 +13,6 @@ with all of it at once. Files:
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import hashlib
 import json
 import time
@@ -22,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import SpecbenchError
 from .jsonl import json_lines
 
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched

@@ -13,11 +13,11 @@ New tokens are counted from ids for every method alike, through EOS when one was
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import math
 import statistics
 from pathlib import Path
 
+from .errors import SpecbenchError
 from .jsonl import json_lines
 from .tasks import SUBTASKS
 

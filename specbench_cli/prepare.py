@@ -1,9 +1,9 @@
 """`specbench prepare`: the built-in benchmark plus what its methods need, built once and cached.
 
 The base (tasks, tokenizer, trained model) comes from `builtin.prepare_builtin`; on top, in the
-same cache folder, each add-on is built by the project's own tools exactly as a user would run
-them: the Kangaroo adapter (`train kangaroo`), the Medusa heads and their calibrated trees
-(`train medusa`, `medusa calibrate`) and the REST datastore (`datastore build`).
+same cache folder, each method that declares a `builtin_addon` (the Kangaroo adapter, the Medusa
+heads and their calibrated trees, the REST datastore, ...) gets it built by the project's own
+tools, exactly as a user would run them.
 """
 
 from __future__ import annotations
@@ -19,19 +19,11 @@ from rich.table import Table
 
 from .builtin import BuiltinAssets, prepare_builtin
 
-# Sized to take well under two minutes each on two CPU cores.
-ADDONS = {
-    "kangaroo": {"steps": 300, "lr": 2e-3, "batch_size": 16, "max_len": 256},
-    "medusa": {"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16, "max_len": 256},
-    "datastore": {},
-}
-CALIBRATION_EXAMPLES = 300
-
 
 @dataclass
 class Prepared:
     base: BuiltinAssets
-    addons: dict[str, Path] = field(default_factory=dict)
+    addons: dict[str, Path] = field(default_factory=dict)     # method → its add-on's folder
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -43,47 +35,43 @@ class Prepared:
         return self.base.question_file
 
     def method_defaults(self) -> dict[str, dict]:
-        """Add-on paths the built-in run gives each method unless the user names others, and
-        tree sizes for a CPU: a small model's forward grows with every tree token (benchmarks/
-        medusa_tree_forward.py), so the widest trees cost more than their extra tokens give."""
-        return {"kangaroo": {"adapter": str(self.addons["kangaroo"])},
-                "medusa": {"heads": str(self.addons["medusa"]), "tree": "budget16"},
-                "rest": {"datastore": str(self.addons["datastore"]), "num_draft": 32}}
+        """The options the built-in run gives each method unless the user names others: its
+        add-on's folder and what else the add-on declares (e.g. CPU-sized trees)."""
+        from .methods import ADDON_FOLDER, METHODS
+        return {name: {k: str(folder) if v == ADDON_FOLDER else v
+                       for k, v in METHODS[name].builtin_addon.run_options.items()}
+                for name, folder in self.addons.items()}
 
 
-def build_addon(name: str, opts: dict, base: BuiltinAssets, folder: Path, console: Console):
+def declared_addons() -> dict[str, dict]:
+    """Each method's built-in add-on settings, as the methods declare them."""
+    from .methods import METHODS
+    return {name: cls.builtin_addon.settings for name, cls in METHODS.items()
+            if cls.builtin_addon is not None}
+
+
+def build_addon(name: str, settings: dict, base: BuiltinAssets, folder: Path, console: Console):
     from .engine.load import load_engine
+    from .methods import METHODS
     engine, tokenizer, _ = load_engine(str(base.model_dir), dtype="fp32", device="cpu")
-    data = [base.train_file]
-    if name == "kangaroo":
-        from .train.kangaroo import train_kangaroo
-        train_kangaroo(engine, tokenizer, data, folder, target_name="builtin", console=console,
-                       **opts)
-    elif name == "medusa":
-        from .methods.medusa import load_heads
-        from .train.medusa import calibrate, train_medusa
-        train_medusa(engine, tokenizer, data, folder, target_name="builtin", console=console,
-                     **opts)
-        heads = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
-        calibrate(engine, tokenizer, heads, data, folder, max_examples=CALIBRATION_EXAMPLES)
-    else:
-        from .datastore import build_datastore
-        build_datastore(tokenizer, data, folder, "builtin")
+    METHODS[name].builtin_addon.build(engine, tokenizer, [base.train_file], folder, settings,
+                                      console)
 
 
 def prepare_all(home: Path | None = None, force: bool = False, console: Console | None = None,
                 recipe=None, addons: dict | None = None) -> Prepared:
-    """Base benchmark, then each add-on (`addons` overrides ADDONS' settings: tests shrink them).
-    An add-on is built in a temporary folder and renamed into place when complete."""
-    addons = addons or ADDONS
+    """Base benchmark, then each method's add-on (`addons` overrides the declared settings by
+    method name: tests shrink them). An add-on is built in a temporary folder and renamed into
+    place when complete."""
+    settings = {**declared_addons(), **(addons or {})}
     console = console or Console()
     started = time.perf_counter()
     base = prepare_builtin(home=home, force=force, console=console, recipe=recipe)
     prepared = Prepared(base, timings={"base": time.perf_counter() - started})
-    for name, opts in addons.items():
+    for name, opts in settings.items():
         folder = base.root / name
         marker = folder / "ready.json"
-        # Rebuilt when its settings changed (a newer release of this file), not only when absent.
+        # Rebuilt when its settings changed (a newer release of the method), not only when absent.
         built_with = json.loads(marker.read_text()).get("options") if marker.exists() else None
         if force or built_with != json.loads(json.dumps(opts)):
             t = time.perf_counter()

@@ -7,7 +7,6 @@ metrics.summarize; this module only arranges them.
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import json
 import math
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .errors import SpecbenchError
 from .metrics import NEAR_TIE, MetricsError, load_answers, summarize
 from .runner import ANSWERS_DIR, method_of_answer_file
 from .tasks import SUBTASKS

@@ -7,7 +7,6 @@ and flushed to disk at once; `--resume` reads those files back and skips what is
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ from urllib.parse import quote, unquote
 import torch
 
 from .engine import Engine, sync
+from .errors import SpecbenchError
 from .methods import METHODS, Generation, Method, base_name
 from .methods.verify import Phases
 from .prompts import build_prompt_ids
@@ -284,7 +284,8 @@ def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Run
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
         "methods": {name: {"options": m.options, "overhead": m.parameter_overhead(),
-                           "lossless": m.lossless, "info": m.info()}
+                           "lossless": m.lossless, "info": m.info(),
+                           "statistics": m.declared_statistics()}
                     for name, m in runner.methods.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import hashlib
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import SpecbenchError
 from .jsonl import json_lines
 
 # Package data; the checkout's top-level tasks/ is a link to this folder.

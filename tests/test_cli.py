@@ -285,7 +285,7 @@ def test_resume_of_a_run_killed_before_it_was_written_starts_it(tiny_model_dir, 
     result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--tasks", "qa",
                     "--max-new-tokens", 4, "--warmup", 0, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
-    assert "no earlier run in" in result.stderr and (out / "run.json").exists()
+    assert "no earlier run in" in result.output and (out / "run.json").exists()
     stray = tmp_path / "stray"
     (stray / "answers").mkdir(parents=True)
     (stray / "answers" / "vanilla.jsonl").write_text("{}\n")
@@ -337,3 +337,67 @@ def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tiny_model_dir
     assert result.exit_code != 2 and isinstance(result.exception, ValueError)
     assert "a bug deep inside" in str(result.exception)
     assert "error:" not in result.output
+
+
+def test_opt_and_a_run_config_set_method_options(tiny_model_dir, qfile, tmp_path):
+    """A YAML config holds run options and method options; --opt and flags typed on the
+    command line win over it."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nbench: {qfile}\nmethods: [pld, llma]\n"
+                      "tasks: qa\nmax-new-tokens: 8\nwarmup: 0\n"
+                      "options: {pld: {num_draft: 4, max_ngram: 2}, llma: {num_draft: 7}}\n")
+    out = tmp_path / "run"
+    result = invoke("run", "--config", config, "--opt", "pld.num_draft=3", "--max-new-tokens", 6,
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["max_new_tokens"] == 6 and meta["config"]["subtasks"] == ["qa"]
+    assert meta["methods"]["pld"]["options"] == {"max_ngram": 2, "num_draft": 3}
+    assert meta["methods"]["llma"]["options"] == {"ngram": 1, "num_draft": 7}
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--opt", "pld.numdraft=3"], "pld has no option 'numdraft'; known: max_ngram, num_draft"),
+    (["--opt", "pld.num_draft=x"], "expected int, got 'x'"),
+    (["--opt", "kangaroo.threshold=0.5"], "options for kangaroo, which is not in --methods"),
+    (["--sweep", "pld.num_draft=1,two"], "--sweep pld.num_draft=1,two: expected int, got 'two'"),
+])
+def test_bad_method_options_are_one_line_errors(tiny_model_dir, qfile, args, pattern):
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--methods", "pld", *args)
+    assert result.exit_code == 2 and pattern in result.output, result.output
+
+
+def test_bad_run_configs_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle: x\n")
+    result = invoke("run", "--config", bad)
+    assert result.exit_code == 2 and "unknown key(s) modle" in result.output
+    bad.write_text("options: {pld: 3}\n")
+    result = invoke("run", "--config", bad)
+    assert result.exit_code == 2 and "options must map each method to its options" in result.output
+    result = invoke("run", "--config", tmp_path / "none.yaml")
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_list_shows_every_option_with_its_help():
+    from specbench_cli.methods import METHODS
+    result = CliRunner().invoke(app, ["list"], terminal_width=400)
+    assert result.exit_code == 0
+    for cls in METHODS.values():
+        for key, option in cls.options.items():
+            line = next((l for l in result.output.splitlines() if f" {key} " in l
+                         and option.help[:30] in l), None)
+            assert line is not None, (cls.name, key)
+
+
+def test_the_python_api_runs_what_the_cli_runs(tiny_model_dir, qfile, tmp_path):
+    from specbench_cli import api
+    frame = api.run(model=str(tiny_model_dir), bench=str(qfile), methods="pld", tasks="qa",
+                    max_new_tokens=8, warmup=0, out=tmp_path / "run",
+                    options={"pld": {"num_draft": 2}})
+    assert list(frame.index) == ["vanilla", "pld"]
+    assert frame.loc["vanilla", "overall"] == 1.0 and frame.loc["pld", "equal"] == 1.0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["methods"]["pld"]["options"]["num_draft"] == 2
+    with pytest.raises(api.SpecbenchError, match="--limit must be at least 1"):
+        api.plan_run(limit=0)

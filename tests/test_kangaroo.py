@@ -56,7 +56,7 @@ def test_official_checkpoint_loads_strictly(tiny_engine, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"drop": "norm.weight"}, "missing keys ['norm.weight']"),
     ({"bad_shape": "layers.0.self_attn.k_proj.weight"},
-     "wrong shapes: layers.0.self_attn.k_proj.weight (64, 32) (want (64, 64))"),
+     "tensor layers.0.self_attn.k_proj.weight has shape (64, 32), needs (64, 64)"),
     ({"hidden": 32}, "made for another model: hidden_size 32, the target has 64"),
     ({"vocab": 32000}, "made for another model: vocab_size 32000, the target has 96"),
 ])

@@ -65,8 +65,8 @@ def test_official_heads_load_counting_tensors(tiny_engine, tmp_path):
 
 def test_heads_for_another_model_fail_clearly(tmp_path):
     official_heads(tmp_path / "h", hidden=32)
-    with pytest.raises(HeadsError, match=r"do not fit the model: 0.0.linear.weight has shape "
-                                         r"\(32, 32\), the model needs \(64, 64\)"):
+    with pytest.raises(HeadsError, match=r"do not fit the model: tensor 0.0.linear.weight has "
+                                         r"shape \(32, 32\), needs \(64, 64\)"):
         load_heads(tmp_path / "h", 64, 96)
     official_heads(tmp_path / "v", vocab=50)
     with pytest.raises(HeadsError, match=r"0.1.weight has shape \(50, 64\).*vocabulary 96"):

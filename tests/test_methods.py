@@ -168,20 +168,59 @@ def test_kangaroo_with_adapter_copied_from_target_accepts_drafts(tiny_engine):
 
 
 def test_sweeps_expand_to_a_grid_of_named_variants():
-    from specbench_cli.methods import expand_sweeps
-    names, opts = expand_sweeps(["vanilla", "kangaroo"], {"kangaroo": {"adapter": "A"}},
-                                ["kangaroo.exit_layer=1,2", "kangaroo.threshold=0.4,0.8"])
+    from specbench_cli.methods import expand_sweeps, parse_sweeps
+
+    def sweep(names, options, specs):
+        return expand_sweeps(names, options, parse_sweeps(specs))
+    names, opts = sweep(["vanilla", "kangaroo"], {"kangaroo": {"adapter": "A"}},
+                        ["kangaroo.exit_layer=1,2", "kangaroo.threshold=0.4,0.8"])
     assert names == ["vanilla", "kangaroo@exit_layer=1,threshold=0.4",
                      "kangaroo@exit_layer=1,threshold=0.8", "kangaroo@exit_layer=2,threshold=0.4",
                      "kangaroo@exit_layer=2,threshold=0.8"]
     assert opts["kangaroo@exit_layer=2,threshold=0.4"] == {"adapter": "A", "exit_layer": 2,
                                                            "threshold": 0.4}
-    names, opts = expand_sweeps(["vanilla", "medusa"], {}, ["medusa.heads=/x/h300,/y/h600"])
+    names, opts = sweep(["vanilla", "medusa"], {}, ["medusa.heads=/x/h300,/y/h600"])
     assert names == ["vanilla", "medusa@heads=h300", "medusa@heads=h600"]   # paths shortened
     assert opts["medusa@heads=h600"] == {"heads": "/y/h600"}
-    names, _ = expand_sweeps(["vanilla", "rest"], {}, ["rest.datastore=/a/ds,/b/ds"])
+    names, _ = sweep(["vanilla", "rest"], {}, ["rest.datastore=/a/ds,/b/ds"])
     assert names == ["vanilla", "rest@datastore=/a/ds", "rest@datastore=/b/ds"]  # alike: whole
     with pytest.raises(ValueError, match="method 'pld' is not in --methods"):
-        expand_sweeps(["vanilla"], {}, ["pld.num_draft=1,2"])
-    with pytest.raises(ValueError, match="expected method.option=v1,v2"):
-        expand_sweeps(["vanilla"], {}, ["vanilla"])
+        sweep(["vanilla"], {}, ["pld.num_draft=1,2"])
+    with pytest.raises(ValueError, match="expected method.option=value"):
+        sweep(["vanilla"], {}, ["vanilla"])
+
+
+def test_options_are_parsed_by_their_declared_type():
+    from specbench_cli.methods import checked_options, parse_options
+    opts = parse_options(["kangaroo.threshold=0.4", "kangaroo.max_draft=3", "pld.num_draft=5",
+                          "kangaroo.exit_layer=none", "rest.datastore=/a/b"])
+    assert opts == {"kangaroo": {"threshold": 0.4, "max_draft": 3, "exit_layer": None},
+                    "pld": {"num_draft": 5}, "rest": {"datastore": "/a/b"}}
+    assert type(opts["kangaroo"]["max_draft"]) is int
+    # Values from a config or the Python API: ints are taken for floats, nothing else converts.
+    assert checked_options({"kangaroo": {"threshold": 1}}, "x") == {"kangaroo": {"threshold": 1.0}}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("turbo.x=1", "--opt turbo.x=1: unknown method 'turbo'; valid: vanilla, pld"),
+    ("pld.ngram=2", "--opt pld.ngram=2: pld has no option 'ngram'; known: max_ngram, num_draft"),
+    ("pld.num_draft=many", "--opt pld.num_draft=many: expected int, got 'many'"),
+    ("kangaroo.threshold=high", "expected float, got 'high'"),
+    ("pld.num_draft=none", "expected int, got 'none'"),      # only None defaults take none
+    ("pld.num_draft", "--opt 'pld.num_draft': expected method.option=value"),
+    ("num_draft=3", "expected method.option=value"),
+])
+def test_option_typos_are_one_line_errors(spec, message):
+    from specbench_cli.errors import SpecbenchError
+    from specbench_cli.methods import parse_options
+    with pytest.raises(SpecbenchError) as err:
+        parse_options([spec])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_option_is_declared_with_a_type_and_help():
+    for cls in METHODS.values():
+        assert cls.defaults == {k: o.default for k, o in cls.options.items()}
+        for key, option in cls.options.items():
+            assert option.type in (int, float, str, bool) and option.help, (cls.name, key)
+            assert option.default is None or isinstance(option.default, option.type)

@@ -12,7 +12,7 @@ from specbench_cli.cli import app
 
 SMALL_ADDONS = {"kangaroo": {"steps": 5, "batch_size": 4, "max_len": 128},
                 "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4, "max_len": 128},
-                "datastore": {}}
+                "rest": {}}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,9 @@ def tiny_prepare(monkeypatch, home):
 
 def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
     first = tiny_prepare()
-    assert set(first.addons) == {"kangaroo", "medusa", "datastore"}
+    assert set(first.addons) == {"kangaroo", "medusa", "rest"}
     assert (first.addons["medusa"] / "calibration.json").exists()
-    assert (first.addons["datastore"] / "manifest.json").exists()
+    assert (first.addons["rest"] / "manifest.json").exists()
     again = tiny_prepare()
     assert list(again.timings) == ["base"]            # nothing rebuilt
     assert again.method_defaults()["kangaroo"]["adapter"] == str(first.addons["kangaroo"])

@@ -8,7 +8,6 @@ dict loads without renaming.
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import math
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SpecbenchError
 from .cache import KVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import json
 import math
 import mmap as mmap_module
@@ -13,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..errors import SpecbenchError
 from .llama import Engine, EngineConfig, Linear
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -189,40 +189,63 @@ def to_run(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.T
     return t.to(device).to(dtype)
 
 
-def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: torch.device,
-                 mmap: bool = True):
-    """Fill the engine's meta parameters tensor by tensor, each read once, in the run dtype on
-    the run device, so peak memory is about the model's size. Raises ModelLoadError on missing
-    or unexpected tensors and on shape mismatches."""
-    tied = engine.config.tie_word_embeddings
-    slots = {f"{prefix}.{name}".lstrip("."): module for prefix, module in engine.named_modules()
-             for name, p in module._parameters.items() if p is not None}
-    # On a CPU in fp32 every matrix product's weight is stored transposed (llama.Linear says why);
-    # a tied head's weight is the embedding table, which then gathers its rows from that layout.
-    # Not in half precision: there the CPU kernels are faster on the stored layout (SmolLM2 bf16:
-    # 21 tokens/s transposed, 41 as stored).
-    transposed = {name for name, module in slots.items()
-                  if name.endswith(".weight") and isinstance(module, Linear)}
-    if tied:
-        transposed.add("model.embed_tokens.weight")
-    unexpected = []
+def load_state(module: nn.Module, files: list[Path], what: str, error=None,
+               dtype: torch.dtype = torch.float32, device: torch.device = torch.device("cpu"),
+               mmap: bool = False, skip: Callable[[str], bool] = lambda name: False,
+               convert: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, t: t,
+               hint: str = "") -> None:
+    """Fill every parameter of `module` (meta or real) from checkpoint files, strictly, tensor
+    by tensor: each is read once, in `dtype` on `device`, after its name and shape were checked,
+    so peak memory is about the module's size. The one loader of the engine, Kangaroo adapters,
+    Medusa heads and drafters. Raises `error` (default ModelLoadError) naming what is `what`,
+    the missing and unexpected keys and the first misshapen tensor (`hint` appended)."""
+    error = error or ModelLoadError
+    slots = {f"{prefix}.{name}".lstrip("."): (sub, name) for prefix, sub in module.named_modules()
+             for name, p in sub._parameters.items() if p is not None}
+    seen, unexpected = set(), []
     for file in files:
         for name, shape, read in checkpoint_tensors(file, mmap):
-            # A tied head is the embedding; HF's rotary buffers are recomputed by the engine.
-            if (tied and name == "lm_head.weight") or "rotary_emb" in name:
+            if skip(name):
                 continue
             if name not in slots:
                 unexpected.append(name)
                 continue
-            module, param_name = slots[name], name.rpartition(".")[2]
-            want = tuple(module._parameters[param_name].shape)
+            sub, param = slots[name]
+            want = tuple(sub._parameters[param].shape)
             if shape != want:
-                raise ModelLoadError(f"{file}: tensor {name} has shape {list(shape)}, the config "
-                                     f"needs {list(want)}")
-            tensor = read(dtype, device)
-            if device.type == "cpu" and dtype == torch.float32 and name in transposed:
-                tensor = tensor.t().contiguous().t()
-            module._parameters[param_name] = nn.Parameter(tensor, requires_grad=False)
+                raise error(f"{what}: tensor {name} has shape {shape}, needs {want}{hint}")
+            sub._parameters[param] = nn.Parameter(convert(name, read(dtype, device)),
+                                                  requires_grad=False)
+            seen.add(name)
+    missing = [name for name in slots if name not in seen]
+    if missing or unexpected:
+        raise error(f"{what}: missing keys {missing[:5] or 'none'}, unexpected keys "
+                    f"{unexpected[:5] or 'none'}{hint}")
+
+
+def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: torch.device,
+                 mmap: bool = True):
+    """Fill the engine's meta parameters (load_state), laid out for the run device."""
+    tied = engine.config.tie_word_embeddings
+    # On a CPU in fp32 every matrix product's weight is stored transposed (llama.Linear says why);
+    # a tied head's weight is the embedding table, which then gathers its rows from that layout.
+    # Not in half precision: there the CPU kernels are faster on the stored layout (SmolLM2 bf16:
+    # 21 tokens/s transposed, 41 as stored).
+    transposed = {f"{prefix}.weight" for prefix, module in engine.named_modules()
+                  if isinstance(module, Linear)}
+    if tied:
+        transposed.add("model.embed_tokens.weight")
+        engine.lm_head.weight = None      # the embedding, tied below: not a slot of its own
+
+    def convert(name, tensor):
+        if device.type == "cpu" and dtype == torch.float32 and name in transposed:
+            return tensor.t().contiguous().t()
+        return tensor
+
+    # A tied head is the embedding; HF's rotary buffers are recomputed by the engine.
+    load_state(engine, files, f"{files[0].parent}: weights do not fit the config", dtype=dtype,
+               device=device, mmap=mmap, convert=convert,
+               skip=lambda name: (tied and name == "lm_head.weight") or "rotary_emb" in name)
     if tied:
         engine.lm_head.weight = engine.model.embed_tokens.weight
     threads = torch.get_num_threads()
@@ -230,10 +253,6 @@ def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: 
         if isinstance(module, Linear) and module.out_features % threads == 0 \
                 and module.weight.nbytes >= SPLIT_BYTES:
             module.split = threads
-    missing = [name for name, p in engine.named_parameters() if p.is_meta]
-    if missing or unexpected:
-        raise ModelLoadError(f"{files[0].parent}: weights do not fit the config: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None,

@@ -1,7 +1,14 @@
-"""Decoding methods, one file each, behind the `Method` protocol."""
+"""Decoding methods, one file each, behind the `Method` protocol, and the registry: the one
+place a new method is named (its line in METHODS) and where every method's declared options
+are parsed, from `--opt`, `--sweep` and run configs alike."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import PurePath
 
 from ..errors import SpecbenchError
-from .base import Generation, Method
+from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
 from .kangaroo import Kangaroo
 from .llma import LLMA
 from .medusa import Medusa
@@ -9,7 +16,9 @@ from .pld import PromptLookup
 from .rest import REST
 from .vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (
+    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST,
+)}
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -26,32 +35,106 @@ def base_name(name: str) -> str:
     return name.split("@", 1)[0]
 
 
+def declared_option(method: str, key: str, where: str) -> Option:
+    if method not in METHODS:
+        raise SpecbenchError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
+    options = METHODS[method].options
+    if key not in options:
+        raise SpecbenchError(f"{where}: {method} has no option {key!r}; known: "
+                             f"{', '.join(options) or 'none'} (see `specbench list`)")
+    return options[key]
+
+
+TRUE, FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def option_value(option: Option, value, where: str):
+    """A value for a declared option: command-line text parsed by the option's type, a value
+    from a YAML/JSON config or the Python API checked against it. 'none' restores a None
+    default (the method's own choice)."""
+    if isinstance(value, str) and value.strip().lower() == "none" and option.default is None:
+        return None
+    kind = option.type.__name__
+    if isinstance(value, str) and option.type is not str:
+        text = value.strip().lower()
+        if option.type is bool:
+            if text not in TRUE + FALSE:
+                raise SpecbenchError(f"{where}: expected true or false, got {value!r}")
+            return text in TRUE
+        try:
+            return option.type(value)
+        except ValueError:
+            raise SpecbenchError(f"{where}: expected {kind}, got {value!r}") from None
+    if value is None and option.default is None:
+        return None
+    if option.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if option.type in (int, float, bool) and (type(value) is not option.type):
+        raise SpecbenchError(f"{where}: expected {kind}, got {value!r}")
+    return value        # str options may also take objects from the Python API (a loaded adapter)
+
+
+def split_spec(spec: str, flag: str) -> tuple[str, str, str]:
+    """'method.key=value' → its three parts, or a one-line error naming the flag."""
+    key, sep, value = spec.partition("=")
+    method, dot, option = key.strip().partition(".")
+    if not sep or not dot or not option or not value.strip():
+        raise SpecbenchError(f"{flag} {spec!r}: expected method.option=value")
+    return method, option.strip(), value.strip()
+
+
+def parse_options(specs: list[str], flag: str = "--opt") -> dict[str, dict]:
+    """`--opt method.key=value` (repeatable) → {method: {key: typed value}}."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        method, key, value = split_spec(spec, flag)
+        where = f"{flag} {spec}"
+        out.setdefault(method, {})[key] = option_value(declared_option(method, key, where),
+                                                       value, where)
+    return out
+
+
+def parse_sweeps(specs: list[str]) -> dict[str, dict[str, list]]:
+    """`--sweep method.key=v1,v2` (repeatable) → {method: {key: [typed values]}}."""
+    out: dict[str, dict[str, list]] = {}
+    for spec in specs:
+        method, key, values = split_spec(spec, "--sweep")
+        where = f"--sweep {spec}"
+        option = declared_option(method, key, where)
+        out.setdefault(method, {})[key] = [option_value(option, v, where)
+                                           for v in values.split(",")]
+    return out
+
+
+def checked_options(options: dict[str, dict], where: str) -> dict[str, dict]:
+    """Options given as values (a run config, the Python API) checked like `--opt`'s."""
+    return {method: {key: option_value(declared_option(method, key, where), value,
+                                       f"{where} {method}.{key}")
+                     for key, value in (values or {}).items()}
+            for method, values in (options or {}).items()}
+
+
+def checked_sweeps(grid: dict[str, dict[str, list]], where: str) -> dict[str, dict[str, list]]:
+    """A sweep grid given as values, each checked like `--sweep`'s."""
+    return {method: {key: [option_value(declared_option(method, key, where), v,
+                                        f"{where} {method}.{key}") for v in values]
+                     for key, values in (keys or {}).items()}
+            for method, keys in (grid or {}).items()}
+
+
 def value_labels(values: list) -> dict:
     """How sweep values appear in variant names: paths by their last component (the table stays
     readable), unless two would then look alike."""
-    from pathlib import PurePath
     short = {v: PurePath(v).name if isinstance(v, str) and "/" in v else v for v in values}
     return short if len(set(map(str, short.values()))) == len(values) else {v: v for v in values}
 
 
-def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str]):
-    """Apply `--sweep method.option=v1,v2,...` (repeatable): every swept method becomes one
-    variant per point of the grid, named 'method@opt=v,opt=v'. Returns (names, options)."""
-    import itertools
-
-    import yaml
-    grid: dict[str, dict[str, list]] = {}
-    for spec in sweeps:
-        key, _, values = spec.partition("=")
-        method, _, option = key.partition(".")
-        if not values or not option:
-            raise SpecbenchError(f"--sweep {spec!r}: expected method.option=v1,v2,...")
+def expand_sweeps(names: list[str], options: dict[str, dict], grid: dict[str, dict[str, list]]):
+    """Every swept method becomes one variant per point of its grid, named
+    'method@opt=v,opt=v', each with its own options. Returns (names, options)."""
+    for method in grid:
         if method not in names:
-            raise SpecbenchError(f"--sweep {spec!r}: method {method!r} is not in --methods")
-        if option not in METHODS[method].defaults:
-            raise SpecbenchError(f"--sweep {spec!r}: {method} has no option {option!r}; known: "
-                             f"{', '.join(METHODS[method].defaults)}")
-        grid.setdefault(method, {})[option] = [yaml.safe_load(v) for v in values.split(",")]
+            raise SpecbenchError(f"--sweep: method {method!r} is not in --methods")
     out_names, out_options = [], {}
     for name in names:
         if name not in grid:
@@ -68,4 +151,6 @@ def expand_sweeps(names: list[str], options: dict[str, dict], sweeps: list[str])
     return out_names, out_options
 
 
-__all__ = ["METHODS", "Generation", "Method", "base_name", "expand_sweeps", "parse_methods"]
+__all__ = ["ADDON_FOLDER", "METHODS", "Addon", "Generation", "Method", "Option", "Statistic",
+           "base_name", "checked_options", "checked_sweeps", "expand_sweeps", "parse_methods", "parse_options",
+           "parse_sweeps"]

@@ -1,12 +1,49 @@
-"""The protocol every decoding method follows, and the record of one generation."""
+"""The protocol every decoding method follows, its declarations (options, statistics, the
+built-in add-on), and the record of one generation."""
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar
 
 from ..engine import Engine
+from ..errors import SpecbenchError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: `specbench list` shows it, `--opt method.key=value`, `--sweep`
+    and run configs set it. `type` (int, float, str, bool) parses command-line text; a default
+    of None means "chosen by the method" (e.g. from its add-on)."""
+    default: Any
+    type: type
+    help: str
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A rate the report shows for a method: scale × Σ count / Σ per over every turn's stats."""
+    label: str
+    count: str
+    per: str
+    scale: float
+    unit: str
+    help: str
+
+
+# In Addon.run_options: replaced by the folder the add-on was built in.
+ADDON_FOLDER = "{addon}"
+
+
+@dataclass(frozen=True)
+class Addon:
+    """What `specbench prepare` builds for a method on the built-in benchmark: `build(engine,
+    tokenizer, data, folder, settings, console)` writes into `folder` with the frozen built-in
+    target and its training corpus; the default run then gives the method `run_options`
+    (ADDON_FOLDER standing for the folder). A change of `settings` triggers a rebuild."""
+    settings: dict
+    build: Callable
+    run_options: dict
 
 
 @dataclass
@@ -21,19 +58,27 @@ class Generation:
 
 
 class Method:
-    """A decoding method on the engine. Subclasses set `name` and `defaults` (their options) and
-    implement `generate`. Lossless methods must return exactly vanilla's greedy tokens."""
+    """A decoding method on the engine. Subclasses set `name`, `description`, `options` and
+    implement `generate`; `statistics` and `builtin_addon` are optional. Lossless methods must
+    return exactly vanilla's greedy tokens."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    defaults: ClassVar[dict] = {}
+    options: ClassVar[dict[str, Option]] = {}
+    statistics: ClassVar[tuple[Statistic, ...]] = ()
+    builtin_addon: ClassVar[Addon | None] = None
     lossless: ClassVar[bool] = True
+    defaults: ClassVar[dict] = {}       # derived from `options`
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {key: opt.default for key, opt in cls.options.items()}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise SpecbenchError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(self.defaults) or 'none'}")
+                                 f"known: {', '.join(self.defaults) or 'none'}")
         self.engine = engine
         self.eos_ids = eos_ids
         self.tokenizer = tokenizer
@@ -56,3 +101,7 @@ class Method:
     def parameter_overhead(self) -> dict:
         """Extra parameters (count) and storage (bytes) the method adds to the target."""
         return {"params": 0, "bytes": 0}
+
+    @classmethod
+    def declared_statistics(cls) -> list[dict]:
+        return [asdict(s) for s in cls.statistics]

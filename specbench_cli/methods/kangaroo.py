@@ -9,7 +9,6 @@ are never computed twice.
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import json
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from torch import nn
 
 from ..engine import Engine, EngineConfig
 from ..engine.llama import Attention, RMSNorm
-from .base import Generation, Method
+from ..engine.load import load_state
+from ..errors import SpecbenchError
+from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
 from .verify import DecodeState, verify_chain
-
-ADAPTER_KEYS = ("layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
-                "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",
-                "layers.0.input_layernorm.weight", "norm.weight")
 
 
 class AdapterError(SpecbenchError):
@@ -92,39 +89,42 @@ def load_adapter(path: Path, target: EngineConfig) -> tuple[Adapter, dict]:
     if trained_layers not in (None, target.num_layers):
         raise AdapterError(f"Kangaroo adapter {path} was trained on a {trained_layers}-layer "
                            f"model; the target has {target.num_layers} layers")
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-        state = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
+    files = [f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()]
+    if not files:
         raise AdapterError(f"Kangaroo adapter {path}: no model.safetensors or pytorch_model.bin")
     adapter = Adapter(target)
-    expected = adapter.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise AdapterError(f"Kangaroo adapter {path}: missing keys {missing or 'none'}, "
-                           f"unexpected keys {unexpected or 'none'}")
-    wrong = [f"{k} {tuple(state[k].shape)} (want {tuple(v.shape)})"
-             for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise AdapterError(f"Kangaroo adapter {path}: wrong shapes: {', '.join(wrong)}")
-    adapter.load_state_dict({k: v.float() for k, v in state.items()})
+    load_state(adapter, files[:1], f"Kangaroo adapter {path}", AdapterError)
     return adapter, cfg
+
+
+def build_builtin_adapter(engine, tokenizer, data, folder, settings, console):
+    from ..train.kangaroo import train_kangaroo
+    train_kangaroo(engine, tokenizer, data, folder, target_name="builtin", console=console,
+                   **settings)
 
 
 class Kangaroo(Method):
     name = "kangaroo"
     description = "Kangaroo: shallow layers + adapter draft, early stop on low confidence (chain)"
-    defaults = {"exit_layer": None, "threshold": 0.6, "max_draft": 6, "adapter": None}
+    options = {
+        "adapter": Option(None, str, "adapter folder (ours, or the official config.json + "
+                          "pytorch_model.bin)"),
+        "exit_layer": Option(None, int, "layers in the draft path (default: the adapter's, "
+                             "else ~1/16 of the layers, at least 1)"),
+        "threshold": Option(0.6, float, "stop drafting when a draft's top-1 probability is "
+                            "below this (the second early exit)"),
+        "max_draft": Option(6, int, "most drafts per round (γ)")}
+    statistics = (Statistic("η-stop", "stopped_by_threshold", "rounds", 100, "%",
+                            "share of drafting rounds ended by the confidence threshold"),)
+    builtin_addon = Addon(settings={"steps": 300, "lr": 2e-3, "batch_size": 16, "max_len": 256},
+                          build=build_builtin_adapter, run_options={"adapter": ADDON_FOLDER})
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         n = engine.num_layers
-        adapter = self.require("adapter", "an adapter: --kangaroo-adapter PATH (train one with "
-                                          "`specbench train kangaroo`)")
+        adapter = self.require("adapter", "an adapter: --opt kangaroo.adapter=PATH (train one "
+                                          "with `specbench train kangaroo`)")
         trained_at = None
         if isinstance(adapter, (str, Path)):
             adapter, cfg = load_adapter(Path(adapter), engine.config)
@@ -134,8 +134,8 @@ class Kangaroo(Method):
         if o["exit_layer"] is None:        # the layer the adapter was trained on, else ~1/16
             o["exit_layer"] = trained_at or default_exit_layer(n)
         if not 1 <= o["exit_layer"] < n:
-            raise SpecbenchError(f"kangaroo: exit layer must be in [1, {n - 1}] for this {n}-layer "
-                             f"model (got {o['exit_layer']})")
+            raise SpecbenchError(f"kangaroo: exit layer must be in [1, {n - 1}] for this "
+                                 f"{n}-layer model (got {o['exit_layer']})")
         if not 0.0 <= o["threshold"] <= 1.0:
             raise SpecbenchError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
         if o["max_draft"] < 1:
@@ -152,13 +152,14 @@ class Kangaroo(Method):
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         # The adapter's own one-layer cache, on the engine's cache type.
-        self.adapter_cache = self.engine.new_cache(len(prompt_ids) + max_new_tokens + 1, 1)
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, self.prefill)
-        self.catch_up = None       # layer-l states the adapter has not seen yet
+        adapter_cache = self.engine.new_cache(len(prompt_ids) + max_new_tokens + 1, 1)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            lambda ids, cache: self.prefill(ids, cache, adapter_cache))
+        catch_up = None          # a layer-l state the adapter has not seen yet
         stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
         while not state.done:
             with state.phase("draft"):
-                draft, states, stopped = self.draft(state)
+                draft, states, stopped = self.draft(state, adapter_cache, catch_up)
             stats["rounds"] += 1
             stats["drafted"] += len(draft)
             stats["stopped_by_threshold"] += stopped
@@ -166,25 +167,25 @@ class Kangaroo(Method):
                 states[:, :ids.shape[1]], offset, state))
             # The adapter saw the pending token and all drafts but the last; after full
             # acceptance the last draft's state must catch up at the start of the next round.
-            self.adapter_cache.truncate(state.offset)
-            self.catch_up = states[:, accepted:accepted + 1] if accepted == len(draft) and \
-                draft else None
+            adapter_cache.truncate(state.offset)
+            catch_up = states[:, accepted:accepted + 1] if accepted == len(draft) and draft \
+                else None
         return state.result(**stats)
 
-    def prefill(self, ids, cache):
+    def prefill(self, ids, cache, adapter_cache):
         engine, l = self.engine, self.options["exit_layer"]
         rope = engine.rope(torch.arange(ids.shape[1], device=engine.device))
         h = engine.layers(engine.embed(ids), 0, l, cache, 0, rope=rope)
-        self.adapter(h, rope, self.adapter_cache, 0)    # fill the adapter's cache
-        h = engine.layers(h, l, engine.num_layers, cache, 0, rope=rope)
-        return engine.logits(engine.norm(h))
+        self.adapter(h, rope, adapter_cache, 0)    # fill the adapter's cache
+        h = engine.norm(engine.layers(h, l, engine.num_layers, cache, 0, rope=rope))
+        return engine.logits(h), h
 
     def shallow(self, token: int, offset: int, state: DecodeState):
         engine = self.engine
         ids = torch.tensor([[token]], device=engine.device)
         return engine.layers(engine.embed(ids), 0, self.options["exit_layer"], state.cache, offset)
 
-    def draft(self, state: DecodeState):
+    def draft(self, state: DecodeState, adapter_cache, catch_up):
         """Shallow layers on the pending token, then adapter → LM head → shallow layers per draft.
         Returns the drafts, the buffered layer-l states (pending + drafts) and whether the
         confidence exit stopped the round."""
@@ -192,10 +193,10 @@ class Kangaroo(Method):
         offset = state.offset
         h = self.shallow(state.pending, offset, state)
         states = [h]
-        block = h if self.catch_up is None else torch.cat([self.catch_up, h], dim=1)
+        block = h if catch_up is None else torch.cat([catch_up, h], dim=1)
         a_offset = offset - (block.shape[1] - 1)
         rope = engine.rope(torch.arange(a_offset, offset + 1, device=engine.device))
-        a = self.adapter(block, rope, self.adapter_cache, a_offset,
+        a = self.adapter(block, rope, adapter_cache, a_offset,
                          mask=engine.attention_mask(a_offset, block.shape[1], None))[:, -1:]
         draft, stopped = [], False
         limit = min(o["max_draft"], state.room - 1)
@@ -211,7 +212,7 @@ class Kangaroo(Method):
                 break
             pos = offset + len(draft)
             a = self.adapter(states[-1], engine.rope(torch.tensor([pos], device=engine.device)),
-                             self.adapter_cache, pos)
+                             adapter_cache, pos)
         return draft, torch.cat(states, dim=1), stopped
 
     def verify_forward(self, states, offset, state: DecodeState):

@@ -3,7 +3,7 @@ n-gram at the end of the generated output; the first occurrence in the reference
 
 from __future__ import annotations
 
-from .base import Generation, Method
+from .base import Generation, Method, Option
 from .verify import DecodeState, verify_chain
 
 
@@ -20,7 +20,8 @@ class LLMA(Method):
     name = "llma"
     description = "LLMA: copy drafts from the reference text (the prompt), output n-gram trigger"
     # Paper defaults: trigger n = 1, copy 19 tokens.
-    defaults = {"ngram": 1, "num_draft": 19}
+    options = {"ngram": Option(1, int, "longest output n-gram used as the trigger"),
+               "num_draft": Option(19, int, "tokens copied from the reference per trigger")}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         index = first_occurrences(prompt_ids, self.options["ngram"])

@@ -7,7 +7,6 @@ Head k (0-based) at position t predicts token t+2+k. A tree is a set of rank tup
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import heapq
 import json
 from pathlib import Path
@@ -16,10 +15,13 @@ import torch
 from torch import nn
 
 from ..engine import Engine
-from .base import Generation, Method
+from ..engine.load import checkpoint_tensors, load_state, model_folder
+from ..errors import SpecbenchError
+from .base import ADDON_FOLDER, Addon, Generation, Method, Option
 from .verify import DecodeState, Tree, verify_tree
 
 TOP_K = 10
+CALIBRATION_EXAMPLES = 300      # conversations the built-in heads are calibrated on
 
 
 class HeadsError(SpecbenchError):
@@ -63,27 +65,15 @@ def load_heads(path: Path, hidden: int, vocab: int) -> nn.ModuleList:
         path = found[0]
     if not path.is_file():
         raise HeadsError(f"Medusa heads {path} do not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    count = 1 + max((int(k.split(".", 1)[0]) for k in state if k.split(".", 1)[0].isdigit()),
+    # The head count comes from the tensor names (read before any tensor is).
+    names = [name for name, _, _ in checkpoint_tensors(path, mmap=True)]
+    count = 1 + max((int(k.split(".", 1)[0]) for k in names if k.split(".", 1)[0].isdigit()),
                     default=-1)
     if count == 0:
         raise HeadsError(f"Medusa heads {path}: no head tensors ('0.0.linear.weight', ...)")
     heads = make_heads(hidden, vocab, count)
-    expected = heads.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise HeadsError(f"Medusa heads {path}: missing keys {missing or 'none'}, unexpected "
-                         f"keys {unexpected or 'none'}")
-    for key, want in expected.items():
-        if state[key].shape != want.shape:
-            raise HeadsError(f"Medusa heads {path} do not fit the model: {key} has shape "
-                             f"{tuple(state[key].shape)}, the model needs {tuple(want.shape)} "
-                             f"(hidden {hidden}, vocabulary {vocab})")
-    heads.load_state_dict({k: v.float() for k, v in state.items()})
+    load_state(heads, [path], f"Medusa heads {path} do not fit the model", HeadsError,
+               hint=f" (hidden {hidden}, vocabulary {vocab})")
     return heads
 
 
@@ -119,7 +109,7 @@ def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]
         return grow_tree((accuracy or DEFAULT_ACCURACY)[:num_heads], PRESETS[spec])
     path = Path(spec)
     if not path.is_file():
-        raise HeadsError(f"--medusa-tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
+        raise HeadsError(f"medusa tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
     import yaml
     try:
         choices = yaml.safe_load(path.read_text())
@@ -140,33 +130,59 @@ def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]
     return choices
 
 
+def heads_path(spec: str) -> Path:
+    """A local heads file/folder as is; 'org/name' is fetched from the hub."""
+    local = Path(spec).expanduser()
+    return local if local.exists() else model_folder(spec)
+
+
+def build_builtin_heads(engine, tokenizer, data, folder, settings, console):
+    """Train the heads, then calibrate their trees on the same corpus."""
+    from ..train.medusa import calibrate, train_medusa
+    train_medusa(engine, tokenizer, data, folder, target_name="builtin", console=console,
+                 **settings)
+    heads = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
+    calibrate(engine, tokenizer, heads, data, folder, max_examples=CALIBRATION_EXAMPLES)
+
+
 class Medusa(Method):
     name = "medusa"
     description = "Medusa-1: extra heads propose top-k candidates, verified as a sparse tree"
-    defaults = {"heads": None, "num_heads": None, "tree": "budget64"}
+    options = {
+        "heads": Option(None, str, "heads file or folder (medusa_lm_head.pt/.safetensors) or a "
+                        "hub id"),
+        "num_heads": Option(None, int, "use the first N heads (default: all)"),
+        "tree": Option("budget64", str, "tree preset (budget16, budget32, budget64) or a "
+                       "JSON/YAML file of rank lists")}
+    # On the built-in model a wide tree costs more than it gains on a CPU.
+    builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16,
+                                    "max_len": 256},
+                          build=build_builtin_heads,
+                          run_options={"heads": ADDON_FOLDER, "tree": "budget16"})
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         cfg = engine.config
-        heads = self.require("heads", "heads: --medusa-heads PATH (train them with "
+        heads = self.require("heads", "heads: --opt medusa.heads=PATH (train them with "
                                       "`specbench train medusa`)")
         if isinstance(heads, (str, Path)):
-            heads = load_heads(Path(heads), cfg.hidden_size, cfg.vocab_size)
-            accuracy = calibration_of(Path(o["heads"]))
-            o["heads"] = str(o["heads"])
+            folder = heads_path(str(heads))
+            heads = load_heads(folder, cfg.hidden_size, cfg.vocab_size)
+            accuracy = calibration_of(folder)
+            o["heads"] = str(folder)
         else:
             accuracy = None
         if o["num_heads"] is not None:
             if not 1 <= o["num_heads"] <= len(heads):
-                raise SpecbenchError(f"medusa: --medusa-num-heads must be in [1, {len(heads)}]")
+                raise SpecbenchError(f"medusa: num_heads must be in [1, {len(heads)}]")
             heads = heads[:o["num_heads"]]
         self.heads = heads.to(engine.device, engine.dtype).eval().requires_grad_(False)
         choices = o["tree"] if isinstance(o["tree"], list) else \
             load_tree(o["tree"], len(self.heads), accuracy)
         if max(map(len, choices)) > len(self.heads):
-            raise SpecbenchError(f"medusa: the tree is {max(map(len, choices))} deep but there are "
-                             f"only {len(self.heads)} heads")
+            raise SpecbenchError(f"medusa: the tree is {max(map(len, choices))} deep but there "
+                                 f"are only {len(self.heads)} heads")
         self.tree = Tree.from_choices(choices)
 
     def parameter_overhead(self) -> dict:
@@ -183,20 +199,12 @@ class Medusa(Method):
         return [0] + [ranks[len(c) - 1][c[-1]] for c in self.tree.choices[1:]]
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        hidden = {}
-
-        def prefill(ids, cache):
-            logits, h = self.engine(ids, cache, 0, return_hidden=True)
-            hidden["last"] = h[:, -1]
-            return logits
-
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill)
-        h = hidden["last"]
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        h = state.hidden[:, -1]           # the heads read the last committed position
         while not state.done:
             with state.phase("draft"):
                 candidates = self.candidates(h)
-            result = verify_tree(state, self.tree, candidates)
-            h = result.hidden
+            h = verify_tree(state, self.tree, candidates).hidden[-1:]
         return state.result()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Generation, Method
+from .base import Generation, Method, Option
 from .verify import DecodeState, verify_chain
 
 
@@ -25,7 +25,8 @@ def lookup(tokens: torch.Tensor, max_ngram: int, num_draft: int) -> list[int]:
 class PromptLookup(Method):
     name = "pld"
     description = "prompt lookup decoding: copy drafts from earlier n-gram matches (chain)"
-    defaults = {"max_ngram": 3, "num_draft": 10}
+    options = {"max_ngram": Option(3, int, "longest n-gram looked up (tries n, n-1, ..., 1)"),
+               "num_draft": Option(10, int, "tokens drafted per lookup")}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)

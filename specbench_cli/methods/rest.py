@@ -4,15 +4,15 @@ nodes become a draft tree, verified like Medusa's."""
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..datastore import SEPARATOR, Datastore
+from ..datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
-from .base import Generation, Method
+from ..errors import SpecbenchError
+from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
 from .verify import DecodeState, Tree, verify_chain, verify_tree
 
 
@@ -53,19 +53,35 @@ def trie_tree(conts: np.ndarray, budget: int) -> tuple[list[int], list[int]] | N
     return [-1] + parents.tolist(), [0] + conts[row, d].tolist()
 
 
+def build_builtin_datastore(engine, tokenizer, data, folder, settings, console):
+    build_datastore(tokenizer, data, folder, "builtin")
+
+
 class REST(Method):
     name = "rest"
     description = "REST: drafts retrieved from a datastore (suffix array), verified as a tree"
-    defaults = {"datastore": None, "num_draft": 64, "max_span": 16, "max_hits": 5000,
-                "continuation": 10}
+    options = {
+        "datastore": Option(None, str, "datastore folder (`specbench datastore build`)"),
+        "num_draft": Option(64, int, "tree tokens, root included"),
+        "max_span": Option(16, int, "longest context suffix looked up"),
+        "max_hits": Option(5000, int, "most datastore occurrences whose continuations are read"),
+        "continuation": Option(10, int, "tokens read after each occurrence (the tree's depth)")}
+    statistics = (
+        Statistic("hit rate", "hits", "rounds", 100, "%", "share of steps with a datastore match"),
+        Statistic("retr ms", "retrieval_seconds", "rounds", 1000, "ms",
+                  "mean retrieval time per step"))
+    # On the built-in model a 64-token tree costs more than it gains on a CPU
+    # (benchmarks/medusa_tree_forward.py: a small model's forward grows with every tree token).
+    builtin_addon = Addon(settings={}, build=build_builtin_datastore,
+                          run_options={"datastore": ADDON_FOLDER, "num_draft": 32})
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        store = self.require("datastore", "a datastore: --datastore PATH (build one with "
+        store = self.require("datastore", "a datastore: --opt rest.datastore=PATH (build one with "
                                           "`specbench datastore build`)")
         if o["num_draft"] < 2 or o["max_span"] < 2:
-            raise SpecbenchError("rest: --rest-num-draft and --rest-max-span must be at least 2")
+            raise SpecbenchError("rest: num_draft and max_span must be at least 2")
         if not isinstance(store, Datastore):
             store = Datastore(Path(store), tokenizer)
             o["datastore"] = str(o["datastore"])

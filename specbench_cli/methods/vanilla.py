@@ -17,12 +17,12 @@ class Vanilla(Method):
         gaps: list[float] = []
 
         def forward(ids, cache, offset=0):
-            logits = self.engine(ids, cache, offset)
+            logits, hidden = self.engine(ids, cache, offset, return_hidden=True)
             top2 = logits[0, -1].topk(2).values.tolist()
             gaps.append(round(top2[0] - top2[1], 5))
-            return logits
+            return logits, hidden
 
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward)
         while not state.done:
-            verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset))
+            verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset)[0])
         return state.result(top2_gap=gaps[:len(state.new_tokens)])

@@ -8,7 +8,6 @@ plus the target's own next token (the bonus).
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from ..engine import Engine, sync
+from ..errors import SpecbenchError
 from .base import Generation
 
 # Rows reserved past prompt + max_new_tokens for a block of drafts in flight (trees included).
@@ -53,7 +53,9 @@ class DecodeState:
     def __init__(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                  eos_ids: set[int], prefill: Callable | None = None):
         """Prefill the prompt and commit the first token. `prefill(ids_tensor, cache)` may replace
-        the plain forward (methods that keep extra state from the prompt); it returns logits."""
+        the plain forward (methods that keep extra state from the prompt); it returns the logits
+        and the final normed hidden states, kept as `hidden` (drafters that read the target's
+        features start from them)."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         self.engine = engine
@@ -69,7 +71,10 @@ class DecodeState:
         self.cache = engine.cache(self.prompt_len + max_new_tokens + DRAFT_HEADROOM)
         ids = torch.tensor([prompt_ids], device=engine.device)
         with self.phase("prefill"):
-            logits = prefill(ids, self.cache) if prefill else engine(ids, self.cache, 0)
+            if prefill:
+                logits, self.hidden = prefill(ids, self.cache)
+            else:
+                logits, self.hidden = engine(ids, self.cache, 0, return_hidden=True)
             first = int(logits[0, -1].argmax())
         self.offset = self.prompt_len          # cache rows filled
         self.commit([first])
@@ -192,23 +197,32 @@ class Tree:
 @dataclass
 class TreeResult:
     accepted: int               # drafted tokens accepted (bonus not counted)
-    node: int                   # the last accepted node
-    hidden: torch.Tensor        # final normed hidden state at that node (1, H)
+    path: list[int]             # the accepted nodes, root first (the root is the pending token)
+    hidden: torch.Tensor        # final normed hidden states at those nodes (len(path), H)
 
 
-def verify_tree(state: DecodeState, tree: Tree, tokens: list[int]) -> TreeResult:
+def verify_tree(state: DecodeState, tree: Tree, tokens: list[int],
+                forward: Callable | None = None) -> TreeResult:
     """Verify a tree of candidates in one forward and commit the first longest accepted path.
 
     `tokens[i]` is node i's token for nodes 1..n-1 (`tokens[0]` is ignored: the root is the
     pending token). Each node sees the committed prefix and its own ancestors; its position is
-    offset + depth. The accepted path's cache rows are moved into place (keep-rows)."""
+    offset + depth. The accepted path's cache rows are moved into place (keep-rows).
+
+    `forward(ids, offset, positions, block_mask)` → (logits, hidden) may replace the full-model
+    forward (a method that reads every node's logits, or appends a branch of its own after the
+    tree's n nodes); it writes the block's rows at `offset` into `state.cache` and returns the
+    logits and final hidden states of the tree's nodes, in node order, first."""
     engine = state.engine
     ids = torch.tensor([[state.pending] + list(tokens[1:])], device=engine.device)
-    depths = torch.tensor(tree.depths, device=engine.device)
+    positions = state.offset + torch.tensor(tree.depths, device=engine.device)
     with state.phase("verify"):
-        logits, hidden = engine(ids, state.cache, state.offset, positions=state.offset + depths,
-                                block_mask=tree.mask, return_hidden=True)
-        predicted = logits[0].argmax(-1).tolist()
+        if forward:
+            logits, hidden = forward(ids, state.offset, positions, tree.mask)
+        else:
+            logits, hidden = engine(ids, state.cache, state.offset, positions=positions,
+                                    block_mask=tree.mask, return_hidden=True)
+        predicted = logits[0, :len(tree)].argmax(-1).tolist()
     state.block_sizes.append(ids.shape[1])
     best, best_len = tree.paths[0], 0
     for path in tree.paths:
@@ -218,6 +232,5 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int]) -> TreeResult
     kept = best[:best_len + 1]
     state.cache.keep_rows([state.offset + j for j in kept], state.offset)
     state.offset += len(kept)
-    last = kept[-1]
-    state.commit([tokens[j] for j in kept[1:]] + [predicted[last]])
-    return TreeResult(best_len, last, hidden[0, last:last + 1])
+    state.commit([tokens[j] for j in kept[1:]] + [predicted[kept[-1]]])
+    return TreeResult(best_len, kept, hidden[0, kept])

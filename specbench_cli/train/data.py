@@ -9,7 +9,6 @@ Sequences follow the run's prompt template (vicuna_v1.1), so training sees what 
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SpecbenchError
 from ..jsonl import json_lines
 from ..prompts import VICUNA_SYSTEM
 

@@ -4,13 +4,13 @@ soft cross-entropy on assistant tokens (METHODS.md §2)."""
 
 from __future__ import annotations
 
-from ..errors import SpecbenchError
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..engine import Engine
+from ..errors import SpecbenchError
 from ..methods.kangaroo import Adapter, adapter_config, default_exit_layer
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train

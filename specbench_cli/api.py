@@ -1,0 +1,272 @@
+"""The Python API: what `specbench run` does, as functions a notebook can call.
+
+    from specbench_cli import api
+    plan = api.plan_run(methods="pld,kangaroo", options={"kangaroo": {"threshold": 0.5}})
+    out = api.execute(plan)          # answers, run.json (interrupt: --resume continues it)
+    frame = api.results(out)         # the leaderboard as a pandas frame
+
+or `api.run(...)` for the three at once. The CLI is a thin shell over these: its options are
+plan_run's arguments, and a run config file (`specbench run --config run.yaml`) holds the same
+keys. Errors meant for users are SpecbenchError.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import SpecbenchError
+
+DEFAULT_METHODS = "vanilla,pld,llma"
+BUILTIN_LIMIT = 5
+RESULTS = Path("results")
+
+
+@dataclass
+class RunPlan:
+    """A checked run, nothing loaded or written yet but the model folder and tokenizer."""
+    config: object              # runner.RunConfig: everything that decides the numbers
+    folder: Path                # the model's folder (fetched or converted when named/GGUF)
+    tokenizer: object
+    questions: list
+    out: Path
+    resume: bool                # continue the run already in `out`
+    profile: Path | None        # with breakdown: a profile.json to use instead of measuring
+
+
+def plan_run(model: str | None = None, bench: str | None = None, methods: str | None = None,
+             tasks: str = "all", limit: int | None = None, template: str = "auto",
+             max_new_tokens: int = 1024, over_context: str | None = None, repeats: int = 1,
+             warmup: int = 3, dtype: str | None = None, device: str | None = None,
+             out: Path | str | None = None, resume: bool = False,
+             options: dict | list[str] | None = None, sweep: dict | list[str] | None = None,
+             breakdown: bool = False, profile: Path | str | None = None,
+             console: Console | None = None) -> RunPlan:
+    """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
+    `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
+    {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
+    from .engine.load import DTYPE_NAMES, load_tokenizer, model_folder, resolve_device, \
+        resolve_dtype
+    from .methods import METHODS, checked_options, checked_sweeps, expand_sweeps, \
+        parse_methods, parse_options, parse_sweeps
+    from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
+    from .runner import OVER_CONTEXT, RunConfig, check_context
+    from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
+    console = console or Console()
+    out = Path(out) if out is not None else None
+    profile = Path(profile) if profile is not None else None
+    # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
+    if limit is not None and limit < 1:
+        raise SpecbenchError(f"--limit must be at least 1 (got {limit})")
+    for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
+        if value < 1:
+            raise SpecbenchError(f"{opt} must be at least 1 (got {value})")
+    if warmup < 0:
+        raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
+    if template not in (AUTO, *TEMPLATES):
+        raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
+                             f"{', '.join(TEMPLATES)}")
+    if over_context not in (None, *OVER_CONTEXT):
+        raise SpecbenchError(f"--over-context {over_context!r}: choose one of "
+                             f"{', '.join(OVER_CONTEXT)}")
+    if profile is not None and not profile.is_file():
+        raise SpecbenchError(f"--profile {profile}: no such file")
+    if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
+        raise SpecbenchError(f"--out {out}: a file is in the way; give a directory for the run")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    subtasks = parse_subtasks(tasks)
+    parse_methods(methods or DEFAULT_METHODS)
+    given = parse_options(options) if isinstance(options, list) else \
+        checked_options(options, "options")
+    grid = parse_sweeps(sweep) if isinstance(sweep, list) else checked_sweeps(sweep, "sweep")
+    defaults: dict[str, dict] = {}
+    if model is None or bench == "builtin":
+        from .prepare import prepare_all
+        prepared = prepare_all(console=console)
+        if model is None:
+            model = str(prepared.model_dir)
+            defaults = prepared.method_defaults()
+            methods = methods or ",".join(METHODS)
+        if bench in (None, "builtin"):
+            bench, limit = "builtin", limit or BUILTIN_LIMIT
+            bench_file = prepared.question_file
+            # Its model knows 512 positions and its answers end well before.
+            over_context = over_context or "cap"
+    names = parse_methods(methods or DEFAULT_METHODS)
+    for method in given:
+        if method not in names:
+            raise SpecbenchError(f"options for {method}, which is not in --methods")
+    if bench != "builtin":
+        bench_file = resolve_bench(bench or "spec_bench")
+    questions = select(load_questions(bench_file), subtasks, limit)
+    # The built-in add-ons, unless the user chose; options left unset take the method's default.
+    opts = {n: {**defaults.get(n, {}), **given.get(n, {})} for n in names}
+    opts = {n: {k: v for k, v in o.items() if v is not None} for n, o in opts.items() if o}
+    names, opts = expand_sweeps(names, opts, grid)
+    folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
+    tokenizer = load_tokenizer(folder)
+    template = resolve_template(template, tokenizer, model)
+    over_context = over_context or "error"
+    # Fail before anything is written when a template or a prompt cannot work here.
+    build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
+    check_context(questions, tokenizer, template, max_new_tokens, folder, over_context)
+    config = RunConfig(model=model, bench=bench or "spec_bench", bench_sha256=sha256_of(bench_file),
+                       subtasks=subtasks, limit=limit, methods=names, method_options=opts,
+                       template=template, max_new_tokens=max_new_tokens, repeats=repeats,
+                       warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
+                       over_context=over_context, breakdown=breakdown)
+    out, resume = resolve_out(out, resume, config, model, console)
+    return RunPlan(config, folder, tokenizer, questions, out, resume, profile)
+
+
+def execute(plan: RunPlan, console: Console | None = None, progress=None) -> Path:
+    """Load the engine and run the plan: answers are appended question by question (a
+    KeyboardInterrupt keeps them; plan the same run with resume=True to continue). Returns the
+    run directory."""
+    from .engine.load import load_engine
+    from .prompts import build_prompt_ids
+    from .runner import Runner, write_run_json
+    console = console or Console()
+    config, out = plan.config, plan.out
+    console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
+                  f"{config.template}) …")
+    engine, _, _ = load_engine(str(plan.folder), dtype=config.dtype, device=config.device,
+                               with_tokenizer=False)
+    runner = Runner(config, engine, plan.tokenizer, plan.questions, out,
+                    Path(config.model).name)
+    if not plan.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_json(out, config, engine, runner)
+    console.print(f"{len(plan.questions)} questions × {len(config.methods)} methods × "
+                  f"{config.repeats} repeats → {out}")
+    started = time.perf_counter()
+    runner.run(progress)
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
+    if config.breakdown:
+        lengths = [len(build_prompt_ids(plan.tokenizer, config.template, [q.turns[0]], []))
+                   for q in plan.questions]
+        attach_profile(engine, config.model, out, plan.profile, lengths, progress)
+    return out
+
+
+def results(run_dir: Path | str):
+    """A run's leaderboard as a pandas frame indexed by method (unrounded numbers; columns as
+    `specbench report --format csv`)."""
+    from .report import leaderboard, load_summarized
+    frame = leaderboard([load_summarized(Path(run_dir))])
+    return frame.drop(columns=["run", "published"]).set_index("method")
+
+
+def run(console: Console | None = None, progress=None, **arguments):
+    """plan_run(**arguments), execute it and return its results frame."""
+    return results(execute(plan_run(console=console, **arguments), console, progress))
+
+
+RUN_CONFIG_KEYS = ("model", "bench", "methods", "tasks", "limit", "template", "max_new_tokens",
+                   "over_context", "repeats", "warmup", "dtype", "device", "out", "resume",
+                   "options", "sweep", "breakdown", "profile")
+
+
+def read_run_config(path: Path) -> dict:
+    """A YAML/JSON run config: plan_run's arguments as keys ('max-new-tokens' or
+    'max_new_tokens'); `options` and `sweep` as mappings method → option → value(s), or lists
+    of 'method.option=value' strings like the command line's."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise SpecbenchError(f"--config {path}: no such file")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecbenchError(f"--config {path}: not YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise SpecbenchError(f"--config {path}: expected a mapping of run options")
+    doc = {str(k).replace("-", "_"): v for k, v in doc.items()}
+    unknown = sorted(set(doc) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise SpecbenchError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(RUN_CONFIG_KEYS)}")
+    if isinstance(doc.get("methods"), list):
+        doc["methods"] = ",".join(map(str, doc["methods"]))
+    for key in ("options", "sweep"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            raise SpecbenchError(f"--config {path}: {key} must be a mapping method → option")
+        if isinstance(value, dict) and not all(isinstance(v, dict) for v in value.values()):
+            raise SpecbenchError(f"--config {path}: {key} must map each method to its options")
+    return doc
+
+
+def merge_options(first: dict | list | None, then: dict | list | None, parse) -> dict:
+    """Options (or sweeps) from a config, then from the command line, which wins per key."""
+    def as_dict(value):
+        return parse(value) if isinstance(value, list) else dict(value or {})
+    merged = {m: dict(v) for m, v in as_dict(first).items()}
+    for method, values in as_dict(then).items():
+        merged.setdefault(method, {}).update(values)
+    return merged
+
+
+# ---------------------------------------------------------------- run directories
+
+def find_resumable(config) -> Path | None:
+    """The newest run under results/ whose stored configuration equals this one."""
+    candidates = sorted(RESULTS.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if json.loads(path.read_text()).get("config") == asdict(config):
+            return path.parent
+    return None
+
+
+def check_resume(out: Path, config) -> None:
+    stored = json.loads((out / "run.json").read_text()).get("config", {})
+    diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
+    if diff:
+        raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "
+                             "differ)")
+
+
+def resolve_out(out: Path | None, resume: bool, config, model: str,
+                console: Console) -> tuple[Path, bool]:
+    """The run directory and whether an earlier run there is continued."""
+    if resume and out is None:
+        out = find_resumable(config)
+        if out is None:
+            raise SpecbenchError("--resume: no earlier run with these options under results/ "
+                                 "(pass its directory with --out)")
+    if resume and (out / "run.json").exists():
+        check_resume(out, config)
+        return out, True
+    if resume and (out / "answers").is_dir() and any((out / "answers").iterdir()):
+        raise SpecbenchError(f"--resume: {out} holds answers but no run.json, so its options "
+                             "cannot be checked; use another --out")
+    if resume:      # killed before the run directory was written: nothing to continue
+        console.print(f"--resume: no earlier run in {out}; starting it", highlight=False)
+    if out is None:
+        out = RESULTS / f"{Path(model.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "run.json").exists():
+        raise SpecbenchError(f"{out} holds a run already; use --resume to continue it or "
+                             "another --out")
+    return out, False
+
+
+def attach_profile(engine, model: str, out: Path, profile: Path | None,
+                   prompt_lengths: list[int], progress=None):
+    """The cost model's yardstick in the run directory: the given profile, or one measured now
+    on this engine at the run's median prompt length."""
+    import shutil
+    from .profile import write_profile
+    from .report import PROFILE_FILE
+    if profile is not None:
+        shutil.copyfile(profile, out / PROFILE_FILE)
+        return
+    if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
+        return
+    context = int(statistics.median(prompt_lengths))
+    write_profile(engine, model, out / PROFILE_FILE, [context], progress=progress)
