@@ -617,7 +617,7 @@ def compare(
     below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
     model than the baseline's, methods with differing question sets, unreadable files)."""
     from .compare import gate, load_baseline, notes, save_baseline, verdict_table
-    from .report import load_summarized
+    from .results import load_summarized
     with user_errors():
         run = load_summarized(run_dir, baseline_name)
         if save:

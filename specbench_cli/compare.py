@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .metrics import MetricsError
-from .report import Run, caption, describe_missing, fmt, load_summarized, missing
+from .results import Run, caption, describe_missing, fmt, load_summarized, missing
 
 # Package data (importlib.resources), so an installed tool never needs the checkout; the
 # checkout's baselines/published is a link to this folder.
