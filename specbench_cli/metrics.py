@@ -33,8 +33,7 @@ DEFINITIONS = [
     "tolerance (fp32 1e-4, fp16 0.0625, bf16 0.5): rounding in another kernel shape, not a bug; "
     "mismatch: every other difference",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
-    "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
-    "hit rate / retr ms: share of REST steps with a datastore match, mean retrieval time per step",
+    "tokens per drafting round",
     "new tokens are counted from ids, through EOS, for every method alike",
     "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
     "geometric mean over questions of method/vanilla tokens/s on the same question and repeat "
@@ -187,25 +186,46 @@ def equality(method_rows: list[dict], vanilla_rows: list[dict], tolerance: float
             "differences": diffs}
 
 
-def method_stats(rows: list[dict]) -> dict:
-    """Method counters summed over all turns, plus the derived rates the report shows:
-    mean draft length (drafted tokens per round) and the share of rounds stopped by the
-    confidence threshold (Kangaroo)."""
+def method_stats(rows: list[dict], declared: list[dict] = ()) -> tuple[dict, list[dict]]:
+    """Method counters summed over all turns, with the mean draft length (drafted tokens per
+    drafting round, for every method that drafts in rounds); and the statistics the method
+    declares (run.json methods.<name>.statistics), each scale × Σ count / Σ per."""
     totals: dict[str, float] = {}
     for row in rows:
         for turn in row.get("stats", []):
             for key, value in turn.items():
                 if isinstance(value, (int, float)):
                     totals[key] = totals.get(key, 0) + value
-    rounds = totals.get("rounds")
-    if rounds:
-        totals["mean_draft_length"] = totals.get("drafted", 0) / rounds
-        if "stopped_by_threshold" in totals:
-            totals["stopped_by_threshold_share"] = totals["stopped_by_threshold"] / rounds
-        if "hits" in totals:            # REST: retrieval hit rate and time per step
-            totals["hit_rate"] = totals["hits"] / rounds
-            totals["retrieval_ms_per_step"] = 1e3 * totals.get("retrieval_seconds", 0) / rounds
-    return totals
+    if totals.get("rounds"):
+        totals["mean_draft_length"] = totals.get("drafted", 0) / totals["rounds"]
+    return totals, [declared_value(totals, d) for d in declared]
+
+
+def declared_value(totals: dict, declaration: dict) -> dict:
+    """One declared statistic's value; None when the answers lack its counters (older files)."""
+    count, per = totals.get(declaration["count"]), totals.get(declaration["per"])
+    value = None if count is None or not per else declaration.get("scale", 1) * count / per
+    return {"label": declaration["label"], "value": value, "unit": declaration.get("unit", ""),
+            "help": declaration.get("help", "")}
+
+
+def statistic_definitions(declared: dict[str, list[dict]]) -> list[str]:
+    """One line a distinct declared statistic: its label, help and formula."""
+    lines = {}
+    for declarations in declared.values():
+        for d in declarations:
+            unit = f", in {d['unit']}" if d.get("unit") else ""
+            lines.setdefault(d["label"], f"{d['label']}: {d.get('help', '')} ({d.get('scale', 1):g}"
+                             f" × Σ {d['count']} / Σ {d['per']} over all turns{unit})")
+    return list(lines.values())
+
+
+def check_declarations(declared: dict[str, list[dict]]) -> None:
+    for name, declarations in declared.items():
+        for d in declarations:
+            if not isinstance(d, dict) or not {"label", "count", "per"} <= set(d):
+                raise MetricsError(f"run.json methods.{name}.statistics: {d!r} needs a label, "
+                                   "a count and a per (counter names)")
 
 
 PHASES = ("prefill", "draft", "verify")
@@ -246,15 +266,19 @@ def subtask_of(row: dict) -> str:
 
 
 def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
-              near_tie: float = NEAR_TIE["fp32"]) -> dict:
+              near_tie: float = NEAR_TIE["fp32"],
+              declared: dict[str, list[dict]] | None = None) -> dict:
     """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality (`near_tie`:
-    the logit-gap tolerance, by the run's dtype)."""
+    the logit-gap tolerance, by the run's dtype), and the statistics `declared` by method."""
     if baseline not in answers:
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
+    declared = {name: (declared or {}).get(name, []) for name in answers}
+    check_declarations(declared)
     base = answers[baseline]
     present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in base)]
     out = {}
     for name, rows in answers.items():
+        stats, declared_values = method_stats(rows, declared[name])
         by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
         base_sub = {s: [r for r in base if subtask_of(r) == s] for s in present}
         by_repeat = list(speedup_by_repeat(rows, base).values())
@@ -273,7 +297,8 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
             "equal_to_vanilla": equality(rows, base, near_tie),
-            "stats": method_stats(rows),
+            "stats": stats,
+            "statistics": declared_values,
         }
         m = out[name]
         wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
@@ -283,5 +308,5 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         m["breakdown"] = phase_breakdown(m["stats"], wall, m["new_tokens"], m["steps"])
     return {"subtasks": present, "methods": out, "baseline": baseline,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
-            "definitions": DEFINITIONS}
+            "definitions": DEFINITIONS + statistic_definitions(declared)}
 

@@ -143,22 +143,27 @@ def render_table(frame: pd.DataFrame, published_flags, title: str, captions: lis
 
 
 def render_details(summary: dict, title: str = "acceptance details") -> Table:
-    """Acceptance details: CTAR(1..4) for every method, drafting counters where a method has them."""
+    """Acceptance details: CTAR(1..4) and steps for every method, the mean draft length, and a
+    column per statistic some method declares (blank where a method declares none)."""
+    labels = list(dict.fromkeys(s["label"] for m in summary["methods"].values()
+                                for s in m["statistics"]))
     table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
-    for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop",
-                "hit rate", "retr ms"):
-        table.add_column(col, justify="right", no_wrap=True)
+    for col in ["CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len"] + labels:
+        table.add_column(escape(col), justify="right", no_wrap=True)
     for name, m in summary["methods"].items():
-        stats = m["stats"]
-        stop = stats.get("stopped_by_threshold_share")
-        hits = stats.get("hit_rate")
+        values = {s["label"]: statistic_text(s) for s in m["statistics"]}
         table.add_row(name, *[fmt(m["ctar"][str(w)]) for w in range(1, 5)], str(m["steps"]),
-                      fmt(stats.get("mean_draft_length")),
-                      "–" if stop is None else f"{100 * stop:.0f}%",
-                      "–" if hits is None else f"{100 * hits:.0f}%",
-                      fmt(stats.get("retrieval_ms_per_step"), ".3f"))
+                      fmt(m["stats"].get("mean_draft_length")),
+                      *[values.get(label, "") for label in labels])
     return table
+
+
+def statistic_text(statistic: dict) -> str:
+    """Shares as whole percents (62%), anything else to three decimals (0.125 for ms)."""
+    if statistic["unit"] == "%":
+        return fmt(statistic["value"], ".0f", "%")
+    return fmt(statistic["value"], ".3f")
 
 
 def published_caption(doc: dict) -> str:
@@ -249,8 +254,9 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
                 console.print(f"  [dim]{escape(line)}[/dim]")
     console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
                                                if v in shown.columns) + "[/dim]")
-    for line in runs[0].summary["definitions"]:
-        console.print(f"  [dim]{line}[/dim]")
+    # Every run's definitions once: runs may declare different method statistics.
+    for line in dict.fromkeys(line for run in runs for line in run.summary["definitions"]):
+        console.print(f"  [dim]{escape(line)}[/dim]")
     targets = {run.meta.get("model_parameters") for run in runs}
     count = f"{fmt(targets.pop(), ',')} " if len(targets) == 1 else ""
     console.print("  [dim]overhead: extra trainable parameters (and % of the target's "

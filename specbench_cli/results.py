@@ -138,8 +138,10 @@ def pick_baseline(names: list[str], chosen: str | None, where: Path,
 def load_summarized(run_dir: Path, baseline_name: str | None = None) -> Run:
     meta, answers = load_run(run_dir, baseline_name)
     dtype = meta.get("config", {}).get("dtype", "fp32")
+    # Statistics each method declares in run.json (older runs and imports declare none).
+    declared = {name: m.get("statistics") or [] for name, m in meta.get("methods", {}).items()}
     summary = summarize(answers, baseline=meta.get("baseline", "vanilla"),
-                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]))
+                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]), declared=declared)
     summary["run"] = str(run_dir)
     summary["device"] = meta.get("environment", {})
     summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}

@@ -210,6 +210,72 @@ def test_plots_write_four_figures(run_dir):
     assert "tiny-llama" in (run_dir / "plots" / "speedup_by_subtask.svg").read_text()
 
 
+# ---------------------------------------------------------------- declared method statistics
+
+HIT_RATE = {"label": "hit rate", "count": "hits", "per": "rounds", "scale": 100, "unit": "%",
+            "help": "share of steps with a datastore match"}
+RETRIEVAL = {"label": "retr ms", "count": "retrieval_seconds", "per": "rounds", "scale": 1000,
+             "unit": "ms", "help": "mean retrieval time per step"}
+
+
+def with_statistics(folder: Path) -> Path:
+    """pld's 6 answers (3 questions, 2 repeats) with one turn each of 2 rounds, 5 drafted tokens,
+    hits 0, 1, 2, 0, 1, 2 and 3 ms of retrieval: 6 hits of 12 rounds, 18 ms over 12 rounds."""
+    data = answers()
+    for i, row in enumerate(data["pld"]):
+        row["stats"] = [{"rounds": 2, "drafted": 5, "hits": i % 3, "retrieval_seconds": 0.003}]
+    run = write_run(folder, data)
+    meta = json.loads((run / "run.json").read_text())
+    meta["methods"]["pld"]["statistics"] = [HIT_RATE, RETRIEVAL]
+    (run / "run.json").write_text(json.dumps(meta))
+    return run
+
+
+def details_row(text: str, method: str) -> list[str]:
+    after = text[text.index("acceptance details"):]
+    row = next(l for l in after.splitlines() if l.startswith(f"│ {method} "))
+    return [c.strip() for c in row.split("│")[1:-1]]
+
+
+def test_declared_statistics_exact(tmp_path):
+    run = with_statistics(tmp_path / "run")
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    pld = json.loads((run / "summary.json").read_text())["methods"]["pld"]
+    assert pld["statistics"] == [
+        {"label": "hit rate", "value": pytest.approx(50.0), "unit": "%", "help": HIT_RATE["help"]},
+        {"label": "retr ms", "value": pytest.approx(1.5), "unit": "ms", "help": RETRIEVAL["help"]}]
+    assert pld["stats"]["mean_draft_length"] == pytest.approx(30 / 12)
+    text = result.stdout
+    header = next(l for l in text[text.index("acceptance details"):].splitlines() if "┃" in l)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")][-3:] == ["draft len", "hit rate",
+                                                                       "retr ms"]
+    assert details_row(text, "pld")[-3:] == ["2.50", "50%", "1.500"]
+    assert details_row(text, "vanilla")[-3:] == ["–", "", ""]      # declares none: blank
+    flat = " ".join(text.split())
+    assert ("hit rate: share of steps with a datastore match (100 × Σ hits / Σ rounds over all "
+            "turns, in %)") in flat
+    assert "retr ms: mean retrieval time per step (1000 × Σ retrieval_seconds / Σ rounds" in flat
+
+
+def test_runs_without_declarations_show_no_statistic_columns(run_dir, tmp_path):
+    text = invoke("report", run_dir).stdout
+    assert details_row(text, "pld")[-2:] == ["22", "–"]           # steps, draft len: nothing after
+    assert json.loads((run_dir / "summary.json").read_text())["methods"]["pld"]["statistics"] == []
+    imported = invoke("report", specbench_folder(tmp_path / "sb"))
+    assert imported.exit_code == 0 and details_row(imported.stdout, "pld-float16")[-1] == "–"
+
+
+def test_no_method_is_named_in_metrics_or_report():
+    """Method statistics come from the methods' declarations, not from names in these modules."""
+    package = Path(__file__).resolve().parents[1] / "specbench_cli"
+    for module in ("metrics.py", "report.py", "results.py"):
+        text = (package / module).read_text(encoding="utf-8")
+        for word in ("kangaroo", "η", "hit rate", "hits\"", "stopped_by_threshold", "REST",
+                     "retrieval_"):
+            assert word not in text.replace("Kangaroo", "kangaroo"), (module, word)
+
+
 # ---------------------------------------------------------------- compare
 
 @pytest.fixture
