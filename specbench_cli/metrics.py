@@ -8,15 +8,18 @@
 - equal to vanilla: share of answers whose token ids equal vanilla's (same question and repeat);
   the others split into near-ties (at the first differing token vanilla's top-1 and top-2 logits
   were closer than a tolerance: a rounding flip, expected in fp16/bf16) and mismatches.
-New tokens are counted from ids for every method alike, through EOS when one was generated.
+New tokens are counted from ids for every method alike, through EOS when one was generated
+(counting "ids"); counting "spec_bench" counts the baseline's as Spec-Bench's own script does.
 """
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
 import math
 import statistics
 from pathlib import Path
+from typing import Callable
+
+from .errors import SpecbenchError
 
 from .jsonl import json_lines
 from .tasks import SUBTASKS
@@ -34,12 +37,20 @@ DEFINITIONS = [
     "mismatch: every other difference",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
     "tokens per drafting round",
-    "new tokens are counted from ids, through EOS, for every method alike",
     "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
     "geometric mean over questions of method/vanilla tokens/s on the same question and repeat "
     "(a question's repeats averaged first), with a seeded percentile bootstrap interval "
     "(2000 resamples of the questions)",
 ]
+
+# How the baseline's tokens are counted in speedups (report and compare --counting).
+COUNTING = {
+    "ids": "new tokens are counted from ids, through EOS, for every method alike",
+    "spec_bench": "speedups count tokens as Spec-Bench's evaluation/speed.py: the method's from "
+                  "ids (new_tokens), the baseline's by re-tokenizing each answer turn's text less "
+                  "one a turn; and every answer of each in a subtask is averaged, answered by "
+                  "both or not (the baseline's own row: its ids over that count)",
+}
 
 
 class MetricsError(SpecbenchError):
@@ -50,9 +61,11 @@ def load_answers(path: Path) -> list[dict]:
     return [row for _, row in json_lines(path, MetricsError)]
 
 
-def throughput(row: dict) -> float:
+def throughput(row: dict, count: Callable[[dict], int] | None = None) -> float:
+    """An answer's tokens/s: its new tokens (or `count(row)`) over its wall time."""
     choice = row["choices"][0]
-    return sum(choice["new_tokens"]) / max(sum(choice["wall_time"]), 1e-12)
+    tokens = count(row) if count else sum(choice["new_tokens"])
+    return tokens / max(sum(choice["wall_time"]), 1e-12)
 
 
 def mean_accepted(rows: list[dict]) -> float:
@@ -74,28 +87,45 @@ def paired(method_rows: list[dict], vanilla_rows: list[dict]):
             yield row, base
 
 
-def speedup_by_repeat(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
-    """Spec-Bench speedup (ratio of mean throughputs) within each repeat, over shared questions."""
-    per_repeat: dict[int, tuple[list, list]] = {}
-    for row, base in paired(method_rows, vanilla_rows):
-        mine, theirs = per_repeat.setdefault(row.get("repeat", 0), ([], []))
-        mine.append(throughput(row))
-        theirs.append(throughput(base))
-    return {r: statistics.mean(m) / statistics.mean(b) for r, (m, b) in sorted(per_repeat.items())}
+def speedup_by_repeat(method_rows: list[dict], vanilla_rows: list[dict],
+                      base_count: Callable[[dict], int] | None = None) -> dict[int, float]:
+    """Spec-Bench speedup (ratio of mean throughputs) within each repeat. Counting ids (no
+    `base_count`): over the questions both answered. Counting spec_bench (`base_count`: the
+    baseline's tokens re-counted from its text): over every answer of each, as speed.py reads
+    both files whole; its mean report averages runs the way we average repeats."""
+    # A repeat in which either side has no answer in the subset is left out; speed.py would
+    # divide by the mean of nothing (nan) there.
+    if base_count is None:
+        pairs = list(paired(method_rows, vanilla_rows))
+        method_rows, vanilla_rows = [row for row, _ in pairs], [base for _, base in pairs]
+    mine, theirs = rows_by_repeat(method_rows), rows_by_repeat(vanilla_rows)
+    return {r: statistics.mean(map(throughput, mine[r]))
+            / statistics.mean(throughput(b, base_count) for b in theirs[r])
+            for r in sorted(mine) if r in theirs}
 
 
-def speedup(method_rows: list[dict], vanilla_rows: list[dict]) -> float | None:
-    """Spec-Bench speedup over the questions both have, per repeat, averaged over repeats."""
-    ratios = list(speedup_by_repeat(method_rows, vanilla_rows).values())
+def rows_by_repeat(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row.get("repeat", 0), []).append(row)
+    return out
+
+
+def speedup(method_rows: list[dict], vanilla_rows: list[dict],
+            base_count: Callable[[dict], int] | None = None) -> float | None:
+    """Spec-Bench speedup per repeat (see speedup_by_repeat), averaged over repeats."""
+    ratios = list(speedup_by_repeat(method_rows, vanilla_rows, base_count).values())
     return statistics.mean(ratios) if ratios else None
 
 
-def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
+def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict],
+                  base_count: Callable[[dict], int] | None = None) -> dict[int, float]:
     """Per question: method/vanilla throughput in the same repeat, geometric mean over repeats.
     One value a question, because repeats of one question are not independent samples."""
     logs: dict[int, list[float]] = {}
     for row, base in paired(method_rows, vanilla_rows):
-        logs.setdefault(row["question_id"], []).append(math.log(throughput(row) / throughput(base)))
+        logs.setdefault(row["question_id"], []).append(
+            math.log(throughput(row) / throughput(base, base_count)))
     return {q: math.exp(statistics.mean(v)) for q, v in sorted(logs.items())}
 
 
@@ -114,11 +144,11 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95
 
 
 def paired_speedup(method_rows: list[dict], vanilla_rows: list[dict], resamples: int = 2000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, base_count: Callable[[dict], int] | None = None) -> dict:
     """Geometric mean of the paired per-question speedups and its 95% bootstrap interval
     (questions resampled). Geometric, because ratios average that way: 2x on one question and
     0.5x on another is no speedup, and one question timed during a hiccup cannot dominate."""
-    logs = [math.log(r) for r in paired_ratios(method_rows, vanilla_rows).values()]
+    logs = [math.log(r) for r in paired_ratios(method_rows, vanilla_rows, base_count).values()]
     ci = bootstrap_ci(logs, resamples=resamples, seed=seed)
     return {"mean": math.exp(statistics.mean(logs)) if logs else None,
             "ci95": [math.exp(ci[0]), math.exp(ci[1])] if ci else None,
@@ -267,9 +297,11 @@ def subtask_of(row: dict) -> str:
 
 def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
               near_tie: float = NEAR_TIE["fp32"],
-              declared: dict[str, list[dict]] | None = None) -> dict:
+              declared: dict[str, list[dict]] | None = None,
+              base_count: Callable[[dict], int] | None = None) -> dict:
     """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality (`near_tie`:
-    the logit-gap tolerance, by the run's dtype), and the statistics `declared` by method."""
+    the logit-gap tolerance, by the run's dtype), and the statistics `declared` by method.
+    `base_count`: the baseline's tokens in speedups by Spec-Bench's counting (None: ids)."""
     if baseline not in answers:
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
     declared = {name: (declared or {}).get(name, []) for name in answers}
@@ -279,17 +311,19 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
     out = {}
     for name, rows in answers.items():
         stats, declared_values = method_stats(rows, declared[name])
+        # Subsets as speed.py's task filter picks them: mt_bench's eight categories, the others
+        # by their own category name (suites/spec_bench.yaml holds the same lists).
         by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
         base_sub = {s: [r for r in base if subtask_of(r) == s] for s in present}
-        by_repeat = list(speedup_by_repeat(rows, base).values())
+        by_repeat = list(speedup_by_repeat(rows, base, base_count).values())
         out[name] = {
             "questions": len({r["question_id"] for r in rows}),
             "repeats": len({r.get("repeat", 0) for r in rows}),
-            "speedup": {s: speedup(by_sub[s], base_sub[s]) for s in present},
-            "speedup_overall": speedup(rows, base),
+            "speedup": {s: speedup(by_sub[s], base_sub[s], base_count) for s in present},
+            "speedup_overall": speedup(rows, base, base_count),
             "speedup_by_repeat": by_repeat,
             "speedup_std": statistics.stdev(by_repeat) if len(by_repeat) > 1 else None,
-            "paired_speedup": paired_speedup(rows, base),
+            "paired_speedup": paired_speedup(rows, base, base_count=base_count),
             "mean_accepted": {s: mean_accepted(by_sub[s]) for s in present},
             "mean_accepted_overall": mean_accepted(rows),
             "tokens_per_s": statistics.mean(map(throughput, rows)) if rows else None,
@@ -306,7 +340,8 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         m["block_sizes"] = block_histogram(rows)
         m["mean_verified"] = mean_block(m["block_sizes"])
         m["breakdown"] = phase_breakdown(m["stats"], wall, m["new_tokens"], m["steps"])
-    return {"subtasks": present, "methods": out, "baseline": baseline,
+    counting = "ids" if base_count is None else "spec_bench"
+    return {"subtasks": present, "methods": out, "baseline": baseline, "counting": counting,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
-            "definitions": DEFINITIONS + statistic_definitions(declared)}
+            "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)}
 

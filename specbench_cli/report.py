@@ -197,14 +197,16 @@ def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
 def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
                 published: list[dict] = (), plots: bool = False,
                 baseline_name: str | None = None, err_console: Console | None = None,
-                profile: Path | None = None) -> list[dict]:
+                profile: Path | None = None, counting: str = "ids",
+                tokenizer: Path | None = None) -> list[dict]:
     """Print the runs side by side (and published rows); write each run's summary.json (and
-    plots); return the summaries. `profile`: a profile.json for the cost model's predictions."""
+    plots); return the summaries. `profile`: a profile.json for the cost model's predictions;
+    `counting`, `tokenizer`: how the baseline's tokens are counted (results.load_summarized)."""
     if fmt_ not in FORMATS:
         raise SpecbenchError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
     err_console = err_console or Console(stderr=True)
-    runs = [load_summarized(d, baseline_name) for d in run_dirs]
+    runs = [load_summarized(d, baseline_name, counting, tokenizer) for d in run_dirs]
     for run in runs:
         add_cost_model(run, profile)
         (run.path / "summary.json").write_text(json.dumps(run.summary, indent=2))

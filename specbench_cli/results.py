@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from .metrics import NEAR_TIE, MetricsError, load_answers, summarize
+from .errors import SpecbenchError
+from .metrics import COUNTING, NEAR_TIE, MetricsError, load_answers, summarize
 
 ANSWERS_DIR = "answers"
 
@@ -135,18 +136,55 @@ def pick_baseline(names: list[str], chosen: str | None, where: Path,
     return hits[0]
 
 
-def load_summarized(run_dir: Path, baseline_name: str | None = None) -> Run:
+def load_summarized(run_dir: Path, baseline_name: str | None = None, counting: str = "ids",
+                    tokenizer: Path | None = None) -> Run:
+    """A run and its numbers. `counting`: how the baseline's tokens are counted in speedups
+    (metrics.COUNTING); spec_bench needs the model's tokenizer (`tokenizer`, else run.json's)."""
+    if counting not in COUNTING:
+        raise SpecbenchError(f"--counting {counting!r}: choose one of {', '.join(COUNTING)}")
+    if tokenizer and counting != "spec_bench":
+        raise SpecbenchError("--tokenizer is for --counting spec_bench (ids need no tokenizer)")
     meta, answers = load_run(run_dir, baseline_name)
+    meta["counting"] = counting
     dtype = meta.get("config", {}).get("dtype", "fp32")
     # Statistics each method declares in run.json (older runs and imports declare none).
     declared = {name: m.get("statistics") or [] for name, m in meta.get("methods", {}).items()}
+    base_count = spec_bench_count(meta, tokenizer) if counting == "spec_bench" else None
     summary = summarize(answers, baseline=meta.get("baseline", "vanilla"),
-                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]), declared=declared)
+                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]), declared=declared,
+                        base_count=base_count)
     summary["run"] = str(run_dir)
     summary["device"] = meta.get("environment", {})
     summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
     summary["target_parameters"] = meta.get("model_parameters")
     return Run(Path(run_dir), meta, answers, summary)
+
+
+def spec_bench_count(meta: dict, tokenizer: Path | None):
+    """An answer's tokens as Spec-Bench's evaluation/speed.py counts its baseline's: every
+    turn's text re-tokenized, less one a turn (`len(tokenizer(text).input_ids) - 1`: the BOS a
+    Llama tokenizer adds; with one that adds none, speed.py drops a real token, and so do we)."""
+    tok = counting_tokenizer(meta, tokenizer)
+
+    def count(row: dict) -> int:
+        turns = row["choices"][0].get("turns")
+        if turns is None:
+            raise MetricsError(f"--counting spec_bench re-tokenizes answer texts, but question "
+                               f"{row['question_id']}'s answer has no choices[0].turns")
+        return sum(len(tok(text).input_ids) - 1 for text in turns)
+    return count
+
+
+def counting_tokenizer(meta: dict, tokenizer: Path | None):
+    """--tokenizer, else the tokenizer of run.json's model (named targets and GGUF files through
+    their converted folders). Imported here: torch and transformers load only for this."""
+    from .engine.load import load_tokenizer, model_folder
+    model = meta.get("config", {}).get("model", "?")
+    try:
+        return load_tokenizer(Path(tokenizer) if tokenizer else model_folder(str(model)))
+    except SpecbenchError as err:
+        raise SpecbenchError(f"--counting spec_bench needs the model's tokenizer ({err}); pass "
+                             "--tokenizer PATH") from None
 
 
 # ---------------------------------------------------------------- numbers as text
@@ -179,13 +217,17 @@ def fmt(x, spec=".2f", suffix="") -> str:
 
 def caption(meta: dict) -> str:
     cfg, env = meta.get("config", {}), meta.get("environment", {})
+    # The default (ids) goes unsaid, as in captions written before there was a choice.
+    counting = (" · speedups by Spec-Bench's token counting (speed.py)"
+                if meta.get("counting", "ids") != "ids" else "")
     if meta.get("imported"):
         return (f"imported Spec-Bench answers {meta['imported']} · model {cfg.get('model', '?')} "
-                f"· speedups over {meta.get('baseline')}")
+                f"· speedups over {meta.get('baseline')}{counting}")
     device = env.get("gpu") or env.get("cpu") or "?"
     return (f"model {cfg.get('model', '?')} · {cfg.get('dtype', '?')} on {cfg.get('device', '?')} "
             f"({device}, {env.get('torch_threads', '?')} threads) · bench {cfg.get('bench', '?')} · "
-            f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}")
+            f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}"
+            f"{counting}")
 
 
 def describe_missing(summary: dict) -> str:
