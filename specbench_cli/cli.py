@@ -29,7 +29,6 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 def user_errors():
     """Errors meant for users (SpecbenchError) become one line on stderr and exit status 2;
     anything else is a bug and keeps its traceback."""
-    from .errors import SpecbenchError
     try:
         yield
     except SpecbenchError as err:
@@ -129,6 +128,13 @@ def run(
         report(out, console)
 
 
+COUNTING_HELP = ("How speedups count tokens: ids (every method's generated ids) or spec_bench "
+                 "(as Spec-Bench's evaluation/speed.py: the baseline's answers re-tokenized "
+                 "from their text, one token less a turn; needs the model's tokenizer).")
+TOKENIZER_HELP = ("The tokenizer (folder or hub id) for --counting spec_bench (default: "
+                  "run.json's model).")
+
+
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (results/<run>) or folders "
@@ -150,6 +156,8 @@ def report_cmd(
                                                 "`specbench profile` (same model and device): "
                                                 "predicted speedups beside the measured ones "
                                                 "(default: RUN/profile.json when present)."),
+    counting: str = typer.Option("ids", help=COUNTING_HELP),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
 ):
     """Print the runs' leaderboard (speedup per subtask and overall, ± std over repeats, paired
     speedup with a 95% bootstrap CI, MAT, tokens/s, overhead, equality) and write summary.json
@@ -161,7 +169,8 @@ def report_cmd(
         if profile_file is not None and not profile_file.is_file():
             raise SpecbenchError(f"--profile {profile_file}: no such file")
         report_runs(run_dirs, console, fmt_=fmt_, published=docs, plots=plots,
-                    baseline_name=baseline_name, err_console=err_console, profile=profile_file)
+                    baseline_name=baseline_name, err_console=err_console, profile=profile_file,
+                    counting=counting, tokenizer=tokenizer)
 
 
 @app.command()
@@ -436,21 +445,23 @@ def compare(
                               "from RUN_DIR instead of comparing."),
     baseline_name: Optional[str] = typer.Option(None, help="As for `report`: the vanilla file "
                                                 "of a Spec-Bench answer folder."),
+    counting: str = typer.Option("ids", help=COUNTING_HELP),
+    tokenizer: Optional[Path] = typer.Option(None, help=TOKENIZER_HELP),
 ):
     """Regression gate: a table of each method's overall speedup, MAT and equality with
     vanilla against a baseline. Exit 1 when any baseline method fell more than a tolerance
     below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
     model than the baseline's, methods with differing question sets, unreadable files)."""
     from .compare import gate, load_baseline, notes, save_baseline, verdict_table
-    from .report import load_summarized
+    from .results import load_summarized
     with user_errors():
-        run = load_summarized(run_dir, baseline_name)
+        run = load_summarized(run_dir, baseline_name, counting, tokenizer)
         if save:
             doc = save_baseline(run, baseline)
             console.print(f"baseline written to {baseline} ({len(doc['methods'])} methods, model "
                           f"{doc['model']}, {doc['machine']})", highlight=False)
             return
-        base = load_baseline(baseline, baseline_name)
+        base = load_baseline(baseline, baseline_name, counting, tokenizer)
         verdicts = gate(run, base, speedup_tolerance, accepted_tolerance)
     extra = notes(run, base)
     console.print(verdict_table(verdicts, f"{run.label} against {base.get('name', baseline)}",

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from .errors import SpecbenchError
 from .metrics import MetricsError
-from .report import Run, caption, describe_missing, fmt, load_summarized, missing
+from .results import Run, caption, describe_missing, fmt, load_summarized, missing
 
 # Package data (importlib.resources), so an installed tool never needs the checkout; the
 # checkout's baselines/published is a link to this folder.
@@ -48,11 +48,13 @@ def published_names() -> list[str]:
     return sorted(p.name[:-5] for p in PUBLISHED_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_baseline(spec: str | Path, baseline_name: str | None = None) -> dict:
-    """A baseline file, a name under baselines/published/, or a run directory (summarized)."""
+def load_baseline(spec: str | Path, baseline_name: str | None = None, counting: str = "ids",
+                  tokenizer: Path | None = None) -> dict:
+    """A baseline file, a name under baselines/published/, or a run directory (summarized,
+    counted as `counting`)."""
     path = Path(spec)
     if path.is_dir():
-        return baseline_from_run(load_summarized(path, baseline_name))
+        return baseline_from_run(load_summarized(path, baseline_name, counting, tokenizer))
     if not path.exists() and (PUBLISHED_DIR / f"{spec}.yaml").is_file():
         path = PUBLISHED_DIR / f"{spec}.yaml"
     if not path.is_file():
@@ -118,6 +120,7 @@ def baseline_from_run(run: Run) -> dict:
     return {"kind": "regression", "name": run.label, "model": cfg.get("model", "?"),
             "machine": machine_kind(env), "cpu": env.get("cpu"), "bench": cfg.get("bench"),
             "command": command_line(cfg), "git_commit": env.get("git_commit"),
+            "counting": run.summary["counting"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source_run": str(run.path),
             "caption": caption(run.meta), "methods": methods}
 
@@ -231,6 +234,10 @@ def notes(run: Run, baseline: dict) -> list[str]:
         out.append(f"machine differs: baseline {baseline['machine']}, run {machine_kind(env)}")
     if baseline.get("bench") and cfg.get("bench") and str(cfg["bench"]) != str(baseline["bench"]):
         out.append(f"bench differs: baseline {baseline['bench']}, run {cfg['bench']}")
+    # Saved baselines say how they counted; older ones and published tables do not.
+    if baseline.get("counting") and baseline["counting"] != run.summary["counting"]:
+        out.append(f"counting differs: baseline {baseline['counting']}, run "
+                   f"{run.summary['counting']} (speedups are not comparable)")
     new = [m for m in run.summary["methods"] if m not in baseline["methods"]]
     if new:
         out.append(f"not in the baseline (not gated): {', '.join(new)}")

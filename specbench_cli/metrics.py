@@ -8,7 +8,8 @@
 - equal to vanilla: share of answers whose token ids equal vanilla's (same question and repeat);
   the others split into near-ties (at the first differing token vanilla's top-1 and top-2 logits
   were closer than a tolerance: a rounding flip, expected in fp16/bf16) and mismatches.
-New tokens are counted from ids for every method alike, through EOS when one was generated.
+New tokens are counted from ids for every method alike, through EOS when one was generated
+(counting "ids"); counting "spec_bench" counts the baseline's as Spec-Bench's own script does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Callable
 
 from .errors import SpecbenchError
 from .jsonl import json_lines
@@ -33,14 +35,21 @@ DEFINITIONS = [
     "tolerance (fp32 1e-4, fp16 0.0625, bf16 0.5): rounding in another kernel shape, not a bug; "
     "mismatch: every other difference",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
-    "tokens per drafting round; η-stop: share of rounds ended by the confidence threshold; "
-    "hit rate / retr ms: share of REST steps with a datastore match, mean retrieval time per step",
-    "new tokens are counted from ids, through EOS, for every method alike",
+    "tokens per drafting round",
     "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
     "geometric mean over questions of method/vanilla tokens/s on the same question and repeat "
     "(a question's repeats averaged first), with a seeded percentile bootstrap interval "
     "(2000 resamples of the questions)",
 ]
+
+# How the baseline's tokens are counted in speedups (report and compare --counting).
+COUNTING = {
+    "ids": "new tokens are counted from ids, through EOS, for every method alike",
+    "spec_bench": "speedups count tokens as Spec-Bench's evaluation/speed.py: the method's from "
+                  "ids (new_tokens), the baseline's by re-tokenizing each answer turn's text less "
+                  "one a turn; and every answer of each in a subtask is averaged, answered by "
+                  "both or not (the baseline's own row: its ids over that count)",
+}
 
 
 class MetricsError(SpecbenchError):
@@ -51,9 +60,11 @@ def load_answers(path: Path) -> list[dict]:
     return [row for _, row in json_lines(path, MetricsError)]
 
 
-def throughput(row: dict) -> float:
+def throughput(row: dict, count: Callable[[dict], int] | None = None) -> float:
+    """An answer's tokens/s: its new tokens (or `count(row)`) over its wall time."""
     choice = row["choices"][0]
-    return sum(choice["new_tokens"]) / max(sum(choice["wall_time"]), 1e-12)
+    tokens = count(row) if count else sum(choice["new_tokens"])
+    return tokens / max(sum(choice["wall_time"]), 1e-12)
 
 
 def mean_accepted(rows: list[dict]) -> float:
@@ -75,28 +86,45 @@ def paired(method_rows: list[dict], vanilla_rows: list[dict]):
             yield row, base
 
 
-def speedup_by_repeat(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
-    """Spec-Bench speedup (ratio of mean throughputs) within each repeat, over shared questions."""
-    per_repeat: dict[int, tuple[list, list]] = {}
-    for row, base in paired(method_rows, vanilla_rows):
-        mine, theirs = per_repeat.setdefault(row.get("repeat", 0), ([], []))
-        mine.append(throughput(row))
-        theirs.append(throughput(base))
-    return {r: statistics.mean(m) / statistics.mean(b) for r, (m, b) in sorted(per_repeat.items())}
+def speedup_by_repeat(method_rows: list[dict], vanilla_rows: list[dict],
+                      base_count: Callable[[dict], int] | None = None) -> dict[int, float]:
+    """Spec-Bench speedup (ratio of mean throughputs) within each repeat. Counting ids (no
+    `base_count`): over the questions both answered. Counting spec_bench (`base_count`: the
+    baseline's tokens re-counted from its text): over every answer of each, as speed.py reads
+    both files whole; its mean report averages runs the way we average repeats."""
+    # A repeat in which either side has no answer in the subset is left out; speed.py would
+    # divide by the mean of nothing (nan) there.
+    if base_count is None:
+        pairs = list(paired(method_rows, vanilla_rows))
+        method_rows, vanilla_rows = [row for row, _ in pairs], [base for _, base in pairs]
+    mine, theirs = rows_by_repeat(method_rows), rows_by_repeat(vanilla_rows)
+    return {r: statistics.mean(map(throughput, mine[r]))
+            / statistics.mean(throughput(b, base_count) for b in theirs[r])
+            for r in sorted(mine) if r in theirs}
 
 
-def speedup(method_rows: list[dict], vanilla_rows: list[dict]) -> float | None:
-    """Spec-Bench speedup over the questions both have, per repeat, averaged over repeats."""
-    ratios = list(speedup_by_repeat(method_rows, vanilla_rows).values())
+def rows_by_repeat(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row.get("repeat", 0), []).append(row)
+    return out
+
+
+def speedup(method_rows: list[dict], vanilla_rows: list[dict],
+            base_count: Callable[[dict], int] | None = None) -> float | None:
+    """Spec-Bench speedup per repeat (see speedup_by_repeat), averaged over repeats."""
+    ratios = list(speedup_by_repeat(method_rows, vanilla_rows, base_count).values())
     return statistics.mean(ratios) if ratios else None
 
 
-def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict]) -> dict[int, float]:
+def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict],
+                  base_count: Callable[[dict], int] | None = None) -> dict[int, float]:
     """Per question: method/vanilla throughput in the same repeat, geometric mean over repeats.
     One value a question, because repeats of one question are not independent samples."""
     logs: dict[int, list[float]] = {}
     for row, base in paired(method_rows, vanilla_rows):
-        logs.setdefault(row["question_id"], []).append(math.log(throughput(row) / throughput(base)))
+        logs.setdefault(row["question_id"], []).append(
+            math.log(throughput(row) / throughput(base, base_count)))
     return {q: math.exp(statistics.mean(v)) for q, v in sorted(logs.items())}
 
 
@@ -115,11 +143,11 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95
 
 
 def paired_speedup(method_rows: list[dict], vanilla_rows: list[dict], resamples: int = 2000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, base_count: Callable[[dict], int] | None = None) -> dict:
     """Geometric mean of the paired per-question speedups and its 95% bootstrap interval
     (questions resampled). Geometric, because ratios average that way: 2x on one question and
     0.5x on another is no speedup, and one question timed during a hiccup cannot dominate."""
-    logs = [math.log(r) for r in paired_ratios(method_rows, vanilla_rows).values()]
+    logs = [math.log(r) for r in paired_ratios(method_rows, vanilla_rows, base_count).values()]
     ci = bootstrap_ci(logs, resamples=resamples, seed=seed)
     return {"mean": math.exp(statistics.mean(logs)) if logs else None,
             "ci95": [math.exp(ci[0]), math.exp(ci[1])] if ci else None,
@@ -187,25 +215,46 @@ def equality(method_rows: list[dict], vanilla_rows: list[dict], tolerance: float
             "differences": diffs}
 
 
-def method_stats(rows: list[dict]) -> dict:
-    """Method counters summed over all turns, plus the derived rates the report shows:
-    mean draft length (drafted tokens per round) and the share of rounds stopped by the
-    confidence threshold (Kangaroo)."""
+def method_stats(rows: list[dict], declared: list[dict] = ()) -> tuple[dict, list[dict]]:
+    """Method counters summed over all turns, with the mean draft length (drafted tokens per
+    drafting round, for every method that drafts in rounds); and the statistics the method
+    declares (run.json methods.<name>.statistics), each scale × Σ count / Σ per."""
     totals: dict[str, float] = {}
     for row in rows:
         for turn in row.get("stats", []):
             for key, value in turn.items():
                 if isinstance(value, (int, float)):
                     totals[key] = totals.get(key, 0) + value
-    rounds = totals.get("rounds")
-    if rounds:
-        totals["mean_draft_length"] = totals.get("drafted", 0) / rounds
-        if "stopped_by_threshold" in totals:
-            totals["stopped_by_threshold_share"] = totals["stopped_by_threshold"] / rounds
-        if "hits" in totals:            # REST: retrieval hit rate and time per step
-            totals["hit_rate"] = totals["hits"] / rounds
-            totals["retrieval_ms_per_step"] = 1e3 * totals.get("retrieval_seconds", 0) / rounds
-    return totals
+    if totals.get("rounds"):
+        totals["mean_draft_length"] = totals.get("drafted", 0) / totals["rounds"]
+    return totals, [declared_value(totals, d) for d in declared]
+
+
+def declared_value(totals: dict, declaration: dict) -> dict:
+    """One declared statistic's value; None when the answers lack its counters (older files)."""
+    count, per = totals.get(declaration["count"]), totals.get(declaration["per"])
+    value = None if count is None or not per else declaration.get("scale", 1) * count / per
+    return {"label": declaration["label"], "value": value, "unit": declaration.get("unit", ""),
+            "help": declaration.get("help", "")}
+
+
+def statistic_definitions(declared: dict[str, list[dict]]) -> list[str]:
+    """One line a distinct declared statistic: its label, help and formula."""
+    lines = {}
+    for declarations in declared.values():
+        for d in declarations:
+            unit = f", in {d['unit']}" if d.get("unit") else ""
+            lines.setdefault(d["label"], f"{d['label']}: {d.get('help', '')} ({d.get('scale', 1):g}"
+                             f" × Σ {d['count']} / Σ {d['per']} over all turns{unit})")
+    return list(lines.values())
+
+
+def check_declarations(declared: dict[str, list[dict]]) -> None:
+    for name, declarations in declared.items():
+        for d in declarations:
+            if not isinstance(d, dict) or not {"label", "count", "per"} <= set(d):
+                raise MetricsError(f"run.json methods.{name}.statistics: {d!r} needs a label, "
+                                   "a count and a per (counter names)")
 
 
 PHASES = ("prefill", "draft", "verify")
@@ -246,26 +295,34 @@ def subtask_of(row: dict) -> str:
 
 
 def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
-              near_tie: float = NEAR_TIE["fp32"]) -> dict:
+              near_tie: float = NEAR_TIE["fp32"],
+              declared: dict[str, list[dict]] | None = None,
+              base_count: Callable[[dict], int] | None = None) -> dict:
     """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality (`near_tie`:
-    the logit-gap tolerance, by the run's dtype)."""
+    the logit-gap tolerance, by the run's dtype), and the statistics `declared` by method.
+    `base_count`: the baseline's tokens in speedups by Spec-Bench's counting (None: ids)."""
     if baseline not in answers:
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
+    declared = {name: (declared or {}).get(name, []) for name in answers}
+    check_declarations(declared)
     base = answers[baseline]
     present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in base)]
     out = {}
     for name, rows in answers.items():
+        stats, declared_values = method_stats(rows, declared[name])
+        # Subsets as speed.py's task filter picks them: mt_bench's eight categories, the others
+        # by their own category name (suites/spec_bench.yaml holds the same lists).
         by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
         base_sub = {s: [r for r in base if subtask_of(r) == s] for s in present}
-        by_repeat = list(speedup_by_repeat(rows, base).values())
+        by_repeat = list(speedup_by_repeat(rows, base, base_count).values())
         out[name] = {
             "questions": len({r["question_id"] for r in rows}),
             "repeats": len({r.get("repeat", 0) for r in rows}),
-            "speedup": {s: speedup(by_sub[s], base_sub[s]) for s in present},
-            "speedup_overall": speedup(rows, base),
+            "speedup": {s: speedup(by_sub[s], base_sub[s], base_count) for s in present},
+            "speedup_overall": speedup(rows, base, base_count),
             "speedup_by_repeat": by_repeat,
             "speedup_std": statistics.stdev(by_repeat) if len(by_repeat) > 1 else None,
-            "paired_speedup": paired_speedup(rows, base),
+            "paired_speedup": paired_speedup(rows, base, base_count=base_count),
             "mean_accepted": {s: mean_accepted(by_sub[s]) for s in present},
             "mean_accepted_overall": mean_accepted(rows),
             "tokens_per_s": statistics.mean(map(throughput, rows)) if rows else None,
@@ -273,7 +330,8 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
             "equal_to_vanilla": equality(rows, base, near_tie),
-            "stats": method_stats(rows),
+            "stats": stats,
+            "statistics": declared_values,
         }
         m = out[name]
         wall = sum(sum(r["choices"][0]["wall_time"]) for r in rows)
@@ -281,7 +339,8 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         m["block_sizes"] = block_histogram(rows)
         m["mean_verified"] = mean_block(m["block_sizes"])
         m["breakdown"] = phase_breakdown(m["stats"], wall, m["new_tokens"], m["steps"])
-    return {"subtasks": present, "methods": out, "baseline": baseline,
+    counting = "ids" if base_count is None else "spec_bench"
+    return {"subtasks": present, "methods": out, "baseline": baseline, "counting": counting,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
-            "definitions": DEFINITIONS}
+            "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)}
 

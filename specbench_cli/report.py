@@ -1,15 +1,13 @@
 """Reports of runs: Rich tables (or Markdown, CSV, JSON), summary.json, published rows beside.
 
 A run is either one of ours (`RUN/run.json` + `RUN/answers/<method>.jsonl`) or a folder of
-Spec-Bench answer files (`<model-id>.jsonl`, imported as they are). Numbers come from
-metrics.summarize; this module only arranges them.
+Spec-Bench answer files (`<model-id>.jsonl`, imported as they are), loaded by results.py.
+Numbers come from metrics.summarize; this module only arranges them.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,170 +16,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import SpecbenchError
-from .metrics import NEAR_TIE, MetricsError, load_answers, summarize
-from .runner import ANSWERS_DIR, method_of_answer_file
+from .metrics import MetricsError
+from .results import (SHORT, Run, caption, describe_missing, fmt, format_overhead,
+                      load_summarized, missing)
 from .tasks import SUBTASKS
 
 FORMATS = ("table", "markdown", "csv", "json")
 
-# The leaderboard's column names.
-SHORT = {"mt_bench": "MT", "translation": "Trans", "summarization": "Sum", "qa": "QA",
-         "math_reasoning": "Math", "rag": "RAG"}
-
-
-@dataclass
-class Run:
-    """A loaded run: where it is, its run.json (or what an import could tell), answers, numbers."""
-    path: Path
-    meta: dict
-    answers: dict[str, list[dict]]
-    summary: dict
-
-    @property
-    def label(self) -> str:
-        return self.path.resolve().name
-
-
-# ---------------------------------------------------------------- loading
-
-def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
-    """run.json (or an import's stand-in) and the answers by method, baseline first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MetricsError(f"run directory {run_dir} does not exist")
-    if not (run_dir / ANSWERS_DIR).is_dir() and any(run_dir.glob("*.jsonl")):
-        return import_specbench(run_dir, baseline_name)
-    meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    files = sorted((run_dir / ANSWERS_DIR).glob("*.jsonl"))
-    answers = {method_of_answer_file(f): load_answers(f) for f in files}
-    answers = {k: v for k, v in answers.items() if v}
-    if not answers:
-        raise MetricsError(f"{run_dir}: no answers yet (empty run)")
-    if baseline_name:
-        meta["baseline"] = pick_baseline(list(answers), baseline_name, run_dir)
-    # Keep the run's own method order (vanilla first).
-    order = meta.get("config", {}).get("methods", [])
-    return meta, dict(sorted(answers.items(), key=lambda kv: (
-        order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
-
-
-REQUIRED = ("question_id", "category", "choices")
-
-
-def import_specbench(folder: Path, baseline_name: str | None) -> tuple[dict, dict[str, list[dict]]]:
-    """A folder of Spec-Bench answer files: one method a file, named after its model id.
-    Method names are the file names less their common prefix (the model, e.g. vicuna-7b-v1.3)."""
-    files = [f for f in sorted(folder.glob("*.jsonl")) if f.stat().st_size]
-    if not files:
-        raise MetricsError(f"{folder}: no answers yet (empty run)")
-    model, names = split_common_prefix([f.stem for f in files])
-    answers = {name: checked_specbench_lines(path) for name, path in zip(names, files)}
-    # A method is also known by its file name and the model_id inside (for --baseline-name).
-    ids = {name: {path.stem} | {r.get("model_id") for r in answers[name]}
-           for name, path in zip(names, files)}
-    baseline = pick_baseline(names, baseline_name, folder, ids)
-    order = [baseline] + [n for n in names if n != baseline]
-    meta = {"imported": str(folder), "baseline": baseline,
-            "config": {"model": model or "?", "bench": "spec_bench (imported answer files)",
-                       "methods": order, "repeats": 1}}
-    return meta, {n: answers[n] for n in order}
-
-
-def checked_specbench_lines(path: Path) -> list[dict]:
-    rows = load_answers(path)
-    for i, row in enumerate(rows, 1):
-        choice = (row.get("choices") or [{}])[0]
-        if any(k not in row for k in REQUIRED) or not {"new_tokens", "wall_time"} <= set(choice):
-            raise MetricsError(f"{path}: answer {i} is not a Spec-Bench answer line (needs "
-                               "question_id, category, choices[0].new_tokens/wall_time)")
-        # Their vanilla script may leave accept lengths out: MAT then shows as unknown.
-        choice.setdefault("accept_lengths", [])
-    return rows
-
-
-def split_common_prefix(stems: list[str]) -> tuple[str, list[str]]:
-    """('vicuna-7b-v1.3', ['vanilla-float16', 'medusa']) from the files' names, split at '-';
-    every name keeps at least its last part."""
-    parts = [s.split("-") for s in stems]
-    common = 0
-    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
-        common += 1
-    if len(stems) == 1:
-        common = 0
-    return "-".join(parts[0][:common]), ["-".join(p[common:]) for p in parts]
-
-
-def pick_baseline(names: list[str], chosen: str | None, where: Path,
-                  ids: dict[str, set] | None = None) -> str:
-    """The method every speedup divides by: --baseline-name (a method name, file name or model
-    id), else the one name that says vanilla or baseline."""
-    ids = ids or {n: set() for n in names}
-    if chosen:
-        hits = [n for n in names if chosen == n or chosen in ids.get(n, set())]
-        if not hits:
-            raise MetricsError(f"--baseline-name {chosen!r} is none of {where}'s answer files "
-                               f"({', '.join(names)})")
-        return hits[0]
-    hits = [n for n in names if any(w in " ".join(map(str, {n} | ids.get(n, set()))).lower()
-                                    for w in ("vanilla", "baseline"))]
-    if len(hits) != 1:
-        found = f"candidates {', '.join(hits)}" if hits else "no name says vanilla or baseline"
-        raise MetricsError(f"{where}: cannot tell which answer file is vanilla decoding ({found}); "
-                           f"pass --baseline-name with one of: {', '.join(names)}")
-    return hits[0]
-
-
-def load_summarized(run_dir: Path, baseline_name: str | None = None) -> Run:
-    meta, answers = load_run(run_dir, baseline_name)
-    dtype = meta.get("config", {}).get("dtype", "fp32")
-    summary = summarize(answers, baseline=meta.get("baseline", "vanilla"),
-                        near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]))
-    summary["run"] = str(run_dir)
-    summary["device"] = meta.get("environment", {})
-    summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
-    summary["target_parameters"] = meta.get("model_parameters")
-    return Run(Path(run_dir), meta, answers, summary)
-
 
 # ---------------------------------------------------------------- numbers into frames
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def format_overhead(overhead: dict | None, target_params: int | None) -> str:
-    if not overhead:
-        return "?"
-    if overhead.get("params"):
-        share = f" ({100 * overhead['params'] / target_params:.2f}%)" if target_params else ""
-        return f"{overhead['params'] / 1e6:.2f}M{share}"
-    if overhead.get("bytes"):
-        return human_bytes(overhead["bytes"])
-    return "0"
-
-
-def missing(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def fmt(x, spec=".2f", suffix="") -> str:
-    return "–" if missing(x) else f"{x:{spec}}{suffix}"
-
-
-def caption(meta: dict) -> str:
-    cfg, env = meta.get("config", {}), meta.get("environment", {})
-    if meta.get("imported"):
-        return (f"imported Spec-Bench answers {meta['imported']} · model {cfg.get('model', '?')} "
-                f"· speedups over {meta.get('baseline')}")
-    device = env.get("gpu") or env.get("cpu") or "?"
-    return (f"model {cfg.get('model', '?')} · {cfg.get('dtype', '?')} on {cfg.get('device', '?')} "
-            f"({device}, {env.get('torch_threads', '?')} threads) · bench {cfg.get('bench', '?')} · "
-            f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}")
-
 
 def run_rows(run: Run) -> list[dict]:
     """One row a method, unrounded numbers (CSV and JSON export these as they are)."""
@@ -300,30 +143,27 @@ def render_table(frame: pd.DataFrame, published_flags, title: str, captions: lis
 
 
 def render_details(summary: dict, title: str = "acceptance details") -> Table:
-    """Acceptance details: CTAR(1..4) for every method, drafting counters where a method has them."""
+    """Acceptance details: CTAR(1..4) and steps for every method, the mean draft length, and a
+    column per statistic some method declares (blank where a method declares none)."""
+    labels = list(dict.fromkeys(s["label"] for m in summary["methods"].values()
+                                for s in m["statistics"]))
     table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
-    for col in ("CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len", "η-stop",
-                "hit rate", "retr ms"):
-        table.add_column(col, justify="right", no_wrap=True)
+    for col in ["CTAR(1)", "CTAR(2)", "CTAR(3)", "CTAR(4)", "steps", "draft len"] + labels:
+        table.add_column(escape(col), justify="right", no_wrap=True)
     for name, m in summary["methods"].items():
-        stats = m["stats"]
-        stop = stats.get("stopped_by_threshold_share")
-        hits = stats.get("hit_rate")
+        values = {s["label"]: statistic_text(s) for s in m["statistics"]}
         table.add_row(name, *[fmt(m["ctar"][str(w)]) for w in range(1, 5)], str(m["steps"]),
-                      fmt(stats.get("mean_draft_length")),
-                      "–" if stop is None else f"{100 * stop:.0f}%",
-                      "–" if hits is None else f"{100 * hits:.0f}%",
-                      fmt(stats.get("retrieval_ms_per_step"), ".3f"))
+                      fmt(m["stats"].get("mean_draft_length")),
+                      *[values.get(label, "") for label in labels])
     return table
 
 
-def describe_missing(summary: dict) -> str:
-    """'medusa lacks q3 r1, q5 r2; pld lacks q9 r1' (r = repeat, 1-based, shown with repeats)."""
-    repeats = max(m["repeats"] for m in summary["methods"].values()) > 1
-    return "; ".join(
-        f"{name} lacks " + ", ".join(f"q{q}" + (f" r{r + 1}" if repeats else "") for q, r in keys)
-        for name, keys in summary["missing"].items())
+def statistic_text(statistic: dict) -> str:
+    """Shares as whole percents (62%), anything else to three decimals (0.125 for ms)."""
+    if statistic["unit"] == "%":
+        return fmt(statistic["value"], ".0f", "%")
+    return fmt(statistic["value"], ".3f")
 
 
 def published_caption(doc: dict) -> str:
@@ -357,14 +197,16 @@ def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
 def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
                 published: list[dict] = (), plots: bool = False,
                 baseline_name: str | None = None, err_console: Console | None = None,
-                profile: Path | None = None) -> list[dict]:
+                profile: Path | None = None, counting: str = "ids",
+                tokenizer: Path | None = None) -> list[dict]:
     """Print the runs side by side (and published rows); write each run's summary.json (and
-    plots); return the summaries. `profile`: a profile.json for the cost model's predictions."""
+    plots); return the summaries. `profile`: a profile.json for the cost model's predictions;
+    `counting`, `tokenizer`: how the baseline's tokens are counted (results.load_summarized)."""
     if fmt_ not in FORMATS:
         raise SpecbenchError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
     err_console = err_console or Console(stderr=True)
-    runs = [load_summarized(d, baseline_name) for d in run_dirs]
+    runs = [load_summarized(d, baseline_name, counting, tokenizer) for d in run_dirs]
     for run in runs:
         add_cost_model(run, profile)
         (run.path / "summary.json").write_text(json.dumps(run.summary, indent=2))
@@ -414,8 +256,9 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
                 console.print(f"  [dim]{escape(line)}[/dim]")
     console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
                                                if v in shown.columns) + "[/dim]")
-    for line in runs[0].summary["definitions"]:
-        console.print(f"  [dim]{line}[/dim]")
+    # Every run's definitions once: runs may declare different method statistics.
+    for line in dict.fromkeys(line for run in runs for line in run.summary["definitions"]):
+        console.print(f"  [dim]{escape(line)}[/dim]")
     targets = {run.meta.get("model_parameters") for run in runs}
     count = f"{fmt(targets.pop(), ',')} " if len(targets) == 1 else ""
     console.print("  [dim]overhead: extra trainable parameters (and % of the target's "

@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import torch
 
@@ -24,25 +23,15 @@ from .errors import SpecbenchError
 from .methods import METHODS, Generation, Method, base_name
 from .methods.verify import Phases
 from .prompts import build_prompt_ids
+from .results import ANSWERS_DIR, answer_file_name
 from .tasks import Question
 
-ANSWERS_DIR = "answers"
 # What happens to a turn whose prompt + max_new_tokens would run past the model's context.
 OVER_CONTEXT = ("error", "cap")
 
 
 class ContextError(SpecbenchError):
     """A prompt that does not fit the model's context; one line naming the question."""
-
-
-def answer_file_name(method: str) -> str:
-    """A method's answer file: sweep variants may carry paths ('medusa@heads=/x/y'), so the name
-    is percent-encoded (reversibly: `method_of_answer_file`)."""
-    return quote(method, safe="@=,.+-_ ") + ".jsonl"
-
-
-def method_of_answer_file(path: Path) -> str:
-    return unquote(path.stem)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 import pytest
 
-from specbench_cli.metrics import MetricsError, equality, first_difference, summarize
+from specbench_cli.metrics import (MetricsError, equality, first_difference, method_stats,
+                                   summarize)
 
 
 def line(qid, category, new_tokens, wall_time, accept, tokens, repeat=0):
@@ -77,3 +78,18 @@ def test_differences_split_into_near_ties_and_mismatches_by_vanilla_gap():
                                             (3, 1, 0, 0.2, True)]
     strict = equality(method, vanilla, tolerance=1e-4)
     assert (strict["near_tie"], strict["mismatch"]) == (0, 0.75)
+
+
+def test_declared_statistics_sum_counters_over_turns():
+    rows = [{"stats": [{"rounds": 1, "hits": 1, "drafted": 3}, {"rounds": 2, "hits": 0}]},
+            {"stats": [{"rounds": 1, "hits": 1, "drafted": 5}]}]
+    share = {"label": "hit rate", "count": "hits", "per": "rounds", "scale": 100, "unit": "%"}
+    absent = {"label": "η-stop", "count": "stopped_by_threshold", "per": "rounds"}
+    totals, values = method_stats(rows, [share, absent])
+    assert totals["mean_draft_length"] == 2.0                   # 8 drafted in 4 rounds
+    assert values == [{"label": "hit rate", "value": 50.0, "unit": "%", "help": ""},
+                      {"label": "η-stop", "value": None, "unit": "", "help": ""}]
+    assert method_stats(rows) == (totals, [])
+    vanilla = [line(1, "qa", [1], [1.0], [1], [[1]])]
+    with pytest.raises(MetricsError, match="methods.vanilla.statistics: .* needs a label"):
+        summarize({"vanilla": vanilla}, declared={"vanilla": [{"label": "x"}]})

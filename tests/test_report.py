@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_char_tokenizer
 from typer.testing import CliRunner
 
 from specbench_cli.cli import app
@@ -208,6 +210,187 @@ def test_plots_write_four_figures(run_dir):
     for f in (run_dir / "plots").glob("*.png"):
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tiny-llama" in (run_dir / "plots" / "speedup_by_subtask.svg").read_text()
+
+
+# ---------------------------------------------------------------- declared method statistics
+
+HIT_RATE = {"label": "hit rate", "count": "hits", "per": "rounds", "scale": 100, "unit": "%",
+            "help": "share of steps with a datastore match"}
+RETRIEVAL = {"label": "retr ms", "count": "retrieval_seconds", "per": "rounds", "scale": 1000,
+             "unit": "ms", "help": "mean retrieval time per step"}
+
+
+def with_statistics(folder: Path) -> Path:
+    """pld's 6 answers (3 questions, 2 repeats) with one turn each of 2 rounds, 5 drafted tokens,
+    hits 0, 1, 2, 0, 1, 2 and 3 ms of retrieval: 6 hits of 12 rounds, 18 ms over 12 rounds."""
+    data = answers()
+    for i, row in enumerate(data["pld"]):
+        row["stats"] = [{"rounds": 2, "drafted": 5, "hits": i % 3, "retrieval_seconds": 0.003}]
+    run = write_run(folder, data)
+    meta = json.loads((run / "run.json").read_text())
+    meta["methods"]["pld"]["statistics"] = [HIT_RATE, RETRIEVAL]
+    (run / "run.json").write_text(json.dumps(meta))
+    return run
+
+
+def details_row(text: str, method: str) -> list[str]:
+    after = text[text.index("acceptance details"):]
+    row = next(l for l in after.splitlines() if l.startswith(f"│ {method} "))
+    return [c.strip() for c in row.split("│")[1:-1]]
+
+
+def test_declared_statistics_exact(tmp_path):
+    run = with_statistics(tmp_path / "run")
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    pld = json.loads((run / "summary.json").read_text())["methods"]["pld"]
+    assert pld["statistics"] == [
+        {"label": "hit rate", "value": pytest.approx(50.0), "unit": "%", "help": HIT_RATE["help"]},
+        {"label": "retr ms", "value": pytest.approx(1.5), "unit": "ms", "help": RETRIEVAL["help"]}]
+    assert pld["stats"]["mean_draft_length"] == pytest.approx(30 / 12)
+    text = result.stdout
+    header = next(l for l in text[text.index("acceptance details"):].splitlines() if "┃" in l)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")][-3:] == ["draft len", "hit rate",
+                                                                       "retr ms"]
+    assert details_row(text, "pld")[-3:] == ["2.50", "50%", "1.500"]
+    assert details_row(text, "vanilla")[-3:] == ["–", "", ""]      # declares none: blank
+    flat = " ".join(text.split())
+    assert ("hit rate: share of steps with a datastore match (100 × Σ hits / Σ rounds over all "
+            "turns, in %)") in flat
+    assert "retr ms: mean retrieval time per step (1000 × Σ retrieval_seconds / Σ rounds" in flat
+
+
+def test_runs_without_declarations_show_no_statistic_columns(run_dir, tmp_path):
+    text = invoke("report", run_dir).stdout
+    assert details_row(text, "pld")[-2:] == ["22", "–"]           # steps, draft len: nothing after
+    assert json.loads((run_dir / "summary.json").read_text())["methods"]["pld"]["statistics"] == []
+    imported = invoke("report", specbench_folder(tmp_path / "sb"))
+    assert imported.exit_code == 0 and details_row(imported.stdout, "pld-float16")[-1] == "–"
+
+
+def test_no_method_is_named_in_metrics_or_report():
+    """Method statistics come from the methods' declarations, not from names in these modules."""
+    package = Path(__file__).resolve().parents[1] / "specbench_cli"
+    for module in ("metrics.py", "report.py", "results.py"):
+        text = (package / module).read_text(encoding="utf-8")
+        for word in ("kangaroo", "η", "hit rate", "hits\"", "stopped_by_threshold", "REST",
+                     "retrieval_"):
+            assert word not in text.replace("Kangaroo", "kangaroo"), (module, word)
+
+
+# ---------------------------------------------------------------- --counting spec_bench
+
+# Vanilla's answer texts: the character tokenizer makes a token of each character and adds no
+# BOS, so Spec-Bench's count, len(tokenizer(text).input_ids) - 1 a turn, is one less than the
+# characters of each turn: q1 11 - 1 = 10, q2 (two turns) 1 + 3 = 4, q3 10.
+TEXTS = {1: ["hello world"], 2: ["ab", "cdef"], 3: ["speculative"]}
+RECOUNTED = {1: 10, 2: 4, 3: 10}
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tokenizer")
+    make_char_tokenizer(folder)
+    return folder
+
+
+def with_texts(data: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    for row in data["vanilla"]:
+        row["choices"][0]["turns"] = TEXTS[row["question_id"]]
+    return data
+
+
+def counting_run(folder: Path, model: str = MODEL) -> Path:
+    """The run above with vanilla's texts, and pld's q3 of repeat 1 not answered (speed.py
+    reads every answer of each file; ids pair questions)."""
+    data = with_texts(answers())
+    data["pld"] = [r for r in data["pld"] if (r["question_id"], r["repeat"]) != (3, 1)]
+    return write_run(folder, data, model=model)
+
+
+def speed_py(method_rows, base_rows, tokenizer, categories) -> float:
+    """Spec-Bench's evaluation/speed.py, speed() and the mean report over runs (our repeats)."""
+    ratios = []
+    for repeat in (0, 1):
+        speeds = [sum(r["choices"][0]["new_tokens"]) / sum(r["choices"][0]["wall_time"])
+                  for r in method_rows if r["repeat"] == repeat and r["category"] in categories]
+        speeds0 = [sum(len(tokenizer(t).input_ids) - 1 for t in r["choices"][0]["turns"])
+                   / sum(r["choices"][0]["wall_time"])
+                   for r in base_rows if r["repeat"] == repeat and r["category"] in categories]
+        ratios.append(np.array(speeds).mean() / np.array(speeds0).mean())
+    return float(np.mean(ratios))
+
+
+def test_spec_bench_counting_reproduces_speed_py(tmp_path, char_tokenizer):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(char_tokenizer))
+    assert {q: sum(len(tokenizer(t).input_ids) - 1 for t in texts)
+            for q, texts in TEXTS.items()} == RECOUNTED
+    run = counting_run(tmp_path / "run")
+    rows = {m: [json.loads(l) for l in (run / "answers" / f"{m}.jsonl").read_text().splitlines()]
+            for m in ("vanilla", "pld")}
+    result = invoke("report", run, "--counting", "spec_bench", "--tokenizer", char_tokenizer,
+                    "--format", "json")
+    assert result.exit_code == 0, result.output
+    pld = json.loads(result.stdout)[1]
+    # By hand: vanilla tokens/s r0 10/1, 4/4, 10/2 (mean 16/3), r1 10/2, 4/4, 10/1 (16/3);
+    # pld r0 20, 10, 10 (40/3), r1 20, 10 (15): overall mean(2.5, 2.8125); qa mean(15/5.5, 15/3);
+    # rag: repeat 0 only (10/5), pld has no rag answer in repeat 1.
+    assert pld["overall"] == pytest.approx((2.5 + 45 / 16) / 2)
+    assert pld["QA"] == pytest.approx((15 / 5.5 + 5) / 2) and pld["RAG"] == pytest.approx(2.0)
+    assert pld["overall"] == pytest.approx(speed_py(rows["pld"], rows["vanilla"], tokenizer,
+                                                    ("qa", "rag")))
+    assert pld["QA"] == pytest.approx(speed_py(rows["pld"], rows["vanilla"], tokenizer, ("qa",)))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["counting"] == "spec_bench"
+    assert summary["methods"]["pld"]["speedup_by_repeat"] == pytest.approx([2.5, 45 / 16])
+    # The baseline's own row: its ids (10/1, 20/4, 10/2: mean 20/3) over the recount (16/3).
+    assert summary["methods"]["vanilla"]["speedup_overall"] == pytest.approx(1.25)
+    # ids stay the default, over the questions both answered: r1 (20 + 10) / 2 over (5 + 5) / 2.
+    ids = json.loads(invoke("report", run, "--format", "json").stdout)[1]
+    assert ids["overall"] == pytest.approx((2.0 + 3.0) / 2)
+    assert json.loads((run / "summary.json").read_text())["counting"] == "ids"
+
+
+def test_spec_bench_counting_is_named_and_finds_the_run_model_tokenizer(tmp_path, char_tokenizer):
+    model = Path(shutil.copytree(char_tokenizer, tmp_path / "model"))
+    (model / "config.json").write_text("{}")       # a model folder, as far as a run knows
+    run = counting_run(tmp_path / "run", model=str(model))
+    table = invoke("report", run, "--counting", "spec_bench")
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.stdout.split())
+    assert "speedups by Spec-Bench's token counting (speed.py)" in text        # the caption
+    assert "re-tokenizing each answer turn's text less one a turn" in text      # the definition
+    assert "counted from ids" not in text
+    assert "2.66x" in text and "counted from ids" in " ".join(invoke("report", run).stdout.split())
+
+
+def test_spec_bench_counting_in_compare(tmp_path, char_tokenizer):
+    run = write_run(tmp_path / "run", with_texts(answers()))
+    options = ("--counting", "spec_bench", "--tokenizer", char_tokenizer)
+    saved = tmp_path / "sb.yaml"
+    assert invoke("compare", "--save", run, saved, *options).exit_code == 0
+    doc = yaml.safe_load(saved.read_text())
+    # r0 (40/3)/(16/3) = 2.5, r1 (38/3)/(16/3) = 2.375
+    assert doc["counting"] == "spec_bench"
+    assert doc["methods"]["pld"]["speedup_overall"] == pytest.approx((2.5 + 2.375) / 2)
+    assert invoke("compare", run, saved, *options).exit_code == 0
+    assert invoke("compare", run, run, *options).exit_code == 0      # a run as the baseline
+    mixed = invoke("compare", run, saved)       # ids (1.95x) against spec_bench (2.44x)
+    assert mixed.exit_code == 1
+    assert "counting differs: baseline spec_bench, run ids" in " ".join(mixed.stdout.split())
+
+
+def test_spec_bench_counting_errors(run_dir, char_tokenizer):
+    one_line_error(invoke("report", run_dir, "--counting", "spec_bench"),
+                   "--counting spec_bench needs the model's tokenizer (model folder "
+                   f"{MODEL} does not exist); pass --tokenizer PATH")
+    one_line_error(invoke("compare", run_dir, run_dir, "--counting", "spec_bench"),
+                   "--counting spec_bench needs the model's tokenizer")
+    one_line_error(invoke("report", run_dir, "--counting", "words"),
+                   "--counting 'words': choose one of ids, spec_bench")
+    one_line_error(invoke("report", run_dir, "--tokenizer", char_tokenizer),
+                   "--tokenizer is for --counting spec_bench")
 
 
 # ---------------------------------------------------------------- compare

@@ -1,0 +1,29 @@
+"""The results layer: what report, plots and compare import, and what they must not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def imports_in_fresh_python(code: str) -> None:
+    """Run `code` in a new interpreter (this one has torch loaded already by other tests)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("modules", ["report, compare, results, metrics, plots", "cli"])
+def test_report_and_compare_start_without_torch(modules):
+    # `specbench report` and `compare` read JSON lines: torch and transformers would add ~1.5 s.
+    imports_in_fresh_python(f"import sys; from specbench_cli import {modules}; "
+                            "assert 'torch' not in sys.modules, 'torch'; "
+                            "assert 'transformers' not in sys.modules, 'transformers'")
+
+
+@pytest.mark.parametrize("module, other", [("report", "plots"), ("plots", "report"),
+                                           ("compare", "report"), ("results", "report")])
+def test_modules_import_alone_without_each_other(module, other):
+    imports_in_fresh_python(f"import sys; import specbench_cli.{module}; "
+                            f"assert 'specbench_cli.{other}' not in sys.modules")
