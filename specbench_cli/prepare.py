@@ -35,12 +35,12 @@ class Prepared:
         return self.base.question_file
 
     def method_defaults(self) -> dict[str, dict]:
-        """The options the built-in run gives each method unless the user names others: its
-        add-on's folder and what else the add-on declares (e.g. CPU-sized trees)."""
+        """The options the built-in run gives each method unless the user names others, as
+        each declares them (`builtin_options`), its add-on's folder filled in."""
         from .methods import ADDON_FOLDER, METHODS
-        return {name: {k: str(folder) if v == ADDON_FOLDER else v
-                       for k, v in METHODS[name].builtin_addon.run_options.items()}
-                for name, folder in self.addons.items()}
+        return {name: {k: str(self.addons[name]) if v == ADDON_FOLDER else v
+                       for k, v in cls.builtin_options.items()}
+                for name, cls in METHODS.items() if cls.builtin_options}
 
 
 def declared_addons() -> dict[str, dict]:

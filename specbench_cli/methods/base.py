@@ -31,7 +31,7 @@ class Statistic:
     help: str
 
 
-# In Addon.run_options: replaced by the folder the add-on was built in.
+# In Method.builtin_options: replaced by the folder the method's add-on was built in.
 ADDON_FOLDER = "{addon}"
 
 
@@ -39,11 +39,9 @@ ADDON_FOLDER = "{addon}"
 class Addon:
     """What `specbench prepare` builds for a method on the built-in benchmark: `build(engine,
     tokenizer, data, folder, settings, console)` writes into `folder` with the frozen built-in
-    target and its training corpus; the default run then gives the method `run_options`
-    (ADDON_FOLDER standing for the folder). A change of `settings` triggers a rebuild."""
+    target and its training corpus. A change of `settings` triggers a rebuild."""
     settings: dict
     build: Callable
-    run_options: dict
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Generation:
 
 class Method:
     """A decoding method on the engine. Subclasses set `name`, `description`, `options` and
-    implement `generate`; `statistics` and `builtin_addon` are optional. Lossless methods must
+    implement `generate`; `statistics`, `builtin_addon` and `builtin_options` are optional. Lossless methods must
     return exactly vanilla's greedy tokens."""
 
     name: ClassVar[str]
@@ -67,6 +65,9 @@ class Method:
     options: ClassVar[dict[str, Option]] = {}
     statistics: ClassVar[tuple[Statistic, ...]] = ()
     builtin_addon: ClassVar[Addon | None] = None
+    # Options the built-in default run gives the method unless the user names others (its
+    # add-on as ADDON_FOLDER; sizes for a CPU and the 1.6M-parameter model).
+    builtin_options: ClassVar[dict] = {}
     lossless: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}       # derived from `options`
 

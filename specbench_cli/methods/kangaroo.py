@@ -117,7 +117,8 @@ class Kangaroo(Method):
     statistics = (Statistic("η-stop", "stopped_by_threshold", "rounds", 100, "%",
                             "share of drafting rounds ended by the confidence threshold"),)
     builtin_addon = Addon(settings={"steps": 300, "lr": 2e-3, "batch_size": 16, "max_len": 256},
-                          build=build_builtin_adapter, run_options={"adapter": ADDON_FOLDER})
+                          build=build_builtin_adapter)
+    builtin_options = {"adapter": ADDON_FOLDER}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

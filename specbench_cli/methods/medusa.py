@@ -157,8 +157,8 @@ class Medusa(Method):
     # On the built-in model a wide tree costs more than it gains on a CPU.
     builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16,
                                     "max_len": 256},
-                          build=build_builtin_heads,
-                          run_options={"heads": ADDON_FOLDER, "tree": "budget16"})
+                          build=build_builtin_heads)
+    builtin_options = {"heads": ADDON_FOLDER, "tree": "budget16"}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
