@@ -19,7 +19,26 @@ method is fastest weigh more there.
 
 from __future__ import annotations
 
-from .profile import interpolated_cost, latencies_at
+
+def latencies_at(profile: dict, context: int | None = None) -> dict[str, float]:
+    """The profile's latency table (tokens → seconds) at the measured context nearest to
+    `context` (the first one when None)."""
+    contexts = [int(c) for c in profile["latency_seconds"]]
+    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
+    return profile["latency_seconds"][key]
+
+
+def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
+    """Forward latency of a block of `tokens` (fractional: a mean block size), relative to a
+    one-token forward, interpolated linearly between measured sizes at the nearest context."""
+    table = sorted((int(n), t) for n, t in latencies_at(profile, context).items())
+    one = dict(table)[1]
+    if tokens <= table[0][0]:
+        return table[0][1] / one
+    for (n0, t0), (n1, t1) in zip(table, table[1:]):
+        if tokens <= n1:
+            return (t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)) / one
+    return table[-1][1] / one * tokens / table[-1][0]        # past the table: linear in n
 
 
 def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:

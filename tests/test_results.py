@@ -14,7 +14,7 @@ def imports_in_fresh_python(code: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("modules", ["report, compare, results, metrics, plots", "cli"])
+@pytest.mark.parametrize("modules", ["report, compare, results, metrics, plots, costmodel", "cli, api"])
 def test_report_and_compare_start_without_torch(modules):
     # `specbench report` and `compare` read JSON lines: torch and transformers would add ~1.5 s.
     imports_in_fresh_python(f"import sys; from specbench_cli import {modules}; "
