@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .api import BUILTIN_LIMIT, DEFAULT_METHODS, RESULTS
+from .train import TRAINERS
 from .errors import SpecbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -296,78 +297,61 @@ train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on
 app.add_typer(train_app, name="train")
 
 
-# Options both trainers take (Typer reads these declarations; sharing them keeps help alike).
-TRAIN_MODEL = typer.Option(..., help="Target model folder or hub id.")
-TRAIN_DATA = typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, role/content messages, "
-                          "or the built-in train.jsonl. Repeatable.")
-TRAIN_STEPS = typer.Option(2000, help="Optimizer steps.")
-TRAIN_BATCH = typer.Option(8, help="Conversations per step.")
-TRAIN_MAX_LEN = typer.Option(512, help="Tokens kept per conversation.")
-TRAIN_SEED = typer.Option(0)
-TRAIN_DTYPE = typer.Option("fp32", help="Target dtype during training.")
-TRAIN_DEVICE = typer.Option(None)
+# Options every trainer takes; each trainer's own come from its declaration (train/__init__.py).
+TRAIN_COMMON = {
+    "model": (str, typer.Option(..., help="Target model folder, hub id, .gguf file or named "
+                                "target.")),
+    "data": (list[Path], typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, "
+                                      "role/content messages, or the built-in train.jsonl. "
+                                      "Repeatable.")),
+    "steps": (int, typer.Option(2000, help="Optimizer steps.")),
+    "batch_size": (int, typer.Option(8, help="Conversations per step.")),
+    "max_len": (int, typer.Option(512, help="Tokens kept per conversation.")),
+    "seed": (int, typer.Option(0)),
+    "dtype": (str, typer.Option("fp32", help="Target dtype during training.")),
+    "device": (Optional[str], typer.Option(None)),
+}
 
 
-def train_and_report(trainer, what: str, model: str, dtype: str, device: Optional[str],
-                     data: list[Path], out: Path, **options):
-    """Load the frozen target, run one trainer, print where its result went."""
-    from .engine.load import load_engine
-    with user_errors():
-        engine, tokenizer, _ = load_engine(model, dtype=dtype, device=device)
-        metrics = trainer(engine, tokenizer, data, out, target_name=model, console=console,
-                          **options)
-        console.print(f"{what} saved to {out} (final: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+def add_train_command(trainer):
+    """`specbench train NAME` from a trainer's declaration: the common options, `--out`, then
+    its own (typer reads the built signature as it reads a written one)."""
+    import inspect
+
+    def command(**values):
+        from importlib import import_module
+        from .engine.load import load_engine, model_folder
+        function = getattr(import_module(f".train.{trainer.module}", __package__),
+                           trainer.function)
+        with user_errors():
+            for key in ("steps", "batch_size", "max_len"):
+                if values[key] < 1:
+                    raise SpecbenchError(f"--{key.replace('_', '-')} must be at least 1 (got "
+                                         f"{values[key]})")
+            folder = model_folder(values["model"], console=console)
+            engine, tokenizer, _ = load_engine(str(folder), dtype=values["dtype"],
+                                               device=values["device"])
+            options = {k: v for k, v in values.items() if k not in ("model", "dtype", "device")}
+            metrics = function(engine, tokenizer, target_name=values["model"], console=console,
+                               **options)
+            console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
+
+    def parameter(name, annotation, default):
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=annotation)
+    params = [parameter(name, kind, option) for name, (kind, option) in TRAIN_COMMON.items()]
+    params.append(parameter("out", Path, typer.Option(..., help=trainer.out_help)))
+    params += [parameter(name, Optional[o.type] if o.default is None else o.type,
+                         typer.Option(o.default, help=o.help))
+               for name, o in trainer.options.items()]
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = trainer.help
+    train_app.command(trainer.name)(command)
 
 
-@train_app.command("kangaroo")
-def train_kangaroo_cmd(
-    model: str = TRAIN_MODEL,
-    data: list[Path] = TRAIN_DATA,
-    out: Path = typer.Option(..., help="Output folder (config.json + model.safetensors)."),
-    exit_layer: Optional[int] = typer.Option(None, help="Shallow layers under the adapter "
-                                             "(default ~1/16 of the layers, ≥ 1)."),
-    steps: int = TRAIN_STEPS,
-    lr: float = typer.Option(5e-5, help="Peak learning rate (AdamW, betas 0.9/0.95)."),
-    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default min(2000, steps/10))."),
-    batch_size: int = TRAIN_BATCH,
-    max_len: int = TRAIN_MAX_LEN,
-    seed: int = TRAIN_SEED,
-    dtype: str = TRAIN_DTYPE,
-    device: Optional[str] = TRAIN_DEVICE,
-):
-    """Train a Kangaroo adapter: soft cross-entropy against the target's next-token distribution
-    on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted."""
-    from .train.kangaroo import train_kangaroo
-    train_and_report(train_kangaroo, "adapter", model, dtype, device, data, out,
-                     exit_layer=exit_layer, steps=steps, lr=lr, warmup=warmup,
-                     batch_size=batch_size, max_len=max_len, seed=seed)
-
-
-@train_app.command("medusa")
-def train_medusa_cmd(
-    model: str = TRAIN_MODEL,
-    data: list[Path] = TRAIN_DATA,
-    out: Path = typer.Option(..., help="Output folder (medusa_lm_head.safetensors + config.json)."),
-    num_heads: int = typer.Option(4, help="Heads; head k predicts the token 2+k ahead."),
-    steps: int = TRAIN_STEPS,
-    lr: float = typer.Option(1e-3, help="Peak learning rate (cosine schedule)."),
-    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default steps/10)."),
-    batch_size: int = TRAIN_BATCH,
-    max_len: int = TRAIN_MAX_LEN,
-    seed: int = TRAIN_SEED,
-    dtype: str = TRAIN_DTYPE,
-    device: Optional[str] = TRAIN_DEVICE,
-):
-    """Train Medusa heads: loss Σ 0.8^k·CE_k on assistant tokens, heads' output layers start as
-    the LM head. Resumes from OUT/checkpoint.pt when interrupted."""
-    from .train.medusa import train_medusa
-    with user_errors():         # checked before the model loads
-        if num_heads < 1:
-            raise SpecbenchError(f"--num-heads must be at least 1 (got {num_heads})")
-    train_and_report(train_medusa, "heads", model, dtype, device, data, out,
-                     num_heads=num_heads, steps=steps, lr=lr, warmup=warmup,
-                     batch_size=batch_size, max_len=max_len, seed=seed)
+for _trainer in TRAINERS:
+    add_train_command(_trainer)
 
 
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")

@@ -229,7 +229,7 @@ def test_train_commands_save_what_the_methods_load(tiny_model_dir, tmp_path):
     assert "heads saved to" in result.output
     assert (tmp_path / "heads" / "medusa_lm_head.safetensors").exists()
     result = invoke("train", "medusa", *common, "--num-heads", 0, "--out", tmp_path / "h0")
-    assert result.exit_code == 2 and "--num-heads must be at least 1" in result.output
+    assert result.exit_code == 2 and "num_heads must be at least 1" in result.output
 
 
 def copy_model(src: Path, dst: Path, config: dict | None = None, chat_template: str | None = None):

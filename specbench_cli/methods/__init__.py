@@ -8,7 +8,8 @@ import itertools
 from pathlib import PurePath
 
 from ..errors import SpecbenchError
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
+from ..options import Option
+from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
 from .kangaroo import Kangaroo
 from .llma import LLMA
 from .medusa import Medusa

@@ -4,20 +4,11 @@ built-in add-on), and the record of one generation."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 from ..engine import Engine
 from ..errors import SpecbenchError
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a method: `specbench list` shows it, `--opt method.key=value`, `--sweep`
-    and run configs set it. `type` (int, float, str, bool) parses command-line text; a default
-    of None means "chosen by the method" (e.g. from its add-on)."""
-    default: Any
-    type: type
-    help: str
+from ..options import Option
 
 
 @dataclass(frozen=True)

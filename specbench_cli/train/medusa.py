@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Engine
+from ..errors import SpecbenchError
 from ..methods.medusa import TOP_K, grow_tree, make_heads
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
@@ -53,6 +54,8 @@ def train_medusa(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_
                  steps: int = 2000, lr: float = 1e-3, warmup: int | None = None,
                  batch_size: int = 8, max_len: int = 512, seed: int = 0, target_name: str = "",
                  console=None) -> dict:
+    if num_heads < 1:
+        raise SpecbenchError(f"num_heads must be at least 1 (got {num_heads})")
     examples = load_examples(data, tokenizer, max_len)
     torch.manual_seed(seed)
     cfg = engine.config
