@@ -94,7 +94,7 @@ def test_window_outputs_equal_plain_forwards_of_each_column(tiny_engine, levels)
     cells, offsets = window.cells(state.pending)
     outputs = []
     tree = Tree([-1, 0, 1])
-    verify_tree(state, tree, [0, 40, 41], method.combined_forward(state, cells, offsets, window,
+    verify_tree(state, tree, [0, 40, 41], method.combined_forward(state, cells, offsets, levels,
                                                                   outputs))
     width = len(cells) // levels
     rows = [cells[r * width:(r + 1) * width] for r in range(levels)]

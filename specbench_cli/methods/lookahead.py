@@ -112,11 +112,10 @@ class Lookahead(Method):
     options = {"level": Option(5, int, "n-gram size N (the window has N-1 levels)"),
                "window": Option(7, int, "window width W (columns of Jacobi guesses)"),
                "guess": Option(7, int, "most pool n-grams verified per step (G)")}
-    statistics = (
-        Statistic("pool hit", "hits", "rounds", 100, "%",
-                  "share of steps with at least one pool n-gram starting with the pending token"),
-        Statistic("guess tok", "drafted", "rounds", 1, "",
-                  "mean pool tokens verified per step (after prefix merging)"))
+    # The report's "draft len" already shows the pool tokens verified per step (`drafted`).
+    statistics = (Statistic("pool hit", "hits", "rounds", 100, "%",
+                            "share of steps with at least one pool n-gram starting with the "
+                            "pending token"),)
     # Picked by `--sweep` on the built-in benchmark (see the report): on a CPU every extra token
     # of the block costs the 1.6M-parameter model almost as much as a step.
     builtin_options = {}
@@ -156,7 +155,7 @@ class Lookahead(Method):
                 tree = Tree(parents)
                 cells, offsets = window.cells(pending)
             outputs = []
-            forward = self.combined_forward(state, cells, offsets, window, outputs)
+            forward = self.combined_forward(state, cells, offsets, len(window.levels), outputs)
             verify_tree(state, tree, tokens, forward)
             # The block fed was the tree plus the window: the cost model must see both.
             state.block_sizes[-1] += len(cells) - 1
@@ -168,27 +167,24 @@ class Lookahead(Method):
         return state.result(**stats)
 
     def combined_forward(self, state: DecodeState, cells: list[int], offsets: list[int],
-                         window: Window, outputs: list[int]):
+                         levels: int, outputs: list[int]):
         """verify_tree's forward with the window's cells 1.. appended after the tree's nodes; the
         last level's greedy outputs go to `outputs`. The window's cache rows lie past the tree's
         and are dropped with the rejected nodes."""
-        engine = self.engine
-        levels = len(window.levels)
-        grid = window_mask(levels, len(cells) // levels)
+        engine, width = self.engine, len(cells) // levels
+        grid = window_mask(levels, width)
+        extra_ids = torch.tensor([cells[1:]], dtype=torch.long, device=engine.device)
+        extra_positions = torch.tensor(offsets[1:], dtype=torch.long, device=engine.device)
 
         def forward(ids, offset, positions, block_mask):
             n = ids.shape[1]
-            device = ids.device
-            all_ids = torch.cat([ids, torch.tensor([cells[1:]], dtype=torch.long, device=device)], dim=1)
-            all_positions = torch.cat([positions, offset + torch.tensor(offsets[1:], dtype=torch.long,
-                                                                  device=device)])
-            mask = combined_mask(block_mask.cpu(), grid)
-            logits, hidden = engine(all_ids, state.cache, offset, positions=all_positions,
-                                    block_mask=mask, return_hidden=True)
-            # Block index of each grid cell: cell 0 is the root (index 0), cell g is n + g - 1.
-            width = len(cells) // levels
-            last = [(levels - 1) * width + c for c in range(width)]
-            rows = [0 if g == 0 else n + g - 1 for g in last]
-            outputs.extend(logits[0, rows].argmax(-1).tolist())
+            logits, hidden = engine(torch.cat([ids, extra_ids], dim=1), state.cache, offset,
+                                    positions=torch.cat([positions, offset + extra_positions]),
+                                    block_mask=combined_mask(block_mask.cpu(), grid),
+                                    return_hidden=True)
+            # Cell 0 is the root (block index 0); cell g > 0 sits at block index n + g - 1.
+            cells_of_last_level = range((levels - 1) * width, levels * width)
+            last = [n + g - 1 if g else 0 for g in cells_of_last_level]
+            outputs.extend(logits[0, last].argmax(-1).tolist())
             return logits[:, :n], hidden[:, :n]
         return forward
