@@ -12,13 +12,14 @@ from ..options import Option
 from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
 from .kangaroo import Kangaroo
 from .llma import LLMA
+from .lookahead import Lookahead
 from .medusa import Medusa
 from .pld import PromptLookup
 from .rest import REST
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST,
+    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST, Lookahead,
 )}
 
 
