@@ -116,9 +116,11 @@ class Lookahead(Method):
     statistics = (Statistic("pool hit", "hits", "rounds", 100, "%",
                             "share of steps with at least one pool n-gram starting with the "
                             "pending token"),)
-    # Picked by `--sweep` on the built-in benchmark (see the report): on a CPU every extra token
-    # of the block costs the 1.6M-parameter model almost as much as a step.
-    builtin_options = {}
+    # Built-in sizes from sweeps (MAT is deterministic, timings on a loaded 2-core CPU noisy):
+    # the model's forward costs ~1.2x a one-token step at 9 tokens, ~1.35x at 14, ~2.3x at
+    # Spec-Bench's 56, while MAT only grows from 1.26 (3, 4, 2) to 1.40 (5, 7, 7) there, so the
+    # smallest block that still keeps 2-token n-grams does best (about 1.0-1.2x vs 0.7-0.8x).
+    builtin_options = {"level": 3, "window": 4, "guess": 2}
 
     def __init__(self, engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
