@@ -50,7 +50,8 @@ def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, t
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["bench"] == "builtin"
-    assert meta["config"]["methods"] == ["vanilla", "pld", "llma", "kangaroo", "medusa", "rest"]
+    from specbench_cli.methods import METHODS
+    assert meta["config"]["methods"] == list(METHODS)         # every registered method
     assert meta["methods"]["medusa"]["options"]["tree"] == "budget16"
     assert meta["methods"]["rest"]["options"]["num_draft"] == 32
     summary = json.loads((out / "summary.json").read_text())
