@@ -13,11 +13,12 @@ from .kangaroo import Kangaroo
 from .llma import LLMA
 from .medusa import Medusa
 from .pld import PromptLookup
+from .recycling import TokenRecycling
 from .rest import REST
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST,
+    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST, TokenRecycling,
 )}
 
 
