@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from specbench_cli import prepare as prepare_module
 from specbench_cli.builtin import tiny_recipe
 from specbench_cli.cli import app
+from specbench_cli.methods import METHODS
 
 SMALL_ADDONS = {"kangaroo": {"steps": 5, "batch_size": 4, "max_len": 128},
                 "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4, "max_len": 128},
@@ -50,8 +51,7 @@ def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, t
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["bench"] == "builtin"
-    from specbench_cli.methods import METHODS
-    assert meta["config"]["methods"] == list(METHODS)         # every registered method
+    assert meta["config"]["methods"] == list(METHODS)      # every registered method
     assert meta["methods"]["medusa"]["options"]["tree"] == "budget16"
     assert meta["methods"]["rest"]["options"]["num_draft"] == 32
     summary = json.loads((out / "summary.json").read_text())

@@ -15,11 +15,19 @@ from .llma import LLMA
 from .lookahead import Lookahead
 from .medusa import Medusa
 from .pld import PromptLookup
+from .recycling import TokenRecycling
 from .rest import REST
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST, Lookahead,
+    Vanilla,
+    PromptLookup,
+    LLMA,
+    Kangaroo,
+    Medusa,
+    REST,
+    Lookahead,
+    TokenRecycling,
 )}
 
 

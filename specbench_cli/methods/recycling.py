@@ -1,0 +1,144 @@
+"""Token Recycling (Luo et al., 2024): the target's own top-k candidates, thrown away by plain
+decoding, are kept per token in a V × k matrix; each step expands a static tree through that
+matrix from the pending token (breadth first, one gather per depth) and verifies it in one
+forward; then every tree token's row is overwritten with the top-k of its own logits.
+
+Training-free, no datastore: the matrix starts at zeros and is carried over from one
+generation to the next ("hot start"), so it keeps what earlier questions taught it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..engine import Engine
+from ..errors import SpecbenchError
+from .base import Generation, Method, Option, Statistic
+from .verify import DecodeState, Tree, verify_tree
+
+# The paper's static tree (80 drafts besides the root, 6 deep; its appendix 8.1, Spec-Bench's
+# "2.2.2"): each node, named by its candidate ranks from the root, gets children of ranks
+# 0..n-1. Nodes of likely (low) ranks get more and deeper children: the matrix's columns are
+# ordered by probability.
+PAPER_TREE = {
+    (): 8,
+    (0,): 8, (1,): 4, (2,): 3, (3,): 2, (4,): 1, (5,): 1, (6,): 1, (7,): 1,
+    (0, 0): 8, (0, 1): 3, (0, 2): 2, (0, 3): 1, (0, 4): 1, (0, 5): 1, (0, 6): 1, (0, 7): 1,
+    (1, 0): 2, (1, 1): 1, (2, 0): 1, (3, 0): 1, (4, 0): 1, (5, 0): 1,
+    (0, 0, 0): 5, (0, 0, 1): 2, (0, 0, 2): 1, (0, 0, 3): 1, (0, 0, 4): 1, (0, 1, 0): 1,
+    (0, 2, 0): 1, (1, 0, 0): 1, (2, 0, 0): 1, (3, 0, 0): 1,
+    (0, 0, 0, 0): 3, (0, 0, 0, 1): 1, (0, 0, 0, 2): 1, (0, 0, 1, 0): 1, (0, 1, 0, 0): 1,
+    (1, 0, 0, 0): 1,
+    (0, 0, 0, 0, 0): 2, (0, 0, 0, 1, 0): 1,
+}
+MAX_TOP_K = max(PAPER_TREE.values())       # 8: the template uses candidate ranks 0..7
+
+
+def template_choices(num_draft: int, top_k: int) -> list[tuple[int, ...]]:
+    """The template's `num_draft` cheapest nodes whose ranks are all below `top_k`, cost = depth
+    + Σ ranks (one rank down counts like one step deeper; weighting ranks 2× or 3× changed the
+    built-in MAT by ~1%). A parent always costs less than its child, so the cut is a tree."""
+    nodes = [parent + (r,) for parent, n in PAPER_TREE.items() for r in range(n)]
+    nodes = [c for c in nodes if max(c) < top_k]
+    nodes.sort(key=lambda c: (len(c) + sum(c), len(c), c))
+    return nodes[:num_draft]
+
+
+class RecyclingTree:
+    """The static tree's buffers for drafting: the nodes come ordered by depth, so each depth is
+    one contiguous range filled by one gather from the matrix."""
+
+    def __init__(self, choices: list[tuple[int, ...]]):
+        self.tree = Tree.from_choices(choices)
+        self.parents = np.array([max(p, 0) for p in self.tree.parents])
+        self.ranks = np.array([c[-1] if c else 0 for c in self.tree.choices])
+        depths = self.tree.depths
+        self.layers = [(depths.index(d), len(depths) - depths[::-1].index(d))
+                       for d in range(1, self.tree.depth + 1)]
+
+    def draft(self, matrix: np.ndarray, root: int) -> list[int]:
+        """Node tokens: the root, then depth by depth each node's rank-r candidate of its parent."""
+        tokens = np.empty(len(self.tree), dtype=matrix.dtype)
+        tokens[0] = root
+        for lo, hi in self.layers:
+            tokens[lo:hi] = matrix[tokens[self.parents[lo:hi]], self.ranks[lo:hi]]
+        return tokens.tolist()
+
+
+def recycle(matrix: np.ndarray, tokens: list[int], logits: torch.Tensor):
+    """Overwrite each verified token's row with the top-k of the logits that followed it. A token
+    fed twice keeps its last node's candidates (the paper's best-MAT choice), decided here so the
+    result does not depend on how duplicate writes are ordered."""
+    last = {t: i for i, t in enumerate(tokens)}
+    nodes = torch.tensor(list(last.values()), device=logits.device)
+    top = logits[nodes].topk(matrix.shape[1], dim=-1).indices
+    matrix[list(last)] = top.cpu().numpy()
+
+
+class TokenRecycling(Method):
+    name = "recycling"
+    description = ("Token Recycling: each token's past top-k candidates (a V×k matrix) drafted as "
+                   "a static tree")
+    options = {
+        "top_k": Option(MAX_TOP_K, int, f"candidates kept per token, 1..{MAX_TOP_K} (the "
+                        "matrix's columns; the template uses ranks below it)"),
+        "num_draft": Option(80, int, "at most this many tree tokens besides the root: the paper's "
+                            "80-node template, cheapest nodes first"),
+        "hot_start": Option(True, bool, "carry the matrix from one generation to the next "
+                            "(false: every generation starts from zeros)")}
+    statistics = (
+        Statistic("hot roots", "known_roots", "rounds", 100, "%",
+                  "share of steps whose root token already had recycled candidates"),)
+    # On a CPU the built-in model's forward is compute-bound: each tree token adds ~3 MFLOP, so
+    # 81 tokens cost ~4 one-token steps for MAT 2.5 (0.6x). 8 drafts (cost 1.5, MAT 1.6) came
+    # out best of 2..80 in sweeps and in the cost model; all small trees are near break-even.
+    builtin_options = {"num_draft": 8}
+
+    def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
+        super().__init__(engine, eos_ids, tokenizer, **options)
+        o = self.options
+        if not 1 <= o["top_k"] <= MAX_TOP_K:
+            raise SpecbenchError(f"recycling: top_k must be in [1, {MAX_TOP_K}], got {o['top_k']}")
+        if o["num_draft"] < 1:
+            raise SpecbenchError(f"recycling: num_draft must be at least 1, got {o['num_draft']}")
+        self.tree = RecyclingTree(template_choices(o["num_draft"], o["top_k"]))
+        self.reset()
+
+    def reset(self):
+        """Zeros: a token drafts nothing useful until it has been verified once."""
+        vocab = self.engine.config.vocab_size
+        self.matrix = np.zeros((vocab, self.options["top_k"]), dtype=np.int32)
+        self.known: set[int] = set()        # tokens whose row holds real candidates
+
+    def info(self) -> dict:
+        return {"tree_tokens": len(self.tree.tree), "tree_depth": self.tree.tree.depth,
+                "top_k": self.options["top_k"]}
+
+    def parameter_overhead(self) -> dict:
+        return {"params": 0, "bytes": self.matrix.nbytes}
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        if not self.options["hot_start"]:
+            self.reset()
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        stats = {"rounds": 0, "known_roots": 0, "drafted": 0}
+        seen = {}
+
+        def forward(ids, offset, positions, block_mask):     # keeps every node's logits
+            seen["logits"], hidden = self.engine(ids, state.cache, offset, positions=positions,
+                                                 block_mask=block_mask, return_hidden=True)
+            return seen["logits"], hidden
+
+        while not state.done:
+            root = state.pending
+            with state.phase("draft"):
+                tokens = self.tree.draft(self.matrix, root)
+            stats["rounds"] += 1
+            stats["known_roots"] += root in self.known
+            stats["drafted"] += len(tokens) - 1
+            verify_tree(state, self.tree.tree, tokens, forward)
+            with state.phase("draft"):      # the update is this method's overhead too
+                recycle(self.matrix, tokens, seen["logits"][0])
+                self.known.update(tokens)
+        return state.result(**stats)
