@@ -14,10 +14,11 @@ from .llma import LLMA
 from .medusa import Medusa
 from .pld import PromptLookup
 from .rest import REST
+from .sps import SpS
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
-    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST,
+    Vanilla, PromptLookup, LLMA, Kangaroo, Medusa, REST, SpS,
 )}
 
 
