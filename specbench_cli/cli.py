@@ -370,6 +370,33 @@ def train_medusa_cmd(
                      batch_size=batch_size, max_len=max_len, seed=seed)
 
 
+@train_app.command("sps")
+def train_sps_cmd(
+    model: str = TRAIN_MODEL,
+    data: list[Path] = TRAIN_DATA,
+    out: Path = typer.Option(..., help="Output model folder (config.json, model.safetensors, "
+                             "the target's tokenizer)."),
+    hidden_size: int = typer.Option(64, help="Drafter width (a multiple of 32; heads of 32)."),
+    layers: int = typer.Option(1, help="Drafter decoder layers."),
+    distill: bool = typer.Option(True, help="Soft cross-entropy against the target's "
+                                 "distribution; --no-distill: plain next-token loss on the data."),
+    steps: int = TRAIN_STEPS,
+    lr: float = typer.Option(3e-3, help="Peak learning rate (cosine schedule)."),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default steps/20)."),
+    batch_size: int = TRAIN_BATCH,
+    max_len: int = TRAIN_MAX_LEN,
+    seed: int = TRAIN_SEED,
+    dtype: str = TRAIN_DTYPE,
+    device: Optional[str] = TRAIN_DEVICE,
+):
+    """Train an SpS drafter: a tiny Llama from scratch with the target's tokenizer, distilled
+    from the target on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted."""
+    from .train.sps import train_sps
+    train_and_report(train_sps, "drafter", model, dtype, device, data, out,
+                     hidden_size=hidden_size, layers=layers, distill=distill, steps=steps,
+                     lr=lr, warmup=warmup, batch_size=batch_size, max_len=max_len, seed=seed)
+
+
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")
 app.add_typer(medusa_app, name="medusa")
 
