@@ -230,6 +230,14 @@ def test_train_commands_save_what_the_methods_load(tiny_model_dir, tmp_path):
     assert (tmp_path / "heads" / "medusa_lm_head.safetensors").exists()
     result = invoke("train", "medusa", *common, "--num-heads", 0, "--out", tmp_path / "h0")
     assert result.exit_code == 2 and "num_heads must be at least 1" in result.output
+    result = invoke("train", "sps", *common, "--hidden-size", 32, "--no-distill",
+                    "--out", tmp_path / "drafter")
+    assert result.exit_code == 0, result.output
+    assert "drafter saved to" in result.output
+    drafter = json.loads((tmp_path / "drafter" / "config.json").read_text())
+    assert drafter["hidden_size"] == 32 and drafter["num_hidden_layers"] == 1
+    result = invoke("train", "sps", *common, "--steps", 0, "--out", tmp_path / "d0")
+    assert result.exit_code == 2 and "--steps must be at least 1 (got 0)" in result.output
 
 
 def copy_model(src: Path, dst: Path, config: dict | None = None, chat_template: str | None = None):

@@ -51,12 +51,27 @@ def tiny_datastore(engine, tok):
     return _STORES["store"]
 
 
+def tiny_drafter(engine):
+    """A random one-layer model of the tiny models' vocabulary (built once per session)."""
+    import tempfile
+    from pathlib import Path
+
+    from conftest import make_model_folder
+    from specbench_cli.engine.load import load_engine
+    if "drafter" not in _STORES:
+        folder = make_model_folder(Path(tempfile.mkdtemp()) / "drafter", "llama", seed=1,
+                                   num_hidden_layers=1)
+        _STORES["drafter"] = load_engine(str(folder), dtype="fp32", device="cpu")[0]
+    return _STORES["drafter"]
+
+
 def make(name, engine, eos_ids, tok=None):
     """A method with test options: Kangaroo gets a random adapter, Medusa random heads, REST a
-    datastore of the model's own outputs."""
+    datastore of the model's own outputs, SpS a random tiny drafter."""
     options = {"kangaroo": lambda: {"adapter": random_adapter(engine), "threshold": 0.0},
                "medusa": lambda: {"heads": random_heads(engine), "tree": "budget32"},
-               "rest": lambda: {"datastore": tiny_datastore(engine, tok)}}
+               "rest": lambda: {"datastore": tiny_datastore(engine, tok)},
+               "sps": lambda: {"drafter": tiny_drafter(engine), "num_draft": 4}}
     return METHODS[name](engine, eos_ids, tok, **options.get(name, dict)())
 
 

@@ -17,6 +17,7 @@ from .medusa import Medusa
 from .pld import PromptLookup
 from .recycling import TokenRecycling
 from .rest import REST
+from .sps import SpS
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     Kangaroo,
     Medusa,
     REST,
+    SpS,
     Lookahead,
     TokenRecycling,
 )}

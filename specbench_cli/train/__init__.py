@@ -42,4 +42,15 @@ TRAINERS = [
             {"num_heads": Option(4, int, "Heads; head k predicts the token 2+k ahead."),
              "lr": Option(1e-3, float, "Peak learning rate (cosine schedule)."),
              "warmup": Option(None, int, "Warm-up steps (default steps/10).")}),
+    Trainer("sps", "sps", "train_sps", "drafter",
+            "Train an SpS drafter: a tiny Llama from scratch with the target's tokenizer, "
+            "distilled from the target on assistant tokens. Resumes from OUT/checkpoint.pt when "
+            "interrupted.",
+            "Output model folder (config.json, model.safetensors, the target's tokenizer).",
+            {"hidden_size": Option(64, int, "Drafter width (a multiple of 32; heads of 32)."),
+             "layers": Option(1, int, "Drafter decoder layers."),
+             "distill": Option(True, bool, "Soft cross-entropy against the target's "
+                                           "distribution; --no-distill: plain next-token loss."),
+             "lr": Option(3e-3, float, "Peak learning rate (cosine schedule)."),
+             "warmup": Option(None, int, "Warm-up steps (default steps/20).")}),
 ]
