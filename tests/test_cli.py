@@ -163,8 +163,11 @@ def test_interrupted_run_resumes_without_loss_or_repeats(tiny_model_dir, uninter
                                                          sig):
     qfile, want = uninterrupted
     cut = tmp_path / "cut"
+    # SIGINT back to its default in the child: a background shell (CI launched with `&`) starts
+    # its jobs with SIGINT ignored, and Python keeps an inherited ignore.
     proc = subprocess.Popen(cli_command(tiny_model_dir, qfile, cut), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ONE_THREAD)
+                            stderr=subprocess.DEVNULL, env=ONE_THREAD,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     vanilla = cut / "answers" / "vanilla.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
