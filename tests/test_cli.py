@@ -241,6 +241,19 @@ def test_train_commands_save_what_the_methods_load(tiny_model_dir, tmp_path):
     assert drafter["hidden_size"] == 32 and drafter["num_hidden_layers"] == 1
     result = invoke("train", "sps", *common, "--steps", 0, "--out", tmp_path / "d0")
     assert result.exit_code == 2 and "--steps must be at least 1 (got 0)" in result.output
+    result = invoke("train", "eagle", *common, "--noise", 0, "--out", tmp_path / "eagle")
+    assert result.exit_code == 0, result.output
+    assert "head saved to" in result.output
+    head = json.loads((tmp_path / "eagle" / "config.json").read_text())
+    assert head["num_hidden_layers"] == 1 and head["specbench"]["noise"] == 0
+    questions = write_questions(tmp_path / "q.jsonl", [{"question_id": 1, "category": "qa",
+                                                        "turns": ["Say 3 twice."]}])
+    result = invoke("run", "--model", tiny_model_dir, "--bench", questions,
+                    "--methods", "eagle", "--opt", f"eagle.head={tmp_path / 'eagle'}",
+                    "--max-new-tokens", 16, "--out", tmp_path / "eagle-run")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eagle-run" / "summary.json").read_text())
+    assert summary["methods"]["eagle"]["equal_to_vanilla"]["share"] == 1.0
 
 
 def copy_model(src: Path, dst: Path, config: dict | None = None, chat_template: str | None = None):

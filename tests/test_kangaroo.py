@@ -10,7 +10,7 @@ from specbench_cli.methods.kangaroo import Adapter, AdapterError, default_exit_l
 from specbench_cli.prompts import build_prompt_ids
 from specbench_cli.train.kangaroo import train_kangaroo
 
-from conftest import TINY
+
 
 OFFICIAL_KEYS = ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
                  "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",

@@ -65,13 +65,20 @@ def tiny_drafter(engine):
     return _STORES["drafter"]
 
 
+def random_eagle_head(engine):
+    from specbench_cli.methods.eagle import EagleHead
+    torch.manual_seed(0)
+    return EagleHead(engine.config)
+
+
 def make(name, engine, eos_ids, tok=None):
     """A method with test options: Kangaroo gets a random adapter, Medusa random heads, REST a
-    datastore of the model's own outputs, SpS a random tiny drafter."""
+    datastore of the model's own outputs, SpS a random tiny drafter, EAGLE a random head."""
     options = {"kangaroo": lambda: {"adapter": random_adapter(engine), "threshold": 0.0},
                "medusa": lambda: {"heads": random_heads(engine), "tree": "budget32"},
                "rest": lambda: {"datastore": tiny_datastore(engine, tok)},
-               "sps": lambda: {"drafter": tiny_drafter(engine), "num_draft": 4}}
+               "sps": lambda: {"drafter": tiny_drafter(engine), "num_draft": 4},
+               "eagle": lambda: {"head": random_eagle_head(engine)}}
     return METHODS[name](engine, eos_ids, tok, **options.get(name, dict)())
 
 

@@ -14,7 +14,8 @@ from specbench_cli.methods import METHODS
 SMALL_ADDONS = {"kangaroo": {"steps": 5, "batch_size": 4, "max_len": 128},
                 "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4, "max_len": 128},
                 "rest": {},
-                "sps": {"steps": 5, "batch_size": 4, "max_len": 128, "hidden_size": 32}}
+                "sps": {"steps": 5, "batch_size": 4, "max_len": 128, "hidden_size": 32},
+                "eagle": {"steps": 5, "batch_size": 4, "max_len": 128}}
 
 
 @pytest.fixture(scope="module")

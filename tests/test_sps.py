@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_model_folder
+from conftest import check_length_and_eos_edges, make_model_folder
 from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
@@ -61,13 +61,8 @@ def test_random_drafter_equals_vanilla(target, drafter, drafter_dir):
 def test_length_and_eos_edges(target, drafter):
     engine, tok, _ = target
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[2]], [])
-    full = vanilla(engine, ids, 30, eos=set())
-    for n in (1, 2, 5, 7):
-        gen = METHODS["sps"](engine, set(), tok, drafter=drafter).generate(ids, n)
-        assert gen.tokens == full[:n] and sum(gen.accept_lengths) == n
-    for k in (0, 3, 6):      # pretend the k-th generated token is EOS: stop right after it
-        gen = METHODS["sps"](engine, {full[k]}, tok, drafter=drafter).generate(ids, 30)
-        assert gen.tokens == full[:full.index(full[k]) + 1]
+    check_length_and_eos_edges(lambda eos: METHODS["sps"](engine, eos, tok, drafter=drafter),
+                               engine, ids)
 
 
 def test_drafter_equal_to_target_accepts_every_draft(target):

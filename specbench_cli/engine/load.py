@@ -55,10 +55,11 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPE_ALIASES[dtype.lower()]
 
 
-def model_folder(name_or_path: str, console=None) -> Path:
+def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...] = ()) -> Path:
     """A Hugging Face folder for any way a user names a model: a named real target (smollm2) or
     a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
-    id (fetched, cached)."""
+    id (fetched, cached; `extra_patterns` names files beyond a model's own, such as an add-on's
+    pytorch_model.bin)."""
     from ..targets import TARGETS, target_folder
     from .gguf import gguf_folder
     path = Path(name_or_path).expanduser()
@@ -75,7 +76,8 @@ def model_folder(name_or_path: str, console=None) -> Path:
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(name_or_path, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*"]))
+            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*",
+            *extra_patterns]))
     except Exception as err:  # network, auth, missing repo: one line for the user
         raise ModelLoadError(f"could not fetch {name_or_path} from the hub: "
                              f"{str(err).splitlines()[0]}") from None

@@ -10,6 +10,7 @@ from pathlib import PurePath
 from ..errors import SpecbenchError
 from ..options import Option
 from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
+from .eagle import Eagle
 from .kangaroo import Kangaroo
 from .llma import LLMA
 from .lookahead import Lookahead
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     SpS,
     Lookahead,
     TokenRecycling,
+    Eagle,
 )}
 
 

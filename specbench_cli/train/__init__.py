@@ -53,4 +53,13 @@ TRAINERS = [
                                            "distribution; --no-distill: plain next-token loss."),
              "lr": Option(3e-3, float, "Peak learning rate (cosine schedule)."),
              "warmup": Option(None, int, "Warm-up steps (default steps/20).")}),
+    Trainer("eagle", "eagle", "train_eagle", "head",
+            "Train an EAGLE draft head: smooth-L1 regression of the target's next feature "
+            "(weight 1.0) plus soft cross-entropy against its next-token distribution (weight "
+            "0.1), uniform feature noise. Resumes from OUT/checkpoint.pt when interrupted.",
+            "Output folder (config.json + model.safetensors).",
+            {"lr": Option(3e-4, float, "Peak learning rate (AdamW, betas 0.9/0.95, cosine)."),
+             "noise": Option(0.2, float, "Uniform noise on the input features, width "
+                                         "noise·512/sequence length; 0 turns it off."),
+             "warmup": Option(None, int, "Warm-up steps (default min(2000, steps/10)).")}),
 ]

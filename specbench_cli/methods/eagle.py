@@ -1,0 +1,316 @@
+"""EAGLE-1/2: a one-layer draft head autoregresses on the target's top-layer features.
+
+The head reads, at position t, the target's final normed hidden state f_t and the embedding of
+token t+1 (FC over their concatenation, embedding first), runs one Llama decoder layer with its
+own KV cache and predicts f_{t+1}; the target's frozen LM head turns a prediction into draft
+probabilities. While drafting it feeds on its own predictions; after each verification it
+catches up on the target's real features at the accepted nodes.
+
+EAGLE-2 grows the draft tree per step (`dynamic_tree`): `depth` head passes, each expanding the
+`top_k` nodes of highest cumulative draft log-probability with their `top_k` children; every
+drafted node is then reranked by that value and the best `total_tokens` (root included) are
+verified as one tree. EAGLE-1 drafts a fixed tree of ranks (`static_tree`, option `tree`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine import Engine, EngineConfig
+from ..engine.llama import MLP, Attention, Linear, RMSNorm
+from ..engine.load import checkpoint_tensors, load_state, model_folder
+from ..errors import SpecbenchError
+from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
+from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The official checkpoints carry a copy of the target's embedding table (frozen in training);
+# the head embeds with the target's own table instead, so that copy is checked, never loaded.
+EMBEDDING_KEY = "embed_tokens.weight"
+EAGLE3_KEYS = ("d2t", "t2d", "midlayer.")
+
+
+class EagleError(SpecbenchError):
+    pass
+
+
+class HeadLayer(nn.Module):
+    """A Llama decoder layer; the first one has no input norm (its input is the FC's output, as
+    in the official head), later ones have."""
+
+    def __init__(self, cfg: EngineConfig, index: int):
+        super().__init__()
+        if index:
+            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, layer, offset, mask):
+        normed = self.input_layernorm(x) if hasattr(self, "input_layernorm") else x
+        x = x + self.self_attn(normed, cos, sin, cache, layer, offset, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class EagleHead(nn.Module):
+    """fc (2H → H, bias) → decoder layer(s). Parameter names are the official checkpoint's."""
+
+    def __init__(self, target: EngineConfig, num_layers: int = 1, fc_bias: bool = True,
+                 qkv_bias: bool = False):
+        super().__init__()
+        cfg = EngineConfig(**{**target.__dict__, "qkv_bias": qkv_bias, "o_bias": False,
+                              "mlp_bias": False, "num_layers": num_layers})
+        self.config = cfg
+        self.fc = Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=fc_bias)
+        self.layers = nn.ModuleList(HeadLayer(cfg, i) for i in range(num_layers))
+
+    def forward(self, features, embeds, rope, cache, offset, mask=None):
+        """features, embeds (b, n, H) → predicted next features (b, n, H); keys/values go to
+        `cache` rows [offset, offset + n) (no cache: causal attention over the block)."""
+        x = self.fc(torch.cat((embeds, features), dim=-1))
+        cos, sin = rope
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i, offset, mask)
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def head_config(target: EngineConfig, extra: dict | None = None, num_layers: int = 1) -> dict:
+    """The official config.json shape (a one-layer LlamaConfig with `bias` for the FC)."""
+    return {"model_type": "llama", "architectures": ["EagleHead"], "bias": True,
+            "hidden_size": target.hidden_size, "num_hidden_layers": num_layers,
+            "num_attention_heads": target.num_heads, "num_key_value_heads": target.num_kv_heads,
+            "head_dim": target.head_dim, "vocab_size": target.vocab_size,
+            "intermediate_size": target.intermediate_size, "rms_norm_eps": target.rms_norm_eps,
+            "rope_theta": target.rope_theta, "rope_scaling": target.rope_scaling,
+            "specbench": {"target_num_layers": target.num_layers, **(extra or {})}}
+
+
+def head_folder(spec: str) -> Path:
+    """A local folder as is; 'org/name' (e.g. yuhuili/EAGLE-Vicuna-7B-v1.3) from the hub."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        return local
+    return model_folder(spec, extra_patterns=("pytorch_model.bin",))
+
+
+def load_head(spec: str, target: EngineConfig) -> tuple[EagleHead, dict, Path]:
+    """An EAGLE-1/2 head folder (ours: model.safetensors; official: pytorch_model.bin, read with
+    weights_only) with strict key, shape and model checks."""
+    folder = head_folder(spec)
+    if not (folder / "config.json").is_file():
+        raise EagleError(f"EAGLE head {folder}: no config.json")
+    cfg = json.loads((folder / "config.json").read_text())
+    files = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
+    if not files:
+        raise EagleError(f"EAGLE head {folder}: no {' or '.join(WEIGHT_FILES)}")
+    names = {name: shape for name, shape, _ in checkpoint_tensors(files[0], mmap=True)}
+    if "draft_vocab_size" in cfg or any(n.startswith(EAGLE3_KEYS) for n in names):
+        raise EagleError(f"EAGLE head {folder}: EAGLE-3 checkpoints are not supported yet "
+                         "(fused low/mid/high features and a reduced draft vocabulary)")
+    for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
+        if cfg.get(key) not in (None, want):
+            raise EagleError(f"EAGLE head {folder} was made for another model: {key} "
+                             f"{cfg[key]}, the target has {want}")
+    embedding = names.get(EMBEDDING_KEY)
+    if embedding not in (None, (target.vocab_size, target.hidden_size)):
+        raise EagleError(f"EAGLE head {folder}: its embedding table is {embedding}, the "
+                         f"target's is {(target.vocab_size, target.hidden_size)}")
+    head = EagleHead(target, num_layers=cfg.get("num_hidden_layers", 1),
+                     fc_bias=cfg.get("bias", True), qkv_bias=cfg.get("qkv_bias", False))
+    load_state(head, files[:1], f"EAGLE head {folder}", EagleError,
+               skip=lambda name: name == EMBEDDING_KEY)
+    return head, cfg, folder
+
+
+def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
+    """The `budget` best drafted nodes by cumulative log-probability, as ascending node ids.
+
+    A child's value is its parent's plus a log-probability (≤ 0), and a parent has the smaller
+    id, so a stable descending sort puts every parent before its children, ties included: the
+    chosen set is prefix-closed."""
+    order = torch.sort(scores, descending=True, stable=True).indices[:budget]
+    return sorted(order.tolist())
+
+
+def build_builtin_head(engine, tokenizer, data, folder, settings, console):
+    from ..train.eagle import train_eagle
+    train_eagle(engine, tokenizer, data, folder, target_name="builtin", console=console,
+                **settings)
+
+
+class Eagle(Method):
+    name = "eagle"
+    description = ("EAGLE-2: a one-layer head drafts from the target's features; dynamic draft "
+                   "tree (EAGLE-1's static tree with the tree option)")
+    options = {
+        "head": Option(None, str, "head folder or hub id (ours: model.safetensors; official "
+                       "EAGLE-1/2: config.json + pytorch_model.bin)"),
+        "total_tokens": Option(60, int, "tree nodes verified per step, root included (EAGLE-2)"),
+        "depth": Option(5, int, "head passes per step; drafts reach depth + 1 tokens ahead "
+                        "(EAGLE-2)"),
+        "top_k": Option(10, int, "nodes expanded at each depth, and children per node (EAGLE-2)"),
+        "tree": Option(None, str, "a static tree instead (EAGLE-1): a Medusa-style preset "
+                       "(budget16, budget32, budget64) or a JSON/YAML file of rank lists")}
+    statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",
+                            "draft-head forwards per verification step (catch-up included)"),)
+    builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16,
+                                    "max_len": 256},
+                          build=build_builtin_head)
+    # On the built-in model a head pass costs ~0.25 of a target step on a CPU and the head's
+    # drafts are mostly right or wrong at once: a narrow, deep tree gains most (README).
+    builtin_options = {"head": ADDON_FOLDER, "total_tokens": 12, "depth": 7, "top_k": 2}
+
+    def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
+        super().__init__(engine, eos_ids, tokenizer, **options)
+        o = self.options
+        head = self.require("head", "a draft head: --opt eagle.head=PATH or a hub id (train one "
+                                    "with `specbench train eagle`)")
+        if isinstance(head, (str, Path)):
+            head, _, folder = load_head(str(head), engine.config)
+            o["head"] = str(folder)
+        self.head = head.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        for key, least in (("total_tokens", 2), ("depth", 1), ("top_k", 1)):
+            if o[key] < least:
+                raise SpecbenchError(f"eagle: {key} must be at least {least} (got {o[key]})")
+        self.tree = None
+        if o["tree"] is not None:
+            from .medusa import load_tree     # EAGLE-1's trees are Medusa-style rank trees
+            self.tree = Tree.from_choices(load_tree(str(o["tree"]), 64))
+        size = len(self.tree) if self.tree else o["total_tokens"]
+        if size > DRAFT_HEADROOM:
+            raise SpecbenchError(f"eagle: a tree of {size} nodes is more than the "
+                                 f"{DRAFT_HEADROOM} one verification may hold")
+
+    def info(self) -> dict:
+        if self.tree is not None:
+            return {"tree": "static", "tree_tokens": len(self.tree), "tree_depth": self.tree.depth}
+        return {"tree": "dynamic", **{k: self.options[k] for k in ("total_tokens", "depth", "top_k")}}
+
+    def parameter_overhead(self) -> dict:
+        params = self.head.num_parameters()
+        return {"params": params, "bytes": params * self.engine.dtype.itemsize}
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        engine = self.engine
+        drafted_rows = len(self.tree) if self.tree else self.options["depth"] * self.options["top_k"]
+        cache = engine.new_cache(len(prompt_ids) + max_new_tokens + drafted_rows,
+                                 len(self.head.layers))
+        state = DecodeState(engine, prompt_ids, max_new_tokens, self.eos_ids)
+        stats = {"rounds": 0, "head_passes": 0, "drafted": 0}
+        # The head's row t holds (f_t, token t+1): the prompt's features and the tokens after.
+        with state.phase("prefill"):
+            out = self.catch_up(cache, state.hidden, state.tokens[1:], 0)
+        while not state.done:
+            start = state.offset
+            with state.phase("draft"):
+                tree, tokens, passes = (self.static_tree if self.tree else self.dynamic_tree)(
+                    out, start, cache)
+            stats["rounds"] += 1
+            stats["head_passes"] += passes + 1
+            stats["drafted"] += len(tree) - 1
+            result = verify_tree(state, tree, tokens)
+            if state.done:
+                break
+            # Forget the drafted rows; feed the target's features at the accepted nodes.
+            with state.phase("draft"):
+                cache.truncate(start)
+                out = self.catch_up(cache, result.hidden[None],
+                                    state.tokens[start + 1:start + 1 + len(result.path)], start)
+        return state.result(**stats)
+
+    def catch_up(self, cache, features, tokens: list[int], offset: int) -> torch.Tensor:
+        """Feed committed rows; return the head's output at the last one (1, 1, H): its
+        prediction of the pending token's feature."""
+        engine, n = self.engine, len(tokens)
+        ids = torch.tensor([tokens], device=engine.device)
+        rope = engine.rope(torch.arange(offset, offset + n, device=engine.device))
+        mask = engine.attention_mask(offset, n, None)
+        return self.head(features, engine.embed(ids), rope, cache, offset, mask)[:, -1:]
+
+    def feed(self, cache, features, tokens: torch.Tensor, position: int, seen: torch.Tensor,
+             committed: int) -> torch.Tensor:
+        """One head pass over k drafted nodes at one depth: `features` (1, k, H) are their
+        parents' predicted features, `tokens` (k,) their tokens, `position` the head position
+        of them all, `seen` (k, drafted) which drafted rows each may attend to (its ancestors
+        and itself; the new rows last). Writes after the `committed` rows and the rows drafted
+        before; returns the predicted features (1, k, H)."""
+        engine = self.engine
+        k, drafted = seen.shape
+        mask = torch.zeros(k, committed + drafted, dtype=engine.dtype, device=engine.device)
+        mask[:, committed:].masked_fill_(~seen.to(engine.device), float("-inf"))
+        rope = engine.rope(torch.full((k,), position, device=engine.device))
+        return self.head(features, engine.embed(tokens[None].to(engine.device)), rope, cache,
+                         committed + drafted - k, mask)
+
+    def draft_logp(self, features: torch.Tensor) -> torch.Tensor:
+        """Draft log-probabilities (k, V) from predicted features (1, k, H)."""
+        return torch.log_softmax(self.engine.logits(features)[0], dim=-1)
+
+    def dynamic_tree(self, out, committed: int, cache):
+        """EAGLE-2. Node 0 is the root (the pending token); nodes are numbered as drafted, so
+        parents come first. Returns the tree, its tokens and the head passes run."""
+        o = self.options
+        top_k = min(o["top_k"], self.engine.config.vocab_size)
+        scores, tokens = self.draft_logp(out)[0].topk(top_k)
+        all_scores, all_tokens = [scores], [tokens]
+        all_parents = [torch.zeros(top_k, dtype=torch.long)]
+        frontier = torch.arange(1, top_k + 1)            # the nodes the next pass feeds
+        features = out.expand(1, top_k, out.shape[-1])
+        seen = torch.zeros(top_k, 0, dtype=torch.bool)
+        count = 1 + top_k
+        for d in range(o["depth"]):
+            seen = torch.cat((seen, torch.eye(len(frontier), dtype=torch.bool)), dim=1)
+            out = self.feed(cache, features, tokens, committed + d, seen, committed)
+            child_scores, child_tokens = self.draft_logp(out).topk(top_k, dim=-1)
+            child_scores = (child_scores + scores[:, None]).flatten()
+            child_tokens = child_tokens.flatten()
+            all_scores.append(child_scores)
+            all_tokens.append(child_tokens)
+            all_parents.append(frontier.repeat_interleave(top_k))
+            best = child_scores.topk(top_k).indices       # the next frontier
+            slot = best // top_k                          # … and which fed node is its parent
+            frontier = count + best
+            count += len(child_scores)
+            scores, tokens = child_scores[best], child_tokens[best]
+            features, seen = out[:, slot], seen[slot]
+        all_scores = torch.cat(all_scores)
+        chosen = select_nodes(all_scores, o["total_tokens"] - 1)
+        parents_of = torch.cat(all_parents).tolist()
+        tokens_of = torch.cat(all_tokens).tolist()
+        index = {0: 0} | {node + 1: i + 1 for i, node in enumerate(chosen)}
+        tree = Tree([-1] + [index[parents_of[node]] for node in chosen])
+        tree.scores = [0.0] + all_scores[chosen].tolist()    # path log-probabilities
+        return tree, [0] + [tokens_of[node] for node in chosen], o["depth"]
+
+    def static_tree(self, out, committed: int, cache):
+        """EAGLE-1: the fixed tree's nodes take their parent's rank-r draft, depth by depth;
+        each depth but the last feeds the nodes that have children."""
+        tree = self.tree
+        tokens = [0] * len(tree)
+        outs = {0: out[0, 0]}                      # node → the feature it predicts
+        fed: list[int] = []
+        passes = 0
+        for depth in range(tree.depth):
+            parents = [i for i in range(len(tree)) if tree.depths[i] == depth and
+                       i in tree.parents]
+            if depth:
+                features = torch.stack([outs[tree.parents[i]] for i in parents])[None]
+                fed += parents
+                seen = tree.mask[parents][:, fed]
+                out = self.feed(cache, features, torch.tensor([tokens[i] for i in parents]),
+                                committed + depth - 1, seen, committed)
+                outs.update({i: out[0, j] for j, i in enumerate(parents)})
+                passes += 1
+            logp = self.draft_logp(torch.stack([outs[i] for i in parents])[None])
+            ranks = logp.topk(max(c[-1] for c in tree.choices[1:]) + 1, dim=-1).indices.tolist()
+            for child, choice in enumerate(tree.choices):
+                if child and tree.depths[child] == depth + 1:
+                    tokens[child] = ranks[parents.index(tree.parents[child])][choice[-1]]
+        return tree, tokens, passes
