@@ -10,8 +10,6 @@ from specbench_cli.methods.kangaroo import Adapter, AdapterError, default_exit_l
 from specbench_cli.prompts import build_prompt_ids
 from specbench_cli.train.kangaroo import train_kangaroo
 
-
-
 OFFICIAL_KEYS = ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
                  "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",
                  "layers.0.input_layernorm.weight", "norm.weight"]
