@@ -46,6 +46,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
              out: Path | str | None = None, resume: bool = False,
              options: dict | list[str] | None = None, sweep: dict | list[str] | None = None,
              breakdown: bool = False, profile: Path | str | None = None,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              console: Console | None = None) -> RunPlan:
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
@@ -68,6 +69,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
             raise SpecbenchError(f"{opt} must be at least 1 (got {value})")
     if warmup < 0:
         raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
+    check_sampling_options(temperature, top_p, top_k)
     if template not in (AUTO, *TEMPLATES):
         raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
                              f"{', '.join(TEMPLATES)}")
@@ -120,9 +122,21 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        subtasks=subtasks, limit=limit, methods=names, method_options=opts,
                        template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                        warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
-                       over_context=over_context, breakdown=breakdown)
+                       over_context=over_context, breakdown=breakdown,
+                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile)
+
+
+def check_sampling_options(temperature: float, top_p: float, top_k: int):
+    if temperature < 0:
+        raise SpecbenchError(f"--temperature must be 0 (greedy) or more (got {temperature})")
+    if not 0 < top_p <= 1:
+        raise SpecbenchError(f"--top-p must be in (0, 1] (got {top_p})")
+    if top_k < 0:
+        raise SpecbenchError(f"--top-k must be 0 (all tokens) or more (got {top_k})")
+    if not temperature and (top_p < 1 or top_k):
+        raise SpecbenchError("--top-p and --top-k shape sampling: give --temperature > 0 too")
 
 
 def execute(plan: RunPlan, console: Console | None = None, progress=None) -> Path:
@@ -170,7 +184,8 @@ def run(console: Console | None = None, progress=None, **arguments):
 
 RUN_CONFIG_KEYS = ("model", "bench", "methods", "tasks", "limit", "template", "max_new_tokens",
                    "over_context", "repeats", "warmup", "dtype", "device", "out", "resume",
-                   "options", "sweep", "breakdown", "profile")
+                   "options", "sweep", "breakdown", "profile", "temperature", "top_p", "top_k",
+                   "seed")
 
 
 def read_run_config(path: Path) -> dict:

@@ -99,6 +99,16 @@ def run(
                                            "profile.json of `specbench profile` for this model "
                                            "and device, instead of profiling at the end of the "
                                            "run."),
+    temperature: float = typer.Option(0.0, help="0: greedy (answers must equal vanilla's). > 0: "
+                                      "sample from the target's distribution at this "
+                                      "temperature; every method keeps that distribution "
+                                      "(speculative sampling), checked by `specbench "
+                                      "check-sampling`."),
+    top_p: float = typer.Option(1.0, help="With --temperature: nucleus sampling mass."),
+    top_k: int = typer.Option(0, help="With --temperature: sample among the K likeliest tokens "
+                              "(0: all)."),
+    seed: int = typer.Option(0, help="With --temperature: the same seed, method and prompt give "
+                             "the same tokens."),
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML run config whose keys "
                                           "are these options (max_new_tokens: 256, options: "
                                           "{kangaroo: {threshold: 0.4}}, sweep: {...}); options "
@@ -503,3 +513,75 @@ def main():  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@app.command("check-sampling")
+def check_sampling_cmd(
+    model: Optional[str] = typer.Option(None, help="Model folder, hub id, .gguf file or named "
+                                        "target (default: the built-in model, with its "
+                                        "add-ons)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all "
+                                          "on the built-in model)."),
+    prompt: str = typer.Option("Tell me about the capital of the world.", help="The prompt "
+                               "every answer continues."),
+    tokens: int = typer.Option(3, help="New tokens per answer that form a category (≥ 3 "
+                               "exercises several drafts)."),
+    samples: int = typer.Option(1000, help="Answers per method (vanilla included)."),
+    temperature: float = typer.Option(0.3, help="Sampling temperature."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    top_k: int = typer.Option(0, help="Sample among the K likeliest tokens (0: all)."),
+    alpha: float = typer.Option(1e-3, help="False-alarm rate of each method's test."),
+    opt: list[str] = typer.Option([], "--opt", help="A method's option: method.option=value."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+):
+    """Test that each method samples the target's distribution: SAMPLES answers from vanilla
+    and from each method, each with its own seed; a chi-square test of homogeneity on their
+    first TOKENS tokens (rare categories pooled). Exit 1 when a method fails."""
+    from .api import check_sampling_options
+    from .engine.load import load_engine
+    from .methods import METHODS, parse_methods, parse_options
+    from .methods.verify import Sampling
+    from .prompts import build_prompt_ids, resolve_template
+    from .runner import eos_token_ids
+    from .sampling_check import check_sampling
+    with user_errors():
+        check_sampling_options(temperature, top_p, top_k)
+        if temperature <= 0:
+            raise SpecbenchError("--temperature must be above 0: greedy runs are checked by "
+                                 "equality in every report")
+        if tokens < 1 or samples < 10:
+            raise SpecbenchError("--tokens must be at least 1 and --samples at least 10")
+        defaults: dict = {}
+        if model is None:
+            from .prepare import prepare_all
+            prepared = prepare_all(console=console)
+            model, defaults = str(prepared.model_dir), prepared.method_defaults()
+            methods = methods or ",".join(METHODS)
+        names = parse_methods(methods or "vanilla,pld,llma")
+        given = parse_options(opt)
+        engine, tokenizer, folder = load_engine(model, dtype=dtype, device=device)
+        template = resolve_template("auto", tokenizer, model)
+        ids = build_prompt_ids(tokenizer, template, [prompt], [])
+        eos = eos_token_ids(engine, tokenizer)
+        built = {n: METHODS[n](engine, eos, tokenizer,
+                               **{**defaults.get(n, {}), **given.get(n, {})}) for n in names}
+        sampling = Sampling(temperature, top_p, top_k)
+        with progress_bar() as progress:
+            task = progress.add_task("methods", total=len(built) - 1, info="")
+            results = check_sampling(engine, built, ids, tokens, samples, sampling, alpha,
+                                     progress=lambda name: progress.advance(task))
+    table = Table(title=f"sampling check · {samples} answers each · first {tokens} tokens · "
+                        f"temperature {temperature}")
+    for col in ("method", "categories", "χ²", "p-value", "verdict"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in results:
+        table.add_row(r.method, str(r.categories), f"{r.statistic:.1f}", f"{r.p_value:.3g}",
+                      "[green]same distribution[/green]" if r.passed else "[red]differs[/red]")
+    console.print(table)
+    console.print(f"  [dim]categories: distinct first-{tokens}-token sequences, those expected "
+                  f"fewer than 5 times pooled into one; p-value: chi-square test of homogeneity "
+                  f"against vanilla's answers; a method fails when p < {alpha} (each test's "
+                  f"false-alarm rate for a lossless method)[/dim]")
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)

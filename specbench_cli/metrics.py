@@ -187,6 +187,12 @@ def vanilla_gap(base: dict, turn: int, position: int) -> float | None:
     return gaps[position] if gaps and position < len(gaps) else None
 
 
+# A sampled run's answers differ from vanilla's by design: equality is not measured
+# (`specbench check-sampling` tests the distribution instead).
+SAMPLED = {"share": None, "near_tie": None, "mismatch": None, "compared": 0, "first_diff": None,
+           "first_mismatch": None, "differences": [], "sampled": True}
+
+
 def equality(method_rows: list[dict], vanilla_rows: list[dict], tolerance: float = 1e-4) -> dict:
     """Equal answers, near-ties and mismatches (shares of the answers compared), with each
     difference's place and vanilla's logit gap there."""
@@ -297,10 +303,11 @@ def subtask_of(row: dict) -> str:
 def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
               near_tie: float = NEAR_TIE["fp32"],
               declared: dict[str, list[dict]] | None = None,
-              base_count: Callable[[dict], int] | None = None) -> dict:
+              base_count: Callable[[dict], int] | None = None, sampled: bool = False) -> dict:
     """Per method: per-subtask and overall speedup, MAT, tokens/s, CTAR, equality (`near_tie`:
     the logit-gap tolerance, by the run's dtype), and the statistics `declared` by method.
-    `base_count`: the baseline's tokens in speedups by Spec-Bench's counting (None: ids)."""
+    `base_count`: the baseline's tokens in speedups by Spec-Bench's counting (None: ids).
+    `sampled`: the run sampled (temperature > 0), so answers are not compared with vanilla's."""
     if baseline not in answers:
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
     declared = {name: (declared or {}).get(name, []) for name in answers}
@@ -329,7 +336,7 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "ctar": {str(w): ctar(rows, w) for w in range(1, 5)},
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
-            "equal_to_vanilla": equality(rows, base, near_tie),
+            "equal_to_vanilla": SAMPLED if sampled else equality(rows, base, near_tie),
             "stats": stats,
             "statistics": declared_values,
         }

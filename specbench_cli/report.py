@@ -263,7 +263,9 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
     count = f"{fmt(targets.pop(), ',')} " if len(targets) == 1 else ""
     console.print("  [dim]overhead: extra trainable parameters (and % of the target's "
                   f"{count}parameters) or storage; equal n/a: no token ids to compare (imported "
-                  "answers)[/dim]")
+                  "answers) or a sampled run (temperature > 0: answers differ by design; "
+                  "`specbench check-sampling` tests that each method keeps the target's "
+                  "distribution)[/dim]")
 
 
 def render_time(summary: dict, title: str) -> Table:

@@ -152,7 +152,8 @@ def load_summarized(run_dir: Path, baseline_name: str | None = None, counting: s
     base_count = spec_bench_count(meta, tokenizer) if counting == "spec_bench" else None
     summary = summarize(answers, baseline=meta.get("baseline", "vanilla"),
                         near_tie=NEAR_TIE.get(dtype, NEAR_TIE["fp32"]), declared=declared,
-                        base_count=base_count)
+                        base_count=base_count,
+                        sampled=bool(meta.get("config", {}).get("temperature")))
     summary["run"] = str(run_dir)
     summary["device"] = meta.get("environment", {})
     summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
@@ -227,7 +228,15 @@ def caption(meta: dict) -> str:
     return (f"model {cfg.get('model', '?')} · {cfg.get('dtype', '?')} on {cfg.get('device', '?')} "
             f"({device}, {env.get('torch_threads', '?')} threads) · bench {cfg.get('bench', '?')} · "
             f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}"
-            f"{counting}")
+            f"{sampling_caption(cfg)}{counting}")
+
+
+def sampling_caption(cfg: dict) -> str:
+    if not cfg.get("temperature"):
+        return ""              # greedy, unsaid as before sampling existed
+    cut = "".join(f", {k} {cfg[k]}" for k, off in (("top_p", 1.0), ("top_k", 0))
+                  if cfg.get(k, off) != off)
+    return f" · sampled: temperature {cfg['temperature']}{cut}, seed {cfg.get('seed', 0)}"
 
 
 def describe_missing(summary: dict) -> str:

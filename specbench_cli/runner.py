@@ -52,6 +52,18 @@ class RunConfig:
     device: str = "cpu"
     over_context: str = "error"
     breakdown: bool = False      # time prefill/draft/verify apart (device synced around each)
+    temperature: float = 0.0     # 0: greedy; > 0: sampling (methods keep the target's distribution)
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    @property
+    def sampling(self):
+        """The run's Sampling, None when greedy."""
+        from .methods.verify import Sampling
+        if not self.temperature:
+            return None
+        return Sampling(self.temperature, self.top_p, self.top_k, self.seed)
 
 
 def git_commit() -> str | None:
@@ -154,6 +166,8 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.context = engine.config.max_position_embeddings
+        # Every DecodeState reads it: greedy (None) or the run's sampling settings.
+        engine.sampling = config.sampling
         self.methods: dict[str, Method] = {
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))

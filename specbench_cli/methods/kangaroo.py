@@ -160,12 +160,12 @@ class Kangaroo(Method):
         stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
         while not state.done:
             with state.phase("draft"):
-                draft, states, stopped = self.draft(state, adapter_cache, catch_up)
+                draft, q, states, stopped = self.draft(state, adapter_cache, catch_up)
             stats["rounds"] += 1
             stats["drafted"] += len(draft)
             stats["stopped_by_threshold"] += stopped
             accepted = verify_chain(state, draft, lambda ids, offset: self.verify_forward(
-                states[:, :ids.shape[1]], offset, state))
+                states[:, :ids.shape[1]], offset, state), q if state.sampling else None)
             # The adapter saw the pending token and all drafts but the last; after full
             # acceptance the last draft's state must catch up at the start of the next round.
             adapter_cache.truncate(state.offset)
@@ -188,8 +188,8 @@ class Kangaroo(Method):
 
     def draft(self, state: DecodeState, adapter_cache, catch_up):
         """Shallow layers on the pending token, then adapter → LM head → shallow layers per draft.
-        Returns the drafts, the buffered layer-l states (pending + drafts) and whether the
-        confidence exit stopped the round."""
+        Returns the drafts, the distributions they were drawn from (when sampling), the buffered
+        layer-l states (pending + drafts) and whether the confidence exit stopped the round."""
         engine, o = self.engine, self.options
         offset = state.offset
         h = self.shallow(state.pending, offset, state)
@@ -199,12 +199,15 @@ class Kangaroo(Method):
         rope = engine.rope(torch.arange(a_offset, offset + 1, device=engine.device))
         a = self.adapter(block, rope, adapter_cache, a_offset,
                          mask=engine.attention_mask(a_offset, block.shape[1], None))[:, -1:]
-        draft, stopped = [], False
+        draft, q, stopped = [], [], False
         limit = min(o["max_draft"], state.room - 1)
         while len(draft) < limit:
-            probs = torch.softmax(engine.logits(a)[0, -1], dim=-1)
-            p, token = probs.max(dim=-1)
-            draft.append(int(token))
+            logits = engine.logits(a)[0, -1]
+            token, q_i = state.draft_token(logits)
+            # The exit reads the adapter's top-1 confidence (of q when sampling).
+            p = (q_i if q_i is not None else torch.softmax(logits, dim=-1)).max()
+            draft.append(token)
+            q.append(q_i)
             states.append(self.shallow(draft[-1], offset + len(draft), state))
             if float(p) < o["threshold"]:
                 stopped = True
@@ -214,7 +217,7 @@ class Kangaroo(Method):
             pos = offset + len(draft)
             a = self.adapter(states[-1], engine.rope(torch.tensor([pos], device=engine.device)),
                              adapter_cache, pos)
-        return draft, torch.cat(states, dim=1), stopped
+        return draft, q, torch.cat(states, dim=1), stopped
 
     def verify_forward(self, states, offset, state: DecodeState):
         engine = self.engine

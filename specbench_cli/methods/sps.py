@@ -126,12 +126,12 @@ class SpS(Method):
         stats = {"rounds": 0, "drafted": 0}
         while not state.done:
             limit = min(length, state.room - 1)    # verify_chain could not commit more
-            draft = []
+            draft, q = [], []
             if limit > 0:
                 with state.phase("draft"):
-                    draft = self.draft(state.tokens[seen:], seen, cache, limit)
+                    draft, q = self.draft(state, state.tokens[seen:], seen, cache, limit)
             committed = len(state.tokens)
-            accepted = verify_chain(state, draft)
+            accepted = verify_chain(state, draft, q=q if state.sampling else None)
             stats["rounds"] += 1
             stats["drafted"] += len(draft)
             # The drafter saw the committed tokens and every draft but the last; of the drafts,
@@ -143,22 +143,25 @@ class SpS(Method):
                                            2 * self.options["num_draft"])
         return state.result(**stats)
 
-    def draft(self, unseen: list[int], offset: int, cache, count: int) -> list[int]:
-        """Feed the committed tokens the drafter has not seen (one block), then draft greedily,
-        each draft fed back as the next input. The last draft is never fed."""
+    def draft(self, state: DecodeState, unseen: list[int], offset: int, cache, count: int):
+        """Feed the committed tokens the drafter has not seen (one block), then draft (greedily,
+        or sampling from q), each draft fed back as the next input. The last draft is never fed.
+        Returns the drafts and the distributions they came from."""
         block = unseen
-        draft = []
+        draft, q = [], []
         while True:
-            draft.append(self.next_token(block, offset, cache))
+            token, q_i = state.draft_token(self.next_logits(block, offset, cache))
+            draft.append(token)
+            q.append(q_i)
             if len(draft) == count:
-                return draft
+                return draft, q
             offset += len(block)
             block = draft[-1:]
 
-    def next_token(self, ids: list[int], offset: int, cache) -> int:
+    def next_logits(self, ids: list[int], offset: int, cache) -> torch.Tensor:
         d = self.drafter
         h = d.layers(d.embed(torch.tensor([ids], device=d.device)), 0, d.num_layers, cache,
                      offset)
-        # The LM head on the last position only: the catch-up block's other logits are unused.
-        logits = d.logits(d.norm(h[:, -1]))
-        return int(logits[0, :self.engine.config.vocab_size].argmax())
+        # The LM head on the last position only: the catch-up block's other logits are unused;
+        # the drafter's padded ids past the target's vocabulary are never drafted.
+        return d.logits(d.norm(h[:, -1]))[0, :self.engine.config.vocab_size]

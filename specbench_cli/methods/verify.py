@@ -1,14 +1,24 @@
-"""Greedy verification shared by every method: decoding state, EOS/length trimming, chains.
+"""Verification shared by every method: decoding state, EOS/length trimming, chains and trees,
+greedy or sampled.
 
 Invariant of `DecodeState`: the cache holds rows for every committed token but the last one
 (`pending`), whose logits have not been computed yet. A verification step feeds `pending` plus
 the drafts as one block, keeps the rows of what was accepted and commits the accepted drafts
 plus the target's own next token (the bonus).
+
+Sampling (`engine.sampling` set to a `Sampling`, temperature > 0) keeps the target's processed
+distribution p exactly (Leviathan et al.; SpecInfer for trees): a draft x drawn from a draft
+distribution q is accepted with probability min(1, p(x)/q(x)); a draft chosen deterministically
+(copied, retrieved, a top-k candidate) has a one-hot q, so it is accepted with probability p(x).
+On rejection the next token comes from the residual norm(max(0, p − q)); a tree node's children
+are tried in order, the residual updated after each rejection; after the last accepted node the
+bonus token is drawn from p (or the residual).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -49,6 +59,62 @@ def no_phases(name: str):
     return nullcontext()
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings: p = softmax(logits / temperature), cut to the `top_k` most likely
+    tokens (0: all) and to the smallest set whose mass reaches `top_p`, renormalised. Drafters
+    that sample use the same processing for q."""
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Processed distributions (..., V) in fp32."""
+        logits = logits.float() / self.temperature
+        if self.top_k and self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            before = sorted_p.cumsum(-1) - sorted_p        # mass of the tokens ranked above
+            sorted_p = sorted_p.masked_fill(before >= self.top_p, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return probs
+
+    def generator(self, prompt_ids: list[int]) -> torch.Generator:
+        """One generator per answer, seeded by the seed and the prompt: the same seed, method
+        and prompt give the same tokens, whatever ran before."""
+        key = zlib.crc32(np_ids(prompt_ids), self.seed & 0xFFFFFFFF)
+        return torch.Generator().manual_seed(key)
+
+
+def np_ids(ids: list[int]) -> bytes:
+    return np.asarray(ids, dtype=np.int64).tobytes()
+
+
+def accepts(rng: torch.Generator, p_x: float, q_x: float = 1.0) -> bool:
+    """The rejection rule: accept with probability min(1, p(x)/q(x))."""
+    return float(torch.rand((), generator=rng)) * q_x < p_x
+
+
+def draw(rng: torch.Generator, probs: torch.Tensor) -> int:
+    return int(torch.multinomial(probs.cpu(), 1, generator=rng))
+
+
+def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
+    """norm(max(0, p − q)) after draft x was rejected; a one-hot q (q None) zeroes x."""
+    if q is None:
+        out = p.clone()
+        out[x] = 0.0
+    else:
+        out = (p - q).clamp_min(0.0)
+    total = out.sum()
+    return out / total if total > 0 else p
+
+
 class DecodeState:
     def __init__(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int,
                  eos_ids: set[int], prefill: Callable | None = None):
@@ -61,6 +127,9 @@ class DecodeState:
         self.engine = engine
         # `with state.phase("draft"): ...` times a phase when a breakdown was asked for.
         self.phase = getattr(engine, "phases", None) or no_phases
+        # Sampling settings, or None for greedy decoding; `rng` draws every random choice.
+        self.sampling: Sampling | None = getattr(engine, "sampling", None)
+        self.rng = self.sampling.generator(prompt_ids) if self.sampling else None
         self.block_sizes: list[int] = []       # tokens fed to each verification forward
         self.eos_ids = eos_ids
         self.max_new_tokens = max_new_tokens
@@ -75,9 +144,23 @@ class DecodeState:
                 logits, self.hidden = prefill(ids, self.cache)
             else:
                 logits, self.hidden = engine(ids, self.cache, 0, return_hidden=True)
-            first = int(logits[0, -1].argmax())
+            first = self.next_token(logits[0, -1])
         self.offset = self.prompt_len          # cache rows filled
         self.commit([first])
+
+    def next_token(self, logits: torch.Tensor) -> int:
+        """The target's own choice from one position's logits: argmax, or a sample from p."""
+        if self.sampling is None:
+            return int(logits.argmax())
+        return draw(self.rng, self.sampling.probs(logits))
+
+    def draft_token(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """A drafter's choice from its logits: greedy, its argmax (q None); sampling, a draw
+        from its processed distribution q, returned for `verify_chain`."""
+        if self.sampling is None:
+            return int(logits.argmax()), None
+        q = self.sampling.probs(logits)
+        return draw(self.rng, q), q
 
     @property
     def pending(self) -> int:
@@ -118,24 +201,41 @@ def accepted_prefix(draft: list[int], predicted: list[int]) -> int:
     return n
 
 
-def verify_chain(state: DecodeState, draft: list[int], forward: Callable | None = None) -> int:
+def verify_chain(state: DecodeState, draft: list[int], forward: Callable | None = None,
+                 q: list[torch.Tensor] | None = None) -> int:
     """Verify a chain of drafts in one target forward; commit and return how many were accepted.
 
     `forward(ids_tensor, offset)` → logits may replace the full-model forward (Kangaroo runs only
-    the deep layers); it must write the block's rows at `offset` into `state.cache`.
+    the deep layers); it must write the block's rows at `offset` into `state.cache`. When
+    sampling, `q[i]` is the distribution draft i was drawn from (None: drafts chosen
+    deterministically).
     """
     engine = state.engine
     draft = draft[:max(state.room - 1, 0)]  # never verify what could not be committed
     ids = torch.tensor([[state.pending] + draft], device=engine.device)
     with state.phase("verify"):
         logits = forward(ids, state.offset) if forward else engine(ids, state.cache, state.offset)
-        predicted = logits[0].argmax(-1).tolist()
+        if state.sampling:
+            n, bonus = sampled_chain(state, draft, state.sampling.probs(logits[0]), q)
+        else:
+            predicted = logits[0].argmax(-1).tolist()
+            n = accepted_prefix(draft, predicted)
+            bonus = predicted[n]
     state.block_sizes.append(ids.shape[1])
-    n = accepted_prefix(draft, predicted)
     state.offset += 1 + n
     state.cache.truncate(state.offset)
-    state.commit(draft[:n] + [predicted[n]])
+    state.commit(draft[:n] + [bonus])
     return n
+
+
+def sampled_chain(state: DecodeState, draft: list[int], p: torch.Tensor,
+                  q: list[torch.Tensor] | None) -> tuple[int, int]:
+    """Speculative sampling along a chain: (drafts accepted, the token after them)."""
+    for i, x in enumerate(draft):
+        q_i = q[i] if q is not None else None
+        if not accepts(state.rng, float(p[i, x]), float(q_i[x]) if q_i is not None else 1.0):
+            return i, draw(state.rng, residual(p[i], q_i, x))
+    return len(draft), draw(state.rng, p[len(draft)])
 
 
 class Tree:
@@ -162,6 +262,9 @@ class Tree:
         self.mask = torch.from_numpy(mask)
         has_child = set(parents[1:])
         self.paths = [self.path_to(i) for i in range(n) if i not in has_child]
+        self.children: list[list[int]] = [[] for _ in range(n)]
+        for i, p in enumerate(parents[1:], start=1):
+            self.children[p].append(i)
 
     @classmethod
     def from_choices(cls, choices: list[tuple[int, ...]]) -> "Tree":
@@ -222,15 +325,42 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int],
         else:
             logits, hidden = engine(ids, state.cache, state.offset, positions=positions,
                                     block_mask=tree.mask, return_hidden=True)
-        predicted = logits[0, :len(tree)].argmax(-1).tolist()
+        if state.sampling:
+            kept, bonus = sampled_walk(state, tree, tokens,
+                                       state.sampling.probs(logits[0, :len(tree)]))
+        else:
+            kept, bonus = greedy_path(tree, tokens, logits[0, :len(tree)].argmax(-1).tolist())
     state.block_sizes.append(ids.shape[1])
+    state.cache.keep_rows([state.offset + j for j in kept], state.offset)
+    state.offset += len(kept)
+    state.commit([tokens[j] for j in kept[1:]] + [bonus])
+    return TreeResult(len(kept) - 1, kept, hidden[0, kept])
+
+
+def greedy_path(tree: Tree, tokens: list[int], predicted: list[int]) -> tuple[list[int], int]:
+    """The first longest root path whose every node is the target's argmax after its parent."""
     best, best_len = tree.paths[0], 0
     for path in tree.paths:
         n = accepted_prefix([tokens[j] for j in path[1:]], [predicted[j] for j in path[:-1]])
         if n > best_len:
             best, best_len = path, n
     kept = best[:best_len + 1]
-    state.cache.keep_rows([state.offset + j for j in kept], state.offset)
-    state.offset += len(kept)
-    state.commit([tokens[j] for j in kept[1:]] + [predicted[kept[-1]]])
-    return TreeResult(best_len, kept, hidden[0, kept])
+    return kept, predicted[kept[-1]]
+
+
+def sampled_walk(state: DecodeState, tree: Tree, tokens: list[int],
+                 p: torch.Tensor) -> tuple[list[int], int]:
+    """Recursive rejection sampling down the tree (drafts chosen deterministically): at each
+    node its children are tried in order against the residual distribution."""
+    node, kept = 0, [0]
+    while True:
+        rest = p[node]
+        for child in tree.children[node]:
+            x = tokens[child]
+            if accepts(state.rng, float(rest[x])):
+                node = child
+                kept.append(child)
+                break
+            rest = residual(rest, None, x)
+        else:
+            return kept, draw(state.rng, rest)

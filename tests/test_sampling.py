@@ -1,0 +1,169 @@
+"""Sampling at temperature > 0: the processed distribution, the rejection rules, seeds, and the
+statistical check that every lossless method samples exactly what vanilla samples (marked
+`sampling`, run by .ci/run), which must also catch deliberately broken samplers."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import make_model_folder, write_questions
+from specbench_cli.engine.load import load_engine
+from specbench_cli.methods import METHODS, verify
+from specbench_cli.methods.verify import Sampling
+from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.sampling_check import chi_square, check_sampling, first_tokens
+from test_methods import make
+
+# Low temperature: the tiny random models are near-uniform at T = 1, where 3-token sequences
+# would all be rare categories and the test powerless; at 0.3 the top tokens carry 0.3-0.8.
+T = 0.3
+SAMPLES = 1000
+ALPHA = 1e-3      # per check: ~2% chance that one of the 18 lossless checks below false-alarms
+
+
+def test_probs_temperature_top_k_top_p_exact():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    assert torch.allclose(Sampling(1.0).probs(logits), torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    sharp = Sampling(0.5).probs(logits)                       # p² renormalised
+    want = torch.tensor([0.25, 0.0625, 0.0225, 0.01]) / 0.345
+    assert torch.allclose(sharp, want)
+    assert torch.allclose(Sampling(1.0, top_k=2).probs(logits),
+                          torch.tensor([2 / 3, 1 / 3, 0, 0]))
+    # top-p 0.7: 0.5 + 0.25 reaches it; the tokens after are cut.
+    assert torch.allclose(Sampling(1.0, top_p=0.7).probs(logits),
+                          torch.tensor([2 / 3, 1 / 3, 0, 0]))
+    assert torch.allclose(Sampling(1.0, top_p=0.5).probs(logits), torch.tensor([1.0, 0, 0, 0]))
+
+
+def test_residual_is_the_normalised_positive_part():
+    p, q = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.6, 0.2])
+    assert torch.allclose(verify.residual(p, q, 1), torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(verify.residual(p, None, 0), torch.tensor([0.0, 0.6, 0.4]))
+
+
+def test_chi_square_known_values():
+    same = Counter({"a": 50, "b": 50})
+    statistic, df, p = chi_square(same, same)
+    assert (statistic, df) == (0.0, 1) and p == pytest.approx(1.0)
+    # 2×2 table [[60, 40], [40, 60]]: statistic 8.0, df 1, p = 0.004678
+    statistic, df, p = chi_square(Counter({"a": 60, "b": 40}), Counter({"a": 40, "b": 60}))
+    assert statistic == pytest.approx(8.0) and df == 1 and p == pytest.approx(0.004678, rel=1e-3)
+    # Categories expected fewer than 5 times are pooled: here c and d form one.
+    statistic, df, _ = chi_square(Counter({"a": 50, "b": 44, "c": 3, "d": 3}),
+                                  Counter({"a": 50, "b": 44, "c": 3, "d": 3}))
+    assert df == 2
+
+
+@pytest.fixture()
+def sampled(tiny_engine):
+    engine, tok = tiny_engine
+    yield engine, tok
+    engine.sampling = None
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(sampled):
+    engine, tok = sampled
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["abcabc abc"], [])
+    for name in ("vanilla", "sps", "eagle", "recycling"):
+        runs = []
+        for seed in (0, 0, 1, 2):
+            engine.sampling = Sampling(0.8, seed=seed)
+            runs.append(make(name, engine, set(), tok).generate(ids, 20).tokens)
+        assert runs[0] == runs[1], name
+        assert runs[0] != runs[2] or runs[0] != runs[3], name
+
+
+def test_sampled_answers_are_not_greedy_and_respect_top_k(sampled):
+    engine, tok = sampled
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])
+    greedy = METHODS["vanilla"](engine, set()).generate(ids, 20).tokens
+    engine.sampling = Sampling(1.0, top_k=1)           # top-1 sampling is greedy decoding
+    for name in ("vanilla", "pld", "sps", "kangaroo", "medusa"):
+        assert make(name, engine, set(), tok).generate(ids, 20).tokens == greedy, name
+    engine.sampling = Sampling(2.0)
+    assert METHODS["vanilla"](engine, set()).generate(ids, 20).tokens != greedy
+
+
+def test_run_at_temperature_reports_speedup_and_no_equality(tiny_model_dir, tmp_path):
+    from test_cli import invoke
+    questions = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "qa", "turns": ["Say abc abc."]}])
+    out = tmp_path / "run"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", questions, "--methods",
+                    "pld,lookahead", "--temperature", 0.7, "--top-k", 20, "--seed", 3,
+                    "--max-new-tokens", 16, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "sampled: temperature 0.7, top_k 20, seed 3" in " ".join(result.output.split())
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["temperature"] == 0.7 and run["config"]["seed"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["pld"]["equal_to_vanilla"]["sampled"] is True
+    assert summary["methods"]["pld"]["speedup_overall"] > 0
+    result = invoke("run", "--model", tiny_model_dir, "--bench", questions, "--top-p", 0.9,
+                    "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "give --temperature > 0 too" in result.output
+
+
+# ------------------------------------------------------------ the statistical check (slow)
+
+@pytest.fixture(scope="module", params=[("llama", "abcabcabcabc abcabc"), ("qkv_bias", "x")],
+                ids=["llama", "qwen2"])
+def target(request, tmp_path_factory):
+    variant, prompt = request.param
+    folder = make_model_folder(tmp_path_factory.mktemp(variant) / "m", variant)
+    engine, tok, _ = load_engine(str(folder), dtype="fp32", device="cpu")
+    return engine, tok, build_prompt_ids(tok, "vicuna_v1.1", [prompt], [])
+
+
+@pytest.mark.sampling
+def test_every_lossless_method_samples_vanilla_s_distribution(target):
+    engine, tok, ids = target
+    methods = {name: make(name, engine, set(), tok) for name in METHODS}
+    results = check_sampling(engine, methods, ids, tokens=3, samples=SAMPLES,
+                             sampling=Sampling(T), alpha=ALPHA)
+    assert len(results) == len(METHODS) - 1
+    for r in results:
+        assert r.categories >= 10, r          # enough categories for the test to have power
+        assert r.passed, r
+
+
+@pytest.mark.sampling
+@pytest.mark.parametrize("broken, methods", [
+    ("accept every draft", ("pld", "sps", "eagle", "medusa")),
+    ("skip the residual", ("recycling",)),
+])
+def test_broken_samplers_are_caught_at_the_same_sample_count(target, monkeypatch, broken,
+                                                             methods):
+    engine, tok, ids = target
+    if broken == "accept every draft":
+        monkeypatch.setattr(verify, "accepts", lambda rng, p_x, q_x=1.0: True)
+    else:      # a rejected draft's token may be drawn again: p instead of the residual
+        monkeypatch.setattr(verify, "residual", lambda p, q, x: p)
+    chosen = {name: make(name, engine, set(), tok) for name in ("vanilla", *methods)}
+    for r in check_sampling(engine, chosen, ids, tokens=3, samples=SAMPLES,
+                            sampling=Sampling(T), alpha=ALPHA):
+        assert not r.passed, r
+
+
+def test_first_tokens_counts_every_answer(sampled):
+    engine, tok = sampled
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])
+    counts = first_tokens(engine, METHODS["vanilla"](engine, set()), ids, 2, 30, Sampling(T), 0)
+    assert sum(counts.values()) == 30 and all(len(k) == 2 for k in counts)
+    assert engine.sampling is None          # restored for whatever runs next
+
+
+def test_check_sampling_command_passes_lossless_and_fails_broken(tiny_model_dir, monkeypatch):
+    from test_cli import invoke
+    args = ("check-sampling", "--model", tiny_model_dir, "--methods", "llma", "--prompt",
+            "abc abc abc", "--samples", 300, "--temperature", T)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "same distribution" in result.output and "300 answers each" in result.output
+    monkeypatch.setattr(verify, "accepts", lambda rng, p_x, q_x=1.0: True)
+    result = invoke(*args)
+    assert result.exit_code == 1 and "differs" in result.output
+    result = invoke("check-sampling", "--model", tiny_model_dir, "--temperature", 0)
+    assert result.exit_code == 2 and "--temperature must be above 0" in result.output
