@@ -583,5 +583,10 @@ def check_sampling_cmd(
                   f"fewer than 5 times pooled into one; p-value: chi-square test of homogeneity "
                   f"against vanilla's answers; a method fails when p < {alpha} (each test's "
                   f"false-alarm rate for a lossless method)[/dim]")
+    weak = [r.method for r in results if r.categories < 10]
+    if weak:
+        console.print(f"[yellow]only a few categories for {', '.join(weak)}: the test has little "
+                      f"power there; raise --temperature or --tokens, or pick a prompt whose "
+                      f"answers vary sooner[/yellow]")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
