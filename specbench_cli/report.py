@@ -43,6 +43,7 @@ def run_rows(run: Run) -> list[dict]:
             "overhead": format_overhead(overhead, target),
             "params": (overhead or {}).get("params"), "bytes": (overhead or {}).get("bytes"),
             "equal": eq["share"], "first_diff": eq["first_diff"],
+            "lossless": run.meta.get("methods", {}).get(name, {}).get("lossless", True),
             "near_tie": eq.get("near_tie"), "mismatch": eq.get("mismatch"),
             "dtype": run.meta.get("config", {}).get("dtype"),
             "questions": m["questions"], "repeats": m["repeats"]})
@@ -72,8 +73,8 @@ def leaderboard(runs: list[Run], published: list[dict] = ()) -> pd.DataFrame:
                                                           for r in baseline_rows(doc)]
     columns = (["run", "published", "method"] + [SHORT[s] for s in SUBTASKS]
                + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "overhead",
-                  "params", "bytes", "equal", "first_diff", "near_tie", "mismatch", "dtype",
-                  "questions", "repeats"])
+                  "params", "bytes", "equal", "first_diff", "lossless", "near_tie", "mismatch",
+                  "dtype", "questions", "repeats"])
     shown = [s for s in SUBTASKS if any(s in run.summary["subtasks"] for run in runs)]
     # dtype object: ints stay ints beside None (question ids, parameter counts).
     frame = pd.DataFrame(rows, columns=columns, dtype=object).drop(
@@ -98,9 +99,9 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
     out["MAT"] = frame["MAT"].map(fmt)
     out["tok/s"] = frame["tok/s"].map(lambda x: fmt(x, ".1f"))
     out["overhead"] = frame["overhead"]
-    out["equal"] = [equal_text(share, diff, pub)
-                    for share, diff, pub in zip(frame["equal"], frame["first_diff"],
-                                                frame["published"])]
+    out["equal"] = [equal_text(share, diff, pub) + (" · lossy" if lossless is False else "")
+                    for share, diff, pub, lossless in zip(frame["equal"], frame["first_diff"],
+                                                          frame["published"], frame["lossless"])]
     # Half precision, or any answer that differs: equal / near-tie / mismatch, side by side.
     differs = (frame["near_tie"].fillna(0) + frame["mismatch"].fillna(0) > 0).any()
     if differs or frame["dtype"].isin(["fp16", "bf16"]).any():

@@ -167,3 +167,35 @@ def test_check_sampling_command_passes_lossless_and_fails_broken(tiny_model_dir,
     assert result.exit_code == 1 and "differs" in result.output
     result = invoke("check-sampling", "--model", tiny_model_dir, "--temperature", 0)
     assert result.exit_code == 2 and "--temperature must be above 0" in result.output
+
+
+def test_medusa_typical_acceptance_is_marked_lossy(tiny_model_dir, tmp_path, sampled):
+    """Typical acceptance takes a candidate whenever it is likely enough, so it accepts more than
+    rejection sampling does, and the run says it is lossy."""
+    from test_cli import invoke
+    from test_methods import random_heads
+    engine, tok = sampled
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["abc abc abc"], [])
+    heads = random_heads(engine)
+    engine.sampling = Sampling(T)
+    exact = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32")
+    typical = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32", typical=True,
+                                epsilon=0.0, delta=0.0)
+    assert exact.lossless and not typical.lossless
+    # ε = δ = 0: every candidate passes, so every step takes the deepest path.
+    gen = typical.generate(ids, 40)
+    assert min(gen.accept_lengths[1:-1]) == exact.tree.depth + 1
+    heads_dir = tmp_path / "heads"
+    heads_dir.mkdir()
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in heads.state_dict().items()},
+              str(heads_dir / "medusa_lm_head.safetensors"))
+    questions = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "qa", "turns": ["Say abc abc."]}])
+    result = invoke("run", "--model", tiny_model_dir, "--bench", questions, "--methods", "medusa",
+                    "--opt", f"medusa.heads={heads_dir}", "--opt", "medusa.typical=true",
+                    "--temperature", 0.7, "--max-new-tokens", 16, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "lossy" in result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["methods"]["medusa"]["lossless"] is False

@@ -18,7 +18,7 @@ from ..engine import Engine
 from ..engine.load import checkpoint_tensors, load_state, model_folder
 from ..errors import SpecbenchError
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option
-from .verify import DecodeState, Tree, verify_tree
+from .verify import DecodeState, Tree, draw, verify_tree
 
 TOP_K = 10
 CALIBRATION_EXAMPLES = 300      # conversations the built-in heads are calibrated on
@@ -153,7 +153,10 @@ class Medusa(Method):
                         "hub id"),
         "num_heads": Option(None, int, "use the first N heads (default: all)"),
         "tree": Option("budget64", str, "tree preset (budget16, budget32, budget64) or a "
-                       "JSON/YAML file of rank lists")}
+                       "JSON/YAML file of rank lists"),
+        "typical": Option(False, bool, "sampling: typical acceptance (lossy)"),
+        "epsilon": Option(0.09, float, "typical: ε in p(x) > min(ε, δ·e^−H)"),
+        "delta": Option(0.3, float, "typical: δ in p(x) > min(ε, δ·e^−H)")}
     # On the built-in model a wide tree costs more than it gains on a CPU.
     builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16,
                                     "max_len": 256},
@@ -184,6 +187,8 @@ class Medusa(Method):
             raise SpecbenchError(f"medusa: the tree is {max(map(len, choices))} deep but there "
                                  f"are only {len(self.heads)} heads")
         self.tree = Tree.from_choices(choices)
+        # Typical acceptance does not keep the target's distribution.
+        self.lossless = not o["typical"]
 
     def parameter_overhead(self) -> dict:
         params = sum(p.numel() for p in self.heads.parameters())
@@ -204,8 +209,29 @@ class Medusa(Method):
         while not state.done:
             with state.phase("draft"):
                 candidates = self.candidates(h)
-            h = verify_tree(state, self.tree, candidates).hidden[-1:]
+            h = verify_tree(state, self.tree, candidates, sampled_select=self.typical_path
+                            if self.options["typical"] else None).hidden[-1:]
         return state.result()
+
+
+    def typical_path(self, state: DecodeState, tree: Tree, tokens: list[int], p: torch.Tensor):
+        """Medusa's typical acceptance: a candidate passes when its probability under its
+        parent's p exceeds min(ε, δ·exp(−H(p))); the first longest passing path is kept and the
+        next token drawn from p after it."""
+        o = self.options
+        entropy = -(p * torch.log(p.clamp_min(1e-10))).sum(-1)
+        cut = torch.clamp(torch.exp(-entropy) * o["delta"],
+                          max=o["epsilon"]).tolist()
+        passes = [True] + [float(p[tree.parents[i], tokens[i]]) > cut[tree.parents[i]]
+                           for i in range(1, len(tree))]
+        kept = [0]
+        for path in tree.paths:
+            n = 1
+            while n < len(path) and passes[path[n]]:
+                n += 1
+            if n > len(kept):
+                kept = path[:n]
+        return kept, draw(state.rng, p[kept[-1]])
 
 
 def calibration_of(heads_path: Path) -> list[list[float]] | None:

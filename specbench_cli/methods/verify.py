@@ -305,7 +305,8 @@ class TreeResult:
 
 
 def verify_tree(state: DecodeState, tree: Tree, tokens: list[int],
-                forward: Callable | None = None) -> TreeResult:
+                forward: Callable | None = None, sampled_select: Callable | None = None
+                ) -> TreeResult:
     """Verify a tree of candidates in one forward and commit the first longest accepted path.
 
     `tokens[i]` is node i's token for nodes 1..n-1 (`tokens[0]` is ignored: the root is the
@@ -315,7 +316,10 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int],
     `forward(ids, offset, positions, block_mask)` → (logits, hidden) may replace the full-model
     forward (a method that reads every node's logits, or appends a branch of its own after the
     tree's n nodes); it writes the block's rows at `offset` into `state.cache` and returns the
-    logits and final hidden states of the tree's nodes, in node order, first."""
+    logits and final hidden states of the tree's nodes, in node order, first.
+
+    `sampled_select(state, tree, tokens, p)` → (accepted nodes, bonus token) may replace the
+    lossless rejection walk when sampling (Medusa's lossy typical acceptance)."""
     engine = state.engine
     ids = torch.tensor([[state.pending] + list(tokens[1:])], device=engine.device)
     positions = state.offset + torch.tensor(tree.depths, device=engine.device)
@@ -326,8 +330,8 @@ def verify_tree(state: DecodeState, tree: Tree, tokens: list[int],
             logits, hidden = engine(ids, state.cache, state.offset, positions=positions,
                                     block_mask=tree.mask, return_hidden=True)
         if state.sampling:
-            kept, bonus = sampled_walk(state, tree, tokens,
-                                       state.sampling.probs(logits[0, :len(tree)]))
+            kept, bonus = (sampled_select or sampled_walk)(
+                state, tree, tokens, state.sampling.probs(logits[0, :len(tree)]))
         else:
             kept, bonus = greedy_path(tree, tokens, logits[0, :len(tree)].argmax(-1).tolist())
     state.block_sizes.append(ids.shape[1])
