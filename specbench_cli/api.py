@@ -139,15 +139,19 @@ def check_sampling_options(temperature: float, top_p: float, top_k: int):
         raise SpecbenchError("--top-p and --top-k shape sampling: give --temperature > 0 too")
 
 
-def execute(plan: RunPlan, console: Console | None = None, progress=None) -> Path:
+def execute(plan: RunPlan, console: Console | None = None, progress=None, workers: int = 0,
+            ray_address: str | None = None) -> Path:
     """Load the engine and run the plan: answers are appended question by question (a
     KeyboardInterrupt keeps them; plan the same run with resume=True to continue). Returns the
-    run directory."""
+    run directory. `workers` > 0: shard the questions over that many Ray workers, one device
+    each (`distributed.execute_sharded`; a local Ray instance unless `ray_address`)."""
     from .engine.load import load_engine
-    from .prompts import build_prompt_ids
-    from .runner import Runner, write_run_json
+    from .runner import Runner, run_meta, write_run_json
     console = console or Console()
     config, out = plan.config, plan.out
+    if workers:
+        from .distributed import execute_sharded
+        return execute_sharded(plan, workers, ray_address, console, progress)
     console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
                   f"{config.template}) …")
     engine, _, _ = load_engine(str(plan.folder), dtype=config.dtype, device=config.device,
@@ -156,36 +160,52 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None) -> Pat
                     Path(config.model).name)
     if not plan.resume:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_json(out, config, engine, runner)
+        write_run_json(out, run_meta(config, engine, runner))
     console.print(f"{len(plan.questions)} questions × {len(config.methods)} methods × "
                   f"{config.repeats} repeats → {out}")
     started = time.perf_counter()
     runner.run(progress)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     if config.breakdown:
-        lengths = [len(build_prompt_ids(plan.tokenizer, config.template, [q.turns[0]], []))
-                   for q in plan.questions]
-        attach_profile(engine, config.model, out, plan.profile, lengths, progress)
+        from .profile import measured_profile
+        attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
+                                                         progress=progress),
+                       out, plan.profile, prompt_lengths(plan))
     return out
+
+
+def prompt_lengths(plan: RunPlan) -> list[int]:
+    """Each question's first prompt in tokens: the cost model profiles at their median."""
+    from .prompts import build_prompt_ids
+    return [len(build_prompt_ids(plan.tokenizer, plan.config.template, [q.turns[0]], []))
+            for q in plan.questions]
 
 
 def results(run_dir: Path | str):
     """A run's leaderboard as a pandas frame indexed by method (unrounded numbers; columns as
-    `specbench report --format csv`)."""
-    from .report import leaderboard, load_summarized
-    frame = leaderboard([load_summarized(Path(run_dir))])
-    return frame.drop(columns=["run", "published"]).set_index("method")
+    `specbench report --format csv`); by (run [device], method) when a sharded run's workers
+    had different devices."""
+    from .report import leaderboard
+    from .results import load_by_device
+    runs = load_by_device(Path(run_dir))
+    frame = leaderboard(runs).drop(columns=["published"])
+    if len(runs) > 1:
+        return frame.set_index(["run", "method"])
+    return frame.drop(columns=["run"]).set_index("method")
 
 
-def run(console: Console | None = None, progress=None, **arguments):
-    """plan_run(**arguments), execute it and return its results frame."""
-    return results(execute(plan_run(console=console, **arguments), console, progress))
+def run(console: Console | None = None, progress=None, workers: int = 0,
+        ray_address: str | None = None, **arguments):
+    """plan_run(**arguments), execute it (sharded over Ray `workers` when given) and return its
+    results frame."""
+    return results(execute(plan_run(console=console, **arguments), console, progress, workers,
+                           ray_address))
 
 
 RUN_CONFIG_KEYS = ("model", "bench", "methods", "tasks", "limit", "template", "max_new_tokens",
                    "over_context", "repeats", "warmup", "dtype", "device", "out", "resume",
                    "options", "sweep", "breakdown", "profile", "temperature", "top_p", "top_k",
-                   "seed")
+                   "seed", "workers", "ray_address")
 
 
 def read_run_config(path: Path) -> dict:
@@ -271,12 +291,11 @@ def resolve_out(out: Path | None, resume: bool, config, model: str,
     return out, False
 
 
-def attach_profile(engine, model: str, out: Path, profile: Path | None,
-                   prompt_lengths: list[int], progress=None):
+def attach_profile(measure, out: Path, profile: Path | None, prompt_lengths: list[int]):
     """The cost model's yardstick in the run directory: the given profile, or one measured now
-    on this engine at the run's median prompt length."""
+    at the run's median prompt length by `measure(contexts) -> profile dict` (on this engine,
+    or on a Ray worker's)."""
     import shutil
-    from .profile import write_profile
     from .report import PROFILE_FILE
     if profile is not None:
         shutil.copyfile(profile, out / PROFILE_FILE)
@@ -284,4 +303,4 @@ def attach_profile(engine, model: str, out: Path, profile: Path | None,
     if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
         return
     context = int(statistics.median(prompt_lengths))
-    write_profile(engine, model, out / PROFILE_FILE, [context], progress=progress)
+    (out / PROFILE_FILE).write_text(json.dumps(measure([context]), indent=2))

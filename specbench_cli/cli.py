@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,7 +34,9 @@ def user_errors():
     try:
         yield
     except SpecbenchError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets ('specbench[ray]', a list) Rich would eat
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -109,6 +112,13 @@ def run(
                               "(0: all)."),
     seed: int = typer.Option(0, help="With --temperature: the same seed, method and prompt give "
                              "the same tokens."),
+    workers: int = typer.Option(0, help="Shard the questions over N Ray workers, one device "
+                                "each (a GPU, or a share of the CPU cores); every method still "
+                                "runs question by question on one worker. 0: this process. "
+                                "Needs pip install 'specbench[ray]'."),
+    ray_address: Optional[str] = typer.Option(None, help="With --workers: an existing Ray "
+                                              "cluster (auto, or host:port); default: a local "
+                                              "Ray started for the run."),
     config: Optional[Path] = typer.Option(None, "--config", help="A YAML run config whose keys "
                                           "are these options (max_new_tokens: 256, options: "
                                           "{kangaroo: {threshold: 0.4}}, sweep: {...}); options "
@@ -128,10 +138,16 @@ def run(
         arguments.update(given)
         arguments["options"] = merge_options(arguments.get("options"), opt, parse_options)
         arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
+        shards = {k: arguments.pop(k) for k in ("workers", "ray_address") if k in arguments}
+        if shards.get("workers", 0) < 0:
+            raise SpecbenchError(f"--workers must be 0 (this process) or more (got "
+                                 f"{shards['workers']})")
+        if shards.get("ray_address") and not shards.get("workers"):
+            raise SpecbenchError("--ray-address is for sharded runs: give --workers N too")
         plan = plan_run(console=console, **arguments)
         try:
             with progress_bar() as progress:
-                out = execute(plan, console, progress)
+                out = execute(plan, console, progress, **shards)
         except KeyboardInterrupt:
             err_console.print(f"interrupted; answers so far are kept. Continue with the same "
                               f"command and --resume (run directory {plan.out}).")
@@ -447,10 +463,9 @@ def compare(
     vanilla against a baseline. Exit 1 when any baseline method fell more than a tolerance
     below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
     model than the baseline's, methods with differing question sets, unreadable files)."""
-    from .compare import gate, load_baseline, notes, save_baseline, verdict_table
-    from .results import load_summarized
+    from .compare import gate, load_baseline, notes, one_device, save_baseline, verdict_table
     with user_errors():
-        run = load_summarized(run_dir, baseline_name, counting, tokenizer)
+        run = one_device(run_dir, baseline_name, counting, tokenizer)
         if save:
             doc = save_baseline(run, baseline)
             console.print(f"baseline written to {baseline} ({len(doc['methods'])} methods, model "

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from .errors import SpecbenchError
 from .metrics import MetricsError
-from .results import Run, caption, describe_missing, fmt, load_summarized, missing
+from .results import Run, caption, describe_missing, fmt, load_by_device, missing
 
 # Package data (importlib.resources), so an installed tool never needs the checkout; the
 # checkout's baselines/published is a link to this folder.
@@ -44,6 +44,16 @@ class BaselineError(MetricsError):
 
 # ---------------------------------------------------------------- baseline files
 
+def one_device(path: Path, baseline_name: str | None, counting: str,
+               tokenizer: Path | None) -> Run:
+    """A run to gate on: its devices' speedups are not one number, so one device only."""
+    runs = load_by_device(path, baseline_name, counting, tokenizer)
+    if len(runs) > 1:
+        raise BaselineError(f"{path}: its workers ran on {len(runs)} kinds of device ("
+                            f"{', '.join(run.device for run in runs)}); gate on a run of one")
+    return runs[0]
+
+
 def published_names() -> list[str]:
     return sorted(p.name[:-5] for p in PUBLISHED_DIR.iterdir() if p.name.endswith(".yaml"))
 
@@ -54,7 +64,7 @@ def load_baseline(spec: str | Path, baseline_name: str | None = None, counting: 
     counted as `counting`)."""
     path = Path(spec)
     if path.is_dir():
-        return baseline_from_run(load_summarized(path, baseline_name, counting, tokenizer))
+        return baseline_from_run(one_device(path, baseline_name, counting, tokenizer))
     if not path.exists() and (PUBLISHED_DIR / f"{spec}.yaml").is_file():
         path = PUBLISHED_DIR / f"{spec}.yaml"
     if not path.is_file():

@@ -212,7 +212,7 @@ FIGURES = {"speedup_by_subtask": speedup_by_subtask, "speedup_vs_accepted": spee
 def write_plots(run: Run) -> list[Path]:
     """The figures as PNG and SVG (time by phase only for runs made with --breakdown); each
     carries the run's model and device underneath."""
-    folder = run.path / "plots"
+    folder = run.path / f"plots{run.suffix}"
     folder.mkdir(exist_ok=True)
     text = "\n".join(textwrap.wrap(caption(run.meta), 150))
     written = []

@@ -138,15 +138,21 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
     }
 
 
-def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
-                  repeats: int = 10, progress=None) -> dict:
-    """Profile the engine and write profile.json, with the model, dtype, device and machine."""
-    import json
-
+def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats: int = 10,
+                     progress=None) -> dict:
+    """Profile the engine: the timings, with the model, dtype, device and machine."""
     from .engine.load import DTYPE_NAMES
     from .runner import environment
     result = profile_engine(engine, contexts, sizes, repeats, progress)
     result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
                   environment=environment(engine.device))
+    return result
+
+
+def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
+                  repeats: int = 10, progress=None) -> dict:
+    """Profile the engine and write profile.json."""
+    import json
+    result = measured_profile(engine, model, contexts, sizes, repeats, progress)
     Path(path).write_text(json.dumps(result, indent=2))
     return result

@@ -18,7 +18,7 @@ from rich.table import Table
 from .errors import SpecbenchError
 from .metrics import MetricsError
 from .results import (SHORT, Run, caption, describe_missing, fmt, format_overhead,
-                      load_summarized, missing)
+                      load_by_device, missing)
 from .tasks import SUBTASKS
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -202,15 +202,17 @@ def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str 
                 tokenizer: Path | None = None) -> list[dict]:
     """Print the runs side by side (and published rows); write each run's summary.json (and
     plots); return the summaries. `profile`: a profile.json for the cost model's predictions;
-    `counting`, `tokenizer`: how the baseline's tokens are counted (results.load_summarized)."""
+    `counting`, `tokenizer`: how the baseline's tokens are counted (results.load_summarized).
+    A sharded run whose workers had different devices is shown device by device."""
     if fmt_ not in FORMATS:
         raise SpecbenchError(f"--format {fmt_!r}: choose one of {', '.join(FORMATS)}")
     console = console or Console()
     err_console = err_console or Console(stderr=True)
-    runs = [load_summarized(d, baseline_name, counting, tokenizer) for d in run_dirs]
+    runs = [run for d in run_dirs
+            for run in load_by_device(d, baseline_name, counting, tokenizer)]
     for run in runs:
         add_cost_model(run, profile)
-        (run.path / "summary.json").write_text(json.dumps(run.summary, indent=2))
+        (run.path / f"summary{run.suffix}.json").write_text(json.dumps(run.summary, indent=2))
         if run.summary["missing"]:
             # Not fatal: a run still in progress is worth a look. Speedups pair questions.
             err_console.print(f"[yellow]warning:[/yellow] {run.path}: methods answered different "
@@ -221,7 +223,7 @@ def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str 
         for run in runs:
             files = write_plots(run)
             # stderr, so that csv/json on stdout stay machine-readable
-            err_console.print(f"plots: {len(files)} files in {run.path / 'plots'}",
+            err_console.print(f"plots: {len(files)} files in {run.path / ('plots' + run.suffix)}",
                               highlight=False)
     frame = leaderboard(runs, published)
     if fmt_ == "csv":

@@ -42,10 +42,16 @@ class Run:
     meta: dict
     answers: dict[str, list[dict]]
     summary: dict
+    device: str | None = None       # set when a sharded run's workers had different devices
 
     @property
     def label(self) -> str:
-        return self.path.resolve().name
+        return self.path.resolve().name + (f" [{self.device}]" if self.device else "")
+
+    @property
+    def suffix(self) -> str:
+        """Apart in file names (summary.json, plots/) when a run is shown device by device."""
+        return "-" + "".join(c if c.isalnum() else "_" for c in self.device) if self.device else ""
 
 
 def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
@@ -140,11 +146,47 @@ def load_summarized(run_dir: Path, baseline_name: str | None = None, counting: s
                     tokenizer: Path | None = None) -> Run:
     """A run and its numbers. `counting`: how the baseline's tokens are counted in speedups
     (metrics.COUNTING); spec_bench needs the model's tokenizer (`tokenizer`, else run.json's)."""
+    check_counting(counting, tokenizer)
+    meta, answers = load_run(run_dir, baseline_name)
+    return summarized(Path(run_dir), meta, answers, counting, tokenizer)
+
+
+def check_counting(counting: str, tokenizer: Path | None):
     if counting not in COUNTING:
         raise SpecbenchError(f"--counting {counting!r}: choose one of {', '.join(COUNTING)}")
     if tokenizer and counting != "spec_bench":
         raise SpecbenchError("--tokenizer is for --counting spec_bench (ids need no tokenizer)")
+
+
+def device_environment(meta: dict, row: dict) -> dict:
+    """The machine an answer was generated on: its worker's (sharded runs), else the run's."""
+    worker = meta.get("workers", {}).get(row.get("worker"))
+    return worker["environment"] if worker else meta.get("environment", {})
+
+
+def load_by_device(run_dir: Path, baseline_name: str | None = None, counting: str = "ids",
+                   tokenizer: Path | None = None) -> list[Run]:
+    """A run, or one Run per device when a sharded run's workers had different devices: a
+    speedup compares vanilla and a method on the same device only, and every question's
+    methods ran on one worker, so each device's answers pair among themselves."""
+    check_counting(counting, tokenizer)
     meta, answers = load_run(run_dir, baseline_name)
+    groups: dict[str, dict[str, list[dict]]] = {}
+    environments: dict[str, dict] = {}
+    for name, rows in answers.items():
+        for row in rows:
+            env = device_environment(meta, row)
+            device = env.get("gpu") or env.get("cpu") or "?"
+            environments.setdefault(device, env)
+            groups.setdefault(device, {}).setdefault(name, []).append(row)
+    if len(groups) < 2:
+        return [summarized(Path(run_dir), meta, answers, counting, tokenizer)]
+    return [summarized(Path(run_dir), {**meta, "environment": environments[device]}, part,
+                       counting, tokenizer, device) for device, part in groups.items()]
+
+
+def summarized(run_dir: Path, meta: dict, answers: dict[str, list[dict]], counting: str,
+               tokenizer: Path | None, device: str | None = None) -> Run:
     meta["counting"] = counting
     dtype = meta.get("config", {}).get("dtype", "fp32")
     # Statistics each method declares in run.json (older runs and imports declare none).
@@ -158,7 +200,7 @@ def load_summarized(run_dir: Path, baseline_name: str | None = None, counting: s
     summary["device"] = meta.get("environment", {})
     summary["overhead"] = {k: v.get("overhead") for k, v in meta.get("methods", {}).items()}
     summary["target_parameters"] = meta.get("model_parameters")
-    return Run(Path(run_dir), meta, answers, summary)
+    return Run(Path(run_dir), meta, answers, summary, device)
 
 
 def spec_bench_count(meta: dict, tokenizer: Path | None):

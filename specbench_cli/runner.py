@@ -235,33 +235,59 @@ class Runner:
         if progress:
             progress.remove_task(task)
 
+    def answer_unit(self, question: Question, repeat: int, names: list[str]):
+        """The named methods on one question in one repeat, in turn: their answer lines, each
+        yielded as soon as it exists (so the caller can store it before the next starts)."""
+        for name in names:
+            texts, gens, times = self.answer(self.methods[name], question)
+            yield self.answer_line(name, question, repeat, texts, gens, times)
+
     def run(self, progress=None):
-        answers = self.out_dir / ANSWERS_DIR
-        answers.mkdir(parents=True, exist_ok=True)
-        files = {name: answers / answer_file_name(name) for name in self.methods}
-        done = {name: read_done(path) for name, path in files.items()}
-        todo = [(r, q) for r in range(self.config.repeats) for q in self.questions
-                if any((q.question_id, r) not in done[name] for name in self.methods)]
+        files = answer_files(self.out_dir, self.config.methods)
+        todo = pending_units(self.config, self.questions, files)
         if not todo:
             return
         self.warm_up(progress)
         task = progress.add_task("questions", total=len(todo), info="") if progress else None
-        for repeat, question in todo:
-            for name, method in self.methods.items():
-                if (question.question_id, repeat) in done[name]:
-                    continue
-                if progress:
-                    progress.update(task, info=f"q{question.question_id} {question.subtask} "
-                                               f"r{repeat + 1} {name}")
-                texts, gens, times = self.answer(method, question)
-                line = self.answer_line(name, question, repeat, texts, gens, times)
+        for repeat, question, names in todo:
+            lines = self.answer_unit(question, repeat, names)
+            for name, line in zip(names, lines):
                 append_line(files[name], line)
                 if progress:
-                    rate = sum(len(g.tokens) for g in gens) / max(sum(times), 1e-9)
-                    progress.update(task, info=f"q{question.question_id} {question.subtask} "
-                                               f"r{repeat + 1} {name} {rate:.0f} tok/s")
+                    progress.update(task, info=f"{unit_label(question, repeat)} {name} "
+                                               f"{line_rate(line):.0f} tok/s")
             if progress:
                 progress.update(task, advance=1)
+
+
+def answer_files(out_dir: Path, methods: list[str]) -> dict[str, Path]:
+    answers = out_dir / ANSWERS_DIR
+    answers.mkdir(parents=True, exist_ok=True)
+    return {name: answers / answer_file_name(name) for name in methods}
+
+
+def pending_units(config: RunConfig, questions: list[Question],
+                  files: dict[str, Path]) -> list[tuple[int, Question, list[str]]]:
+    """What is left to do, in run order: (repeat, question, methods that have not answered it
+    in that repeat), read back from the answer files (--resume)."""
+    done = {name: read_done(path) for name, path in files.items()}
+    units = []
+    for repeat in range(config.repeats):
+        for question in questions:
+            names = [n for n in config.methods if (question.question_id, repeat) not in done[n]]
+            if names:
+                units.append((repeat, question, names))
+    return units
+
+
+def unit_label(question: Question, repeat: int) -> str:
+    return f"q{question.question_id} {question.subtask} r{repeat + 1}"
+
+
+def line_rate(line: dict) -> float:
+    """An answer line's tokens per second over all its turns."""
+    choice = line["choices"][0]
+    return sum(choice["new_tokens"]) / max(sum(choice["wall_time"]), 1e-9)
 
 
 def append_line(path: Path, row: dict):
@@ -281,8 +307,9 @@ def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
     return ids
 
 
-def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Runner):
-    meta = {
+def run_meta(config: RunConfig, engine: Engine, runner: Runner) -> dict:
+    """run.json's content: the configuration, the machine, the target and each method."""
+    return {
         "config": asdict(config),
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
@@ -292,5 +319,11 @@ def write_run_json(out_dir: Path, config: RunConfig, engine: Engine, runner: Run
                     for name, m in runner.methods.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out_dir / "run.json").write_text(json.dumps(meta, indent=2))
+
+
+def write_run_json(out_dir: Path, meta: dict) -> dict:
+    """Written whole under another name, then renamed: a kill never leaves half a run.json."""
+    tmp = out_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(out_dir / "run.json")
     return meta

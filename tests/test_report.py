@@ -592,3 +592,31 @@ def test_specbench_folder_without_a_clear_vanilla(tmp_path):
     bad.mkdir()
     (bad / "x-vanilla.jsonl").write_text('{"question_id": 1}\n')
     one_line_error(invoke("report", bad), "is not a Spec-Bench answer line")
+
+
+def test_a_run_on_two_kinds_of_device_is_reported_device_by_device(tmp_path):
+    """A sharded run whose workers had different devices: each device's speedups from its own
+    answers only (q1 on the CPU: 10 → 20 tok/s, 2.00×; q2 on the GPU: 5 → 20 tok/s, 4.00×;
+    pooled they would read 2.67×), and the regression gate refuses the mix."""
+    data = {"vanilla": [line(1, "qa", [10], [1.0], [1] * 10, [[1]], 0, "vanilla"),
+                        line(2, "qa", [20], [4.0], [1] * 20, [[2]], 0, "vanilla")],
+            "pld": [line(1, "qa", [10], [0.5], [5, 5], [[1]], 0, "pld"),
+                    line(2, "qa", [20], [1.0], [10, 10], [[2]], 0, "pld")]}
+    for rows in data.values():
+        rows[0]["worker"], rows[1]["worker"] = "w0", "w1"
+    run = write_run(tmp_path / "mixed", data)
+    meta = json.loads((run / "run.json").read_text())
+    meta["workers"] = {"w0": {"id": "w0", "environment": {"cpu": "Test CPU", "gpu": None}},
+                       "w1": {"id": "w1", "environment": {"cpu": "Test CPU", "gpu": "GPU X"}}}
+    (run / "run.json").write_text(json.dumps(meta))
+    result = invoke("report", run)
+    assert result.exit_code == 0, result.output
+    assert "mixed [Test CPU]" in result.output and "mixed [GPU X]" in result.output
+    cpu = json.loads((run / "summary-Test_CPU.json").read_text())
+    gpu = json.loads((run / "summary-GPU_X.json").read_text())
+    assert cpu["methods"]["pld"]["speedup_overall"] == pytest.approx(2.0)
+    assert gpu["methods"]["pld"]["speedup_overall"] == pytest.approx(4.0)
+    assert gpu["device"]["gpu"] == "GPU X"
+    for args in ((run, "spec_bench_a100_vicuna7b"), ("--save", run, tmp_path / "b.yaml")):
+        gate = invoke("compare", *args)
+        assert gate.exit_code == 2 and "2 kinds of device (Test CPU, GPU X)" in gate.output
