@@ -57,6 +57,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
         parse_methods, parse_options, parse_sweeps
     from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     from .runner import OVER_CONTEXT, RunConfig, check_context
+    from .targets import TARGETS
     from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
     console = console or Console()
     out = Path(out) if out is not None else None
@@ -100,6 +101,9 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
             bench_file = prepared.question_file
             # Its model knows 512 positions and its answers end well before.
             over_context = over_context or "cap"
+    elif model in TARGETS:
+        defaults = target_addon_defaults(model, parse_methods(methods or DEFAULT_METHODS),
+                                         console)
     names = parse_methods(methods or DEFAULT_METHODS)
     for method in given:
         if method not in names:
@@ -126,6 +130,21 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile)
+
+
+def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:
+    """A named target's add-ons as the methods' default options, once built (`specbench
+    prepare NAME --addons`); a note when a method that needs one asks before they are."""
+    from .target_addons import RECIPES, built_addons
+    built = built_addons(model)
+    if built is not None:
+        return built.method_defaults()
+    wanting = [m for m in methods if m in RECIPES.get(model, {}).get("options", {})]
+    if wanting:
+        console.print(f"note: {model}'s add-ons for {', '.join(wanting)} are not built; build "
+                      f"them with `specbench prepare {model} --addons` (~30 min) or pass "
+                      "your own with --opt", highlight=False)
+    return {}
 
 
 def check_sampling_options(temperature: float, top_p: float, top_k: int):

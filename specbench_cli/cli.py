@@ -207,6 +207,10 @@ def prepare(
     force: bool = typer.Option(False, help="Rebuild even when a cached build exists."),
     home: Optional[Path] = typer.Option(None, help="Cache folder (default $SPECBENCH_HOME or "
                                         "the user cache dir)."),
+    addons: bool = typer.Option(False, "--addons", help="With a named target: also build its "
+                                "add-ons (Kangaroo adapter, Medusa heads, EAGLE head, SpS "
+                                "drafter, REST datastore) from a self-distilled corpus, offline "
+                                "(~30 min on 2 CPU cores); `run --model NAME` then uses them."),
 ):
     """Build the offline built-in benchmark (tasks, tokenizer, trained model, and every add-on a
     method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)
@@ -221,7 +225,15 @@ def prepare(
             console.print(f"[green]{target} ready[/] at {folder} ({TARGETS[target].description}; "
                           f"{TARGETS[target].license}) in {time.perf_counter() - started:.1f} s",
                           highlight=False)
+            if addons:
+                from .target_addons import prepare_addons
+                built = prepare_addons(target, home=home, force=force, console=console)
+                console.print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in built.timings.items())
+                              or "  (all add-ons were built already)", highlight=False)
             return
+        if addons:
+            raise SpecbenchError("--addons is for a named real target (the built-in benchmark "
+                                 "always builds its own)")
         if target != "builtin":
             raise SpecbenchError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
         prepared = prepare_all(home=home, force=force, console=console)
@@ -335,6 +347,9 @@ TRAIN_COMMON = {
     "batch_size": (int, typer.Option(8, help="Conversations per step.")),
     "max_len": (int, typer.Option(512, help="Tokens kept per conversation.")),
     "seed": (int, typer.Option(0)),
+    "template": (str, typer.Option("auto", help="How conversations are laid out, as `run` "
+                                   "lays out prompts: vicuna_v1.1, chat or auto (the same "
+                                   "choice `run --template auto` makes for this model).")),
     "dtype": (str, typer.Option("fp32", help="Target dtype during training.")),
     "device": (Optional[str], typer.Option(None)),
 }
@@ -348,6 +363,7 @@ def add_train_command(trainer):
     def command(**values):
         from importlib import import_module
         from .engine.load import load_engine, model_folder
+        from .prompts import resolve_template
         function = getattr(import_module(f".train.{trainer.module}", __package__),
                            trainer.function)
         with user_errors():
@@ -359,6 +375,8 @@ def add_train_command(trainer):
             engine, tokenizer, _ = load_engine(str(folder), dtype=values["dtype"],
                                                device=values["device"])
             options = {k: v for k, v in values.items() if k not in ("model", "dtype", "device")}
+            options["template"] = resolve_template(values["template"], tokenizer,
+                                                   values["model"])
             metrics = function(engine, tokenizer, target_name=values["model"], console=console,
                                **options)
             console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(
@@ -400,7 +418,8 @@ def medusa_calibrate_cmd(
     with user_errors():
         engine, tokenizer, _ = load_engine(model, dtype="fp32")
         folder = heads_path(heads)
-        loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
+        loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
+                            engine.lm_head)
         result = calibrate(engine, tokenizer, loaded.to(engine.device), data,
                            folder if folder.is_dir() else folder.parent, max_examples)
         table = Table(title=f"Medusa head accuracy ({int(result['positions'][0])} positions)")

@@ -152,6 +152,7 @@ def test_overhead_is_the_drafters_parameters(tiny_engine, drafter):
 def test_train_sps_lowers_the_loss_and_saves_a_loadable_drafter(tiny_engine, tmp_path):
     from specbench_cli.train.data import batches, load_examples
     from specbench_cli.train.sps import drafter_config, new_drafter, sps_step, train_sps
+    from specbench_cli.train.teacher import LiveTeacher
     engine, tok = tiny_engine
     corpus = tmp_path / "train.jsonl"
     answers = vanilla(engine, build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], []), 40)
@@ -161,7 +162,7 @@ def test_train_sps_lowers_the_loss_and_saves_a_loadable_drafter(tiny_engine, tmp
     torch.manual_seed(0)
     before = new_drafter(drafter_config(engine.config, 32, 1))
     with torch.no_grad():
-        start = float(sps_step(engine, before)(batch)[0])
+        start = float(sps_step(engine, before, LiveTeacher(engine))(batch)[0])
     out = tmp_path / "drafter"
     train_sps(engine, tok, [corpus], out, hidden_size=32, layers=1, steps=40, lr=1e-2,
               batch_size=4, max_len=320)
@@ -169,7 +170,7 @@ def test_train_sps_lowers_the_loss_and_saves_a_loadable_drafter(tiny_engine, tmp
     assert not (out / "checkpoint.pt").exists()
     sps = METHODS["sps"](engine, {2}, tok, drafter=str(out))
     with torch.no_grad():
-        end = float(sps_step(engine, sps.drafter)(batch)[0])
+        end = float(sps_step(engine, sps.drafter, LiveTeacher(engine))(batch)[0])
     assert end < start - 0.5
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[2]], [])
     assert sps.generate(ids, 30).tokens == vanilla(engine, ids, 30)

@@ -139,10 +139,10 @@ def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
     return sorted(order.tolist())
 
 
-def build_builtin_head(engine, tokenizer, data, folder, settings, console):
+def build_builtin_head(engine, tokenizer, data, folder, settings, console, **shared):
     from ..train.eagle import train_eagle
-    train_eagle(engine, tokenizer, data, folder, target_name="builtin", console=console,
-                **settings)
+    train_eagle(engine, tokenizer, data, folder, console=console,
+                target_name=shared.pop("target_name", "builtin"), **settings, **shared)
 
 
 class Eagle(Method):

@@ -97,10 +97,10 @@ def load_adapter(path: Path, target: EngineConfig) -> tuple[Adapter, dict]:
     return adapter, cfg
 
 
-def build_builtin_adapter(engine, tokenizer, data, folder, settings, console):
+def build_builtin_adapter(engine, tokenizer, data, folder, settings, console, **shared):
     from ..train.kangaroo import train_kangaroo
-    train_kangaroo(engine, tokenizer, data, folder, target_name="builtin", console=console,
-                   **settings)
+    train_kangaroo(engine, tokenizer, data, folder, console=console,
+                   target_name=shared.pop("target_name", "builtin"), **settings, **shared)
 
 
 class Kangaroo(Method):

@@ -41,21 +41,38 @@ class ResBlock(nn.Module):
         return x + self.act(self.linear(x))
 
 
-def make_heads(hidden: int, vocab: int, num_heads: int, lm_head: torch.Tensor | None = None):
+class SharedLMHead(nn.Module):
+    """The target's own LM head as a head's output layer. On a small target a head's own vocab
+    projection is most of the model (SmolLM2: 28M of 135M parameters a head), so its heads
+    share the LM head and own only their ResBlock; nothing of it is saved, trained or counted."""
+
+    def __init__(self, lm_head: nn.Module):
+        super().__init__()
+        self.__dict__["lm_head"] = lm_head      # unregistered: not a parameter of the heads
+
+    def forward(self, x):
+        return self.lm_head(x)
+
+
+def make_heads(hidden: int, vocab: int, num_heads: int, lm_head: torch.Tensor | None = None,
+               shared: nn.Module | None = None):
     """K × (ResBlock → Linear to vocab). Keys: `{k}.0.linear.weight/bias`, `{k}.1.weight` (the
-    official layout). With `lm_head`, each head's output layer starts as a copy of it."""
-    heads = nn.ModuleList(nn.Sequential(ResBlock(hidden), nn.Linear(hidden, vocab, bias=False))
+    official layout). With `lm_head`, each head's output layer starts as a copy of it; with
+    `shared` (the target's LM head module) the heads use it as is and own no `{k}.1`."""
+    heads = nn.ModuleList(nn.Sequential(ResBlock(hidden), SharedLMHead(shared) if shared
+                                        else nn.Linear(hidden, vocab, bias=False))
                           for _ in range(num_heads))
-    if lm_head is not None:
+    if lm_head is not None and shared is None:
         with torch.no_grad():
             for head in heads:
                 head[1].weight.copy_(lm_head)
     return heads
 
 
-def load_heads(path: Path, hidden: int, vocab: int) -> nn.ModuleList:
+def load_heads(path: Path, hidden: int, vocab: int, lm_head: nn.Module | None = None):
     """medusa_lm_head.pt / .safetensors (or a folder holding one) with strict checks. The head
-    count comes from the tensors: official configs miscount it."""
+    count comes from the tensors: official configs miscount it. Heads without their own output
+    layers (`{k}.1.weight`) share `lm_head`, the target's."""
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -71,7 +88,10 @@ def load_heads(path: Path, hidden: int, vocab: int) -> nn.ModuleList:
                     default=-1)
     if count == 0:
         raise HeadsError(f"Medusa heads {path}: no head tensors ('0.0.linear.weight', ...)")
-    heads = make_heads(hidden, vocab, count)
+    shared = not any(name.endswith(".1.weight") for name in names)
+    if shared and lm_head is None:
+        raise HeadsError(f"Medusa heads {path} share the target's LM head: pass it")
+    heads = make_heads(hidden, vocab, count, shared=lm_head if shared else None)
     load_state(heads, [path], f"Medusa heads {path} do not fit the model", HeadsError,
                hint=f" (hidden {hidden}, vocabulary {vocab})")
     return heads
@@ -136,13 +156,16 @@ def heads_path(spec: str) -> Path:
     return local if local.exists() else model_folder(spec)
 
 
-def build_builtin_heads(engine, tokenizer, data, folder, settings, console):
-    """Train the heads, then calibrate their trees on the same corpus."""
+def build_builtin_heads(engine, tokenizer, data, folder, settings, console, **shared):
+    """Train the heads, then calibrate their trees on the same corpus (`shared`: a template,
+    examples and a teacher the add-ons of one target share, train.teacher)."""
     from ..train.medusa import calibrate, train_medusa
-    train_medusa(engine, tokenizer, data, folder, target_name="builtin", console=console,
-                 **settings)
-    heads = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size)
-    calibrate(engine, tokenizer, heads, data, folder, max_examples=CALIBRATION_EXAMPLES)
+    train_medusa(engine, tokenizer, data, folder, console=console,
+                 target_name=shared.pop("target_name", "builtin"), **settings, **shared)
+    heads = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
+                       engine.lm_head)
+    calibrate(engine, tokenizer, heads, data, folder, max_examples=CALIBRATION_EXAMPLES,
+              **shared)
 
 
 class Medusa(Method):
@@ -171,7 +194,7 @@ class Medusa(Method):
                                       "`specbench train medusa`)")
         if isinstance(heads, (str, Path)):
             folder = heads_path(str(heads))
-            heads = load_heads(folder, cfg.hidden_size, cfg.vocab_size)
+            heads = load_heads(folder, cfg.hidden_size, cfg.vocab_size, engine.lm_head)
             accuracy = calibration_of(folder)
             o["heads"] = str(folder)
         else:

@@ -53,7 +53,7 @@ def trie_tree(conts: np.ndarray, budget: int) -> tuple[list[int], list[int]] | N
     return [-1] + parents.tolist(), [0] + conts[row, d].tolist()
 
 
-def build_builtin_datastore(engine, tokenizer, data, folder, settings, console):
+def build_builtin_datastore(engine, tokenizer, data, folder, settings, console, **shared):
     build_datastore(tokenizer, data, folder, "builtin")
 
 

@@ -65,10 +65,10 @@ def next_draft_length(length: int, accepted: int, drafted: int, limit: int) -> i
     return min(limit, length + 2) if accepted == drafted else max(1, length - 1)
 
 
-def build_builtin_drafter(engine, tokenizer, data, folder, settings, console):
+def build_builtin_drafter(engine, tokenizer, data, folder, settings, console, **shared):
     from ..train.sps import train_sps
-    train_sps(engine, tokenizer, data, folder, target_name="builtin", console=console,
-              **settings)
+    train_sps(engine, tokenizer, data, folder, console=console,
+              target_name=shared.pop("target_name", "builtin"), **settings, **shared)
 
 
 class SpS(Method):

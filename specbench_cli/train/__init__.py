@@ -34,6 +34,8 @@ TRAINERS = [
             {"exit_layer": Option(None, int, "Shallow layers under the adapter (default ~1/16 "
                                              "of the layers, ≥ 1)."),
              "lr": Option(5e-5, float, "Peak learning rate (AdamW, betas 0.9/0.95)."),
+             "loss": Option("ce", str, "ce (soft cross-entropy, the paper's) or acceptance "
+                                       "(1 − Σ min(p, q), expected rejection)."),
              "warmup": Option(None, int, "Warm-up steps (default min(2000, steps/10)).")}),
     Trainer("medusa", "medusa", "train_medusa", "heads",
             "Train Medusa heads: loss Σ 0.8^k·CE_k on assistant tokens, heads' output layers "
@@ -41,6 +43,8 @@ TRAINERS = [
             "Output folder (medusa_lm_head.safetensors + config.json).",
             {"num_heads": Option(4, int, "Heads; head k predicts the token 2+k ahead."),
              "lr": Option(1e-3, float, "Peak learning rate (cosine schedule)."),
+             "share_lm_head": Option(False, bool, "Heads reuse the target's LM head instead of "
+                                                  "a vocab projection each (small targets)."),
              "warmup": Option(None, int, "Warm-up steps (default steps/10).")}),
     Trainer("sps", "sps", "train_sps", "drafter",
             "Train an SpS drafter: a tiny Llama from scratch with the target's tokenizer, "

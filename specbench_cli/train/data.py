@@ -4,7 +4,8 @@ Accepted inputs (JSON array or JSONL, one conversation each):
 - ShareGPT: {"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}
 - the built-in training split: {"turns": [...user...], "answers": [...assistant...]}
 - role/content messages: {"messages": [{"role": "user"|"assistant", "content": ...}, ...]}
-Sequences follow the run's prompt template (vicuna_v1.1), so training sees what decoding sees.
+Sequences follow the run's prompt template (vicuna_v1.1 unless told: the chat template for
+models run with one), so training sees what decoding sees.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from ..errors import SpecbenchError
 from ..jsonl import json_lines
 from ..prompts import VICUNA_SYSTEM
+from .teacher import Batch
 
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bard", "model"}
@@ -64,8 +66,13 @@ def to_pairs(record: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> Example:
-    """Vicuna v1.1 layout: BOS SYSTEM USER: q ASSISTANT: a</s>USER: ... ; answer tokens masked in."""
+def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int,
+           template: str = "vicuna_v1.1") -> Example:
+    """The conversation as the run's template lays it out (`prompts.build_prompt_ids`), each
+    answer + EOS masked in. Vicuna v1.1: BOS SYSTEM USER: q ASSISTANT: a</s>USER: ..."""
+    if template != "vicuna_v1.1":
+        return encode_with_template(tokenizer, pairs, max_len, template)
+
     def tok(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -79,13 +86,35 @@ def encode(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> Example:
     return Example(ids[:max_len], mask[:max_len])
 
 
-def load_examples(paths: list[Path], tokenizer, max_len: int) -> list[Example]:
+def encode_with_template(tokenizer, pairs: list[tuple[str, str]], max_len: int,
+                         template: str) -> Example:
+    """Any other template (the tokenizer's chat template): each turn's prompt is rendered with
+    the earlier answers, exactly as a run renders it; what it adds to the sequence so far is
+    the prompt part. Should a rendering not extend the sequence (a template that rewrites
+    history), the sequence restarts from that turn's prompt."""
+    from ..prompts import build_prompt_ids
+    ids, mask = [], []
+    turns = [q for q, _ in pairs]
+    answers = [a for _, a in pairs]
+    for i in range(len(pairs)):
+        prompt = build_prompt_ids(tokenizer, template, turns[:i + 1], answers[:i])
+        if prompt[:len(ids)] != ids:
+            ids, mask = [], []
+        reply = tokenizer(answers[i], add_special_tokens=False)["input_ids"] + \
+            [tokenizer.eos_token_id]
+        mask += [False] * (len(prompt) - len(ids)) + [True] * len(reply)
+        ids = prompt + reply
+    return Example(ids[:max_len], mask[:max_len])
+
+
+def load_examples(paths: list[Path], tokenizer, max_len: int,
+                  template: str = "vicuna_v1.1") -> list[Example]:
     examples = []
     for path in paths:
         for record in read_records(path):
             pairs = to_pairs(record) if isinstance(record, dict) else []
             if pairs:
-                ex = encode(tokenizer, pairs, max_len)
+                ex = encode(tokenizer, pairs, max_len, template)
                 if any(ex.assistant):
                     examples.append(ex)
     if not examples:
@@ -101,7 +130,8 @@ def data_hash(paths: list[Path]) -> str:
 
 
 def batches(examples: list[Example], batch_size: int, seed: int):
-    """Endless shuffled batches: ids (b, n) right-padded with 0, assistant mask (b, n) bool.
+    """Endless shuffled `teacher.Batch`es: ids (b, n) right-padded with 0, assistant mask
+    (b, n) bool, the examples' indices.
 
     Right padding needs no attention mask: with causal attention no real token sees a pad."""
     gen = torch.Generator().manual_seed(seed)
@@ -116,4 +146,4 @@ def batches(examples: list[Example], batch_size: int, seed: int):
             for row, e in enumerate(chunk):
                 ids[row, :len(e.ids)] = torch.tensor(e.ids)
                 mask[row, :len(e.ids)] = torch.tensor(e.assistant)
-            yield ids, mask
+            yield Batch(ids, mask, [j for j in order[i:i + batch_size]])

@@ -19,24 +19,21 @@ from ..engine import Engine
 from ..methods.eagle import EagleHead, head_config
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
+from .teacher import LiveTeacher
 
 FEATURE_WEIGHT, DISTRIBUTION_WEIGHT = 1.0, 0.1
 NOISE = 0.2
 
 
-def target_features(engine: Engine, ids: torch.Tensor) -> torch.Tensor:
-    """The target's final normed hidden states (b, n, H): what the head drafts from."""
-    with torch.no_grad():
-        return engine.norm(engine.layers(engine.embed(ids), 0, engine.num_layers, None, 0))
-
-
-def eagle_step(engine: Engine, head: EagleHead, noise: float, generator: torch.Generator):
+def eagle_step(engine: Engine, head: EagleHead, noise: float, generator: torch.Generator,
+               teacher: LiveTeacher):
     def step(batch):
-        ids, mask = (t.to(engine.device) for t in batch)
+        ids, mask = batch.ids.to(engine.device), batch.mask.to(engine.device)
         n = ids.shape[1]
-        features = target_features(engine, ids)
+        features = teacher.features(batch).to(engine.device)
+        # The next-token distribution at every assistant position t+1 (position 0 never is one).
+        target = teacher.distribution(batch)
         with torch.no_grad():
-            teacher = torch.softmax(engine.logits(features[:, 1:]), dim=-1)
             embeds = engine.embed(ids[:, 1:])
         inputs = features[:, :-1]
         if noise:
@@ -48,30 +45,32 @@ def eagle_step(engine: Engine, head: EagleHead, noise: float, generator: torch.G
         keep = mask[:, 1:]                  # the token after t+1 is an assistant token
         feature_loss = F.smooth_l1_loss(predicted[keep], features[:, 1:][keep])
         draft = engine.logits(predicted[keep])
-        distribution_loss = -(teacher[keep] * F.log_softmax(draft, dim=-1)).sum(-1).mean()
+        distribution_loss = target.soft_cross_entropy(draft)
         loss = FEATURE_WEIGHT * feature_loss + DISTRIBUTION_WEIGHT * distribution_loss
-        agree = (draft.argmax(-1) == teacher[keep].argmax(-1)).float().mean()
         return loss, {"feature": feature_loss.item(), "ce": distribution_loss.item(),
-                      "top1": float(agree)}
+                      "top1": target.agreement(draft)}
     return step
 
 
 def train_eagle(engine: Engine, tokenizer, data: list[Path], out: Path, *, steps: int = 2000,
                 lr: float = 3e-4, warmup: int | None = None, batch_size: int = 8,
                 max_len: int = 512, noise: float = NOISE, seed: int = 0, target_name: str = "",
-                console=None) -> dict:
-    examples = load_examples(data, tokenizer, max_len)
+                console=None, template: str = "vicuna_v1.1", examples=None,
+                teacher: LiveTeacher | None = None) -> dict:
+    examples = examples or load_examples(data, tokenizer, max_len, template)
     torch.manual_seed(seed)
     head = EagleHead(engine.config).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, clip_value=0.5,
                              warmup=warmup if warmup is not None else min(2000, steps // 10))
     generator = torch.Generator().manual_seed(seed)
-    metrics = train(head, eagle_step(engine, head, noise, generator),
+    metrics = train(head, eagle_step(engine, head, noise, generator,
+                                     teacher or LiveTeacher(engine)),
                     batches(examples, batch_size, seed), settings, Path(out), console,
                     label="eagle head")
     config = head_config(engine.config, {"target": target_name, "data_sha256": data_hash(data),
                                          "steps": steps, "lr": lr, "noise": noise,
-                                         "examples": len(examples), "final": metrics})
+                                         "template": template, "examples": len(examples),
+                                         "final": metrics})
     finish(Path(out), head, config)
     return metrics

@@ -7,51 +7,61 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..engine import Engine
 from ..errors import SpecbenchError
 from ..methods.kangaroo import Adapter, adapter_config, default_exit_layer
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
+from .teacher import LiveTeacher
 
 
-def kangaroo_step(engine: Engine, adapter: Adapter, exit_layer: int):
+LOSSES = ("ce", "acceptance")
+
+
+def kangaroo_step(engine: Engine, adapter: Adapter, exit_layer: int, teacher: LiveTeacher,
+                  loss: str = "ce"):
+    """`ce`: soft cross-entropy against the target's distribution (the paper's). `acceptance`:
+    1 − Σ_v min(p_v, q_v), the expected rejection of a draft sampled from the adapter, which
+    the paper finds converges more slowly (its appendix; `benchmarks/kangaroo_claims.py`)."""
     def step(batch):
-        ids, mask = batch
-        ids, mask = ids.to(engine.device), mask.to(engine.device)
-        rope = engine.rope(torch.arange(ids.shape[1], device=engine.device))
-        with torch.no_grad():
-            shallow = engine.layers(engine.embed(ids), 0, exit_layer, None, 0, rope=rope)
-            deep = engine.layers(shallow, exit_layer, engine.num_layers, None, 0, rope=rope)
-            teacher = torch.softmax(engine.logits(engine.norm(deep))[mask], dim=-1)
-        student = engine.logits(adapter(shallow, rope, None, 0))[mask]
-        loss = -(teacher * F.log_softmax(student, dim=-1)).sum(-1).mean()
-        agree = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
-        return loss, {"top1_agree": float(agree)}
+        mask = batch.mask.to(engine.device)
+        shallow = teacher.hidden(batch, exit_layer).to(engine.device)
+        target = teacher.distribution(batch)
+        rope = engine.rope(torch.arange(shallow.shape[1], device=engine.device))
+        student = engine.logits(adapter(shallow, rope, None, 0)[mask])
+        accept = target.acceptance(student)
+        value = target.soft_cross_entropy(student) if loss == "ce" else 1 - accept
+        return value, {"top1_agree": target.agreement(student), "accept": accept.item()}
     return step
 
 
 def train_kangaroo(engine: Engine, tokenizer, data: list[Path], out: Path, *,
                    exit_layer: int | None = None, steps: int = 2000, lr: float = 5e-5,
                    warmup: int | None = None, batch_size: int = 8, max_len: int = 512,
-                   seed: int = 0, target_name: str = "", console=None) -> dict:
+                   seed: int = 0, target_name: str = "", console=None,
+                   template: str = "vicuna_v1.1", loss: str = "ce", examples=None,
+                   teacher: LiveTeacher | None = None) -> dict:
+    """`examples` and `teacher` (train.teacher) when several add-ons share one corpus pass."""
     exit_layer = exit_layer or default_exit_layer(engine.num_layers)
     if not 1 <= exit_layer < engine.num_layers:
         raise SpecbenchError(f"exit layer must be in [1, {engine.num_layers - 1}] (got {exit_layer})")
-    examples = load_examples(data, tokenizer, max_len)
+    if loss not in LOSSES:
+        raise SpecbenchError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
+    examples = examples or load_examples(data, tokenizer, max_len, template)
     torch.manual_seed(seed)
     adapter = Adapter(engine.config).to(engine.device)
     init_from_target(adapter, engine, exit_layer)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
                              min(2000, steps // 10), clip_value=0.5)
-    metrics = train(adapter, kangaroo_step(engine, adapter, exit_layer),
+    metrics = train(adapter, kangaroo_step(engine, adapter, exit_layer,
+                                           teacher or LiveTeacher(engine), loss),
                     batches(examples, batch_size, seed), settings, out, console,
                     label="kangaroo adapter")
     config = adapter_config(engine.config, exit_layer, {
         "target": target_name, "data_sha256": data_hash(data), "steps": steps, "lr": lr,
-        "examples": len(examples), "final": metrics})
+        "loss": loss, "template": template, "examples": len(examples), "final": metrics})
     finish(out, adapter, config)
     return metrics
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 CHECKPOINT = "checkpoint.pt"
+TRAINING_LOG = "training_log.jsonl"
 
 
 @dataclass
@@ -63,8 +64,14 @@ def train(module: torch.nn.Module, step_fn: Callable[[object], tuple[torch.Tenso
                TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     module.train()
     step = start
+    # Every step's metrics, for curves (`benchmarks/kangaroo_claims.py`); a resumed run goes on
+    # from its checkpoint's step.
+    log_path = out_dir / TRAINING_LOG
+    kept = [line for line in log_path.read_text().splitlines()
+            if json.loads(line)["step"] <= start] if log_path.exists() and start else []
+    log_path.write_text("".join(line + "\n" for line in kept))
     try:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console) as progress, open(log_path, "a") as log:
             task = progress.add_task(label, total=settings.steps, completed=start, info="")
             for step in range(start, settings.steps):
                 for group in opt.param_groups:
@@ -78,6 +85,7 @@ def train(module: torch.nn.Module, step_fn: Callable[[object], tuple[torch.Tenso
                     torch.nn.utils.clip_grad_norm_(params, settings.clip_norm)
                 opt.step()
                 metrics = {"loss": loss.item(), **metrics}
+                log.write(json.dumps({"step": step + 1, **metrics}) + "\n")
                 progress.update(task, advance=1, info="  ".join(
                     f"{k} {v:.3f}" for k, v in metrics.items()))
                 if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:

@@ -17,14 +17,9 @@ from ..errors import SpecbenchError
 from ..methods.medusa import TOP_K, grow_tree, make_heads
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
+from .teacher import Batch, LiveTeacher
 
 DECAY = 0.8
-
-
-def final_hidden(engine: Engine, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        h = engine.layers(engine.embed(ids), 0, engine.num_layers, None, 0)
-        return engine.norm(h)
 
 
 def shifted(heads, hidden, ids, mask):
@@ -38,10 +33,10 @@ def shifted(heads, hidden, ids, mask):
         yield k, head(hidden[:, :-shift][valid]).float(), ids[:, shift:][valid]
 
 
-def medusa_step(engine: Engine, heads):
+def medusa_step(engine: Engine, heads, teacher: LiveTeacher):
     def step(batch):
-        ids, mask = (t.to(engine.device) for t in batch)
-        hidden = final_hidden(engine, ids)
+        ids, mask = batch.ids.to(engine.device), batch.mask.to(engine.device)
+        hidden = teacher.features(batch).to(engine.device)
         loss, metrics = 0.0, {}
         for k, logits, labels in shifted(heads, hidden, ids, mask):
             loss = loss + DECAY ** k * F.cross_entropy(logits, labels)
@@ -53,39 +48,48 @@ def medusa_step(engine: Engine, heads):
 def train_medusa(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_heads: int = 4,
                  steps: int = 2000, lr: float = 1e-3, warmup: int | None = None,
                  batch_size: int = 8, max_len: int = 512, seed: int = 0, target_name: str = "",
-                 console=None) -> dict:
+                 share_lm_head: bool = False, console=None, template: str = "vicuna_v1.1",
+                 examples=None, teacher: LiveTeacher | None = None) -> dict:
+    """`share_lm_head`: heads are ResBlocks over the target's own LM head (methods.medusa.
+    SharedLMHead) instead of owning a vocab projection each."""
     if num_heads < 1:
         raise SpecbenchError(f"num_heads must be at least 1 (got {num_heads})")
-    examples = load_examples(data, tokenizer, max_len)
+    examples = examples or load_examples(data, tokenizer, max_len, template)
     torch.manual_seed(seed)
     cfg = engine.config
     heads = make_heads(cfg.hidden_size, cfg.vocab_size, num_heads,
-                       engine.lm_head.weight.detach().float()).to(engine.device)
+                       engine.lm_head.weight.detach().float(),
+                       shared=engine.lm_head if share_lm_head else None).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
                              steps // 10, clip_norm=1.0)
-    metrics = train(heads, medusa_step(engine, heads), batches(examples, batch_size, seed),
-                    settings, out, console, label="medusa heads")
+    metrics = train(heads, medusa_step(engine, heads, teacher or LiveTeacher(engine)),
+                    batches(examples, batch_size, seed), settings, out, console,
+                    label="medusa heads")
     finish(out, heads, {"medusa_num_heads": num_heads, "hidden_size": cfg.hidden_size,
                         "vocab_size": cfg.vocab_size, "base_model_name_or_path": target_name,
+                        "shared_lm_head": share_lm_head,
                         "specbench": {"data_sha256": data_hash(data), "steps": steps, "lr": lr,
-                                      "final": metrics}},
+                                      "template": template, "final": metrics}},
            weights="medusa_lm_head.safetensors")
     return metrics
 
 
 def calibrate(engine: Engine, tokenizer, heads, data: list[Path], out: Path | None = None,
-              max_examples: int = 200, max_len: int = 512) -> dict:
+              max_examples: int = 200, max_len: int = 512, template: str = "vicuna_v1.1",
+              examples=None, teacher: LiveTeacher | None = None) -> dict:
     """accuracy[k][r]: share of assistant positions where head k's rank-r candidate is the
     token 2+k ahead. Stored as calibration.json in `out` (the heads' folder) when given."""
-    examples = load_examples(data, tokenizer, max_len)[:max_examples]
+    examples = (examples or load_examples(data, tokenizer, max_len, template))[:max_examples]
+    teacher = teacher or LiveTeacher(engine)
     hits = torch.zeros(len(heads), TOP_K)
     counts = torch.zeros(len(heads))
     with torch.no_grad():
-        for ex in examples:
-            ids = torch.tensor([ex.ids], device=engine.device)
-            mask = torch.tensor([ex.assistant], device=engine.device)
-            for k, logits, labels in shifted(heads, final_hidden(engine, ids), ids, mask):
+        for row, ex in enumerate(examples):
+            batch = Batch(torch.tensor([ex.ids]), torch.tensor([ex.assistant]), [row])
+            ids, mask = batch.ids.to(engine.device), batch.mask.to(engine.device)
+            hidden = teacher.features(batch).to(engine.device)
+            for k, logits, labels in shifted(heads, hidden, ids, mask):
                 ranks = logits.topk(TOP_K, dim=-1).indices
                 hits[k] += (ranks == labels[:, None]).float().sum(0).cpu()
                 counts[k] += labels.numel()

@@ -15,6 +15,7 @@ from ..engine import Engine, EngineConfig
 from ..errors import SpecbenchError
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
+from .teacher import LiveTeacher
 
 HEAD_DIM = 32
 
@@ -49,23 +50,21 @@ def new_drafter(config: dict) -> Engine:
     return drafter
 
 
-def sps_step(target: Engine, drafter: Engine, distill: bool = True):
+def sps_step(target: Engine, drafter: Engine, teacher: LiveTeacher, distill: bool = True):
     """Soft cross-entropy against the target's distribution, or (distill=False) plain
     next-token cross-entropy on the corpus, which skips the target's forward: about as good
     where the target has learnt its corpus by heart (the built-in model)."""
     def step(batch):
-        ids, mask = (t.to(target.device) for t in batch)
+        ids, mask = batch.ids.to(target.device), batch.mask.to(target.device)
         if not distill:     # position t predicts token t+1
             labels = ids[:, 1:][mask[:, 1:]]
             student = drafter(ids[:, :-1], None, 0)[mask[:, 1:]]
             agree = (student.argmax(-1) == labels).float().mean()
             return F.cross_entropy(student, labels), {"top1_agree": float(agree)}
-        with torch.no_grad():
-            teacher = torch.softmax(target(ids, None, 0)[mask], dim=-1)
+        teacher_says = teacher.distribution(batch)
         student = drafter(ids, None, 0)[mask]
-        loss = -(teacher * F.log_softmax(student, dim=-1)).sum(-1).mean()
-        agree = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
-        return loss, {"top1_agree": float(agree)}
+        return teacher_says.soft_cross_entropy(student), \
+            {"top1_agree": teacher_says.agreement(student)}
     return step
 
 
@@ -73,21 +72,22 @@ def train_sps(engine: Engine, tokenizer, data: list[Path], out: Path, *, hidden_
               layers: int = 1, intermediate_size: int | None = None, steps: int = 2000,
               lr: float = 3e-3, warmup: int | None = None, batch_size: int = 16,
               max_len: int = 512, distill: bool = True, seed: int = 0, target_name: str = "",
-              console=None) -> dict:
+              console=None, template: str = "vicuna_v1.1", examples=None,
+              teacher: LiveTeacher | None = None) -> dict:
     out = Path(out)
     config = drafter_config(engine.config, hidden_size, layers, intermediate_size)
-    examples = load_examples(data, tokenizer, max_len)
+    examples = examples or load_examples(data, tokenizer, max_len, template)
     torch.manual_seed(seed)
     drafter = new_drafter(config).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
                              steps // 20, weight_decay=0.01, clip_norm=1.0)
-    metrics = train(drafter, sps_step(engine, drafter, distill), batches(examples, batch_size, seed),
-                    settings, out, console, label="sps drafter")
+    metrics = train(drafter, sps_step(engine, drafter, teacher or LiveTeacher(engine), distill),
+                    batches(examples, batch_size, seed), settings, out, console,
+                    label="sps drafter")
     config["specbench"] = {"target": target_name, "data_sha256": data_hash(data),
-                           "steps": steps, "lr": lr, "distill": distill,
-                           "examples": len(examples),
-                           "final": metrics}
+                           "steps": steps, "lr": lr, "distill": distill, "template": template,
+                           "examples": len(examples), "final": metrics}
     finish(out, drafter, config)
     tokenizer.save_pretrained(str(out))     # the target's own: the method compares them
     return metrics

@@ -1,0 +1,155 @@
+"""A named real target's add-ons (`specbench prepare smollm2 --addons`), built offline.
+
+1. A corpus by self-distillation (`corpus.py`): prompts in the six subtasks' shapes from text
+   that ships with Python, answered greedily by the target under its own chat template.
+2. One pass of the target over it (`train.teacher.CachedTeacher`): the hidden states the
+   add-ons read and its top-k next-token distribution, so that every trainer gets the target's
+   view for the price of one forward over the corpus.
+3. Each method's add-on, built by the same function as the built-in benchmark's (the method's
+   `builtin_addon.build`) with the settings of the target's recipe below.
+
+Everything lands in $SPECBENCH_HOME/targets/<name>/addons-<recipe hash>/ (a change of recipe
+builds a new folder; each part is built in a temporary folder and renamed when complete, so an
+interrupted build resumes where it stopped). `specbench run --model smollm2` then gives each
+method its add-on by itself, as the built-in default run does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import SpecbenchError
+from .methods.base import ADDON_FOLDER
+
+# Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
+# trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
+# add-on's folder). Sized for ≤ 30 min on a 2-core CPU (README: real-model add-ons).
+RECIPES = {
+    "smollm2": {
+        "corpus": {"per_subtask": 64, "seed": 0, "max_new_tokens": 160, "batch_size": 32},
+        "max_len": 448,
+        "teacher": {"top_k": 32, "layers": [1, 2, 3, 4]},     # Kangaroo's exit-layer sweep
+        "addons": {
+            # Kangaroo: exit layer 2 of 30 (the paper's ~1/16), soft cross-entropy.
+            "kangaroo": {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4},
+            # Medusa: heads share the LM head (its 28M-parameter vocab projection a head would
+            # be 21% of the target each; README), ResBlocks only.
+            "medusa": {"num_heads": 3, "share_lm_head": True, "steps": 300, "lr": 1e-3,
+                       "batch_size": 4},
+            "eagle": {"steps": 500, "lr": 1e-3, "batch_size": 4},
+            # SpS: a 2-layer, 128-wide Llama from scratch with SmolLM2's tokenizer, distilled.
+            "sps": {"hidden_size": 128, "layers": 2, "steps": 600, "lr": 3e-3, "batch_size": 4},
+            "rest": {},
+        },
+        "options": {
+            "kangaroo": {"adapter": ADDON_FOLDER},
+            "medusa": {"heads": ADDON_FOLDER, "tree": "budget16"},
+            "eagle": {"head": ADDON_FOLDER, "total_tokens": 16, "depth": 6, "top_k": 3},
+            "sps": {"drafter": ADDON_FOLDER, "num_draft": 4},
+            "rest": {"datastore": ADDON_FOLDER, "num_draft": 32},
+        },
+    },
+}
+
+
+@dataclass
+class TargetAddons:
+    name: str
+    root: Path
+    corpus: Path
+    addons: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def method_defaults(self) -> dict[str, dict]:
+        options = RECIPES[self.name]["options"]
+        return {m: {k: str(self.addons[m]) if v == ADDON_FOLDER else v for k, v in o.items()}
+                for m, o in options.items() if m in self.addons}
+
+
+def addons_root(name: str, home: Path | None = None) -> Path:
+    from .corpus import recipe_hash
+    from .targets import target_dir
+    return target_dir(name, home) / f"addons-{recipe_hash(RECIPES[name])}"
+
+
+def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
+    """The target's add-ons when they are all built, else None (nothing is built here)."""
+    if name not in RECIPES:
+        return None
+    root = addons_root(name, home)
+    found = TargetAddons(name, root, root / "corpus.jsonl",
+                         {m: root / m for m in RECIPES[name]["addons"]})
+    return found if all((f / "ready.json").exists() for f in found.addons.values()) else None
+
+
+def prepare_addons(name: str, home: Path | None = None, force: bool = False,
+                   console: Console | None = None) -> TargetAddons:
+    from rich.progress import Progress
+
+    from .corpus import build_corpus
+    from .engine.load import load_engine
+    from .methods import METHODS
+    from .prompts import resolve_template
+    from .targets import TARGETS, target_folder
+    from .train.data import load_examples
+    from .train.teacher import CachedTeacher
+    if name not in RECIPES:
+        raise SpecbenchError(f"no add-on recipe for {name!r} (have: {', '.join(RECIPES)})")
+    console = console or Console()
+    recipe = RECIPES[name]
+    root = addons_root(name, home)
+    if force:
+        shutil.rmtree(root, ignore_errors=True)
+    folder = target_folder(name, home=home, console=console)
+    engine, tokenizer, _ = load_engine(str(folder), dtype="fp32", device="cpu")
+    template = resolve_template("auto", tokenizer, name)
+    result = TargetAddons(name, root, root / "corpus.jsonl")
+    started = time.perf_counter()
+    if not (root / "corpus.json").exists():
+        tmp = root.parent / f".tmp-{root.name}-corpus"
+        shutil.rmtree(tmp, ignore_errors=True)
+        console.print(f"{name}: self-distilled corpus ({recipe['corpus']['per_subtask']} prompts "
+                      f"a subtask, answers ≤ {recipe['corpus']['max_new_tokens']} tokens) …")
+        build_corpus(folder, tokenizer, template, tmp, recipe["corpus"], console)
+        root.mkdir(parents=True, exist_ok=True)
+        for part in tmp.iterdir():
+            part.replace(root / part.name)
+        tmp.rmdir()
+        result.timings["corpus"] = time.perf_counter() - started
+    examples = load_examples([result.corpus], tokenizer, recipe["max_len"], template)
+    teacher = None
+    for method, settings in recipe["addons"].items():
+        target = root / method
+        if (target / "ready.json").exists():
+            result.addons[method] = target
+            continue
+        t = time.perf_counter()
+        if teacher is None and method != "rest":
+            with Progress(console=console) as progress:
+                teacher = CachedTeacher(engine, examples, recipe["teacher"]["layers"],
+                                        recipe["teacher"]["top_k"], progress)
+            result.timings["teacher"] = time.perf_counter() - t
+            t = time.perf_counter()
+        tmp = root / f".tmp-{method}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        METHODS[method].builtin_addon.build(
+            engine, tokenizer, [result.corpus], tmp, dict(settings), console,
+            target_name=name, template=template, examples=examples, teacher=teacher)
+        (tmp / "ready.json").write_text(json.dumps({"options": settings}))
+        tmp.rename(target)
+        result.addons[method] = target
+        result.timings[method] = time.perf_counter() - t
+        console.print(f"{name} {method}: built in {result.timings[method]:.1f} s → {target}")
+    if result.timings:      # seconds per part, kept across resumed builds
+        path = root / "timings.json"
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**earlier, **result.timings}, indent=2))
+    console.print(f"[green]{name} add-ons ready[/] at {root} ({TARGETS[name].license} target)",
+                  highlight=False)
+    return result
