@@ -142,7 +142,7 @@ def target_addon_defaults(model: str, methods: list[str], console: Console) -> d
     wanting = [m for m in methods if m in RECIPES.get(model, {}).get("options", {})]
     if wanting:
         console.print(f"note: {model}'s add-ons for {', '.join(wanting)} are not built; build "
-                      f"them with `specbench prepare {model} --addons` (~30 min) or pass "
+                      f"them with `specbench prepare {model} --addons` (~40 min) or pass "
                       "your own with --opt", highlight=False)
     return {}
 

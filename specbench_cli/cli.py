@@ -210,7 +210,7 @@ def prepare(
     addons: bool = typer.Option(False, "--addons", help="With a named target: also build its "
                                 "add-ons (Kangaroo adapter, Medusa heads, EAGLE head, SpS "
                                 "drafter, REST datastore) from a self-distilled corpus, offline "
-                                "(~30 min on 2 CPU cores); `run --model NAME` then uses them."),
+                                "(~40 min on 2 CPU cores); `run --model NAME` then uses them."),
 ):
     """Build the offline built-in benchmark (tasks, tokenizer, trained model, and every add-on a
     method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)

@@ -29,7 +29,7 @@ from .methods.base import ADDON_FOLDER
 
 # Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
 # trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
-# add-on's folder). Sized for ≤ 30 min on a 2-core CPU (README: real-model add-ons).
+# add-on's folder). Measured 39 min on a 2-core CPU (README: real models).
 RECIPES = {
     "smollm2": {
         "corpus": {"per_subtask": 64, "seed": 0, "max_new_tokens": 160, "batch_size": 32},
