@@ -8,9 +8,10 @@
 3. Each method's add-on, built by the same function as the built-in benchmark's (the method's
    `builtin_addon.build`) with the settings of the target's recipe below.
 
-Everything lands in $SPECBENCH_HOME/targets/<name>/addons-<recipe hash>/ (a change of recipe
-builds a new folder; each part is built in a temporary folder and renamed when complete, so an
-interrupted build resumes where it stopped). `specbench run --model smollm2` then gives each
+Everything lands in $SPECBENCH_HOME/targets/<name>/addons-<hash>/, the hash of the corpus and
+teacher settings (a change there builds a new folder; a change of one add-on's settings
+rebuilds that add-on only). Each part is built in a temporary folder and renamed when complete,
+so an interrupted build resumes where it stopped. `specbench run --model smollm2` then gives each
 method its add-on by itself, as the built-in default run does.
 """
 
@@ -75,17 +76,29 @@ class TargetAddons:
 def addons_root(name: str, home: Path | None = None) -> Path:
     from .corpus import recipe_hash
     from .targets import target_dir
-    return target_dir(name, home) / f"addons-{recipe_hash(RECIPES[name])}"
+    # Keyed by what the corpus and the teacher depend on: a change of one add-on's settings
+    # rebuilds that add-on only (its ready.json records the settings it was built with).
+    recipe = RECIPES[name]
+    key = {k: recipe[k] for k in ("corpus", "max_len", "teacher")}
+    return target_dir(name, home) / f"addons-{recipe_hash(key)}"
+
+
+def is_built(folder: Path, settings: dict) -> bool:
+    marker = folder / "ready.json"
+    return marker.exists() and json.loads(marker.read_text()).get("options") == \
+        json.loads(json.dumps(settings))
 
 
 def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
-    """The target's add-ons when they are all built, else None (nothing is built here)."""
+    """The target's add-ons when they are all built as the recipe says, else None (nothing is
+    built here)."""
     if name not in RECIPES:
         return None
     root = addons_root(name, home)
     found = TargetAddons(name, root, root / "corpus.jsonl",
                          {m: root / m for m in RECIPES[name]["addons"]})
-    return found if all((f / "ready.json").exists() for f in found.addons.values()) else None
+    return found if all(is_built(root / m, settings)
+                        for m, settings in RECIPES[name]["addons"].items()) else None
 
 
 def prepare_addons(name: str, home: Path | None = None, force: bool = False,
@@ -126,7 +139,7 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
     teacher = None
     for method, settings in recipe["addons"].items():
         target = root / method
-        if (target / "ready.json").exists():
+        if is_built(target, settings):
             result.addons[method] = target
             continue
         t = time.perf_counter()
@@ -142,6 +155,7 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
             engine, tokenizer, [result.corpus], tmp, dict(settings), console,
             target_name=name, template=template, examples=examples, teacher=teacher)
         (tmp / "ready.json").write_text(json.dumps({"options": settings}))
+        shutil.rmtree(target, ignore_errors=True)       # built with other settings
         tmp.rename(target)
         result.addons[method] = target
         result.timings[method] = time.perf_counter() - t

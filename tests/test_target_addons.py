@@ -158,6 +158,14 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     assert "pydoc_data.topics" in meta["source"] and meta["template"] == "vicuna_v1.1"
     again = target_addons.built_addons("tiny")
     assert again is not None and again.addons == built.addons
+    # Another setting for one add-on: that add-on is stale, the rest (and the corpus) are not.
+    corpus_made = built.corpus.stat().st_mtime_ns
+    recipe["addons"]["rest"] = {"note": "rebuilt"}
+    assert target_addons.built_addons("tiny") is None
+    rebuilt = target_addons.prepare_addons("tiny", console=quiet())
+    assert set(rebuilt.timings) == {"rest"} and rebuilt.root == built.root
+    assert built.corpus.stat().st_mtime_ns == corpus_made
+    assert target_addons.built_addons("tiny") is not None
     qfile = write_questions(tmp_path / "q.jsonl", [
         {"question_id": 1, "category": "qa", "turns": ["Who wrote Hamlet?"]},
         {"question_id": 2, "category": "rag", "turns": ["Paris is in France. Where is Paris?"]}])
