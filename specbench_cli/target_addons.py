@@ -30,7 +30,9 @@ from .methods.base import ADDON_FOLDER
 
 # Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
 # trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
-# add-on's folder). Measured 39 min on a 2-core CPU (README: real models).
+# add-on's folder). Medusa, EAGLE and SpS steps were halved to fit the 30-minute aim: 28 min
+# at the 2-core CPU's speed when the longer recipe took 39 min, 46 min on a day it ran ~1.7x
+# slower (README: real models).
 RECIPES = {
     "smollm2": {
         "corpus": {"per_subtask": 64, "seed": 0, "max_new_tokens": 160, "batch_size": 32},
@@ -41,11 +43,11 @@ RECIPES = {
             "kangaroo": {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4},
             # Medusa: heads share the LM head (its 28M-parameter vocab projection a head would
             # be 21% of the target each; README), ResBlocks only.
-            "medusa": {"num_heads": 3, "share_lm_head": True, "steps": 300, "lr": 1e-3,
+            "medusa": {"num_heads": 3, "share_lm_head": True, "steps": 150, "lr": 1e-3,
                        "batch_size": 4},
-            "eagle": {"steps": 500, "lr": 1e-3, "batch_size": 4},
+            "eagle": {"steps": 250, "lr": 1e-3, "batch_size": 4},
             # SpS: a 2-layer, 128-wide Llama from scratch with SmolLM2's tokenizer, distilled.
-            "sps": {"hidden_size": 128, "layers": 2, "steps": 600, "lr": 3e-3, "batch_size": 4},
+            "sps": {"hidden_size": 128, "layers": 2, "steps": 300, "lr": 3e-3, "batch_size": 4},
             "rest": {},
         },
         "options": {
