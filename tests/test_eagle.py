@@ -72,6 +72,14 @@ def reference_logp(method, features, tokens):
     return method.draft_logp(out[:, -1:])[0]
 
 
+def fp32_slack(logp):
+    """The rounding a cached and an uncached fp32 pass may differ by in one log-probability. It
+    grows with the logits' spread (hundreds with the scaled random head), and the kernels' order
+    of summation differs between CPUs: an AMD EPYC differed by 1e-3 at a spread of 775. A wrong
+    position, mask or cache row moves log-probabilities by whole units."""
+    return max(1e-4, 4e-6 * float(logp.max() - logp.min()))
+
+
 @pytest.mark.parametrize("options", TREES[1:], ids=["small", "wide", "static"])
 def test_every_drafted_node_is_what_the_head_computes_without_a_cache(tiny_engine, options):
     """Node by node, the tree's children are the top ranks of the head's distribution along the
@@ -103,7 +111,7 @@ def test_every_drafted_node_is_what_the_head_computes_without_a_cache(tiny_engin
             for c in children if not method.tree else ():
                 # dynamic: a child's path log-probability adds its own to its parent's
                 want = tree.scores[node] + float(logp[tokens[c]])
-                assert tree.scores[c] == pytest.approx(want, abs=1e-4), (node, c)
+                assert tree.scores[c] == pytest.approx(want, abs=fp32_slack(logp)), (node, c)
             if children and node:
                 rope = engine.rope(torch.arange(len(seq)))
                 full = method.head(feats[None], engine.embed(torch.tensor([seq])), rope, None, 0)
