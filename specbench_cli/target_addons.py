@@ -30,12 +30,14 @@ from .methods.base import ADDON_FOLDER
 
 # Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
 # trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
-# add-on's folder). Medusa, EAGLE and SpS steps were halved to fit the 30-minute aim: 28 min
-# at the 2-core CPU's speed when the longer recipe took 39 min, 46 min on a day it ran ~1.7x
-# slower (README: real models).
+# add-on's folder). Sized for the 30-minute aim on a 2-core CPU, whose speed varies up to 2x from
+# day to day: every stage is bound by fp32 matrix products (the corpus's decoding and each
+# trainer's pass through the 28M-parameter vocab projection), so time scales with the corpus's
+# tokens and the steps. Medusa, EAGLE and SpS steps were halved, then the corpus cut from 64
+# prompts a subtask and 160-token answers to 48 and 128 (README: real models).
 RECIPES = {
     "smollm2": {
-        "corpus": {"per_subtask": 64, "seed": 0, "max_new_tokens": 160, "batch_size": 32},
+        "corpus": {"per_subtask": 48, "seed": 0, "max_new_tokens": 128, "batch_size": 32},
         "max_len": 448,
         "teacher": {"top_k": 32, "layers": [1, 2, 3, 4]},     # Kangaroo's exit-layer sweep
         "addons": {
