@@ -37,6 +37,7 @@ class RunPlan:
     out: Path
     resume: bool                # continue the run already in `out`
     profile: Path | None        # with breakdown: a profile.json to use instead of measuring
+    dtype_why: str = "given"    # how the dtype was chosen (--dtype auto measures; run.json)
 
 
 def plan_run(model: str | None = None, bench: str | None = None, methods: str | None = None,
@@ -51,8 +52,8 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
     {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
-    from .engine.load import DTYPE_NAMES, load_tokenizer, model_folder, resolve_device, \
-        resolve_dtype
+    from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, model_folder, \
+        resolve_device, resolve_dtype
     from .methods import METHODS, checked_options, checked_sweeps, expand_sweeps, \
         parse_methods, parse_options, parse_sweeps
     from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
@@ -116,6 +117,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     opts = {n: {k: v for k, v in o.items() if v is not None} for n, o in opts.items() if o}
     names, opts = expand_sweeps(names, opts, grid)
     folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
+    dt, dtype_why = choose_dtype(dtype, dev, folder, console)
     tokenizer = load_tokenizer(folder)
     template = resolve_template(template, tokenizer, model)
     over_context = over_context or "error"
@@ -129,7 +131,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        over_context=over_context, breakdown=breakdown,
                        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     out, resume = resolve_out(out, resume, config, model, console)
-    return RunPlan(config, folder, tokenizer, questions, out, resume, profile)
+    return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
 
 
 def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:
@@ -179,7 +181,7 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
                     Path(config.model).name)
     if not plan.resume:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_json(out, run_meta(config, engine, runner))
+        write_run_json(out, run_meta(config, engine, runner, plan.dtype_why))
     console.print(f"{len(plan.questions)} questions × {len(config.methods)} methods × "
                   f"{config.repeats} repeats → {out}")
     started = time.perf_counter()

@@ -189,6 +189,7 @@ def execute_sharded(plan, workers: int, address: str | None = None,
                 raise unwrapped(err) from None
             if unit is None:
                 pool.info[slot] = result
+                result["meta"]["dtype_choice"] = plan.dtype_why
                 record_worker(out, result)
             else:
                 repeat, question, names = unit

@@ -307,10 +307,15 @@ def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
     return ids
 
 
-def run_meta(config: RunConfig, engine: Engine, runner: Runner) -> dict:
-    """run.json's content: the configuration, the machine, the target and each method."""
+def run_meta(config: RunConfig, engine: Engine, runner: Runner, dtype_why: str = "given") -> dict:
+    """run.json's content: the configuration, the machine, the target, how its products run and
+    why in this dtype, and each method."""
+    from .engine.kernels import summary
+    choice = getattr(engine, "kernel_choice", None)
     return {
         "config": asdict(config),
+        "dtype_choice": dtype_why,
+        "kernels": dict(summary(choice)) if choice else None,
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
         "methods": {name: {"options": m.options, "overhead": m.parameter_overhead(),

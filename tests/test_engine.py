@@ -112,36 +112,3 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_engine(str(tmp_path))
 
-
-@pytest.mark.parametrize("rows", [1, 3, 16, 17])
-def test_linear_column_blocks_equal_the_plain_product(rows):
-    from specbench_cli.engine.llama import Linear
-    torch.manual_seed(0)
-    lin = Linear(48, 64, bias=True)
-    plain = torch.nn.functional.linear
-    x = torch.randn(1, rows, 48)
-    want = plain(x, lin.weight, lin.bias)
-    lin.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())   # CPU layout
-    for split in (1, 2, 4):
-        lin.split = split
-        assert torch.allclose(lin(x), want, atol=1e-5), (rows, split)
-
-
-def test_split_products_keep_greedy_tokens(tiny_model_dir):
-    """The built-in layout on a CPU: transposed weights, column blocks where a weight is large.
-    The tiny model's weights are small, so force the blocks on and compare with them off."""
-    from specbench_cli.engine.llama import Linear
-    from specbench_cli.methods import METHODS
-    engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
-                               with_tokenizer=False)
-    linears = [m for m in engine.modules() if isinstance(m, Linear)]
-    assert all(m.weight.t().is_contiguous() for m in linears)
-    prompt = list(range(3, 60))
-    runs = {}
-    for split in (1, 2):
-        for m in linears:
-            m.split = split
-        with torch.inference_mode():
-            runs[split] = {name: METHODS[name](engine, {2}).generate(prompt, 40).tokens
-                           for name in ("vanilla", "pld")}
-    assert runs[1] == runs[2] and runs[1]["pld"] == runs[1]["vanilla"]

@@ -125,41 +125,61 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # torch's fused kernel (one op, not seven; the same values as the textbook form here)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def rotate(x, cos, signed_sin):
+    """RoPE on the last dimension: x·cos + rotate_half(x)·sin, where rotate_half(x) =
+    (-x₂, x₁). Rolling x by half gives (x₂, x₁), and the sign lives in `signed_sin` (Engine.rope
+    returns (-sin, sin) halves): three ops instead of seven, the same products."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose weight the loader stores transposed on a CPU (in × out, contiguous; the
-    `weight` parameter is a view of it, so its meaning and name stay Hugging Face's).
+    """nn.Linear whose inference products run through the kernel measured fastest for this
+    weight's shape and the block's size on this device (engine/kernels.py installs `kernels`, a
+    table indexed by the number of rows, the last entry for every larger block). With autograd
+    on (training), or before a choice is installed, it is F.linear."""
 
-    Why: for a product over a few tokens MKL runs one row-major GEMV on one thread, at ~40% of
-    the memory bandwidth; on the transposed weight the same product streams it ~1.4× faster, and
-    cut into `split` column blocks (one per thread, all views of the same storage) one batched
-    product runs them in parallel, near the memory wall (benchmarks/engine_step.py). Blocks of
-    32-64 tokens gain too (SmolLM2: 88 vs 103 ms at 32) and a 512-token prefill costs the same.
-    Every output is still one dot product over the whole input: greedy tokens do not change."""
-
-    split = 1       # column blocks: the loader sets the thread count where it divides out_features
+    kernels = None
+    packed = None       # oneDNN's prepacked copy of the weight, where a chosen kernel reads it
 
     def forward(self, x):
-        wt = self.weight.t()
-        rows = x.numel() // x.shape[-1]
-        if self.split == 1 or not wt.is_contiguous():
+        if self.kernels is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
             return F.linear(x, self.weight, self.bias)
-        k, n = wt.shape
-        blocks = wt.view(k, self.split, n // self.split).transpose(0, 1)
-        out = torch.bmm(x.reshape(1, rows, k).expand(self.split, rows, k), blocks)
-        out = out.transpose(0, 1).reshape(*x.shape[:-1], n)
-        return out if self.bias is None else out + self.bias
+        x2 = x.reshape(-1, x.shape[-1])
+        rows = x2.shape[0]
+        kernel = self.kernels[rows if rows < len(self.kernels) else -1]
+        return kernel(self, x2.contiguous()).view(*x.shape[:-1], -1)
+
+
+def fuse(parts: list[Linear]) -> Linear:
+    """One Linear for several that read the same input: their weights stacked by output rows,
+    and each part's weight (and bias) made a view of its slice, so no memory is added and the
+    Hugging Face names still hold. One product then streams the same bytes with one call's
+    overhead (SmolLM2, 2 threads: three products of 576 columns cost more than one of 960)."""
+    weight = torch.cat([p.weight.detach() for p in parts])
+    bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
+    fused = Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+    start = 0
+    for p in parts:
+        rows = p.weight.shape[0]
+        p.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+        if bias is not None:
+            p.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+        start += rows
+    fused.parts = parts
+    return fused
+
+
+def fused_live(fused: Linear | None, first: Linear) -> bool:
+    """Whether a fused product still holds its parts' weights (a later `.to()` or a replaced
+    weight leaves it stale, and the parts run one by one again)."""
+    return fused is not None and not torch.is_grad_enabled() \
+        and fused.weight.data_ptr() == first.weight.data_ptr()
 
 
 class Attention(nn.Module):
@@ -171,22 +191,34 @@ class Attention(nn.Module):
         self.k_proj = Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = Linear(h, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = Linear(cfg.num_heads * hd, h, bias=cfg.o_bias)
+        self.qkv_proj = None        # fuse_projections' one product for all three, when made
 
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, offset: int, mask):
         """x (b, n, H). With a cache (decoding, b = 1) keys/values are stored at rows
         [offset, offset + n) and attention sees all rows so far; without one (training on whole
         sequences) attention is causal within the block."""
         b, n = x.shape[:2]
-        q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        heads = self.n_heads + 2 * self.n_kv
+        if fused_live(self.qkv_proj, self.q_proj):
+            # One product for q, k and v, and one rotation for q and k together.
+            qkv = self.qkv_proj(x).view(b, n, heads, self.head_dim).transpose(1, 2)
+            qk = rotate(qkv[:, :self.n_heads + self.n_kv], cos, sin)
+            q, k = qk.split((self.n_heads, self.n_kv), dim=1)
+            v = qkv[:, self.n_heads + self.n_kv:]
+        else:
+            q = self.q_proj(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, offset, k, v)
+            q = q.to(k.dtype)       # the cache may be wider than the model (Engine.cache_dtype)
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and offset == 0 and n > 1,
             enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
@@ -196,9 +228,14 @@ class MLP(nn.Module):
         self.gate_proj = Linear(h, m, bias=b)
         self.up_proj = Linear(h, m, bias=b)
         self.down_proj = Linear(m, h, bias=b)
+        self.gate_up_proj = None    # fuse_projections' one product for both, when made
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if fused_live(self.gate_up_proj, self.gate_proj):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -255,10 +292,19 @@ class Engine(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """Keys and values are kept in fp32 on a CPU whatever the weights' dtype: torch's CPU
+        attention is several times slower in half precision for a single query (SmolLM2's
+        shapes, 2 threads: 179 µs bf16 against 35 µs fp32 after 256 tokens, 660 against 84
+        after 1024), and at these model sizes the cache is small next to the weights."""
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        return torch.float32 if half and self.device.type == "cpu" else self.dtype
+
     def new_cache(self, capacity: int, num_layers: int | None = None) -> KVCache:
         cfg = self.config
         return KVCache(num_layers or cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity,
-                       self.dtype, self.device)
+                       self.cache_dtype, self.device)
 
     def cache(self, capacity: int) -> KVCache:
         """The engine's shared cache, emptied, with room for `capacity` rows.
@@ -276,11 +322,21 @@ class Engine(nn.Module):
         return self.model.embed_tokens(ids)
 
     def rope(self, positions: torch.Tensor):
+        """(cos, signed sin) at `positions`, the second with its first half negated (rotate)."""
         if self.inv_freq.device != self.device:
             self.inv_freq = self.inv_freq.to(self.device)
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+        return emb.cos().to(self.dtype), sin.to(self.dtype)
+
+    def fuse_projections(self):
+        """Inference: q/k/v and gate/up each become one product (see fuse). The fused modules
+        are plain attributes, not submodules: the state dict and parameter count stay HF's."""
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            object.__setattr__(attn, "qkv_proj", fuse([attn.q_proj, attn.k_proj, attn.v_proj]))
+            object.__setattr__(mlp, "gate_up_proj", fuse([mlp.gate_proj, mlp.up_proj]))
 
     def attention_mask(self, offset: int, n: int, block_mask: torch.Tensor | None):
         """Additive mask (n, offset + n), 0 where a token may attend and -inf elsewhere: the
@@ -291,10 +347,10 @@ class Engine(nn.Module):
             if n == 1 or offset == 0:
                 return None
             block_mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        # Built once a forward in the model's dtype: SDPA would otherwise convert a boolean mask
+        # Built once a forward in the cache's dtype: SDPA would otherwise convert a boolean mask
         # in every layer (trees verify ~5% faster on a small model, benchmarks/
         # medusa_tree_forward.py).
-        mask = torch.zeros(n, offset + n, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(n, offset + n, dtype=self.cache_dtype, device=self.device)
         mask[:, offset:].masked_fill_(~block_mask.to(self.device, torch.bool), float("-inf"))
         return mask
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap as mmap_module
@@ -13,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import SpecbenchError
-from .llama import Engine, EngineConfig, Linear
+from .kernels import choose_kernels
+from .llama import Engine, EngineConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # run.json records the short name, whichever alias the user typed.
@@ -22,11 +24,6 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 DTYPE_ALIASES = {**DTYPES, "float32": torch.float32, "float16": torch.float16,
                  "half": torch.float16, "bfloat16": torch.bfloat16}
 # safetensors header dtype → torch; others (int8, fp8, …) are quantised formats we do not run.
-# Weights from this size on are read in column blocks, one a thread (llama.Linear); smaller
-# products are too short for the batched form's per-call cost to pay (the built-in model's step,
-# whose products are 64-180 KiB but its 1 MiB head: 1.16 ms with every product split, 0.88 ms
-# with the head alone; SmolLM2's, 0.4-113 MiB: 26 ms with all split, 33 ms with none).
-SPLIT_BYTES = 256 << 10
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -47,12 +44,72 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """Spec-Bench's default: fp16 on GPU; fp32 on CPU, where half precision is slow and inexact."""
+    """An explicit dtype checked; for `auto` the default before measuring (choose_dtype):
+    Spec-Bench's fp16 on a GPU, fp32 on a CPU."""
     if dtype in (None, "auto"):
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype.lower() not in DTYPE_ALIASES:
         raise ModelLoadError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_ALIASES)}")
     return DTYPE_ALIASES[dtype.lower()]
+
+
+# bf16 replaces fp32 under `auto` only when its one-token step is at least this much faster: a
+# near-equal speed is not worth half precision's near-ties.
+BF16_GAIN = 0.10
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
+                 console=None) -> tuple[torch.dtype, str]:
+    """The run dtype and why. An explicit one is taken as given. `auto`: fp16 on CUDA
+    (Spec-Bench's protocol); on a CPU with bf16 units (AVX512-BF16 or AMX) the faster of fp32
+    and bf16 for this model's one-token step, measured once and cached per machine and model
+    in $SPECBENCH_HOME/kernels/dtypes.json; fp32 on other CPUs."""
+    from . import kernels
+    if dtype not in (None, "auto"):
+        return resolve_dtype(dtype, device), "given"
+    if device.type == "cuda":
+        return torch.float16, "auto: fp16 on CUDA (Spec-Bench's protocol)"
+    if not set(BF16_FLAGS) & kernels.cpu_flags():
+        return torch.float32, f"auto: fp32 (this CPU has no {' or '.join(BF16_FLAGS)})"
+    config = (folder / "config.json").read_bytes()
+    key = (f"{kernels.machine_key(device)} | {hashlib.sha256(config).hexdigest()[:12]} "
+           f"{sum(f.stat().st_size for f in checkpoint_files(folder))}")
+    cache_file = kernels.kernels_home() / "dtypes.json"
+    cache = kernels.read_json(cache_file)
+    if key not in cache:
+        if console is not None:
+            console.print("[dim]auto dtype: timing a one-token step in fp32 and in bf16 (once for "
+                          "this model and machine)[/dim]")
+        cache[key] = {name: round(step_ms(folder, name, device, console), 3)
+                      for name in ("fp32", "bf16")}
+        kernels.write_json(cache_file, cache)
+    ms = cache[key]
+    pick = "bf16" if ms["bf16"] < (1 - BF16_GAIN) * ms["fp32"] else "fp32"
+    return DTYPES[pick], (f"auto: {pick} (one-token step measured on {kernels.cpu_name()}: fp32 "
+                          f"{ms['fp32']:.2f} ms, bf16 {ms['bf16']:.2f} ms; bf16 is taken when "
+                          f"≥{100 * BF16_GAIN:.0f}% faster)")
+
+
+def step_ms(folder: Path, dtype: str, device: torch.device, console=None, context: int = 64,
+            repeats: int = 9) -> float:
+    """Median ms of this model's one-token forward after `context` tokens."""
+    import statistics
+    import time
+    engine, _, _ = load_engine(str(folder), dtype=dtype, device=str(device),
+                               with_tokenizer=False, console=console)
+    cache = engine.cache(context + 1)
+    ids = torch.arange(context)[None] % engine.config.vocab_size
+    token = ids[:, :1]
+    times = []
+    with torch.inference_mode():
+        engine(ids, cache, 0)
+        for _ in range(repeats + 2):
+            cache.truncate(context)
+            start = time.perf_counter()
+            engine(token, cache, context)
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[2:])
 
 
 def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...] = ()) -> Path:
@@ -227,38 +284,20 @@ def load_state(module: nn.Module, files: list[Path], what: str, error=None,
 
 def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: torch.device,
                  mmap: bool = True):
-    """Fill the engine's meta parameters (load_state), laid out for the run device."""
+    """Fill the engine's meta parameters (load_state) in the run dtype on the run device."""
     tied = engine.config.tie_word_embeddings
-    # On a CPU in fp32 every matrix product's weight is stored transposed (llama.Linear says why);
-    # a tied head's weight is the embedding table, which then gathers its rows from that layout.
-    # Not in half precision: there the CPU kernels are faster on the stored layout (SmolLM2 bf16:
-    # 21 tokens/s transposed, 41 as stored).
-    transposed = {f"{prefix}.weight" for prefix, module in engine.named_modules()
-                  if isinstance(module, Linear)}
     if tied:
-        transposed.add("model.embed_tokens.weight")
         engine.lm_head.weight = None      # the embedding, tied below: not a slot of its own
-
-    def convert(name, tensor):
-        if device.type == "cpu" and dtype == torch.float32 and name in transposed:
-            return tensor.t().contiguous().t()
-        return tensor
-
     # A tied head is the embedding; HF's rotary buffers are recomputed by the engine.
     load_state(engine, files, f"{files[0].parent}: weights do not fit the config", dtype=dtype,
-               device=device, mmap=mmap, convert=convert,
+               device=device, mmap=mmap,
                skip=lambda name: (tied and name == "lm_head.weight") or "rotary_emb" in name)
     if tied:
         engine.lm_head.weight = engine.model.embed_tokens.weight
-    threads = torch.get_num_threads()
-    for module in engine.modules():
-        if isinstance(module, Linear) and module.out_features % threads == 0 \
-                and module.weight.nbytes >= SPLIT_BYTES:
-            module.split = threads
 
 
 def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None,
-                with_tokenizer: bool = True, mmap: bool = True):
+                with_tokenizer: bool = True, mmap: bool = True, console=None):
     """Return (engine, tokenizer or None, folder).
 
     Weights already in the run dtype, run on the CPU, are mapped from the files (`mmap`), as
@@ -271,13 +310,17 @@ def load_engine(name_or_path: str, dtype: str | None = None, device: str | None 
     folder = model_folder(name_or_path)
     cfg = EngineConfig.from_hf(json.loads((folder / "config.json").read_text()))
     dev = resolve_device(device)
-    run_dtype = resolve_dtype(dtype, dev)
+    run_dtype, why = choose_dtype(dtype, dev, folder, console)
     files = checkpoint_files(folder)
     # Parameters without storage, and no random init: every one is about to be replaced.
     with torch.device("meta"), no_init():
         engine = Engine(cfg)
     load_weights(engine, files, run_dtype, dev, mmap)
     engine.eval()
+    engine.fuse_projections()
+    choose_kernels(engine, console)
+    engine.dtype_choice = {"dtype": DTYPE_NAMES[run_dtype], "requested": dtype or "auto",
+                           "why": why}
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 
 

@@ -1,0 +1,342 @@
+"""Matrix-product kernels chosen by measurement, per weight shape, dtype, device and block size.
+
+A decoding step is a chain of matrix products over 1 to 64 rows (one token, or a method's
+verification block) whose speed is the speed the weights stream from memory. No single kernel is
+best at every block size, and the best one differs between CPUs (an AMD EPYC without AMX, an
+Intel Xeon with it): so the engine measures. Candidates:
+
+- `aten`: `F.linear` on the stored weight (MKL / oneDNN as torch dispatches; cuBLAS on CUDA).
+- `gemv`: our own AVX2 kernel (gemv.c) for 1-8 rows on x86 CPUs, fp32 and bf16.
+- `onednn`: oneDNN's product on a copy of the weight prepacked for its blocked layout
+  (`torch.ops.mkldnn._reorder_linear_weight`), CPU only, where the copies fit in memory.
+
+For every group of Linear modules of one (out, in, bias, dtype, device), each candidate runs over
+the group's real weights in layer order (so the weights stream from memory as in a step) at each
+block size of BUCKETS, median of repeats; a candidate replaces `aten` only when at least
+MIN_GAIN faster. The choices are cached in $SPECBENCH_HOME/kernels/ keyed by the CPU, thread
+count, torch version and kernel source, so a run's start-up stays short. Every kernel computes
+each output as one dot product in the run dtype's accumulator: only the summation order differs,
+and a different order can only move a near-tie, which the equality report already separates.
+
+Products run through the chosen kernels only without autograd (inference); training always uses
+`F.linear`. `SPECBENCH_KERNELS=aten` turns the choice off; `=gemv` or `=onednn` forces one where
+it applies (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+GEMV_MAX_ROWS = 8          # gemv.c's MAX_ROWS
+MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
+REPEATS = 5
+SOURCE = Path(__file__).with_name("gemv.c")
+CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC"]
+ENV = "SPECBENCH_KERNELS"
+
+
+# The bucket a block of `rows` rows is timed at: the smallest bucket holding it.
+def bucket_of(rows: int) -> int:
+    for b in BUCKETS:
+        if rows <= b:
+            return b
+    return BUCKETS[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels. Each takes (linear, x2d) with x2d (rows, in) contiguous and returns (rows, out).
+
+def aten(linear, x):
+    return F.linear(x, linear.weight, linear.bias)
+
+
+_GEMV = {}
+
+
+def gemv_library():
+    """gemv.c compiled once per source and flags into $SPECBENCH_HOME/kernels/, loaded; None
+    where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in _GEMV."""
+    if "lib" in _GEMV:
+        return _GEMV["lib"]
+    _GEMV["lib"], _GEMV["why"] = None, ""
+    flags = cpu_flags()
+    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma", "f16c"} <= flags:
+        _GEMV["why"] = "needs an x86 CPU with AVX2, FMA and F16C"
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        _GEMV["why"] = "no C compiler (cc/gcc) on PATH"
+        return None
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    path = kernels_home() / f"gemv-{tag}.so"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            built = Path(tmp) / path.name
+            done = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(built)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                _GEMV["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
+                return None
+            built.replace(path)      # atomic: a concurrent run sees the whole file or none
+    lib = ctypes.CDLL(str(path))
+    for name in ("gemv_f32", "gemv_bf16"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    _GEMV["lib"] = lib
+    return lib
+
+
+def gemv(linear, x):
+    w, bias = linear.weight, linear.bias
+    rows, (n, k) = x.shape[0], w.shape
+    out = torch.empty(rows, n, dtype=x.dtype)
+    fn = _GEMV["lib"].gemv_f32 if x.dtype == torch.float32 else _GEMV["lib"].gemv_bf16
+    fn(x.data_ptr(), w.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+       rows, n, k)
+    return out
+
+
+def onednn(linear, x):
+    return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "none", [], "")
+
+
+KERNELS = {"aten": aten, "gemv": gemv, "onednn": onednn}
+
+
+def applies(name: str, linear, rows: int) -> bool:
+    """Whether kernel `name` can run this module's product over `rows` rows at all."""
+    w = linear.weight
+    if name == "aten":
+        return True
+    if w.device.type != "cpu" or not w.is_contiguous():
+        return False
+    if name == "gemv":
+        return (rows <= GEMV_MAX_ROWS and w.dtype in (torch.float32, torch.bfloat16)
+                and gemv_library() is not None)
+    if name == "onednn":
+        return w.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing.
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def kernels_home() -> Path:
+    from ..tasks import specbench_home
+    return specbench_home() / "kernels"
+
+
+def machine_key(device: torch.device) -> str:
+    """What a measured choice holds for: the device, the CPU's ISA, threads, torch, kernels."""
+    parts = [device_name(device), device.type, str(torch.get_num_threads()), torch.__version__,
+             hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8]]
+    if device.type == "cpu":
+        isa = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
+        parts.append(hashlib.sha256(" ".join(isa).encode()).hexdigest()[:8])
+    return " | ".join(parts)
+
+
+def group_key(linear) -> str:
+    w = linear.weight
+    return (f"{w.shape[0]}x{w.shape[1]} {str(w.dtype).removeprefix('torch.')}"
+            f"{' +bias' if linear.bias is not None else ''}")
+
+
+def time_group(modules, name: str, rows: int, repeats: int = REPEATS) -> float:
+    """Median seconds of one pass of kernel `name` over every module of a group, in order."""
+    k = modules[0].weight.shape[1]
+    x = torch.randn(rows, k, dtype=modules[0].weight.dtype, device=modules[0].weight.device)
+    fn = KERNELS[name]
+    times = []
+    for i in range(repeats + 1):      # the first pass warms up (packing, page faults, dispatch)
+        start = time.perf_counter()
+        for m in modules:
+            fn(m, x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def candidates(modules, rows: int, forced: str, packable: bool) -> list[str]:
+    names = ["aten"] + [n for n in ("gemv", "onednn") if applies(n, modules[0], rows)
+                        and (n != "onednn" or packable)]
+    if forced != "auto":
+        return [forced] if forced in names else ["aten"]
+    return names
+
+
+def measure_group(modules, forced: str, packable: bool) -> dict:
+    """{bucket: {"kernel": name, "ms": {candidate: ms}}} for one group."""
+    out = {}
+    for rows in BUCKETS:
+        names = candidates(modules, rows, forced, packable)
+        if len(names) == 1:
+            out[str(rows)] = {"kernel": names[0], "ms": {}}
+            continue
+        ms = {n: time_group(modules, n, rows) * 1e3 for n in names}
+        best = min(ms, key=ms.get)
+        if best != "aten" and ms[best] > (1 - MIN_GAIN) * ms["aten"]:
+            best = "aten"
+        out[str(rows)] = {"kernel": best, "ms": {n: round(v, 3) for n, v in ms.items()}}
+    return out
+
+
+def linear_groups(engine) -> dict[str, list]:
+    """The products a forward runs, by group: every Linear, fused ones (plain attributes, see
+    Engine.fuse_projections) in place of their parts."""
+    from .llama import Linear
+    found = []
+    for module in engine.modules():
+        found += [module] if isinstance(module, Linear) else []
+        found += [v for v in vars(module).values() if isinstance(v, Linear)]
+    parts = {id(p) for m in found for p in getattr(m, "parts", ())}
+    groups: dict[str, list] = {}
+    seen = set()
+    for m in found:
+        if id(m) not in parts and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            groups.setdefault(group_key(m), []).append(m)
+    return groups
+
+
+def pack_budget_ok(groups) -> bool:
+    """oneDNN's packed copies double the weights: try them only where that fits easily."""
+    total = sum(m.weight.nbytes for ms in groups.values() for m in ms)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable"):
+                return total < int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    return False
+
+
+def choose_kernels(engine, console=None) -> dict:
+    """Measure (or read from the cache) and install each Linear module's kernel per block size.
+    Returns the choices: {"machine": key, "groups": {group: {bucket: {...}}}, "cached": bool}."""
+    forced = os.environ.get(ENV, "auto").lower()
+    if forced not in ("auto", *KERNELS):
+        from ..errors import SpecbenchError
+        raise SpecbenchError(f"{ENV}={forced!r}: choose auto, {', '.join(KERNELS)}")
+    groups = linear_groups(engine)
+    device = engine.device
+    if forced == "aten" or device.type != "cpu":
+        # CUDA: cuBLAS is the only candidate today; nothing to measure.
+        plan = {g: {str(b): {"kernel": "aten", "ms": {}} for b in BUCKETS} for g in groups}
+        return install(engine, groups, plan, forced, cached=True, device=device)
+    packable = pack_budget_ok(groups)
+    key = machine_key(device)
+    cache_file = kernels_home() / "choices.json"
+    cache = read_json(cache_file)
+    entry = f"{key} | {forced} | {'pack' if packable else 'nopack'}"
+    known = cache.setdefault(entry, {})
+    todo = [g for g in groups if g not in known]
+    if todo and console is not None:
+        console.print(f"[dim]choosing matrix-product kernels for {len(todo)} weight shapes on "
+                      f"{device_name(device)} (once; cached in {cache_file.parent})[/dim]")
+    with torch.inference_mode():
+        for g, modules in groups.items():
+            if packable and (g in todo or uses(known[g], "onednn")):
+                pack(modules)
+            if g in todo:
+                known[g] = measure_group(modules, forced, packable)
+    if todo:
+        write_json(cache_file, cache)
+    plan = {g: known[g] for g in groups}
+    return install(engine, groups, plan, forced, not todo, device)
+
+
+def uses(buckets: dict, name: str) -> bool:
+    return any(c["kernel"] == name for c in buckets.values())
+
+
+def pack(modules):
+    for m in modules:
+        if applies("onednn", m, 16) and getattr(m, "packed", None) is None:
+            # Packed for 16-row blocks: of the layouts tried (1, 16) the best over 1-64 rows.
+            m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight, 16)
+
+
+def install(engine, groups, plan, forced, cached, device) -> dict:
+    for g, modules in groups.items():
+        # A cached choice whose kernel cannot run now (say, no compiler any more) falls back.
+        by_bucket = {int(b): KERNELS[c["kernel"] if applies(c["kernel"], modules[0], int(b))
+                                     else "aten"] for b, c in plan[g].items()}
+        table = tuple(by_bucket[bucket_of(rows)] for rows in range(BUCKETS[-1] + 1))
+        for m in modules:
+            m.kernels = None if all(fn is aten for fn in table) else table
+            if not uses(plan[g], "onednn"):
+                m.packed = None          # free the copy no bucket uses
+    engine.kernel_choice = {"machine": machine_key(device), "mode": forced, "cached": cached,
+                            "groups": plan}
+    return engine.kernel_choice
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def summary(choice: dict) -> list[tuple[str, str]]:
+    """(group, "1:gemv 2:gemv … 64:onednn") rows for printing."""
+    return [(g, " ".join(f"{b}:{c['kernel']}" for b, c in buckets.items()))
+            for g, buckets in choice["groups"].items()]
+
+
+if __name__ == "__main__":      # python -m specbench_cli.engine.kernels: build and report
+    print(gemv_library() or _GEMV["why"], file=sys.stderr)
