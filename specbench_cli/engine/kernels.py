@@ -6,7 +6,8 @@ best at every block size, and the best one differs between CPUs (an AMD EPYC wit
 Intel Xeon with it): so the engine measures. Candidates:
 
 - `aten`: `F.linear` on the stored weight (MKL / oneDNN as torch dispatches; cuBLAS on CUDA).
-- `gemv`: our own AVX2 kernel (gemv.c) for 1-8 rows on x86 CPUs, fp32 and bf16.
+- `gemv`: our own AVX2 kernel (gemv.c) for 1-8 rows on x86 CPUs, fp32 and bf16 (AVX512-BF16
+  dot products where the CPU has them).
 - `onednn`: oneDNN's product on a copy of the weight prepacked for its blocked layout
   (`torch.ops.mkldnn._reorder_linear_weight`), CPU only, where the copies fit in memory.
 
@@ -26,6 +27,7 @@ it applies (tests, benchmarks).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -59,10 +61,13 @@ def bucket_of(rows: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernels. Each takes (linear, x2d) with x2d (rows, in) contiguous and returns (rows, out).
+# The kernels. Each `bind_*` takes a Linear module and returns its product as a function of the
+# input alone (any leading shape), with everything per-module looked up once: a step runs ~120
+# products, and Python's attribute lookups would otherwise cost more than the small ones.
 
-def aten(linear, x):
-    return F.linear(x, linear.weight, linear.bias)
+def bind_aten(linear):
+    weight, bias = linear.weight, linear.bias
+    return lambda x: F.linear(x, weight, bias)
 
 
 _GEMV = {}
@@ -96,7 +101,7 @@ def gemv_library():
                 return None
             built.replace(path)      # atomic: a concurrent run sees the whole file or none
     lib = ctypes.CDLL(str(path))
-    for name in ("gemv_f32", "gemv_bf16"):
+    for name in ("gemv_f32", "gemv_bf16", "gemv_dpbf16"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
@@ -104,21 +109,29 @@ def gemv_library():
     return lib
 
 
-def gemv(linear, x):
-    w, bias = linear.weight, linear.bias
-    rows, (n, k) = x.shape[0], w.shape
-    out = torch.empty(rows, n, dtype=x.dtype)
-    fn = _GEMV["lib"].gemv_f32 if x.dtype == torch.float32 else _GEMV["lib"].gemv_bf16
-    fn(x.data_ptr(), w.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
-       rows, n, k)
-    return out
+def bind_gemv(linear):
+    weight, bias = linear.weight, linear.bias
+    n, k = weight.shape
+    lib = gemv_library()
+    fn = lib.gemv_f32 if weight.dtype == torch.float32 else \
+        lib.gemv_dpbf16 if "avx512_bf16" in cpu_flags() else lib.gemv_bf16
+    w_ptr, b_ptr = weight.data_ptr(), 0 if bias is None else bias.data_ptr()
+
+    def gemv(x):
+        x = x.contiguous()
+        out = torch.empty(x.shape[:-1] + (n,), dtype=x.dtype)
+        fn(x.data_ptr(), w_ptr, b_ptr, out.data_ptr(), x.numel() // k, n, k)
+        return out
+    gemv.keep = weight, bias        # the pointers stay valid as long as the function lives
+    return gemv
 
 
-def onednn(linear, x):
-    return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "none", [], "")
+def bind_onednn(linear):
+    packed, bias, product = linear.packed, linear.bias, torch.ops.mkldnn._linear_pointwise
+    return lambda x: product(x, packed, bias, "none", [], "")
 
 
-KERNELS = {"aten": aten, "gemv": gemv, "onednn": onednn}
+KERNELS = {"aten": bind_aten, "gemv": bind_gemv, "onednn": bind_onednn}
 
 
 def applies(name: str, linear, rows: int) -> bool:
@@ -139,14 +152,15 @@ def applies(name: str, linear, rows: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Choosing.
 
-def cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def cpu_name() -> str:
@@ -190,12 +204,12 @@ def time_group(modules, name: str, rows: int, repeats: int = REPEATS) -> float:
     """Median seconds of one pass of kernel `name` over every module of a group, in order."""
     k = modules[0].weight.shape[1]
     x = torch.randn(rows, k, dtype=modules[0].weight.dtype, device=modules[0].weight.device)
-    fn = KERNELS[name]
+    products = [KERNELS[name](m) for m in modules]
     times = []
     for i in range(repeats + 1):      # the first pass warms up (packing, page faults, dispatch)
         start = time.perf_counter()
-        for m in modules:
-            fn(m, x)
+        for product in products:
+            product(x)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         if i:
@@ -304,14 +318,21 @@ def pack(modules):
 
 
 def install(engine, groups, plan, forced, cached, device) -> dict:
+    """Give every module its table of products by block size (llama.Linear.forward)."""
     for g, modules in groups.items():
         # A cached choice whose kernel cannot run now (say, no compiler any more) falls back.
-        by_bucket = {int(b): KERNELS[c["kernel"] if applies(c["kernel"], modules[0], int(b))
-                                     else "aten"] for b, c in plan[g].items()}
-        table = tuple(by_bucket[bucket_of(rows)] for rows in range(BUCKETS[-1] + 1))
+        names = {int(b): c["kernel"] if applies(c["kernel"], modules[0], int(b)) else "aten"
+                 for b, c in plan[g].items()}
         for m in modules:
-            m.kernels = None if all(fn is aten for fn in table) else table
-            if not uses(plan[g], "onednn"):
+            if set(names.values()) == {"aten"}:
+                m.kernels = None
+            else:
+                bound = {name: KERNELS[name](m) for name in set(names.values())}
+                m.kernels = tuple(bound[names[bucket_of(rows)]]
+                                  for rows in range(BUCKETS[-1] + 1))
+                # a plain attribute: assigned normally, a Parameter would be registered twice
+                object.__setattr__(m, "kernel_weight", m.weight)
+            if "onednn" not in names.values():
                 m.packed = None          # free the copy no bucket uses
     engine.kernel_choice = {"machine": machine_key(device), "mode": forced, "cached": cached,
                             "groups": plan}

@@ -138,20 +138,22 @@ def rotate(x, cos, signed_sin):
 
 class Linear(nn.Linear):
     """nn.Linear whose inference products run through the kernel measured fastest for this
-    weight's shape and the block's size on this device (engine/kernels.py installs `kernels`, a
-    table indexed by the number of rows, the last entry for every larger block). With autograd
-    on (training), or before a choice is installed, it is F.linear."""
+    weight's shape and the block's size on this device: engine/kernels.py installs `kernels`, a
+    table of products indexed by the number of rows (the last entry for every larger block),
+    bound to `kernel_weight`. With autograd on (training), before a choice is installed, or
+    once the weight was replaced or cast, it is F.linear."""
 
     kernels = None
+    kernel_weight = None
     packed = None       # oneDNN's prepacked copy of the weight, where a chosen kernel reads it
 
     def forward(self, x):
-        if self.kernels is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
-            return F.linear(x, self.weight, self.bias)
-        x2 = x.reshape(-1, x.shape[-1])
-        rows = x2.shape[0]
-        kernel = self.kernels[rows if rows < len(self.kernels) else -1]
-        return kernel(self, x2.contiguous()).view(*x.shape[:-1], -1)
+        weight = self.weight
+        if self.kernels is None or weight is not self.kernel_weight or x.dtype != weight.dtype \
+                or torch.is_grad_enabled():
+            return F.linear(x, weight, self.bias)
+        rows = x.numel() // x.shape[-1]
+        return self.kernels[rows if rows < len(self.kernels) else -1](x)
 
 
 def fuse(parts: list[Linear]) -> Linear:

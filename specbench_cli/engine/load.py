@@ -73,6 +73,7 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
     if not set(BF16_FLAGS) & kernels.cpu_flags():
         return torch.float32, f"auto: fp32 (this CPU has no {' or '.join(BF16_FLAGS)})"
     config = (folder / "config.json").read_bytes()
+    EngineConfig.from_hf(json.loads(config))     # an unsupported model says so before timing
     key = (f"{kernels.machine_key(device)} | {hashlib.sha256(config).hexdigest()[:12]} "
            f"{sum(f.stat().st_size for f in checkpoint_files(folder))}")
     cache_file = kernels.kernels_home() / "dtypes.json"
