@@ -305,7 +305,7 @@ def profile(
 
 def profile_notes(result: dict) -> list[str]:
     bw = result["bandwidth"]
-    return [
+    lines = [
         f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
         f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
         f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
@@ -315,6 +315,13 @@ def profile_notes(result: dict) -> list[str]:
         f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
         f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
         "token at the same context"]
+    if result.get("dtype_choice"):
+        lines.append(f"dtype: {result['dtype']} ({result['dtype_choice']})")
+    if result.get("kernels"):
+        lines.append("matrix-product kernels by block size (rows:kernel; chosen by timing each "
+                     "candidate over the model's own weights, cached in $SPECBENCH_HOME/kernels):")
+        lines += [f"  {shape:<22} {choice}" for shape, choice in result["kernels"].items()]
+    return lines
 
 
 def profile_table(result: dict, note: str) -> Table:

@@ -108,6 +108,10 @@ def test_profile_command_writes_json_and_plot_and_refuses_bad_sizes(tiny_model_d
     assert "context 5000 skipped" in result.output and "achieves" in result.output
     doc = json.loads((out / "profile.json").read_text())
     assert doc["contexts"] == [16] and doc["dtype"] == "fp32" and doc["model"]
+    # how the products ran and why in this dtype, in the file and on screen
+    assert "matrix-product kernels by block size" in result.output
+    assert all(choice.startswith("1:") and "64:" in choice for choice in doc["kernels"].values())
+    assert doc["dtype_choice"].startswith("auto: fp32") and "dtype: fp32 (auto" in result.output
     assert (out / "profile.png").stat().st_size > 0 and (out / "profile.svg").exists()
     for args, message in ((["--sizes", "2,4"], "--sizes must include 1"),
                           (["--sizes", "1,x"], "expected comma-separated integers"),
