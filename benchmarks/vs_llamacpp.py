@@ -32,6 +32,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from specbench_cli.engine.kernels import cpu_flags, cpu_name
+
 SDIST = "llama-cpp-python==0.3.36"
 TOOLS = ("llama-bench", "llama-lookup")
 # /proc/cpuinfo flag → ggml's CMake option; every flag is switched on only where the CPU has it.
@@ -43,16 +45,6 @@ ISA_OPTIONS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c"
 
 def say(text: str):
     print(text, flush=True)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cache_root() -> Path:
@@ -241,7 +233,6 @@ def main():
         return
     import torch
 
-    from specbench_cli.engine.kernels import cpu_name
     from specbench_cli.targets import TARGETS, fetch_gguf, target_folder
     torch.set_num_threads(args.threads)
     quantized = fetch_gguf(TARGETS["smollm2"])

@@ -75,18 +75,10 @@ def git_commit() -> str | None:
         return None
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict:
     import transformers
+
+    from .engine.kernels import cpu_name
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,

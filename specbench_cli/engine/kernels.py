@@ -152,25 +152,24 @@ def applies(name: str, linear, rows: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Choosing.
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
+@functools.lru_cache(maxsize=None)
+def cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (Linux), None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    return frozenset((cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:
