@@ -182,7 +182,7 @@ def lookup_table(tools, gguf: Path, folder: Path, threads: int, bench: Path, lim
 
     import torch
 
-    from specbench_cli.engine.load import load_engine
+    from specbench_cli.engine.load import DTYPE_NAMES, load_engine
     from specbench_cli.methods import METHODS
     from specbench_cli.prompts import build_prompt_ids
     from specbench_cli.runner import eos_token_ids
@@ -191,8 +191,8 @@ def lookup_table(tools, gguf: Path, folder: Path, threads: int, bench: Path, lim
     eos = eos_token_ids(engine, tokenizer)
     questions = select(load_questions(bench), ["summarization", "rag"], limit)
     say(f"\n## prompt lookup on {len(questions)} official questions (summarization, RAG), greedy, "
-        f"≤{max_new} new tokens; specbench in {engine.dtype_choice['dtype']} "
-        f"({engine.dtype_choice['why']})")
+        f"≤{max_new} new tokens; specbench in {DTYPE_NAMES[engine.dtype]} "
+        f"({engine.dtype_choice})")
     say(f"{'question':<10}{'llama.cpp lookup t/s':>22}{'accept':>8}{'ours PLD t/s':>14}"
         f"{'ours vanilla t/s':>18}{'PLD ÷ llama.cpp tg':>20}")
     ratios = []

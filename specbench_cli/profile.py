@@ -141,17 +141,17 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
 def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats: int = 10,
                      progress=None) -> dict:
     """Profile the engine: the timings, with the model, dtype, device and machine."""
+    from .engine.kernels import summary
     from .engine.load import DTYPE_NAMES
     from .runner import environment
     result = profile_engine(engine, contexts, sizes, repeats, progress)
-    from .engine.kernels import summary
     result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
                   environment=environment(engine.device))
     choice = getattr(engine, "kernel_choice", None)
     if choice:
         result["kernels"] = dict(summary(choice))
     if getattr(engine, "dtype_choice", None):
-        result["dtype_choice"] = engine.dtype_choice["why"]
+        result["dtype_choice"] = engine.dtype_choice
     return result
 
 

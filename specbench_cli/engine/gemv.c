@@ -84,31 +84,23 @@ INLINE void block_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bia
     }
 }
 
-/* x: rows x k, w: n x k, y: rows x n, all contiguous; bias (n) or NULL. Returns 0, or -1 when
- * rows is out of range (the caller then uses another kernel). */
-int gemv_f32(const float *x, const float *w, const float *bias, float *y,
-             int64_t rows, int64_t n, int64_t k) {
-    if (rows < 1 || rows > MAX_ROWS) return -1;
-    #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n; j += BLOCK)
-        for (int64_t r = 0; r < rows; r++) {     /* the weight block stays in L1/L2 meanwhile */
-            if (n - j >= BLOCK) block_f32(x + r * k, w, bias, y + r * n, j, BLOCK, k);
-            else block_f32(x + r * k, w, bias, y + r * n, j, n - j, k);
-        }
-    return 0;
-}
+/* The exported products: x rows x k, w n x k, y rows x n, all contiguous; bias (n) or NULL.
+ * Threads split the output rows in blocks; each block serves every row of x while it stays in
+ * L1/L2. Returns 0, or -1 when rows is out of range (the caller then uses another kernel). */
+#define DEFINE_GEMV(NAME, T, BLOCK_FN)                                                        \
+    int NAME(const T *x, const T *w, const T *bias, T *y, int64_t rows, int64_t n, int64_t k) { \
+        if (rows < 1 || rows > MAX_ROWS) return -1;                                           \
+        _Pragma("omp parallel for schedule(static)")                                          \
+        for (int64_t j = 0; j < n; j += BLOCK)                                                \
+            for (int64_t r = 0; r < rows; r++) {                                              \
+                if (n - j >= BLOCK) BLOCK_FN(x + r * k, w, bias, y + r * n, j, BLOCK, k);     \
+                else BLOCK_FN(x + r * k, w, bias, y + r * n, j, n - j, k);                    \
+            }                                                                                 \
+        return 0;                                                                             \
+    }
 
-int gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
-              int64_t rows, int64_t n, int64_t k) {
-    if (rows < 1 || rows > MAX_ROWS) return -1;
-    #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n; j += BLOCK)
-        for (int64_t r = 0; r < rows; r++) {
-            if (n - j >= BLOCK) block_bf16(x + r * k, w, bias, y + r * n, j, BLOCK, k);
-            else block_bf16(x + r * k, w, bias, y + r * n, j, n - j, k);
-        }
-    return 0;
-}
+DEFINE_GEMV(gemv_f32, float, block_f32)
+DEFINE_GEMV(gemv_bf16, uint16_t, block_bf16)
 
 /* bf16 on CPUs with AVX512-BF16 (AMD Zen 4, Intel Cooper Lake / Sapphire Rapids and later):
  * vdpbf16ps multiplies 32 bf16 pairs exactly into fp32 and adds them to 16 accumulators, half the
@@ -133,14 +125,4 @@ BF16_TARGET INLINE void block_dpbf16(const uint16_t *x, const uint16_t *w, const
     }
 }
 
-BF16_TARGET int gemv_dpbf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
-                            uint16_t *y, int64_t rows, int64_t n, int64_t k) {
-    if (rows < 1 || rows > MAX_ROWS) return -1;
-    #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n; j += BLOCK)
-        for (int64_t r = 0; r < rows; r++) {
-            if (n - j >= BLOCK) block_dpbf16(x + r * k, w, bias, y + r * n, j, BLOCK, k);
-            else block_dpbf16(x + r * k, w, bias, y + r * n, j, n - j, k);
-        }
-    return 0;
-}
+BF16_TARGET DEFINE_GEMV(gemv_dpbf16, uint16_t, block_dpbf16)

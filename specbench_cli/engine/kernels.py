@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import SpecbenchError
+
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 GEMV_MAX_ROWS = 8          # gemv.c's MAX_ROWS
 MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
@@ -202,15 +204,13 @@ def group_key(linear) -> str:
 def time_group(modules, name: str, rows: int, repeats: int = REPEATS) -> float:
     """Median seconds of one pass of kernel `name` over every module of a group, in order."""
     k = modules[0].weight.shape[1]
-    x = torch.randn(rows, k, dtype=modules[0].weight.dtype, device=modules[0].weight.device)
+    x = torch.randn(rows, k, dtype=modules[0].weight.dtype)      # CPU only (choose_kernels)
     products = [KERNELS[name](m) for m in modules]
     times = []
     for i in range(repeats + 1):      # the first pass warms up (packing, page faults, dispatch)
         start = time.perf_counter()
         for product in products:
             product(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
         if i:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -275,16 +275,14 @@ def choose_kernels(engine, console=None) -> dict:
     Returns the choices: {"machine": key, "groups": {group: {bucket: {...}}}, "cached": bool}."""
     forced = os.environ.get(ENV, "auto").lower()
     if forced not in ("auto", *KERNELS):
-        from ..errors import SpecbenchError
         raise SpecbenchError(f"{ENV}={forced!r}: choose auto, {', '.join(KERNELS)}")
     groups = linear_groups(engine)
-    device = engine.device
-    if forced == "aten" or device.type != "cpu":
+    key = machine_key(engine.device)
+    if forced == "aten" or engine.device.type != "cpu":
         # CUDA: cuBLAS is the only candidate today; nothing to measure.
         plan = {g: {str(b): {"kernel": "aten", "ms": {}} for b in BUCKETS} for g in groups}
-        return install(engine, groups, plan, forced, cached=True, device=device)
+        return install(engine, groups, plan, forced, cached=True, key=key)
     packable = pack_budget_ok(groups)
-    key = machine_key(device)
     cache_file = kernels_home() / "choices.json"
     cache = read_json(cache_file)
     entry = f"{key} | {forced} | {'pack' if packable else 'nopack'}"
@@ -292,7 +290,7 @@ def choose_kernels(engine, console=None) -> dict:
     todo = [g for g in groups if g not in known]
     if todo and console is not None:
         console.print(f"[dim]choosing matrix-product kernels for {len(todo)} weight shapes on "
-                      f"{device_name(device)} (once; cached in {cache_file.parent})[/dim]")
+                      f"{device_name(engine.device)} (once; cached in {cache_file.parent})[/dim]")
     with torch.inference_mode():
         for g, modules in groups.items():
             if packable and (g in todo or uses(known[g], "onednn")):
@@ -302,7 +300,7 @@ def choose_kernels(engine, console=None) -> dict:
     if todo:
         write_json(cache_file, cache)
     plan = {g: known[g] for g in groups}
-    return install(engine, groups, plan, forced, not todo, device)
+    return install(engine, groups, plan, forced, not todo, key)
 
 
 def uses(buckets: dict, name: str) -> bool:
@@ -316,7 +314,7 @@ def pack(modules):
             m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight, 16)
 
 
-def install(engine, groups, plan, forced, cached, device) -> dict:
+def install(engine, groups, plan, forced, cached, key) -> dict:
     """Give every module its table of products by block size (llama.Linear.forward)."""
     for g, modules in groups.items():
         # A cached choice whose kernel cannot run now (say, no compiler any more) falls back.
@@ -333,7 +331,7 @@ def install(engine, groups, plan, forced, cached, device) -> dict:
                 object.__setattr__(m, "kernel_weight", m.weight)
             if "onednn" not in names.values():
                 m.packed = None          # free the copy no bucket uses
-    engine.kernel_choice = {"machine": machine_key(device), "mode": forced, "cached": cached,
+    engine.kernel_choice = {"machine": key, "mode": forced, "cached": cached,
                             "groups": plan}
     return engine.kernel_choice
 

@@ -200,9 +200,9 @@ class Attention(nn.Module):
         [offset, offset + n) and attention sees all rows so far; without one (training on whole
         sequences) attention is causal within the block."""
         b, n = x.shape[:2]
-        heads = self.n_heads + 2 * self.n_kv
         if fused_live(self.qkv_proj, self.q_proj):
             # One product for q, k and v, and one rotation for q and k together.
+            heads = self.n_heads + 2 * self.n_kv
             qkv = self.qkv_proj(x).view(b, n, heads, self.head_dim).transpose(1, 2)
             qk = rotate(qkv[:, :self.n_heads + self.n_kv], cos, sin)
             q, k = qk.split((self.n_heads, self.n_kv), dim=1)

@@ -95,22 +95,10 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
 def step_ms(folder: Path, dtype: str, device: torch.device, console=None, context: int = 64,
             repeats: int = 9) -> float:
     """Median ms of this model's one-token forward after `context` tokens."""
-    import statistics
-    import time
+    from ..profile import block_latency
     engine, _, _ = load_engine(str(folder), dtype=dtype, device=str(device),
                                with_tokenizer=False, console=console)
-    cache = engine.cache(context + 1)
-    ids = torch.arange(context)[None] % engine.config.vocab_size
-    token = ids[:, :1]
-    times = []
-    with torch.inference_mode():
-        engine(ids, cache, 0)
-        for _ in range(repeats + 2):
-            cache.truncate(context)
-            start = time.perf_counter()
-            engine(token, cache, context)
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[2:])
+    return 1e3 * block_latency(engine, 1, context, repeats)
 
 
 def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...] = ()) -> Path:
@@ -320,8 +308,7 @@ def load_engine(name_or_path: str, dtype: str | None = None, device: str | None 
     engine.eval()
     engine.fuse_projections()
     choose_kernels(engine, console)
-    engine.dtype_choice = {"dtype": DTYPE_NAMES[run_dtype], "requested": dtype or "auto",
-                           "why": why}
+    engine.dtype_choice = why       # how the dtype was chosen (`specbench profile` prints it)
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 
 
