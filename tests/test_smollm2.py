@@ -54,6 +54,11 @@ def test_run_on_official_questions_equals_vanilla(smollm2_folder, tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["template"] == "chat" and meta["config"]["model"] == "smollm2"
     summary = json.loads((out / "summary.json").read_text())
+    # `--dtype auto` may take bf16 on a CPU with bf16 units; there a verification block rounds
+    # differently from a one-token step, and answers may part at a near-tie (the report's split).
+    exact = meta["config"]["dtype"] == "fp32"
     for name in ("pld", "llma"):
-        assert summary["methods"][name]["equal_to_vanilla"]["share"] == 1.0
+        equal = summary["methods"][name]["equal_to_vanilla"]
+        assert equal["mismatch"] == 0.0, (meta["config"]["dtype"], equal)
+        assert equal["share"] == 1.0 or not exact, equal
         assert summary["methods"][name]["mean_accepted_overall"] > 1.0
