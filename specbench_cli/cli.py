@@ -34,7 +34,7 @@ def user_errors():
     try:
         yield
     except SpecbenchError as err:
-        # escaped: a message may hold brackets ('specbench[ray]', a list) Rich would eat
+        # escaped: a message may hold brackets ('specbench-suite[ray]', a list) Rich would eat
         err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(2)
@@ -115,7 +115,7 @@ def run(
     workers: int = typer.Option(0, help="Shard the questions over N Ray workers, one device "
                                 "each (a GPU, or a share of the CPU cores); every method still "
                                 "runs question by question on one worker. 0: this process. "
-                                "Needs pip install 'specbench[ray]'."),
+                                "Needs pip install 'specbench-suite[ray]'."),
     ray_address: Optional[str] = typer.Option(None, help="With --workers: an existing Ray "
                                               "cluster (auto, or host:port); default: a local "
                                               "Ray started for the run."),

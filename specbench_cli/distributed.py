@@ -38,7 +38,7 @@ def require_ray():
         import ray
     except ImportError:
         raise SpecbenchError("--workers needs Ray, an optional extra: pip install "
-                             "'specbench[ray]'") from None
+                             "'specbench-suite[ray]'") from None
     return ray
 
 

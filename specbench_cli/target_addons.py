@@ -147,7 +147,7 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
             result.addons[method] = target
             continue
         t = time.perf_counter()
-        if teacher is None and method != "rest":
+        if teacher is None and METHODS[method].builtin_addon.uses_teacher:
             with Progress(console=console) as progress:
                 teacher = CachedTeacher(engine, examples, recipe["teacher"]["layers"],
                                         recipe["teacher"]["top_k"], progress)

@@ -11,11 +11,12 @@ from specbench_cli.builtin import tiny_recipe
 from specbench_cli.cli import app
 from specbench_cli.methods import METHODS
 
-SMALL_ADDONS = {"kangaroo": {"steps": 5, "batch_size": 4, "max_len": 128},
-                "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4, "max_len": 128},
+SMALL_ADDONS = {"kangaroo": {"exit_layer": 1, "steps": 5, "batch_size": 4},
+                "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4},
                 "rest": {},
-                "sps": {"steps": 5, "batch_size": 4, "max_len": 128, "hidden_size": 32},
-                "eagle": {"steps": 5, "batch_size": 4, "max_len": 128}}
+                "sps": {"steps": 5, "batch_size": 4, "hidden_size": 32},
+                "eagle": {"steps": 5, "batch_size": 4}}
+SMALL_TEACHER = {"conversations": 40, "top_k": 8, "max_len": 128}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def home(tmp_path_factory):
 @pytest.fixture()
 def tiny_prepare(monkeypatch, home):
     small = functools.partial(prepare_module.prepare_all, home=home, recipe=tiny_recipe(),
-                              addons=SMALL_ADDONS)
+                              addons=SMALL_ADDONS, teacher=SMALL_TEACHER)
     monkeypatch.setattr(prepare_module, "prepare_all", lambda **kw: small(
         **{k: v for k, v in kw.items() if k != "home"}))
     return small
@@ -42,9 +43,13 @@ def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
     assert list(again.timings) == ["base"]            # nothing rebuilt
     assert again.method_defaults()["kangaroo"]["adapter"] == str(first.addons["kangaroo"])
     changed = {**SMALL_ADDONS, "medusa": {**SMALL_ADDONS["medusa"], "steps": 6}}
-    assert list(tiny_prepare(addons=changed).timings) == ["base", "medusa"]   # settings changed
+    assert list(tiny_prepare(addons=changed).timings) == ["base", "teacher", "medusa"]  # settings
     assert list(tiny_prepare(addons=changed).timings) == ["base"]
-    assert list(tiny_prepare().timings) == ["base", "medusa"]                 # and back
+    assert list(tiny_prepare().timings) == ["base", "teacher", "medusa"]      # and back
+    # One teacher pass feeds every add-on that reads the target; REST reads only the corpus.
+    other = {**SMALL_TEACHER, "top_k": 4}
+    assert list(tiny_prepare(teacher=other).timings) == ["base", "teacher", "kangaroo", "medusa",
+                                                         "sps", "eagle"]
 
 
 def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, tmp_path):

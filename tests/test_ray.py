@@ -148,7 +148,7 @@ def test_without_ray_the_error_says_how_to_install_it(tiny_model_dir, qfile, tmp
     result = CliRunner().invoke(app, ["run", "--model", str(tiny_model_dir), "--bench",
                                       str(qfile), "--workers", "2", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert "--workers needs Ray, an optional extra: pip install 'specbench[ray]'" in \
+    assert "--workers needs Ray, an optional extra: pip install 'specbench-suite[ray]'" in \
         result.output
 
 

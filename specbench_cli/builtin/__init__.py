@@ -97,6 +97,10 @@ def prepare_builtin(home: Path | None = None, force: bool = False, seed: int = 0
     # A hidden sibling (same file system, so the final rename is atomic), with the usual permissions.
     tmp = home / f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
+    console.print(f"building the built-in benchmark once (cached in {home}): tasks, a tokenizer, "
+                  f"a {recipe.num_layers}-layer model trained for {recipe.steps} steps and its "
+                  f"quality check; the time it takes here is estimated once a step is timed",
+                  highlight=False)
     try:
         done = build(tmp, recipe, console)
         (tmp / DONE_FILE).write_text(json.dumps(done, indent=1) + "\n")  # last: marks it complete

@@ -13,11 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import MODEL_DIR, QUESTION_FILE, TRAIN_FILE, sha256_file
-from .model import encode_conversations, make_model, train
+from ..train.precision import choose_precision, step_seconds
+from .model import encode_conversations, make_model, timing_step, train
 from .quality import evaluate
 from .recipe import Recipe
 from .tasks_gen import SUBTASKS, generate, question_records, train_records, write_jsonl
 from .tokenizer import conversation_text, train_tokenizer
+
+
+# For the up-front estimate, measured on a 2-core AMD EPYC (2026-12-03): a training step costs
+# ~1.2x its timed forward + backward (optimizer, batching), and the quality check plus the
+# add-ons (one teacher pass, five trainers) ~0.45x the model's training.
+STEP_OVERHEAD, ADDONS_SHARE = 1.2, 0.45
 
 
 def _threads() -> int:
@@ -100,12 +107,22 @@ def build(folder: Path, recipe: Recipe, console: Console) -> dict:
 
         with _stage(timings, "train"):
             model = make_model(recipe, tokenizer)
-            bar = progress.add_task("training model", total=recipe.steps, info="")
+            precision, why = choose_precision(f"builtin model {recipe.hash()}", timing_step(
+                model, examples, recipe, tokenizer.pad_token_id))
+            per_step = step_seconds(timing_step(model, examples, recipe, tokenizer.pad_token_id),
+                                    precision, "cpu", repeats=3)
+            model.zero_grad(set_to_none=True)
+            minutes = recipe.steps * per_step * STEP_OVERHEAD / 60
+            progress.console.print(
+                f"training precision: {why}\nestimate for this machine: the model ~{minutes:.1f} "
+                f"min ({recipe.steps} steps of ~{1e3 * per_step:.0f} ms), the quality check and "
+                f"the methods' add-ons ~{ADDONS_SHARE * minutes:.1f} min more", highlight=False)
+            bar = progress.add_task(f"training model ({precision})", total=recipe.steps, info="")
 
             def on_step(step: int, loss: float) -> None:
                 progress.update(bar, completed=step + 1, info=f"loss {loss:.3f}")
 
-            losses = train(model, examples, recipe, tokenizer.pad_token_id, on_step)
+            losses = train(model, examples, recipe, tokenizer.pad_token_id, on_step, precision)
 
         with _stage(timings, "quality"):
             total = min(recipe.eval_per_subtask, recipe.n_heldout) * len(SUBTASKS)
@@ -125,6 +142,7 @@ def build(folder: Path, recipe: Recipe, console: Console) -> dict:
         "threads": threads,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "train_precision": why,
         "train_loss_curve": _curve(losses),
         "quality": quality,
         "hashes": {name: sha256_file(model_dir / name) for name in ("tokenizer.json", "model.safetensors")},

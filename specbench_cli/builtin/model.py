@@ -136,6 +136,17 @@ def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, target: torch.Tensor
     return F.cross_entropy(logits.float(), ids[:, prefix + 1:][where], reduction=reduction)
 
 
+def timing_step(model: LlamaForCausalLM, examples, recipe: Recipe, pad_id: int):
+    """One forward + backward of a training batch, no update (train.precision times it)."""
+    batch = make_batches(examples, recipe.batch_size, 1, random.Random(recipe.seed))[0]
+    ids, target = collate([examples[i] for i in batch], pad_id)
+    prefix = shared_prefix_len(examples)
+
+    def step():
+        answer_loss(model, ids, target, prefix).backward()
+    return step
+
+
 def lr_at(step: int, recipe: Recipe) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
     if step < recipe.warmup_steps:
@@ -145,8 +156,11 @@ def lr_at(step: int, recipe: Recipe) -> float:
 
 
 def train(model: LlamaForCausalLM, examples: list[tuple[list[int], list[int]]], recipe: Recipe,
-          pad_id: int, on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW over `recipe.steps` batches; returns the loss of every step."""
+          pad_id: int, on_step: Callable[[int, float], None] | None = None,
+          precision: str = "fp32") -> list[float]:
+    """AdamW over `recipe.steps` batches, the forward under `precision` (train.precision);
+    returns the loss of every step."""
+    from ..train.precision import autocast
     # No weight decay on norms (1-d weights).
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -161,7 +175,8 @@ def train(model: LlamaForCausalLM, examples: list[tuple[list[int], list[int]]], 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
         ids, target = collate([examples[i] for i in batch], pad_id)
-        loss = answer_loss(model, ids, target, prefix)
+        with autocast(precision):
+            loss = answer_loss(model, ids, target, prefix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
 MARKER = "specbench_gguf.json"  # written last: its presence means the folder is complete
-INSTALL_HINT = "GGUF files need the 'gguf' and 'accelerate' packages: pip install 'specbench[gguf]'"
+INSTALL_HINT = "GGUF files need the 'gguf' and 'accelerate' packages: pip install 'specbench-suite[gguf]'"
 # Not part of the model: where transformers loaded it from, and the quantizer it refuses to save.
 DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
 

@@ -29,10 +29,14 @@ ADDON_FOLDER = "{addon}"
 @dataclass(frozen=True)
 class Addon:
     """What `specbench prepare` builds for a method on the built-in benchmark: `build(engine,
-    tokenizer, data, folder, settings, console)` writes into `folder` with the frozen built-in
-    target and its training corpus. A change of `settings` triggers a rebuild."""
+    tokenizer, data, folder, settings, console, examples=, teacher=)` writes into `folder`
+    with the frozen built-in target, its training conversations (`examples`) and the target's
+    cached view of them (`teacher`, train.teacher.CachedTeacher; `teacher_layers` names the
+    hidden states it must hold besides the final ones). A change of `settings` rebuilds."""
     settings: dict
     build: Callable
+    uses_teacher: bool = True
+    teacher_layers: tuple[int, ...] = ()
 
 
 @dataclass

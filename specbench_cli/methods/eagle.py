@@ -160,8 +160,7 @@ class Eagle(Method):
                        "(budget16, budget32, budget64) or a JSON/YAML file of rank lists")}
     statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",
                             "draft-head forwards per verification step (catch-up included)"),)
-    builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16,
-                                    "max_len": 256},
+    builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16},
                           build=build_builtin_head)
     # On the built-in model a head pass costs ~0.25 of a target step on a CPU and the head's
     # drafts are mostly right or wrong at once: a narrow, deep tree gains most (README).

@@ -116,8 +116,9 @@ class Kangaroo(Method):
         "max_draft": Option(6, int, "most drafts per round (γ)")}
     statistics = (Statistic("η-stop", "stopped_by_threshold", "rounds", 100, "%",
                             "share of drafting rounds ended by the confidence threshold"),)
-    builtin_addon = Addon(settings={"steps": 300, "lr": 2e-3, "batch_size": 16, "max_len": 256},
-                          build=build_builtin_adapter)
+    # Exit after layer 1 of the built-in model's 6 (default_exit_layer): the teacher keeps it.
+    builtin_addon = Addon(settings={"exit_layer": 1, "steps": 300, "lr": 2e-3, "batch_size": 16},
+                          build=build_builtin_adapter, teacher_layers=(1,))
     builtin_options = {"adapter": ADDON_FOLDER}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):

@@ -181,8 +181,7 @@ class Medusa(Method):
         "epsilon": Option(0.09, float, "typical: ε in p(x) > min(ε, δ·e^−H)"),
         "delta": Option(0.3, float, "typical: δ in p(x) > min(ε, δ·e^−H)")}
     # On the built-in model a wide tree costs more than it gains on a CPU.
-    builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16,
-                                    "max_len": 256},
+    builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16},
                           build=build_builtin_heads)
     builtin_options = {"heads": ADDON_FOLDER, "tree": "budget16"}
 

@@ -72,7 +72,7 @@ class REST(Method):
                   "mean retrieval time per step"))
     # On the built-in model a 64-token tree costs more than it gains on a CPU
     # (benchmarks/medusa_tree_forward.py: a small model's forward grows with every tree token).
-    builtin_addon = Addon(settings={}, build=build_builtin_datastore)
+    builtin_addon = Addon(settings={}, build=build_builtin_datastore, uses_teacher=False)
     builtin_options = {"datastore": ADDON_FOLDER, "num_draft": 32}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):

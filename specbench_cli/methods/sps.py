@@ -84,7 +84,7 @@ class SpS(Method):
     }
     # ~45 s on 2 cores (training 36 s): top-1 agreement with the target 0.95 (0.66 after 400
     # steps of 192 tokens).
-    builtin_addon = Addon(settings={"steps": 1200, "lr": 3e-3, "batch_size": 8, "max_len": 256,
+    builtin_addon = Addon(settings={"steps": 1200, "lr": 3e-3, "batch_size": 8,
                                     "hidden_size": 64, "layers": 1},
                           build=build_builtin_drafter)
     # γ 6: a drafter step costs ~0.2 of a target forward on this CPU and a verify block grows

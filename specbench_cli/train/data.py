@@ -108,7 +108,8 @@ def encode_with_template(tokenizer, pairs: list[tuple[str, str]], max_len: int,
 
 
 def load_examples(paths: list[Path], tokenizer, max_len: int,
-                  template: str = "vicuna_v1.1") -> list[Example]:
+                  template: str = "vicuna_v1.1", limit: int | None = None) -> list[Example]:
+    """Every conversation with an assistant turn, encoded; the first `limit` when given."""
     examples = []
     for path in paths:
         for record in read_records(path):
@@ -117,6 +118,8 @@ def load_examples(paths: list[Path], tokenizer, max_len: int,
                 ex = encode(tokenizer, pairs, max_len, template)
                 if any(ex.assistant):
                     examples.append(ex)
+            if limit is not None and len(examples) >= limit:
+                return examples
     if not examples:
         raise DataError(f"no conversations with assistant turns in {', '.join(map(str, paths))}")
     return examples

@@ -100,7 +100,7 @@ class CachedTeacher(LiveTeacher):
                 self.store.append({"hidden": {k: v for k, v in kept.items()
                                               if k in self.layers},
                                    "features": final.half(),
-                                   "top_ids": top.indices,
+                                   "top_ids": top.indices.int(),     # half of int64's memory
                                    "top_probs": (top.values / top.values.sum(-1, keepdim=True))})
                 if progress:
                     progress.update(task, advance=1)
@@ -125,4 +125,4 @@ class CachedTeacher(LiveTeacher):
     def distribution(self, batch: Batch) -> Distribution:
         parts = [self.store[row] for row in batch.rows]
         return Distribution(torch.cat([p["top_probs"] for p in parts]),
-                            torch.cat([p["top_ids"] for p in parts]))
+                            torch.cat([p["top_ids"] for p in parts]).long())
