@@ -64,9 +64,9 @@ def model_step(model, examples, recipe, pad_id, autocast):
 def trainer_steps(folder: Path, train_file: Path, batch: int):
     """(name, make(teacher) → step) for each add-on trainer, as `specbench prepare` runs them."""
     from specbench_cli.engine.load import load_engine
-    from specbench_cli.methods.eagle import EagleHead
-    from specbench_cli.methods.kangaroo import Adapter, default_exit_layer
-    from specbench_cli.methods.medusa import make_heads
+    from specbench_cli.drafters.eagle import EagleHead
+    from specbench_cli.drafters.kangaroo import Adapter, default_exit_layer
+    from specbench_cli.drafters.medusa import make_heads
     from specbench_cli.train.data import batches, load_examples
     from specbench_cli.train.eagle import eagle_step
     from specbench_cli.train.kangaroo import kangaroo_step

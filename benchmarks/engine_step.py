@@ -20,7 +20,8 @@ import time
 import torch
 
 from specbench_cli.engine.kernels import linear_groups
-from specbench_cli.engine.load import load_engine, model_folder
+from specbench_cli.engine.load import load_engine
+from specbench_cli.targets import model_folder
 from specbench_cli.profile import stream_bandwidth, weight_bytes
 
 

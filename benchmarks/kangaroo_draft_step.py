@@ -17,6 +17,7 @@ import time
 import torch
 
 from specbench_cli.engine.load import load_engine
+from specbench_cli.targets import model_folder
 from specbench_cli.methods.kangaroo import Kangaroo
 
 
@@ -32,7 +33,7 @@ def main():
         from specbench_cli.builtin import prepare_builtin
         assets = prepare_builtin()
         args.model, args.adapter = str(assets.model_dir), str(assets.root / "kangaroo")
-    engine, _, _ = load_engine(args.model, dtype="fp32", device="cpu")
+    engine, _, _ = load_engine(model_folder(args.model), dtype="fp32", device="cpu")
     k = Kangaroo(engine, set(), adapter=args.adapter, exit_layer=args.exit_layer)
     l, n = k.options["exit_layer"], engine.num_layers
     ctx = args.context

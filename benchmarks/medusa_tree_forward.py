@@ -17,7 +17,8 @@ import time
 import torch
 
 from specbench_cli.engine.load import load_engine
-from specbench_cli.methods.medusa import load_tree
+from specbench_cli.targets import model_folder
+from specbench_cli.drafters.medusa import load_tree
 from specbench_cli.methods.verify import Tree
 
 
@@ -30,7 +31,7 @@ def main():
     if args.model is None:
         from specbench_cli.builtin import prepare_builtin
         args.model = str(prepare_builtin().model_dir)
-    engine, _, _ = load_engine(args.model, dtype="fp32", device="cpu")
+    engine, _, _ = load_engine(model_folder(args.model), dtype="fp32", device="cpu")
     ctx = args.context
     trees = {name: Tree.from_choices(load_tree(name, 4)) for name in ("budget64", "budget32", "budget16")}
     cache = engine.cache(ctx + 80)

@@ -146,7 +146,7 @@ def same_bytes_gguf(folder: Path, root: Path, outtype: str) -> Path | None:
 def ours(folder: Path, dtype: str, depth: int, sizes, repeats: int) -> dict:
     """Our engine's rates in tokens/s at the same context: n / the n-token forward's median."""
     from specbench_cli.engine.load import load_engine
-    from specbench_cli.profile import block_latency
+    from specbench_cli.engine.timing import block_latency
     engine, _, _ = load_engine(str(folder), dtype=dtype, device="cpu", with_tokenizer=False)
     return {n: n / block_latency(engine, n, depth, repeats) for n in sizes}
 

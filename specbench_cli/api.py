@@ -13,7 +13,6 @@ keys. Errors meant for users are SpecbenchError.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,14 +51,16 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
     {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
-    from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, model_folder, \
-        resolve_device, resolve_dtype
+    from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
+        resolve_dtype
+    from .targets import model_folder
     from .methods import METHODS, checked_options, checked_sweeps, expand_sweeps, \
         parse_methods, parse_options, parse_sweeps
     from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     from .runner import OVER_CONTEXT, RunConfig, check_context
     from .targets import TARGETS
-    from .tasks import load_questions, parse_subtasks, resolve_bench, select, sha256_of
+    from .files import sha256_of
+    from .tasks import load_questions, parse_subtasks, resolve_bench, select
     console = console or Console()
     out = Path(out) if out is not None else None
     profile = Path(profile) if profile is not None else None
@@ -188,18 +189,11 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     runner.run(progress)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     if config.breakdown:
-        from .profile import measured_profile
+        from .profile import attach_profile, measured_profile, prompt_lengths
         attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
                                                          progress=progress),
                        out, plan.profile, prompt_lengths(plan))
     return out
-
-
-def prompt_lengths(plan: RunPlan) -> list[int]:
-    """Each question's first prompt in tokens: the cost model profiles at their median."""
-    from .prompts import build_prompt_ids
-    return [len(build_prompt_ids(plan.tokenizer, plan.config.template, [q.turns[0]], []))
-            for q in plan.questions]
 
 
 def results(run_dir: Path | str):
@@ -310,18 +304,3 @@ def resolve_out(out: Path | None, resume: bool, config, model: str,
         raise SpecbenchError(f"{out} holds a run already; use --resume to continue it or "
                              "another --out")
     return out, False
-
-
-def attach_profile(measure, out: Path, profile: Path | None, prompt_lengths: list[int]):
-    """The cost model's yardstick in the run directory: the given profile, or one measured now
-    at the run's median prompt length by `measure(contexts) -> profile dict` (on this engine,
-    or on a Ray worker's)."""
-    import shutil
-    from .report import PROFILE_FILE
-    if profile is not None:
-        shutil.copyfile(profile, out / PROFILE_FILE)
-        return
-    if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
-        return
-    context = int(statistics.median(prompt_lengths))
-    (out / PROFILE_FILE).write_text(json.dumps(measure([context]), indent=2))

@@ -256,7 +256,8 @@ def profile(
     """Measure the memory wall: forward latency of a block of n tokens at each context, the
     weight bytes a step reads, the device's streaming bandwidth, and what share of it a
     one-token step achieves. Writes profile.json and profile.png/svg."""
-    from .engine.load import load_engine, model_folder
+    from .engine.load import load_engine
+    from .targets import model_folder
     from .plots import profile_figure, save_figure
     from .profile import write_profile
     from .runner import model_context
@@ -369,7 +370,8 @@ def add_train_command(trainer):
 
     def command(**values):
         from importlib import import_module
-        from .engine.load import load_engine, model_folder
+        from .engine.load import load_engine
+        from .targets import model_folder
         from .prompts import resolve_template
         function = getattr(import_module(f".train.{trainer.module}", __package__),
                            trainer.function)
@@ -420,10 +422,11 @@ def medusa_calibrate_cmd(
     """Measure each head's top-k accuracy and grow trees for budgets 16, 32, 64 (the presets
     then use this model's own accuracies)."""
     from .engine.load import load_engine
-    from .methods.medusa import heads_path, load_heads
+    from .drafters.medusa import heads_path, load_heads
+    from .targets import model_folder
     from .train.medusa import calibrate
     with user_errors():
-        engine, tokenizer, _ = load_engine(model, dtype="fp32")
+        engine, tokenizer, _ = load_engine(model_folder(model), dtype="fp32")
         folder = heads_path(heads)
         loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
                             engine.lm_head)
@@ -455,7 +458,8 @@ def datastore_build_cmd(
 ):
     """Tokenize every turn (streaming) into one 32-bit token array and build its suffix array."""
     from .datastore import build_datastore
-    from .engine.load import load_tokenizer, model_folder
+    from .engine.load import load_tokenizer
+    from .targets import model_folder
     with user_errors():
         tok = load_tokenizer(model_folder(tokenizer, console=console))
         with progress_bar() as progress:
@@ -586,6 +590,7 @@ def check_sampling_cmd(
     from .prompts import build_prompt_ids, resolve_template
     from .runner import eos_token_ids
     from .sampling_check import check_sampling
+    from .targets import model_folder
     with user_errors():
         check_sampling_options(temperature, top_p, top_k)
         if temperature <= 0:
@@ -601,7 +606,8 @@ def check_sampling_cmd(
             methods = methods or ",".join(METHODS)
         names = parse_methods(methods or "vanilla,pld,llma")
         given = parse_options(opt)
-        engine, tokenizer, folder = load_engine(model, dtype=dtype, device=device)
+        engine, tokenizer, folder = load_engine(model_folder(model, console=console), dtype=dtype,
+                                                device=device)
         template = resolve_template("auto", tokenizer, model)
         ids = build_prompt_ids(tokenizer, template, [prompt], [])
         eos = eos_token_ids(engine, tokenizer)

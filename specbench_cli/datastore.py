@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import SpecbenchError
-from .jsonl import json_lines
+from .files import json_lines
 
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched
 TOKENS, MANIFEST = "tokens.u32", "manifest.json"

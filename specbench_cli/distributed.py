@@ -48,7 +48,8 @@ class Worker:
     def __init__(self, worker_id: str, config, folder: str, questions: list, threads: int):
         import torch
 
-        from .engine.load import load_engine, load_tokenizer, model_folder
+        from .engine.load import load_engine, load_tokenizer
+        from .targets import model_folder
         from .runner import Runner
         self.worker_id = worker_id
         if config.device == "cpu":
@@ -202,7 +203,7 @@ def execute_sharded(plan, workers: int, address: str | None = None,
             if on_result and unit is not None:
                 on_result(pool, slot)
         if config.breakdown:
-            from .api import attach_profile, prompt_lengths
+            from .profile import attach_profile, prompt_lengths
             actor = next(iter(pool.actors.values()))
             attach_profile(lambda contexts: ray.get(actor.profile.remote(contexts)), out,
                            plan.profile, prompt_lengths(plan))

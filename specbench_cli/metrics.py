@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import SpecbenchError
-from .jsonl import json_lines
+from .files import json_lines
 from .tasks import SUBTASKS
 
 DEFINITIONS = [

@@ -13,28 +13,16 @@ The floor `weight bytes / bandwidth` is the fastest any one-token step could be.
 
 from __future__ import annotations
 
+import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from .engine import Engine, sync
+from .engine import Engine
+from .engine.timing import block_latency, median_seconds
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def weight_bytes(engine: Engine) -> int:
@@ -87,22 +75,6 @@ def stream_bandwidth(device: torch.device, repeats: int = 7) -> dict:
     seconds = median_seconds(lambda: buf.sum(), device, repeats)
     return {"bytes_per_s": size / seconds, "buffer_bytes": size, "llc_bytes": llc,
             "how": f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or 512 MiB)"}
-
-
-def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
-    """Median seconds of one forward over n new tokens after `context` committed ones."""
-    device = engine.device
-    gen = torch.Generator().manual_seed(n * 7919 + context)
-    vocab = engine.config.vocab_size
-    cache = engine.cache(context + n + 8)
-    with torch.inference_mode():
-        engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
-        block = torch.randint(vocab, (1, n), generator=gen).to(device)
-
-        def step():
-            cache.truncate(context)
-            engine(block, cache, context)
-        return median_seconds(step, device, repeats)
 
 
 def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: int = 10,
@@ -158,7 +130,29 @@ def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats:
 def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
                   repeats: int = 10, progress=None) -> dict:
     """Profile the engine and write profile.json."""
-    import json
     result = measured_profile(engine, model, contexts, sizes, repeats, progress)
     Path(path).write_text(json.dumps(result, indent=2))
     return result
+
+
+def prompt_lengths(plan) -> list[int]:
+    """Each question's first prompt in tokens (`plan`: an api.RunPlan): the cost model profiles
+    at their median."""
+    from .prompts import build_prompt_ids
+    return [len(build_prompt_ids(plan.tokenizer, plan.config.template, [q.turns[0]], []))
+            for q in plan.questions]
+
+
+def attach_profile(measure, out: Path, profile: Path | None, prompt_lengths: list[int]):
+    """The cost model's yardstick in the run directory: the given profile, or one measured now
+    at the run's median prompt length by `measure(contexts) -> profile dict` (on this engine,
+    or on a Ray worker's)."""
+    import shutil
+    from .report import PROFILE_FILE
+    if profile is not None:
+        shutil.copyfile(profile, out / PROFILE_FILE)
+        return
+    if (out / PROFILE_FILE).exists():       # a resumed run keeps its first profile
+        return
+    context = int(statistics.median(prompt_lengths))
+    (out / PROFILE_FILE).write_text(json.dumps(measure([context]), indent=2))

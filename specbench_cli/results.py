@@ -221,7 +221,8 @@ def spec_bench_count(meta: dict, tokenizer: Path | None):
 def counting_tokenizer(meta: dict, tokenizer: Path | None):
     """--tokenizer, else the tokenizer of run.json's model (named targets and GGUF files through
     their converted folders). Imported here: torch and transformers load only for this."""
-    from .engine.load import load_tokenizer, model_folder
+    from .engine.load import load_tokenizer
+    from .targets import model_folder
     model = meta.get("config", {}).get("model", "?")
     try:
         return load_tokenizer(Path(tokenizer) if tokenizer else model_folder(str(model)))

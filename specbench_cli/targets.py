@@ -16,8 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine.load import ModelLoadError
-from .tasks import sha256_of, specbench_home
+from .errors import ModelLoadError
+from .files import sha256_of, specbench_home
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,30 @@ def target_folder(name: str, home: Path | None = None, console=None, force: bool
         shutil.rmtree(target_dir(name, home), ignore_errors=True)
     gguf = fetch_gguf(TARGETS[name], home, console)
     return gguf_folder(gguf, home=home, console=console, force=force)
+
+
+def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...] = ()) -> Path:
+    """A Hugging Face folder for any way a user names a model: a named real target (smollm2) or
+    a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
+    id (fetched, cached; `extra_patterns` names files beyond a model's own, such as an add-on's
+    pytorch_model.bin)."""
+    from .engine.gguf import gguf_folder
+    path = Path(name_or_path).expanduser()
+    if name_or_path in TARGETS and not path.exists():
+        return target_folder(name_or_path, console=console)
+    if path.suffix.lower() == ".gguf":
+        return gguf_folder(path, console=console)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a model folder (no config.json)")
+        return path
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise ModelLoadError(f"model folder {name_or_path} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name_or_path, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*",
+            *extra_patterns]))
+    except Exception as err:  # network, auth, missing repo: one line for the user
+        raise ModelLoadError(f"could not fetch {name_or_path} from the hub: "
+                             f"{str(err).splitlines()[0]}") from None

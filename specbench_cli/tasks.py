@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import SpecbenchError
-from .jsonl import json_lines
+from .files import json_lines, sha256_of, specbench_home
 
 # Package data; the checkout's top-level tasks/ is a link to this folder.
 SUITE_DIR = files("specbench_cli") / "suites"
@@ -21,14 +19,6 @@ SUITE_DIR = files("specbench_cli") / "suites"
 
 class TaskError(SpecbenchError):
     """Bad question file or selection; the message is one line for the user."""
-
-
-def specbench_home() -> Path:
-    """Where downloads and the built-in benchmark live: $SPECBENCH_HOME or the user cache dir."""
-    if os.environ.get("SPECBENCH_HOME"):
-        return Path(os.environ["SPECBENCH_HOME"]).expanduser()
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("specbench"))
 
 
 def load_suite(name: str = "spec_bench") -> dict:
@@ -107,14 +97,6 @@ def select(questions: list[Question], subtasks: list[str], limit: int | None) ->
     if not out:
         raise TaskError(f"no questions of subtasks {', '.join(subtasks)} in this file")
     return out
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_verified(url: str, dest: Path, sha256: str) -> Path:

@@ -11,7 +11,8 @@ from conftest import TINY, check_length_and_eos_edges, make_model_folder
 from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
-from specbench_cli.methods.eagle import EagleError, EagleHead, load_head, select_nodes
+from specbench_cli.drafters.eagle import EagleError, EagleHead, load_head
+from specbench_cli.methods.eagle import select_nodes
 from specbench_cli.prompts import build_prompt_ids
 from specbench_cli.train.eagle import train_eagle
 

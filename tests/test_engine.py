@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from specbench_cli.engine.llama import EngineConfig, UnsupportedModel
-from specbench_cli.engine.load import ModelLoadError, load_engine
+from specbench_cli.engine.load import load_engine
+from specbench_cli.errors import ModelLoadError
 
 from conftest import VARIANTS, make_model_folder
 

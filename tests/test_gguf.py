@@ -16,7 +16,8 @@ import torch
 
 from specbench_cli.engine import gguf as gguf_mod
 from specbench_cli.engine.gguf import INSTALL_HINT, MARKER, gguf_folder
-from specbench_cli.engine.load import ModelLoadError, load_engine
+from specbench_cli.engine.load import load_engine
+from specbench_cli.errors import ModelLoadError
 
 from conftest import hf_config
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from specbench_cli.methods import METHODS
-from specbench_cli.methods.kangaroo import Adapter, AdapterError, default_exit_layer, load_adapter
+from specbench_cli.drafters.kangaroo import Adapter, AdapterError, default_exit_layer, load_adapter
 from specbench_cli.prompts import build_prompt_ids
 from specbench_cli.train.kangaroo import train_kangaroo
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from specbench_cli.engine.llama import EngineConfig
-from specbench_cli.engine.load import (DTYPE_NAMES, ModelLoadError, checkpoint_files, load_engine,
+from specbench_cli.errors import ModelLoadError
+from specbench_cli.engine.load import (DTYPE_NAMES, checkpoint_files, load_engine,
                                        resolve_dtype)
 
 from conftest import hf_config

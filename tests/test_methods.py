@@ -19,7 +19,7 @@ PROMPTS = [
 
 
 def random_heads(engine, num_heads=3, seed=0):
-    from specbench_cli.methods.medusa import make_heads
+    from specbench_cli.drafters.medusa import make_heads
     torch.manual_seed(seed)
     heads = make_heads(engine.config.hidden_size, engine.config.vocab_size, num_heads,
                        engine.lm_head.weight)
@@ -66,7 +66,7 @@ def tiny_drafter(engine):
 
 
 def random_eagle_head(engine):
-    from specbench_cli.methods.eagle import EagleHead
+    from specbench_cli.drafters.eagle import EagleHead
     torch.manual_seed(0)
     return EagleHead(engine.config)
 
@@ -150,7 +150,7 @@ def test_unknown_method_option_is_an_error(tiny_engine):
 
 
 def random_adapter(engine, seed=0, scale=1.0):
-    from specbench_cli.methods.kangaroo import Adapter
+    from specbench_cli.drafters.kangaroo import Adapter
     torch.manual_seed(seed)
     adapter = Adapter(engine.config)
     with torch.no_grad():

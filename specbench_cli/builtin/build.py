@@ -22,9 +22,9 @@ from .tokenizer import conversation_text, train_tokenizer
 
 
 # For the up-front estimate, measured on a 2-core AMD EPYC (2026-12-03): a training step costs
-# ~1.2x its timed forward + backward (optimizer, batching), and the quality check plus the
-# add-ons (one teacher pass, five trainers) ~0.45x the model's training.
-STEP_OVERHEAD, ADDONS_SHARE = 1.2, 0.45
+# ~1.05x its timed forward + backward (optimizer, batching), and the quality check plus the
+# add-ons (one teacher pass, five trainers) ~0.4x the model's training.
+STEP_OVERHEAD, ADDONS_SHARE = 1.05, 0.4
 
 
 def _threads() -> int:

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..errors import ModelLoadError
+
 GGUF_MAGIC = b"GGUF"
 MARKER = "specbench_gguf.json"  # written last: its presence means the folder is complete
 INSTALL_HINT = "GGUF files need the 'gguf' and 'accelerate' packages: pip install 'specbench-suite[gguf]'"
@@ -22,20 +24,15 @@ INSTALL_HINT = "GGUF files need the 'gguf' and 'accelerate' packages: pip instal
 DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
 
 
-def _error(message: str) -> Exception:
-    from .load import ModelLoadError  # lazy: load.py imports this module
-    return ModelLoadError(message)
-
-
 def gguf_folder(path: Path, home: Path | None = None, console=None, force: bool = False) -> Path:
     """The cached HF folder for GGUF file `path`, converting it first if needed (or `force`)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise _error(f"GGUF file {path} does not exist")
+        raise ModelLoadError(f"GGUF file {path} does not exist")
     with path.open("rb") as fh:  # before anything heavy: a wrong file fails in microseconds
         if fh.read(4) != GGUF_MAGIC:
-            raise _error(f"{path}: not a GGUF file (no GGUF magic bytes)")
-    from ..tasks import sha256_of, specbench_home
+            raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    from ..files import sha256_of, specbench_home
     home = home if home is not None else specbench_home()
     sha = sha256_of(path)
     folder = Path(home) / "gguf" / sha[:16]
@@ -47,7 +44,7 @@ def gguf_folder(path: Path, home: Path | None = None, console=None, force: bool 
         import accelerate  # noqa: F401
         import gguf  # noqa: F401
     except ImportError:
-        raise _error(INSTALL_HINT) from None
+        raise ModelLoadError(INSTALL_HINT) from None
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     # A private temp dir per process: parallel workers converting the same file do not collide.
@@ -87,7 +84,7 @@ def _convert(path: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as err:  # unsupported architecture or tokenizer: one line for the user
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise _error(f"{path.name}: transformers cannot convert this GGUF file: {reason}") from None
+        raise ModelLoadError(f"{path.name}: transformers cannot convert this GGUF file: {reason}") from None
     config = {k: v for k, v in model.config.to_dict().items() if k not in DROP_CONFIG_KEYS}
     config["architectures"] = [type(model).__name__]  # GGUF configs leave it empty
     config["dtype"] = "float32"
@@ -96,7 +93,7 @@ def _convert(path: Path, out: Path) -> None:
         state.pop("lm_head.weight", None)  # shares the embedding's storage; safetensors refuses
     bad = sorted({str(t.dtype) for t in state.values() if not t.is_floating_point()})
     if bad:  # a loader that kept quantized blocks instead of dequantizing
-        raise _error(f"{path.name}: transformers left weights quantized ({', '.join(bad)})")
+        raise ModelLoadError(f"{path.name}: transformers left weights quantized ({', '.join(bad)})")
     save_file({k: t.detach().contiguous() for k, t in state.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

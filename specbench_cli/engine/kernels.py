@@ -181,7 +181,7 @@ def device_name(device: torch.device) -> str:
 
 
 def kernels_home() -> Path:
-    from ..tasks import specbench_home
+    from ..files import specbench_home
     return specbench_home() / "kernels"
 
 

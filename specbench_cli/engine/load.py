@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..errors import SpecbenchError
+from ..errors import ModelLoadError
 from .kernels import choose_kernels
 from .llama import Engine, EngineConfig
 
@@ -25,10 +25,6 @@ DTYPE_ALIASES = {**DTYPES, "float32": torch.float32, "float16": torch.float16,
                  "half": torch.float16, "bfloat16": torch.bfloat16}
 # safetensors header dtype → torch; others (int8, fp8, …) are quantised formats we do not run.
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-class ModelLoadError(SpecbenchError):
-    pass
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -95,38 +91,10 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
 def step_ms(folder: Path, dtype: str, device: torch.device, console=None, context: int = 64,
             repeats: int = 9) -> float:
     """Median ms of this model's one-token forward after `context` tokens."""
-    from ..profile import block_latency
+    from .timing import block_latency
     engine, _, _ = load_engine(str(folder), dtype=dtype, device=str(device),
                                with_tokenizer=False, console=console)
     return 1e3 * block_latency(engine, 1, context, repeats)
-
-
-def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...] = ()) -> Path:
-    """A Hugging Face folder for any way a user names a model: a named real target (smollm2) or
-    a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
-    id (fetched, cached; `extra_patterns` names files beyond a model's own, such as an add-on's
-    pytorch_model.bin)."""
-    from ..targets import TARGETS, target_folder
-    from .gguf import gguf_folder
-    path = Path(name_or_path).expanduser()
-    if name_or_path in TARGETS and not path.exists():
-        return target_folder(name_or_path, console=console)
-    if path.suffix.lower() == ".gguf":
-        return gguf_folder(path, console=console)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path}: not a model folder (no config.json)")
-        return path
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise ModelLoadError(f"model folder {name_or_path} does not exist")
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name_or_path, allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*",
-            *extra_patterns]))
-    except Exception as err:  # network, auth, missing repo: one line for the user
-        raise ModelLoadError(f"could not fetch {name_or_path} from the hub: "
-                             f"{str(err).splitlines()[0]}") from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -285,7 +253,7 @@ def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: 
         engine.lm_head.weight = engine.model.embed_tokens.weight
 
 
-def load_engine(name_or_path: str, dtype: str | None = None, device: str | None = None,
+def load_engine(folder: str | Path, dtype: str | None = None, device: str | None = None,
                 with_tokenizer: bool = True, mmap: bool = True, console=None):
     """Return (engine, tokenizer or None, folder).
 
@@ -296,7 +264,11 @@ def load_engine(name_or_path: str, dtype: str | None = None, device: str | None 
     converted (or moved) one at a time, so the peak stays near the run size
     (benchmarks/load_memory.py).
     """
-    folder = model_folder(name_or_path)
+    folder = Path(folder)      # names, GGUF files and hub ids: targets.model_folder first
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
     cfg = EngineConfig.from_hf(json.loads((folder / "config.json").read_text()))
     dev = resolve_device(device)
     run_dtype, why = choose_dtype(dtype, dev, folder, console)

@@ -14,120 +14,17 @@ verified as one tree. EAGLE-1 drafts a fixed tree of ranks (`static_tree`, optio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ..engine import Engine, EngineConfig
-from ..engine.llama import MLP, Attention, Linear, RMSNorm
-from ..engine.load import checkpoint_tensors, load_state, model_folder
+from ..drafters.eagle import load_head
+from ..engine import Engine
 from ..errors import SpecbenchError
+from ..train.eagle import train_eagle
+from ..train.loop import addon_builder
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# The official checkpoints carry a copy of the target's embedding table (frozen in training);
-# the head embeds with the target's own table instead, so that copy is checked, never loaded.
-EMBEDDING_KEY = "embed_tokens.weight"
-EAGLE3_KEYS = ("d2t", "t2d", "midlayer.")
-
-
-class EagleError(SpecbenchError):
-    pass
-
-
-class HeadLayer(nn.Module):
-    """A Llama decoder layer; the first one has no input norm (its input is the FC's output, as
-    in the official head), later ones have."""
-
-    def __init__(self, cfg: EngineConfig, index: int):
-        super().__init__()
-        if index:
-            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cos, sin, cache, layer, offset, mask):
-        normed = self.input_layernorm(x) if hasattr(self, "input_layernorm") else x
-        x = x + self.self_attn(normed, cos, sin, cache, layer, offset, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class EagleHead(nn.Module):
-    """fc (2H → H, bias) → decoder layer(s). Parameter names are the official checkpoint's."""
-
-    def __init__(self, target: EngineConfig, num_layers: int = 1, fc_bias: bool = True,
-                 qkv_bias: bool = False):
-        super().__init__()
-        cfg = EngineConfig(**{**target.__dict__, "qkv_bias": qkv_bias, "o_bias": False,
-                              "mlp_bias": False, "num_layers": num_layers})
-        self.config = cfg
-        self.fc = Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=fc_bias)
-        self.layers = nn.ModuleList(HeadLayer(cfg, i) for i in range(num_layers))
-
-    def forward(self, features, embeds, rope, cache, offset, mask=None):
-        """features, embeds (b, n, H) → predicted next features (b, n, H); keys/values go to
-        `cache` rows [offset, offset + n) (no cache: causal attention over the block)."""
-        x = self.fc(torch.cat((embeds, features), dim=-1))
-        cos, sin = rope
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, offset, mask)
-        return x
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-def head_config(target: EngineConfig, extra: dict | None = None, num_layers: int = 1) -> dict:
-    """The official config.json shape (a one-layer LlamaConfig with `bias` for the FC)."""
-    return {"model_type": "llama", "architectures": ["EagleHead"], "bias": True,
-            "hidden_size": target.hidden_size, "num_hidden_layers": num_layers,
-            "num_attention_heads": target.num_heads, "num_key_value_heads": target.num_kv_heads,
-            "head_dim": target.head_dim, "vocab_size": target.vocab_size,
-            "intermediate_size": target.intermediate_size, "rms_norm_eps": target.rms_norm_eps,
-            "rope_theta": target.rope_theta, "rope_scaling": target.rope_scaling,
-            "specbench": {"target_num_layers": target.num_layers, **(extra or {})}}
-
-
-def head_folder(spec: str) -> Path:
-    """A local folder as is; 'org/name' (e.g. yuhuili/EAGLE-Vicuna-7B-v1.3) from the hub."""
-    local = Path(spec).expanduser()
-    if local.exists():
-        return local
-    return model_folder(spec, extra_patterns=("pytorch_model.bin",))
-
-
-def load_head(spec: str, target: EngineConfig) -> tuple[EagleHead, dict, Path]:
-    """An EAGLE-1/2 head folder (ours: model.safetensors; official: pytorch_model.bin, read with
-    weights_only) with strict key, shape and model checks."""
-    folder = head_folder(spec)
-    if not (folder / "config.json").is_file():
-        raise EagleError(f"EAGLE head {folder}: no config.json")
-    cfg = json.loads((folder / "config.json").read_text())
-    files = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
-    if not files:
-        raise EagleError(f"EAGLE head {folder}: no {' or '.join(WEIGHT_FILES)}")
-    names = {name: shape for name, shape, _ in checkpoint_tensors(files[0], mmap=True)}
-    if "draft_vocab_size" in cfg or any(n.startswith(EAGLE3_KEYS) for n in names):
-        raise EagleError(f"EAGLE head {folder}: EAGLE-3 checkpoints are not supported yet "
-                         "(fused low/mid/high features and a reduced draft vocabulary)")
-    for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
-        if cfg.get(key) not in (None, want):
-            raise EagleError(f"EAGLE head {folder} was made for another model: {key} "
-                             f"{cfg[key]}, the target has {want}")
-    embedding = names.get(EMBEDDING_KEY)
-    if embedding not in (None, (target.vocab_size, target.hidden_size)):
-        raise EagleError(f"EAGLE head {folder}: its embedding table is {embedding}, the "
-                         f"target's is {(target.vocab_size, target.hidden_size)}")
-    head = EagleHead(target, num_layers=cfg.get("num_hidden_layers", 1),
-                     fc_bias=cfg.get("bias", True), qkv_bias=cfg.get("qkv_bias", False))
-    load_state(head, files[:1], f"EAGLE head {folder}", EagleError,
-               skip=lambda name: name == EMBEDDING_KEY)
-    return head, cfg, folder
-
 
 def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
     """The `budget` best drafted nodes by cumulative log-probability, as ascending node ids.
@@ -137,12 +34,6 @@ def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
     chosen set is prefix-closed."""
     order = torch.sort(scores, descending=True, stable=True).indices[:budget]
     return sorted(order.tolist())
-
-
-def build_builtin_head(engine, tokenizer, data, folder, settings, console, **shared):
-    from ..train.eagle import train_eagle
-    train_eagle(engine, tokenizer, data, folder, console=console,
-                target_name=shared.pop("target_name", "builtin"), **settings, **shared)
 
 
 class Eagle(Method):
@@ -161,7 +52,7 @@ class Eagle(Method):
     statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",
                             "draft-head forwards per verification step (catch-up included)"),)
     builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16},
-                          build=build_builtin_head)
+                          build=addon_builder(train_eagle))
     # On the built-in model a head pass costs ~0.25 of a target step on a CPU and the head's
     # drafts are mostly right or wrong at once: a narrow, deep tree gains most (README).
     builtin_options = {"head": ADDON_FOLDER, "total_tokens": 12, "depth": 7, "top_k": 2}

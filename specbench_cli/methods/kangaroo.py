@@ -9,98 +9,17 @@ are never computed twice.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ..engine import Engine, EngineConfig
-from ..engine.llama import Attention, RMSNorm
-from ..engine.load import load_state
+from ..drafters.kangaroo import default_exit_layer, load_adapter
+from ..engine import Engine
 from ..errors import SpecbenchError
+from ..train.kangaroo import train_kangaroo
+from ..train.loop import addon_builder
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
 from .verify import DecodeState, verify_chain
-
-
-class AdapterError(SpecbenchError):
-    pass
-
-
-def default_exit_layer(num_layers: int) -> int:
-    """About 1/16 of the layers, at least one: 2 for 32 layers (7B), 3 for 40 (13B)."""
-    return max(1, int(num_layers / 16 + 0.5))
-
-
-class AdapterLayer(nn.Module):
-    def __init__(self, cfg: EngineConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-
-
-class Adapter(nn.Module):
-    """Input RMSNorm → self-attention (the target's RoPE and KV heads) → residual → RMSNorm.
-    Parameter names follow the official checkpoint (`layers.0.…`, `norm.weight`)."""
-
-    def __init__(self, target: EngineConfig):
-        super().__init__()
-        # The attention has no biases, whatever the target's attention has.
-        cfg = EngineConfig(**{**target.__dict__, "qkv_bias": False, "o_bias": False})
-        self.config = cfg
-        self.layers = nn.ModuleList([AdapterLayer(cfg)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, h, rope, cache, offset, mask=None):
-        layer = self.layers[0]
-        cos, sin = rope
-        h = h + layer.self_attn(layer.input_layernorm(h), cos, sin, cache, 0, offset, mask)
-        return self.norm(h)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-def adapter_config(target: EngineConfig, exit_layer: int, extra: dict | None = None) -> dict:
-    """A LlamaConfig-shaped config.json with one layer, as the official checkpoints have."""
-    return {"model_type": "llama", "architectures": ["KangarooAdapter"],
-            "hidden_size": target.hidden_size, "num_hidden_layers": 1,
-            "num_attention_heads": target.num_heads, "num_key_value_heads": target.num_kv_heads,
-            "head_dim": target.head_dim, "vocab_size": target.vocab_size,
-            "intermediate_size": target.intermediate_size, "rms_norm_eps": target.rms_norm_eps,
-            "rope_theta": target.rope_theta, "rope_scaling": target.rope_scaling,
-            "specbench": {"exit_layer": exit_layer, "target_num_layers": target.num_layers,
-                          **(extra or {})}}
-
-
-def load_adapter(path: Path, target: EngineConfig) -> tuple[Adapter, dict]:
-    """Load an adapter folder (ours: model.safetensors; official: pytorch_model.bin) with strict
-    key, shape and model checks. Returns the adapter (fp32, CPU) and its config."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise AdapterError(f"Kangaroo adapter {path}: no config.json")
-    cfg = json.loads(cfg_file.read_text())
-    for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
-        if cfg.get(key) not in (None, want):
-            raise AdapterError(f"Kangaroo adapter {path} was made for another model: {key} "
-                               f"{cfg[key]}, the target has {want}")
-    trained_layers = cfg.get("specbench", {}).get("target_num_layers")
-    if trained_layers not in (None, target.num_layers):
-        raise AdapterError(f"Kangaroo adapter {path} was trained on a {trained_layers}-layer "
-                           f"model; the target has {target.num_layers} layers")
-    files = [f for f in (path / "model.safetensors", path / "pytorch_model.bin") if f.is_file()]
-    if not files:
-        raise AdapterError(f"Kangaroo adapter {path}: no model.safetensors or pytorch_model.bin")
-    adapter = Adapter(target)
-    load_state(adapter, files[:1], f"Kangaroo adapter {path}", AdapterError)
-    return adapter, cfg
-
-
-def build_builtin_adapter(engine, tokenizer, data, folder, settings, console, **shared):
-    from ..train.kangaroo import train_kangaroo
-    train_kangaroo(engine, tokenizer, data, folder, console=console,
-                   target_name=shared.pop("target_name", "builtin"), **settings, **shared)
 
 
 class Kangaroo(Method):
@@ -118,7 +37,7 @@ class Kangaroo(Method):
                             "share of drafting rounds ended by the confidence threshold"),)
     # Exit after layer 1 of the built-in model's 6 (default_exit_layer): the teacher keeps it.
     builtin_addon = Addon(settings={"exit_layer": 1, "steps": 300, "lr": 2e-3, "batch_size": 16},
-                          build=build_builtin_adapter, teacher_layers=(1,))
+                          build=addon_builder(train_kangaroo), teacher_layers=(1,))
     builtin_options = {"adapter": ADDON_FOLDER}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):

@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 
 from ..engine import Engine
-from ..engine.load import DTYPE_NAMES, load_engine, load_tokenizer, model_folder
+from ..engine.load import DTYPE_NAMES, load_engine, load_tokenizer
 from ..errors import SpecbenchError
+from ..targets import model_folder
+from ..train.loop import addon_builder
+from ..train.sps import train_sps
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option
 from .verify import DRAFT_HEADROOM, DecodeState, verify_chain
 
@@ -65,12 +68,6 @@ def next_draft_length(length: int, accepted: int, drafted: int, limit: int) -> i
     return min(limit, length + 2) if accepted == drafted else max(1, length - 1)
 
 
-def build_builtin_drafter(engine, tokenizer, data, folder, settings, console, **shared):
-    from ..train.sps import train_sps
-    train_sps(engine, tokenizer, data, folder, console=console,
-              target_name=shared.pop("target_name", "builtin"), **settings, **shared)
-
-
 class SpS(Method):
     name = "sps"
     description = "SpS: a separate small draft model proposes γ tokens autoregressively (chain)"
@@ -86,7 +83,7 @@ class SpS(Method):
     # steps of 192 tokens).
     builtin_addon = Addon(settings={"steps": 1200, "lr": 3e-3, "batch_size": 8,
                                     "hidden_size": 64, "layers": 1},
-                          build=build_builtin_drafter)
+                          build=addon_builder(train_sps))
     # γ 6: a drafter step costs ~0.2 of a target forward on this CPU and a verify block grows
     # slowly; --limit 5 sweep (noisy, shared 2 cores): γ 2/3/4/5/6/8/10 → MAT 2.36/2.82/3.16/
     # 3.57/3.94/4.46/4.63, speedup 1.32/1.41/1.44/1.54/1.60/1.58/1.52×; adaptive γ 1.43× vs 1.47×.

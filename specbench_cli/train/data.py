@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpecbenchError
-from ..jsonl import json_lines
+from ..files import json_lines
 from ..prompts import VICUNA_SYSTEM
 from .teacher import Batch
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine import Engine
-from ..methods.eagle import EagleHead, head_config
+from ..drafters.eagle import EagleHead, head_config
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
 from .teacher import LiveTeacher

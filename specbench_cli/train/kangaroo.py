@@ -10,7 +10,7 @@ import torch
 
 from ..engine import Engine
 from ..errors import SpecbenchError
-from ..methods.kangaroo import Adapter, adapter_config, default_exit_layer
+from ..drafters.kangaroo import Adapter, adapter_config, default_exit_layer
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
 from .teacher import LiveTeacher

@@ -111,3 +111,13 @@ def finish(out_dir: Path, module: torch.nn.Module, config: dict, weights: str = 
     save_file(state, str(out_dir / weights))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def addon_builder(train_fn: Callable) -> Callable:
+    """A method's built-in add-on build (methods.base.Addon) from its trainer: `train_fn` with
+    the add-on's settings, on the corpus, examples and teacher the caller shares out
+    (`specbench prepare`, train.teacher)."""
+    def build(engine, tokenizer, data, folder, settings, console, **shared):
+        return train_fn(engine, tokenizer, data, folder, console=console,
+                        target_name=shared.pop("target_name", "builtin"), **settings, **shared)
+    return build

@@ -2,7 +2,7 @@
 
 Training: head k at position t learns token t+2+k; loss Σ 0.8^k · CE_k on assistant tokens.
 Calibration: each head's top-k accuracy on held-out conversations, the input of the greedy tree
-construction (`methods.medusa.grow_tree`)."""
+construction (`drafters.medusa.grow_tree`)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from ..engine import Engine
 from ..errors import SpecbenchError
-from ..methods.medusa import TOP_K, grow_tree, make_heads
+from ..drafters.medusa import TOP_K, grow_tree, load_heads, make_heads
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
 from .teacher import Batch, LiveTeacher
 
 DECAY = 0.8
+CALIBRATION_EXAMPLES = 300      # conversations the built-in heads are calibrated on
 
 
 def shifted(heads, hidden, ids, mask):
@@ -99,3 +100,14 @@ def calibrate(engine: Engine, tokenizer, heads, data: list[Path], out: Path | No
     if out is not None:
         (Path(out) / "calibration.json").write_text(json.dumps(result))
     return result
+
+
+def build_builtin_heads(engine, tokenizer, data, folder, settings, console, **shared):
+    """Train the heads, then calibrate their trees on the same corpus (`shared`: a template,
+    examples and a teacher the add-ons of one target share, train.teacher)."""
+    train_medusa(engine, tokenizer, data, folder, console=console,
+                 target_name=shared.pop("target_name", "builtin"), **settings, **shared)
+    heads = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
+                       engine.lm_head)
+    calibrate(engine, tokenizer, heads, data, folder, max_examples=CALIBRATION_EXAMPLES,
+              **shared)

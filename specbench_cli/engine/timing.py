@@ -1,0 +1,40 @@
+"""How long the engine takes: medians of a function on a device, and of one block's forward
+after a context (what `specbench profile`, the cost model and `--dtype auto` measure)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .llama import Engine, sync
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
+    """Median seconds of one forward over n new tokens after `context` committed ones."""
+    device = engine.device
+    gen = torch.Generator().manual_seed(n * 7919 + context)
+    vocab = engine.config.vocab_size
+    cache = engine.cache(context + n + 8)
+    with torch.inference_mode():
+        engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
+        block = torch.randint(vocab, (1, n), generator=gen).to(device)
+
+        def step():
+            cache.truncate(context)
+            engine(block, cache, context)
+        return median_seconds(step, device, repeats)
