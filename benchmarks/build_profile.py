@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from specbench_cli.builtin.model import (answer_loss, collate, encode_conversations, make_batches,
+from specbench_cli.models.builtin.model import (answer_loss, collate, encode_conversations, make_batches,
                                          make_model, shared_prefix_len)
-from specbench_cli.builtin.recipe import Recipe
-from specbench_cli.builtin.tasks_gen import generate, train_records, write_jsonl
-from specbench_cli.builtin.tokenizer import conversation_text, train_tokenizer
+from specbench_cli.models.builtin.recipe import Recipe
+from specbench_cli.models.builtin.tasks_gen import generate, train_records, write_jsonl
+from specbench_cli.models.builtin.tokenizer import conversation_text, train_tokenizer
 from specbench_cli.engine.kernels import cpu_name
 
 

@@ -21,8 +21,8 @@ import torch
 
 from specbench_cli.engine.kernels import linear_groups
 from specbench_cli.engine.load import load_engine
-from specbench_cli.targets import model_folder
-from specbench_cli.profile import stream_bandwidth, weight_bytes
+from specbench_cli.models.targets import model_folder
+from specbench_cli.run.profile import stream_bandwidth, weight_bytes
 
 
 def median_ms(fn, repeats: int) -> float:

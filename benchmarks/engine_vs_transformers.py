@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from specbench_cli.engine.load import load_engine
-from specbench_cli.targets import model_folder
+from specbench_cli.models.targets import model_folder
 from specbench_cli.methods import METHODS
 
 CONFIG = dict(vocab_size=32000, hidden_size=640, intermediate_size=1728, num_hidden_layers=12,

@@ -31,9 +31,9 @@ def train_adapters(name: str, steps: int, out: Path, console: Console) -> dict[s
     from rich.progress import Progress
 
     from specbench_cli.engine.load import load_engine
-    from specbench_cli.prompts import resolve_template
-    from specbench_cli.target_addons import RECIPES, prepare_addons
-    from specbench_cli.targets import target_folder
+    from specbench_cli.bench.prompts import resolve_template
+    from specbench_cli.models.target_addons import RECIPES, prepare_addons
+    from specbench_cli.models.targets import target_folder
     from specbench_cli.train.data import load_examples
     from specbench_cli.train.kangaroo import train_kangaroo
     from specbench_cli.train.teacher import CachedTeacher
@@ -99,7 +99,7 @@ def sweep_run(name: str, bench: str, limit: int, max_new_tokens: int, methods: s
               sweep: dict, out: Path, options: dict | None = None) -> dict:
     """One run with --breakdown; rows: MAT, drafting ms per token, speedup."""
     from specbench_cli import api
-    from specbench_cli.results import load_summarized
+    from specbench_cli.analysis.results import load_summarized
     if not (out / "run.json").exists():
         plan = api.plan_run(model=name, bench=bench, methods=methods, limit=limit,
                             max_new_tokens=max_new_tokens, warmup=1, breakdown=True,

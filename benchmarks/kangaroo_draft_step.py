@@ -17,7 +17,7 @@ import time
 import torch
 
 from specbench_cli.engine.load import load_engine
-from specbench_cli.targets import model_folder
+from specbench_cli.models.targets import model_folder
 from specbench_cli.methods.kangaroo import Kangaroo
 
 
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args()
     if args.model is None:
-        from specbench_cli.builtin import prepare_builtin
+        from specbench_cli.models.builtin import prepare_builtin
         assets = prepare_builtin()
         args.model, args.adapter = str(assets.model_dir), str(assets.root / "kangaroo")
     engine, _, _ = load_engine(model_folder(args.model), dtype="fp32", device="cpu")

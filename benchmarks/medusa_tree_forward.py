@@ -17,7 +17,7 @@ import time
 import torch
 
 from specbench_cli.engine.load import load_engine
-from specbench_cli.targets import model_folder
+from specbench_cli.models.targets import model_folder
 from specbench_cli.drafters.medusa import load_tree
 from specbench_cli.methods.verify import Tree
 
@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     if args.model is None:
-        from specbench_cli.builtin import prepare_builtin
+        from specbench_cli.models.builtin import prepare_builtin
         args.model = str(prepare_builtin().model_dir)
     engine, _, _ = load_engine(model_folder(args.model), dtype="fp32", device="cpu")
     ctx = args.context

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specbench_cli.datastore import SEPARATOR, TOKENS, Datastore, index_tokens
+from specbench_cli.drafters.datastore import SEPARATOR, TOKENS, Datastore, index_tokens
 from specbench_cli.methods.rest import REST
 from specbench_cli.engine import Engine, EngineConfig
 
@@ -46,7 +46,7 @@ def corpus(n: int, vocab: int, seed: int) -> np.ndarray:
 
 
 def builtin_shaped_engine() -> Engine:
-    from specbench_cli.builtin.recipe import Recipe
+    from specbench_cli.models.builtin.recipe import Recipe
     r = Recipe()
     cfg = EngineConfig.from_hf({
         "model_type": "llama", "vocab_size": r.vocab_size, "hidden_size": r.hidden_size,

@@ -184,9 +184,9 @@ def lookup_table(tools, gguf: Path, folder: Path, threads: int, bench: Path, lim
 
     from specbench_cli.engine.load import DTYPE_NAMES, load_engine
     from specbench_cli.methods import METHODS
-    from specbench_cli.prompts import build_prompt_ids
-    from specbench_cli.runner import eos_token_ids
-    from specbench_cli.tasks import load_questions, select
+    from specbench_cli.bench.prompts import build_prompt_ids
+    from specbench_cli.run.runner import eos_token_ids
+    from specbench_cli.bench.questions import load_questions, select
     engine, tokenizer, _ = load_engine(str(folder), device="cpu")
     eos = eos_token_ids(engine, tokenizer)
     questions = select(load_questions(bench), ["summarization", "rag"], limit)
@@ -233,7 +233,7 @@ def main():
         return
     import torch
 
-    from specbench_cli.targets import TARGETS, fetch_gguf, target_folder
+    from specbench_cli.models.targets import TARGETS, fetch_gguf, target_folder
     torch.set_num_threads(args.threads)
     quantized = fetch_gguf(TARGETS["smollm2"])
     folder = target_folder("smollm2")

@@ -53,14 +53,14 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
     from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
         resolve_dtype
-    from .targets import model_folder
+    from .models.targets import model_folder
     from .methods import METHODS, checked_options, checked_sweeps, expand_sweeps, \
         parse_methods, parse_options, parse_sweeps
-    from .prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
-    from .runner import OVER_CONTEXT, RunConfig, check_context
-    from .targets import TARGETS
+    from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
+    from .run.runner import OVER_CONTEXT, RunConfig, check_context
+    from .models.targets import TARGETS
     from .files import sha256_of
-    from .tasks import load_questions, parse_subtasks, resolve_bench, select
+    from .bench.questions import load_questions, parse_subtasks, resolve_bench, select
     console = console or Console()
     out = Path(out) if out is not None else None
     profile = Path(profile) if profile is not None else None
@@ -92,7 +92,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     grid = parse_sweeps(sweep) if isinstance(sweep, list) else checked_sweeps(sweep, "sweep")
     defaults: dict[str, dict] = {}
     if model is None or bench == "builtin":
-        from .prepare import prepare_all
+        from .models.prepare import prepare_all
         prepared = prepare_all(console=console)
         if model is None:
             model = str(prepared.model_dir)
@@ -138,7 +138,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
 def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:
     """A named target's add-ons as the methods' default options, once built (`specbench
     prepare NAME --addons`); a note when a method that needs one asks before they are."""
-    from .target_addons import RECIPES, built_addons
+    from .models.target_addons import RECIPES, built_addons
     built = built_addons(model)
     if built is not None:
         return built.method_defaults()
@@ -168,11 +168,11 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     run directory. `workers` > 0: shard the questions over that many Ray workers, one device
     each (`distributed.execute_sharded`; a local Ray instance unless `ray_address`)."""
     from .engine.load import load_engine
-    from .runner import Runner, run_meta, write_run_json
+    from .run.runner import Runner, run_meta, write_run_json
     console = console or Console()
     config, out = plan.config, plan.out
     if workers:
-        from .distributed import execute_sharded
+        from .run.distributed import execute_sharded
         return execute_sharded(plan, workers, ray_address, console, progress)
     console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
                   f"{config.template}) …")
@@ -189,7 +189,7 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     runner.run(progress)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     if config.breakdown:
-        from .profile import attach_profile, measured_profile, prompt_lengths
+        from .run.profile import attach_profile, measured_profile, prompt_lengths
         attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
                                                          progress=progress),
                        out, plan.profile, prompt_lengths(plan))
@@ -200,8 +200,8 @@ def results(run_dir: Path | str):
     """A run's leaderboard as a pandas frame indexed by method (unrounded numbers; columns as
     `specbench report --format csv`); by (run [device], method) when a sharded run's workers
     had different devices."""
-    from .report import leaderboard
-    from .results import load_by_device
+    from .analysis.report import leaderboard
+    from .analysis.results import load_by_device
     runs = load_by_device(Path(run_dir))
     frame = leaderboard(runs).drop(columns=["published"])
     if len(runs) > 1:

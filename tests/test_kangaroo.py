@@ -7,7 +7,7 @@ import torch
 
 from specbench_cli.methods import METHODS
 from specbench_cli.drafters.kangaroo import Adapter, AdapterError, default_exit_layer, load_adapter
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.train.kangaroo import train_kangaroo
 
 OFFICIAL_KEYS = ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",

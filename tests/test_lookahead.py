@@ -10,7 +10,7 @@ from specbench_cli.methods import METHODS
 from specbench_cli.methods.lookahead import (Window, add_ngram, candidate_trie, combined_mask,
                                              window_mask)
 from specbench_cli.methods.verify import DecodeState, Tree, verify_tree
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 from conftest import make_model_folder
 from specbench_cli.engine.load import load_engine

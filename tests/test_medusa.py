@@ -8,7 +8,7 @@ import torch
 from specbench_cli.methods import METHODS
 from specbench_cli.drafters.medusa import (DEFAULT_ACCURACY, HeadsError, grow_tree, load_heads,
                                            load_tree)
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 from test_methods import PROMPTS, random_heads
 

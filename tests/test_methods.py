@@ -8,7 +8,7 @@ import torch
 from specbench_cli.methods import METHODS, parse_methods
 from specbench_cli.methods.llma import first_occurrences
 from specbench_cli.methods.pld import lookup
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 PROMPTS = [
     "Summarize: the cat sat on the mat. the cat sat on the mat again and again.",
@@ -37,7 +37,7 @@ def tiny_datastore(engine, tok):
     import tempfile
     from pathlib import Path
 
-    from specbench_cli.datastore import Datastore, build_datastore
+    from specbench_cli.drafters.datastore import Datastore, build_datastore
     if "store" not in _STORES:
         folder = Path(tempfile.mkdtemp())
         texts = []

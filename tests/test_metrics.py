@@ -2,7 +2,7 @@
 
 import pytest
 
-from specbench_cli.metrics import (MetricsError, equality, first_difference, method_stats,
+from specbench_cli.analysis.metrics import (MetricsError, equality, first_difference, method_stats,
                                    summarize)
 
 

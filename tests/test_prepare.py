@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from specbench_cli import prepare as prepare_module
-from specbench_cli.builtin import tiny_recipe
+from specbench_cli.models import prepare as prepare_module
+from specbench_cli.models.builtin import tiny_recipe
 from specbench_cli.cli import app
 from specbench_cli.methods import METHODS
 

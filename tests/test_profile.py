@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from specbench_cli.cli import app
-from specbench_cli.costmodel import explain, interpolated_cost, predict
-from specbench_cli.profile import matmul_flops_per_token, profile_engine, weight_bytes
+from specbench_cli.analysis.costmodel import explain, interpolated_cost, predict
+from specbench_cli.run.profile import matmul_flops_per_token, profile_engine, weight_bytes
 
 from conftest import TINY, make_model_folder, write_questions
 

@@ -72,7 +72,7 @@ def ray_cluster():
 @pytest.mark.ray
 def test_sharded_answers_equal_a_single_process_run(ray_cluster, tiny_model_dir, qfile, single,
                                                     tmp_path):
-    from specbench_cli.distributed import execute_sharded
+    from specbench_cli.run.distributed import execute_sharded
     out = execute_sharded(plan(tiny_model_dir, qfile, tmp_path / "run"), 2, console=quiet())
     assert answers_of(out) == single
     meta = json.loads((out / "run.json").read_text())
@@ -89,7 +89,7 @@ def test_sharded_answers_equal_a_single_process_run(ray_cluster, tiny_model_dir,
 @pytest.mark.ray
 def test_a_worker_killed_mid_question_loses_and_duplicates_nothing(ray_cluster, tiny_model_dir,
                                                                    qfile, single, tmp_path):
-    from specbench_cli.distributed import execute_sharded
+    from specbench_cli.run.distributed import execute_sharded
     killed = []
 
     def kill_once(pool, slot):
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_question_loses_and_duplicates_nothing(ray_cluster, 
 
 @pytest.mark.ray
 def test_resume_after_the_driver_was_killed(ray_cluster, tiny_model_dir, qfile, single, tmp_path):
-    from specbench_cli.distributed import execute_sharded
+    from specbench_cli.run.distributed import execute_sharded
     stored = []
 
     def interrupt_after_three(pool, slot):

@@ -10,7 +10,7 @@ from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.recycling import (PAPER_TREE, RecyclingTree, recycle,
                                              template_choices)
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 from conftest import make_model_folder
 from test_methods import PROMPTS

@@ -18,8 +18,8 @@ from conftest import make_char_tokenizer
 from typer.testing import CliRunner
 
 from specbench_cli.cli import app
-from specbench_cli.compare import PUBLISHED_DIR, load_baseline, model_key
-from specbench_cli.metrics import bootstrap_ci, paired_speedup
+from specbench_cli.analysis.compare import PUBLISHED_DIR, load_baseline, model_key
+from specbench_cli.analysis.metrics import bootstrap_ci, paired_speedup
 
 MODEL = "/models/tiny-llama"
 
@@ -270,7 +270,7 @@ def test_runs_without_declarations_show_no_statistic_columns(run_dir, tmp_path):
 
 def test_no_method_is_named_in_metrics_or_report():
     """Method statistics come from the methods' declarations, not from names in these modules."""
-    package = Path(__file__).resolve().parents[1] / "specbench_cli"
+    package = Path(__file__).resolve().parents[1] / "specbench_cli" / "analysis"
     for module in ("metrics.py", "report.py", "results.py"):
         text = (package / module).read_text(encoding="utf-8")
         for word in ("kangaroo", "η", "hit rate", "hits\"", "stopped_by_threshold", "REST",

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from specbench_cli.datastore import (SEPARATOR, Datastore, DatastoreError, build_datastore)
+from specbench_cli.drafters.datastore import (SEPARATOR, Datastore, DatastoreError, build_datastore)
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.rest import trie_tree
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 from test_methods import PROMPTS
 

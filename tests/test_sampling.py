@@ -12,8 +12,8 @@ from conftest import make_model_folder, write_questions
 from specbench_cli.engine.load import load_engine
 from specbench_cli.methods import METHODS, verify
 from specbench_cli.methods.verify import Sampling
-from specbench_cli.prompts import build_prompt_ids
-from specbench_cli.sampling_check import chi_square, check_sampling, first_tokens
+from specbench_cli.bench.prompts import build_prompt_ids
+from specbench_cli.run.sampling_check import chi_square, check_sampling, first_tokens
 from test_methods import make
 
 # Low temperature: the tiny random models are near-uniform at T = 1, where 3-token sequences

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.smollm2
 
 @pytest.fixture(scope="module")
 def smollm2_folder():
-    from specbench_cli.targets import target_folder
+    from specbench_cli.models.targets import target_folder
     return target_folder("smollm2")
 
 
 def test_converted_folder_matches_transformers_reading_the_gguf(smollm2_folder):
     from transformers import AutoModelForCausalLM
     from specbench_cli.engine.load import load_engine
-    from specbench_cli.targets import TARGETS, fetch_gguf
+    from specbench_cli.models.targets import TARGETS, fetch_gguf
     gguf = fetch_gguf(TARGETS["smollm2"])
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                      dtype=torch.float32).eval()

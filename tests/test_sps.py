@@ -12,7 +12,7 @@ from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.sps import check_vocabulary, next_draft_length
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 PROMPTS = ["Summarize: the cat sat on the mat. the cat sat on the mat again.",
            "Translate German to English: Guten Morgen!", "abcabcabcabc", "x"]

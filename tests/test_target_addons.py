@@ -14,7 +14,7 @@ from rich.console import Console
 
 from conftest import write_questions
 from specbench_cli.methods import METHODS
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.train.data import Example, batches, encode, load_examples
 from specbench_cli.train.teacher import Batch, CachedTeacher, LiveTeacher
 
@@ -31,7 +31,7 @@ def greedy(engine, ids, n):
 
 
 def test_the_corpus_prompts_are_deterministic_and_cover_six_shapes():
-    from specbench_cli.corpus import SUBTASK_SHAPES, make_prompts, topics
+    from specbench_cli.models.corpus import SUBTASK_SHAPES, make_prompts, topics
     assert len(topics()) > 50          # CPython's help topics, prose paragraphs
     first, again, other = make_prompts(3, 0), make_prompts(3, 0), make_prompts(3, 1)
     assert first == again and first != other
@@ -134,7 +134,8 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
                                                              monkeypatch):
     """The whole pipeline on a stand-in named target: corpus, teacher, five add-ons, then a run
     that names only the target and the methods, every one equal to vanilla."""
-    from specbench_cli import api, target_addons, targets
+    from specbench_cli import api
+    from specbench_cli.models import target_addons, targets
     recipe = {
         "corpus": {"per_subtask": 2, "seed": 0, "max_new_tokens": 12, "batch_size": 4},
         "max_len": 256, "teacher": {"top_k": 8, "layers": [1]},

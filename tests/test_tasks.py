@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from specbench_cli import tasks
-from specbench_cli.tasks import (SUBTASKS, TaskError, download_verified, load_questions,
+from specbench_cli.bench import questions as tasks
+from specbench_cli.bench.questions import (SUBTASKS, TaskError, download_verified, load_questions,
                                  parse_subtasks, select)
 
 from conftest import OFFICIAL_QUESTIONS, write_questions
@@ -76,7 +76,7 @@ def test_official_file_given_by_path_is_cached_for_offline_spec_bench(tmp_path, 
     if not OFFICIAL_QUESTIONS.exists():
         pytest.skip("official question file not present")
     import urllib.request
-    from specbench_cli.tasks import resolve_bench
+    from specbench_cli.bench.questions import resolve_bench
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):

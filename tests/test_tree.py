@@ -7,7 +7,7 @@ import torch
 
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.verify import DecodeState, Tree, verify_tree
-from specbench_cli.prompts import build_prompt_ids
+from specbench_cli.bench.prompts import build_prompt_ids
 
 #        0
 #      /   \

@@ -15,7 +15,7 @@ from ..engine import EngineConfig
 from ..engine.llama import MLP, Attention, Linear, RMSNorm
 from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
-from ..targets import model_folder
+from ..models.targets import model_folder
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The official checkpoints carry a copy of the target's embedding table (frozen in training);

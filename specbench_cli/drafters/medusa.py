@@ -14,7 +14,7 @@ from torch import nn
 
 from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
-from ..targets import model_folder
+from ..models.targets import model_folder
 
 TOP_K = 10
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datastore import SEPARATOR, Datastore, build_datastore
+from ..drafters.datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
 from ..errors import SpecbenchError
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic

@@ -16,7 +16,7 @@ import torch
 from ..engine import Engine
 from ..engine.load import DTYPE_NAMES, load_engine, load_tokenizer
 from ..errors import SpecbenchError
-from ..targets import model_folder
+from ..models.targets import model_folder
 from ..train.loop import addon_builder
 from ..train.sps import train_sps
 from .base import ADDON_FOLDER, Addon, Generation, Method, Option

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import SpecbenchError
 from ..files import json_lines
-from ..prompts import VICUNA_SYSTEM
+from ..bench.prompts import VICUNA_SYSTEM
 from .teacher import Batch
 
 USER_ROLES = {"human", "user"}
@@ -92,7 +92,7 @@ def encode_with_template(tokenizer, pairs: list[tuple[str, str]], max_len: int,
     the earlier answers, exactly as a run renders it; what it adds to the sequence so far is
     the prompt part. Should a rendering not extend the sequence (a template that rewrites
     history), the sequence restarts from that turn's prompt."""
-    from ..prompts import build_prompt_ids
+    from ..bench.prompts import build_prompt_ids
     ids, mask = [], []
     turns = [q for q, _ in pairs]
     answers = [a for _, a in pairs]

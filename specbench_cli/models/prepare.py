@@ -37,7 +37,7 @@ class Prepared:
     def method_defaults(self) -> dict[str, dict]:
         """The options the built-in run gives each method unless the user names others, as
         each declares them (`builtin_options`), its add-on's folder filled in."""
-        from .methods import ADDON_FOLDER, METHODS
+        from ..methods import ADDON_FOLDER, METHODS
         return {name: {k: str(self.addons[name]) if v == ADDON_FOLDER else v
                        for k, v in cls.builtin_options.items()}
                 for name, cls in METHODS.items() if cls.builtin_options}
@@ -45,7 +45,7 @@ class Prepared:
 
 def declared_addons() -> dict[str, dict]:
     """Each method's built-in add-on settings, as the methods declare them."""
-    from .methods import METHODS
+    from ..methods import METHODS
     return {name: cls.builtin_addon.settings for name, cls in METHODS.items()
             if cls.builtin_addon is not None}
 
@@ -76,8 +76,8 @@ class SharedTarget:
 
     def load(self):
         if self._engine is None:
-            from .engine.load import load_engine
-            from .train.data import load_examples
+            from ..engine.load import load_engine
+            from ..train.data import load_examples
             self._engine, self.tokenizer, _ = load_engine(str(self.base.model_dir),
                                                           dtype="fp32", device="cpu")
             self._examples = load_examples([self.base.train_file], self.tokenizer,
@@ -88,7 +88,7 @@ class SharedTarget:
     def teacher(self):
         if self._teacher is None:
             from rich.progress import Progress
-            from .train.teacher import CachedTeacher
+            from ..train.teacher import CachedTeacher
             engine, _, examples = self.load()
             started = time.perf_counter()
             with Progress(console=self.console) as progress:
@@ -103,7 +103,7 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
     """Base benchmark, then each method's add-on (`addons` overrides the declared settings by
     method name and `teacher` the shared teacher's: tests shrink them). An add-on is built in a
     temporary folder and renamed into place when complete."""
-    from .methods import METHODS
+    from ..methods import METHODS
     settings = {**declared_addons(), **(addons or {})}
     teacher = {**TEACHER, **(teacher or {})}
     console = console or Console()

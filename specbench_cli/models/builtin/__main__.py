@@ -1,4 +1,4 @@
-"""`python -m specbench_cli.builtin [--force] [--home DIR] [--seed N]`: build the built-in benchmark."""
+"""`python -m specbench_cli.models.builtin [--force] [--home DIR] [--seed N]`: build the built-in benchmark."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from . import prepare_builtin
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m specbench_cli.builtin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m specbench_cli.models.builtin", description=__doc__)
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     parser.add_argument("--home", type=Path, default=None,
                         help="folder for builds (default: $SPECBENCH_HOME or the user cache folder)")

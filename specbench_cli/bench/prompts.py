@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import SpecbenchError
+from ..errors import SpecbenchError
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

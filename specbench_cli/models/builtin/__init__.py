@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import sha256_of, specbench_home
+from ...files import sha256_of, specbench_home
 from .recipe import RECIPE_VERSION, Recipe, tiny_recipe
 
 __all__ = ["BuiltinAssets", "Recipe", "RECIPE_VERSION", "default_home", "prepare_builtin", "tiny_recipe"]

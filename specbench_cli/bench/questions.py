@@ -10,11 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SpecbenchError
-from .files import json_lines, sha256_of, specbench_home
+from ..errors import SpecbenchError
+from ..files import json_lines, sha256_of, specbench_home
 
 # Package data; the checkout's top-level tasks/ is a link to this folder.
-SUITE_DIR = files("specbench_cli") / "suites"
+SUITE_DIR = files("specbench_cli.bench") / "suites"
 
 
 class TaskError(SpecbenchError):

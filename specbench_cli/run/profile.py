@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine
-from .engine.timing import block_latency, median_seconds
+from ..engine import Engine
+from ..engine.timing import block_latency, median_seconds
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -113,8 +113,8 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
 def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats: int = 10,
                      progress=None) -> dict:
     """Profile the engine: the timings, with the model, dtype, device and machine."""
-    from .engine.kernels import summary
-    from .engine.load import DTYPE_NAMES
+    from ..engine.kernels import summary
+    from ..engine.load import DTYPE_NAMES
     from .runner import environment
     result = profile_engine(engine, contexts, sizes, repeats, progress)
     result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
@@ -138,7 +138,7 @@ def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
 def prompt_lengths(plan) -> list[int]:
     """Each question's first prompt in tokens (`plan`: an api.RunPlan): the cost model profiles
     at their median."""
-    from .prompts import build_prompt_ids
+    from ..bench.prompts import build_prompt_ids
     return [len(build_prompt_ids(plan.tokenizer, plan.config.template, [q.turns[0]], []))
             for q in plan.questions]
 
@@ -148,7 +148,7 @@ def attach_profile(measure, out: Path, profile: Path | None, prompt_lengths: lis
     at the run's median prompt length by `measure(contexts) -> profile dict` (on this engine,
     or on a Ray worker's)."""
     import shutil
-    from .report import PROFILE_FILE
+    from ..analysis.report import PROFILE_FILE
     if profile is not None:
         shutil.copyfile(profile, out / PROFILE_FILE)
         return

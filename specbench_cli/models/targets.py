@@ -16,8 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError
-from .files import sha256_of, specbench_home
+from ..errors import ModelLoadError
+from ..files import sha256_of, specbench_home
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def fetch_gguf(target: NamedTarget, home: Path | None = None, console=None) -> P
 def target_folder(name: str, home: Path | None = None, console=None, force: bool = False) -> Path:
     """A named target as a Hugging Face folder: fetched, verified and converted on first use
     (again with `force`)."""
-    from .engine.gguf import gguf_folder
+    from ..engine.gguf import gguf_folder
     if force:
         shutil.rmtree(target_dir(name, home), ignore_errors=True)
     gguf = fetch_gguf(TARGETS[name], home, console)
@@ -102,7 +102,7 @@ def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...
     a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
     id (fetched, cached; `extra_patterns` names files beyond a model's own, such as an add-on's
     pytorch_model.bin)."""
-    from .engine.gguf import gguf_folder
+    from ..engine.gguf import gguf_folder
     path = Path(name_or_path).expanduser()
     if name_or_path in TARGETS and not path.exists():
         return target_folder(name_or_path, console=console)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import SpecbenchError
+from ..errors import SpecbenchError
 
 # Retries of one unit whose worker died (each time on a fresh worker) before the run stops:
 # a unit that kills every worker it meets (out of memory on a long question) is not a fault
@@ -48,8 +48,8 @@ class Worker:
     def __init__(self, worker_id: str, config, folder: str, questions: list, threads: int):
         import torch
 
-        from .engine.load import load_engine, load_tokenizer
-        from .targets import model_folder
+        from ..engine.load import load_engine, load_tokenizer
+        from ..models.targets import model_folder
         from .runner import Runner
         self.worker_id = worker_id
         if config.device == "cpu":

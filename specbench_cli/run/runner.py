@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, sync
-from .errors import SpecbenchError
-from .methods import METHODS, Generation, Method, base_name
-from .methods.verify import Phases
-from .prompts import build_prompt_ids
-from .results import ANSWERS_DIR, answer_file_name
-from .tasks import Question
+from ..engine import Engine, sync
+from ..errors import SpecbenchError
+from ..methods import METHODS, Generation, Method, base_name
+from ..methods.verify import Phases
+from ..bench.prompts import build_prompt_ids
+from ..analysis.results import ANSWERS_DIR, answer_file_name
+from ..bench.questions import Question
 
 # What happens to a turn whose prompt + max_new_tokens would run past the model's context.
 OVER_CONTEXT = ("error", "cap")
@@ -60,7 +60,7 @@ class RunConfig:
     @property
     def sampling(self):
         """The run's Sampling, None when greedy."""
-        from .methods.verify import Sampling
+        from ..methods.verify import Sampling
         if not self.temperature:
             return None
         return Sampling(self.temperature, self.top_p, self.top_k, self.seed)
@@ -78,7 +78,7 @@ def git_commit() -> str | None:
 def environment(device: torch.device) -> dict:
     import transformers
 
-    from .engine.kernels import cpu_name
+    from ..engine.kernels import cpu_name
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -302,7 +302,7 @@ def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
 def run_meta(config: RunConfig, engine: Engine, runner: Runner, dtype_why: str = "given") -> dict:
     """run.json's content: the configuration, the machine, the target, how its products run and
     why in this dtype, and each method."""
-    from .engine.kernels import summary
+    from ..engine.kernels import summary
     choice = getattr(engine, "kernel_choice", None)
     return {
         "config": asdict(config),

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import SpecbenchError
+from ..errors import SpecbenchError
 from .metrics import MetricsError
 from .results import (SHORT, Run, caption, describe_missing, fmt, format_overhead,
                       load_by_device, missing)
-from .tasks import SUBTASKS
+from ..bench.questions import SUBTASKS
 
 FORMATS = ("table", "markdown", "csv", "json")
 

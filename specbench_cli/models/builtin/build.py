@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import MODEL_DIR, QUESTION_FILE, TRAIN_FILE, sha256_file
-from ..train.precision import choose_precision, step_seconds
+from ...train.precision import choose_precision, step_seconds
 from .model import encode_conversations, make_model, timing_step, train
 from .quality import evaluate
 from .recipe import Recipe

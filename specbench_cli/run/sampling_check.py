@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .engine import Engine
-from .methods.base import Method
-from .methods.verify import Sampling
+from ..engine import Engine
+from ..methods.base import Method
+from ..methods.verify import Sampling
 
 MIN_EXPECTED = 5
 

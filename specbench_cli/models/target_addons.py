@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import SpecbenchError
-from .methods.base import ADDON_FOLDER
+from ..errors import SpecbenchError
+from ..methods.base import ADDON_FOLDER
 
 # Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
 # trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
@@ -110,12 +110,12 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
     from rich.progress import Progress
 
     from .corpus import build_corpus
-    from .engine.load import load_engine
-    from .methods import METHODS
-    from .prompts import resolve_template
+    from ..engine.load import load_engine
+    from ..methods import METHODS
+    from ..bench.prompts import resolve_template
     from .targets import TARGETS, target_folder
-    from .train.data import load_examples
-    from .train.teacher import CachedTeacher
+    from ..train.data import load_examples
+    from ..train.teacher import CachedTeacher
     if name not in RECIPES:
         raise SpecbenchError(f"no add-on recipe for {name!r} (have: {', '.join(RECIPES)})")
     console = console or Console()

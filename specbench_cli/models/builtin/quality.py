@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..prompts import build_prompt_ids
+from ...bench.prompts import build_prompt_ids
 from .model import answer_loss, collate, encode_conversations
 from .tasks_gen import SUBTASKS, Conversation
 

@@ -21,8 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import SpecbenchError
-from .files import json_lines
+from ..errors import SpecbenchError
+from ..files import json_lines
 
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched
 TOKENS, MANIFEST = "tokens.u32", "manifest.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from .errors import SpecbenchError
+from ..errors import SpecbenchError
 from .metrics import COUNTING, NEAR_TIE, MetricsError, load_answers, summarize
 
 ANSWERS_DIR = "answers"
@@ -221,8 +221,8 @@ def spec_bench_count(meta: dict, tokenizer: Path | None):
 def counting_tokenizer(meta: dict, tokenizer: Path | None):
     """--tokenizer, else the tokenizer of run.json's model (named targets and GGUF files through
     their converted folders). Imported here: torch and transformers load only for this."""
-    from .engine.load import load_tokenizer
-    from .targets import model_folder
+    from ..engine.load import load_tokenizer
+    from ..models.targets import model_folder
     model = meta.get("config", {}).get("model", "?")
     try:
         return load_tokenizer(Path(tokenizer) if tokenizer else model_folder(str(model)))

@@ -139,7 +139,7 @@ def generate_answers(folder: Path, tokenizer, template: str, prompts: list[dict]
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM
 
-    from .prompts import build_prompt_ids
+    from ..bench.prompts import build_prompt_ids
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id

@@ -28,13 +28,13 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import SpecbenchError
+from ..errors import SpecbenchError
 from .metrics import MetricsError
 from .results import Run, caption, describe_missing, fmt, load_by_device, missing
 
 # Package data (importlib.resources), so an installed tool never needs the checkout; the
 # checkout's baselines/published is a link to this folder.
-PUBLISHED_DIR = files("specbench_cli") / "published"
+PUBLISHED_DIR = files("specbench_cli.analysis") / "published"
 METHOD_FIELDS = ("speedup_overall", "mean_accepted_overall", "equal_to_vanilla")
 
 

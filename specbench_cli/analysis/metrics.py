@@ -19,9 +19,9 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
-from .errors import SpecbenchError
-from .files import json_lines
-from .tasks import SUBTASKS
+from ..errors import SpecbenchError
+from ..files import json_lines
+from ..bench.questions import SUBTASKS
 
 DEFINITIONS = [
     "speedup: mean over questions of the method's tokens/s divided by vanilla's mean over the "
@@ -296,7 +296,7 @@ def phase_breakdown(stats: dict, wall: float, tokens: int, steps: int) -> dict |
 
 
 def subtask_of(row: dict) -> str:
-    from .tasks import CATEGORY_TO_SUBTASK
+    from ..bench.questions import CATEGORY_TO_SUBTASK
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
 
 
