@@ -54,11 +54,10 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
         resolve_dtype
     from .models.targets import model_folder
-    from .methods import METHODS, checked_options, checked_sweeps, expand_sweeps, \
-        parse_methods, parse_options, parse_sweeps
+    from .methods import checked_options, checked_sweeps, expand_sweeps, parse_methods, \
+        parse_options, parse_sweeps
     from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     from .run.runner import OVER_CONTEXT, RunConfig, check_context
-    from .models.targets import TARGETS
     from .files import sha256_of
     from .bench.questions import load_questions, parse_subtasks, resolve_bench, select
     console = console or Console()
@@ -90,32 +89,19 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     given = parse_options(options) if isinstance(options, list) else \
         checked_options(options, "options")
     grid = parse_sweeps(sweep) if isinstance(sweep, list) else checked_sweeps(sweep, "sweep")
-    defaults: dict[str, dict] = {}
+    prepared = None
     if model is None or bench == "builtin":
         from .models.prepare import prepare_all
         prepared = prepare_all(console=console)
-        if model is None:
-            model = str(prepared.model_dir)
-            defaults = prepared.method_defaults()
-            methods = methods or ",".join(METHODS)
         if bench in (None, "builtin"):
             bench, limit = "builtin", limit or BUILTIN_LIMIT
             bench_file = prepared.question_file
             # Its model knows 512 positions and its answers end well before.
             over_context = over_context or "cap"
-    elif model in TARGETS:
-        defaults = target_addon_defaults(model, parse_methods(methods or DEFAULT_METHODS),
-                                         console)
-    names = parse_methods(methods or DEFAULT_METHODS)
-    for method in given:
-        if method not in names:
-            raise SpecbenchError(f"options for {method}, which is not in --methods")
+    model, names, opts = resolve_methods(model, methods, given, console, prepared)
     if bench != "builtin":
         bench_file = resolve_bench(bench or "spec_bench")
     questions = select(load_questions(bench_file), subtasks, limit)
-    # The built-in add-ons, unless the user chose; options left unset take the method's default.
-    opts = {n: {**defaults.get(n, {}), **given.get(n, {})} for n in names}
-    opts = {n: {k: v for k, v in o.items() if v is not None} for n, o in opts.items() if o}
     names, opts = expand_sweeps(names, opts, grid)
     folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
     dt, dtype_why = choose_dtype(dtype, dev, folder, console)
@@ -133,6 +119,70 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
+
+
+def resolve_methods(model: str | None, methods: str | None, given: dict, console: Console,
+                    prepared=None, default_methods: str = DEFAULT_METHODS):
+    """(model, method names, each method's options) as a run resolves them, and every command
+    that builds methods with it: no model means the built-in one (`prepared`, else built now)
+    with every method and its add-ons; a named target gets its built add-ons; the user's
+    options (`given`, {method: {option: value}}) go on top, and options left unset take the
+    method's default."""
+    from .methods import METHODS, parse_methods
+    from .models.targets import TARGETS
+    defaults: dict[str, dict] = {}
+    if model is None:
+        from .models.prepare import prepare_all
+        prepared = prepared or prepare_all(console=console)
+        model, defaults = str(prepared.model_dir), prepared.method_defaults()
+        methods = methods or ",".join(METHODS)
+    elif model in TARGETS:
+        defaults = target_addon_defaults(model, parse_methods(methods or default_methods),
+                                         console)
+    names = parse_methods(methods or default_methods)
+    for method in given:
+        if method not in names:
+            raise SpecbenchError(f"options for {method}, which is not in --methods")
+    opts = {n: {**defaults.get(n, {}), **given.get(n, {})} for n in names}
+    opts = {n: {k: v for k, v in o.items() if v is not None} for n, o in opts.items() if o}
+    return model, names, opts
+
+
+def check_sampling(model: str | None = None, methods: str | None = None,
+                   prompt: str = "Tell me about the capital of the world.", tokens: int = 3,
+                   samples: int = 1000, temperature: float = 0.3, top_p: float = 1.0,
+                   top_k: int = 0, alpha: float = 1e-3, options: dict | list[str] | None = None,
+                   dtype: str | None = None, device: str | None = None,
+                   console: Console | None = None, progress=None):
+    """`specbench check-sampling`: each method's answers against vanilla's, a chi-square test
+    of homogeneity on their first `tokens` tokens (run.sampling_check). Methods and their
+    options are resolved as `specbench run` resolves them (built-in or named-target add-ons
+    included); `progress(method)` is called after each. Returns the per-method results."""
+    from .bench.prompts import build_prompt_ids, resolve_template
+    from .engine.load import load_engine
+    from .methods import METHODS, checked_options, parse_options
+    from .methods.verify import Sampling
+    from .models.targets import model_folder
+    from .run.runner import eos_token_ids
+    from .run.sampling_check import check_sampling as run_check
+    console = console or Console()
+    check_sampling_options(temperature, top_p, top_k)
+    if temperature <= 0:
+        raise SpecbenchError("--temperature must be above 0: greedy runs are checked by "
+                             "equality in every report")
+    if tokens < 1 or samples < 10:
+        raise SpecbenchError("--tokens must be at least 1 and --samples at least 10")
+    given = parse_options(options) if isinstance(options, list) else \
+        checked_options(options, "options")
+    model, names, opts = resolve_methods(model, methods, given, console,
+                                         default_methods=DEFAULT_METHODS)
+    engine, tokenizer, _ = load_engine(model_folder(model, console=console), dtype=dtype,
+                                       device=device)
+    ids = build_prompt_ids(tokenizer, resolve_template("auto", tokenizer, model), [prompt], [])
+    eos = eos_token_ids(engine, tokenizer)
+    built = {n: METHODS[n](engine, eos, tokenizer, **opts.get(n, {})) for n in names}
+    return run_check(engine, built, ids, tokens, samples, Sampling(temperature, top_p, top_k),
+                     alpha, progress=progress)
 
 
 def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:

@@ -552,14 +552,6 @@ def list_cmd():
                   "or a path to a question file in Spec-Bench's format")
 
 
-def main():  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 @app.command("check-sampling")
 def check_sampling_cmd(
     model: Optional[str] = typer.Option(None, help="Model folder, hub id, .gguf file or named "
@@ -582,41 +574,13 @@ def check_sampling_cmd(
 ):
     """Test that each method samples the target's distribution: SAMPLES answers from vanilla
     and from each method, each with its own seed; a chi-square test of homogeneity on their
-    first TOKENS tokens (rare categories pooled). Exit 1 when a method fails."""
-    from .api import check_sampling_options
-    from .engine.load import load_engine
-    from .methods import METHODS, parse_methods, parse_options
-    from .methods.verify import Sampling
-    from .bench.prompts import build_prompt_ids, resolve_template
-    from .run.runner import eos_token_ids
-    from .run.sampling_check import check_sampling
-    from .models.targets import model_folder
-    with user_errors():
-        check_sampling_options(temperature, top_p, top_k)
-        if temperature <= 0:
-            raise SpecbenchError("--temperature must be above 0: greedy runs are checked by "
-                                 "equality in every report")
-        if tokens < 1 or samples < 10:
-            raise SpecbenchError("--tokens must be at least 1 and --samples at least 10")
-        defaults: dict = {}
-        if model is None:
-            from .models.prepare import prepare_all
-            prepared = prepare_all(console=console)
-            model, defaults = str(prepared.model_dir), prepared.method_defaults()
-            methods = methods or ",".join(METHODS)
-        names = parse_methods(methods or "vanilla,pld,llma")
-        given = parse_options(opt)
-        engine, tokenizer, folder = load_engine(model_folder(model, console=console), dtype=dtype,
-                                                device=device)
-        template = resolve_template("auto", tokenizer, model)
-        ids = build_prompt_ids(tokenizer, template, [prompt], [])
-        eos = eos_token_ids(engine, tokenizer)
-        built = {n: METHODS[n](engine, eos, tokenizer,
-                               **{**defaults.get(n, {}), **given.get(n, {})}) for n in names}
-        sampling = Sampling(temperature, top_p, top_k)
-        with progress_bar() as progress:
-            task = progress.add_task("methods", total=len(built) - 1, info="")
-            results = check_sampling(engine, built, ids, tokens, samples, sampling, alpha,
+    first TOKENS tokens (rare categories pooled). Methods get their add-ons as in `specbench
+    run`. Exit 1 when a method fails."""
+    from . import api
+    with user_errors(), progress_bar() as progress:
+        task = progress.add_task("methods checked", total=None, info="")
+        results = api.check_sampling(model, methods, prompt, tokens, samples, temperature,
+                                     top_p, top_k, alpha, opt, dtype, device, console,
                                      progress=lambda name: progress.advance(task))
     table = Table(title=f"sampling check · {samples} answers each · first {tokens} tokens · "
                         f"temperature {temperature}")
@@ -637,3 +601,11 @@ def check_sampling_cmd(
                       f"answers vary sooner[/yellow]")
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

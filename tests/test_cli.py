@@ -425,3 +425,12 @@ def test_the_python_api_runs_what_the_cli_runs(tiny_model_dir, qfile, tmp_path):
     assert meta["methods"]["pld"]["options"]["num_draft"] == 2
     with pytest.raises(api.SpecbenchError, match="--limit must be at least 1"):
         api.plan_run(limit=0)
+
+
+def test_every_command_is_known_to_python_dash_m():
+    """Commands registered after `if __name__ == "__main__"` would be missing here."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "specbench_cli.cli", "check-sampling",
+                           "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "chi-square" in done.stdout, done.stderr

@@ -176,3 +176,16 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     out = api.execute(plan, quiet())
     frame = api.results(out)
     assert (frame["equal"] == 1.0).all(), frame
+    # check-sampling resolves methods and add-ons exactly as the run did.
+    from specbench_cli.run import sampling_check
+    seen = {}
+
+    def capture(engine, methods, *args, **kwargs):
+        seen.update(methods)
+        return []
+    monkeypatch.setattr(sampling_check, "check_sampling", capture)
+    api.check_sampling(model="tiny", methods="vanilla,kangaroo,medusa,eagle,sps,rest",
+                       samples=10, console=quiet())
+    for name in ("kangaroo", "medusa", "eagle", "sps", "rest"):
+        for option, value in plan.config.method_options[name].items():
+            assert str(seen[name].options[option]) == str(value), (name, option)
