@@ -1,4 +1,5 @@
-"""Numbers from answer files, by Spec-Bench's definitions (METHODS.md §1).
+"""Numbers from answer files, by Spec-Bench's definitions (Xia et al., 2024, "Unlocking
+Efficiency in Large Language Model Inference"; github.com/hemingkx/Spec-Bench, evaluation/).
 
 - throughput of a question: sum(new_tokens) / sum(wall_time) over its turns (tokens/s);
 - speedup of a subset: mean over its questions of the method's throughput divided by the mean of

@@ -1,5 +1,6 @@
-"""EAGLE draft-head training on a frozen target (METHODS.md §8, the official recipe's losses,
-weights and noise).
+"""EAGLE draft-head training on a frozen target (Li et al., 2024, "EAGLE: Speculative Sampling
+Requires Rethinking Feature Uncertainty"; github.com/SafeAILab/EAGLE: the official recipe's
+losses, weights and noise).
 
 The target's final normed features are the data. At position t the head reads f_t and the
 embedding of token t+1 and regresses f_{t+1}: smooth L1, weight 1.0. The target's LM head over

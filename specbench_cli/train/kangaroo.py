@@ -1,6 +1,7 @@
 """Kangaroo adapter training: the frozen target's full next-token distribution is the teacher;
 the adapter on top of the shallow layers (through the target's LM head) is the student; loss is
-soft cross-entropy on assistant tokens (METHODS.md §2)."""
+soft cross-entropy on assistant tokens (Liu et al., 2024, "Kangaroo: Lossless Self-Speculative
+Decoding via Double Early Exiting"; github.com/Equationliu/Kangaroo)."""
 
 from __future__ import annotations
 

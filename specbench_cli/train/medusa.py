@@ -1,4 +1,5 @@
-"""Medusa head training and calibration on a frozen target (METHODS.md §3).
+"""Medusa head training and calibration on a frozen target (Cai et al., 2024, "Medusa: Simple
+LLM Inference Acceleration Framework with Multiple Decoding Heads", Medusa-1 recipe).
 
 Training: head k at position t learns token t+2+k; loss Σ 0.8^k · CE_k on assistant tokens.
 Calibration: each head's top-k accuracy on held-out conversations, the input of the greedy tree
