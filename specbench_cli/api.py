@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import SpecbenchError
+from .files import read_text
 
 DEFAULT_METHODS = "vanilla,pld,llma"
 BUILTIN_LIMIT = 5
@@ -267,10 +268,14 @@ def run(console: Console | None = None, progress=None, workers: int = 0,
                            ray_address))
 
 
-RUN_CONFIG_KEYS = ("model", "bench", "methods", "tasks", "limit", "template", "max_new_tokens",
-                   "over_context", "repeats", "warmup", "dtype", "device", "out", "resume",
-                   "options", "sweep", "breakdown", "profile", "temperature", "top_p", "top_k",
-                   "seed", "workers", "ray_address")
+# A run config's keys and the type each value must have (`options`/`sweep`: checked below).
+RUN_CONFIG_TYPES = {
+    "model": str, "bench": str, "methods": (str, list), "tasks": str, "limit": int,
+    "template": str, "max_new_tokens": int, "over_context": str, "repeats": int, "warmup": int,
+    "dtype": str, "device": str, "out": str, "resume": bool, "options": (dict, list),
+    "sweep": (dict, list), "breakdown": bool, "profile": str, "temperature": (float, int),
+    "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str}
+RUN_CONFIG_KEYS = tuple(RUN_CONFIG_TYPES)
 
 
 def read_run_config(path: Path) -> dict:
@@ -282,7 +287,7 @@ def read_run_config(path: Path) -> dict:
     if not path.is_file():
         raise SpecbenchError(f"--config {path}: no such file")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(read_text(path, SpecbenchError)) or {}
     except yaml.YAMLError as err:
         raise SpecbenchError(f"--config {path}: not YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict):
@@ -292,6 +297,15 @@ def read_run_config(path: Path) -> dict:
     if unknown:
         raise SpecbenchError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: "
                              f"{', '.join(RUN_CONFIG_KEYS)}")
+    for key, value in doc.items():
+        want = RUN_CONFIG_TYPES[key]
+        kinds = want if isinstance(want, tuple) else (want,)
+        # bool is an int to Python, never to a config
+        if value is not None and (not isinstance(value, kinds) or
+                                  (isinstance(value, bool) and bool not in kinds)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise SpecbenchError(f"--config {path}: {key.replace('_', '-')} must be {names}, "
+                                 f"got {value!r}")
     if isinstance(doc.get("methods"), list):
         doc["methods"] = ",".join(map(str, doc["methods"]))
     for key in ("options", "sweep"):

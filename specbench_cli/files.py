@@ -28,11 +28,30 @@ def sha256_of(path: Path) -> str:
 
 def json_lines(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, object]]:
     """(line number, value) for every non-blank line, streamed; a bad line raises `error` with
-    'FILE:LINE: malformed JSON (...)'."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    'FILE:LINE: malformed JSON (...)' or 'FILE:LINE: not UTF-8 text (...)'."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = decoded(raw, f"{path}:{lineno}", error)
             if line.strip():
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as err:
                     raise error(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+
+
+def decoded(raw: bytes, where: str, error: type[Exception] = ValueError) -> str:
+    """UTF-8 text, or `error` naming where and the first bad byte (a Latin-1 or binary file)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                    f"{err.start + 1}); save the file as UTF-8") from None
+
+
+def read_text(path: Path, error: type[Exception] = ValueError) -> str:
+    """A whole UTF-8 text file, or `error` naming the file and what is wrong."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror})") from None
+    return decoded(raw, str(path), error)

@@ -15,3 +15,10 @@ class Option:
     default: Any
     type: type
     help: str
+    low: float | None = None        # the smallest value allowed (numbers), checked before a run
+    high: float | None = None       # the largest
+
+    def bounds(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low}, {self.high}]"
+        return f"at least {self.low}" if self.low is not None else f"at most {self.high}"

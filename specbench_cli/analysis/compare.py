@@ -29,6 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SpecbenchError
+from ..files import read_text
 from .metrics import MetricsError
 from .results import Run, caption, describe_missing, fmt, load_by_device, missing
 
@@ -71,7 +72,7 @@ def load_baseline(spec: str | Path, baseline_name: str | None = None, counting: 
         raise BaselineError(f"baseline {spec} does not exist (give a baseline file, a run "
                             f"directory, or a published name: {', '.join(published_names())})")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))   # JSON is YAML too
+        doc = yaml.safe_load(read_text(path, BaselineError))   # JSON is YAML too
     except yaml.YAMLError as err:
         raise BaselineError(f"{path}: not YAML/JSON ({str(err).splitlines()[0]})") from None
     check_baseline(doc, path)

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import SpecbenchError
-from ..files import json_lines
+from ..files import json_lines, read_text
 
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched
 TOKENS, MANIFEST = "tokens.u32", "manifest.json"
@@ -45,13 +45,13 @@ def iter_texts(path: Path) -> Iterator[str]:
     path = Path(path)
     if not path.is_file():
         raise DatastoreError(f"corpus file {path} does not exist")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         first = f.read(1)
         while first.isspace():
             first = f.read(1)
-    if first == "[":            # one JSON array (ShareGPT dumps): not streamable, loaded whole
+    if first == b"[":            # one JSON array (ShareGPT dumps): not streamable, loaded whole
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(read_text(path, DatastoreError))
         except json.JSONDecodeError as err:
             raise DatastoreError(f"{path}: malformed JSON ({err.msg}, line {err.lineno})") \
                 from None

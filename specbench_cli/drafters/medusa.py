@@ -14,6 +14,7 @@ from torch import nn
 
 from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
+from ..files import read_text
 from ..models.targets import model_folder
 
 TOP_K = 10
@@ -127,7 +128,7 @@ def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]
         raise HeadsError(f"medusa tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
     import yaml
     try:
-        choices = yaml.safe_load(path.read_text())
+        choices = yaml.safe_load(read_text(path, HeadsError))
     except yaml.YAMLError as err:
         raise HeadsError(f"tree file {path}: not JSON/YAML ({str(err).splitlines()[0]})") from None
     if isinstance(choices, dict):

@@ -76,16 +76,25 @@ def option_value(option: Option, value, where: str):
                 raise SpecbenchError(f"{where}: expected true or false, got {value!r}")
             return text in TRUE
         try:
-            return option.type(value)
+            parsed = option.type(value)
         except ValueError:
             raise SpecbenchError(f"{where}: expected {kind}, got {value!r}") from None
+        return in_range(option, parsed, where)
     if value is None and option.default is None:
         return None
     if option.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if option.type in (int, float, bool) and (type(value) is not option.type):
         raise SpecbenchError(f"{where}: expected {kind}, got {value!r}")
-    return value        # str options may also take objects from the Python API (a loaded adapter)
+    return in_range(option, value, where)   # str options may also take objects (a loaded adapter)
+
+
+def in_range(option: Option, value, where: str):
+    """The value, if inside the option's declared bounds; else a one-line error."""
+    if value is not None and ((option.low is not None and value < option.low) or
+                              (option.high is not None and value > option.high)):
+        raise SpecbenchError(f"{where}: must be {option.bounds()} (got {value!r})")
+    return value
 
 
 def split_spec(spec: str, flag: str) -> tuple[str, str, str]:

@@ -43,10 +43,12 @@ class Eagle(Method):
     options = {
         "head": Option(None, str, "head folder or hub id (ours: model.safetensors; official "
                        "EAGLE-1/2: config.json + pytorch_model.bin)"),
-        "total_tokens": Option(60, int, "tree nodes verified per step, root included (EAGLE-2)"),
+        "total_tokens": Option(60, int, "tree nodes verified per step, root included (EAGLE-2)",
+                               low=1),
         "depth": Option(5, int, "head passes per step; drafts reach depth + 1 tokens ahead "
-                        "(EAGLE-2)"),
-        "top_k": Option(10, int, "nodes expanded at each depth, and children per node (EAGLE-2)"),
+                        "(EAGLE-2)", low=1),
+        "top_k": Option(10, int, "nodes expanded at each depth, and children per node "
+                        "(EAGLE-2)", low=1),
         "tree": Option(None, str, "a static tree instead (EAGLE-1): a Medusa-style preset "
                        "(budget16, budget32, budget64) or a JSON/YAML file of rank lists")}
     statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",

@@ -29,10 +29,10 @@ class Kangaroo(Method):
         "adapter": Option(None, str, "adapter folder (ours, or the official config.json + "
                           "pytorch_model.bin)"),
         "exit_layer": Option(None, int, "layers in the draft path (default: the adapter's, "
-                             "else ~1/16 of the layers, at least 1)"),
+                             "else ~1/16 of the layers, at least 1)", low=1),
         "threshold": Option(0.6, float, "stop drafting when a draft's top-1 probability is "
-                            "below this (the second early exit)"),
-        "max_draft": Option(6, int, "most drafts per round (γ)")}
+                            "below this (the second early exit)", low=0.0, high=1.0),
+        "max_draft": Option(6, int, "most drafts per round (γ)", low=1)}
     statistics = (Statistic("η-stop", "stopped_by_threshold", "rounds", 100, "%",
                             "share of drafting rounds ended by the confidence threshold"),)
     # Exit after layer 1 of the built-in model's 6 (default_exit_layer): the teacher keeps it.

@@ -20,8 +20,8 @@ class LLMA(Method):
     name = "llma"
     description = "LLMA: copy drafts from the reference text (the prompt), output n-gram trigger"
     # Paper defaults: trigger n = 1, copy 19 tokens.
-    options = {"ngram": Option(1, int, "longest output n-gram used as the trigger"),
-               "num_draft": Option(19, int, "tokens copied from the reference per trigger")}
+    options = {"ngram": Option(1, int, "longest output n-gram used as the trigger", low=1),
+               "num_draft": Option(19, int, "tokens copied from the reference per trigger", low=1)}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         index = first_occurrences(prompt_ids, self.options["ngram"])

@@ -109,9 +109,9 @@ class Window:
 class Lookahead(Method):
     name = "lookahead"
     description = "lookahead decoding: Jacobi-window n-grams verified as a tree in the same forward"
-    options = {"level": Option(5, int, "n-gram size N (the window has N-1 levels)"),
-               "window": Option(7, int, "window width W (columns of Jacobi guesses)"),
-               "guess": Option(7, int, "most pool n-grams verified per step (G)")}
+    options = {"level": Option(5, int, "n-gram size N (the window has N-1 levels)", low=2),
+               "window": Option(7, int, "window width W (columns of Jacobi guesses)", low=1),
+               "guess": Option(7, int, "most pool n-grams verified per step (G)", low=1)}
     # The report's "draft len" already shows the pool tokens verified per step (`drafted`).
     statistics = (Statistic("pool hit", "hits", "rounds", 100, "%",
                             "share of steps with at least one pool n-gram starting with the "

@@ -25,12 +25,12 @@ class Medusa(Method):
     options = {
         "heads": Option(None, str, "heads file or folder (medusa_lm_head.pt/.safetensors) or a "
                         "hub id"),
-        "num_heads": Option(None, int, "use the first N heads (default: all)"),
+        "num_heads": Option(None, int, "use the first N heads (default: all)", low=1),
         "tree": Option("budget64", str, "tree preset (budget16, budget32, budget64) or a "
                        "JSON/YAML file of rank lists"),
         "typical": Option(False, bool, "sampling: typical acceptance (lossy)"),
-        "epsilon": Option(0.09, float, "typical: ε in p(x) > min(ε, δ·e^−H)"),
-        "delta": Option(0.3, float, "typical: δ in p(x) > min(ε, δ·e^−H)")}
+        "epsilon": Option(0.09, float, "typical: ε in p(x) > min(ε, δ·e^−H)", low=0.0),
+        "delta": Option(0.3, float, "typical: δ in p(x) > min(ε, δ·e^−H)", low=0.0)}
     # On the built-in model a wide tree costs more than it gains on a CPU.
     builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16},
                           build=build_builtin_heads)

@@ -25,8 +25,9 @@ def lookup(tokens: torch.Tensor, max_ngram: int, num_draft: int) -> list[int]:
 class PromptLookup(Method):
     name = "pld"
     description = "prompt lookup decoding: copy drafts from earlier n-gram matches (chain)"
-    options = {"max_ngram": Option(3, int, "longest n-gram looked up (tries n, n-1, ..., 1)"),
-               "num_draft": Option(10, int, "tokens drafted per lookup")}
+    options = {"max_ngram": Option(3, int, "longest n-gram looked up (tries n, n-1, ..., 1)",
+                                   low=1),
+               "num_draft": Option(10, int, "tokens drafted per lookup", low=1)}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)

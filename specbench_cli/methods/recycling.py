@@ -82,9 +82,10 @@ class TokenRecycling(Method):
                    "a static tree")
     options = {
         "top_k": Option(MAX_TOP_K, int, f"candidates kept per token, 1..{MAX_TOP_K} (the "
-                        "matrix's columns; the template uses ranks below it)"),
+                        "matrix's columns; the template uses ranks below it)", low=1,
+                        high=MAX_TOP_K),
         "num_draft": Option(80, int, "at most this many tree tokens besides the root: the paper's "
-                            "80-node template, cheapest nodes first"),
+                            "80-node template, cheapest nodes first", low=1),
         "hot_start": Option(True, bool, "carry the matrix from one generation to the next "
                             "(false: every generation starts from zeros)")}
     statistics = (

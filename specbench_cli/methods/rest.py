@@ -62,10 +62,12 @@ class REST(Method):
     description = "REST: drafts retrieved from a datastore (suffix array), verified as a tree"
     options = {
         "datastore": Option(None, str, "datastore folder (`specbench datastore build`)"),
-        "num_draft": Option(64, int, "tree tokens, root included"),
-        "max_span": Option(16, int, "longest context suffix looked up"),
-        "max_hits": Option(5000, int, "most datastore occurrences whose continuations are read"),
-        "continuation": Option(10, int, "tokens read after each occurrence (the tree's depth)")}
+        "num_draft": Option(64, int, "tree tokens, root included", low=1),
+        "max_span": Option(16, int, "longest context suffix looked up", low=1),
+        "max_hits": Option(5000, int, "most datastore occurrences whose continuations are "
+                           "read", low=1),
+        "continuation": Option(10, int, "tokens read after each occurrence (the tree's depth)",
+                               low=1)}
     statistics = (
         Statistic("hit rate", "hits", "rounds", 100, "%", "share of steps with a datastore match"),
         Statistic("retr ms", "retrieval_seconds", "rounds", 1000, "ms",

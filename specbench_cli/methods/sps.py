@@ -74,7 +74,7 @@ class SpS(Method):
     options = {
         "drafter": Option(None, str, "draft model with the target's tokenizer: folder, hub id, "
                           ".gguf file or named target (train one with `specbench train sps`)"),
-        "num_draft": Option(5, int, "drafts per round (γ); Spec-Bench's SpS starts at 5"),
+        "num_draft": Option(5, int, "drafts per round (γ); Spec-Bench's SpS starts at 5", low=1),
         "adaptive": Option(False, bool, "adapt γ per round from num_draft: +2 after a fully "
                            "accepted round, -1 otherwise, in [1, 2·num_draft] (Hugging Face's "
                            "heuristic schedule)"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SpecbenchError
-from ..files import json_lines
+from ..files import json_lines, read_text
 from ..bench.prompts import VICUNA_SYSTEM
 from .teacher import Batch
 
@@ -40,7 +40,7 @@ def read_records(path: Path) -> list:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"training data {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, DataError)
     if text.lstrip().startswith("["):
         try:
             return json.loads(text)
