@@ -368,3 +368,148 @@ def resolve_out(out: Path | None, resume: bool, config, model: str,
         raise SpecbenchError(f"{out} holds a run already; use --resume to continue it or "
                              "another --out")
     return out, False
+
+
+def parse_counts(option: str, text: str) -> list[int]:
+    """'256,2048' → sorted distinct integers ≥ 1, or a one-line error naming the option."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise SpecbenchError(f"{option} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise SpecbenchError(f"{option} {text!r}: expected integers of at least 1")
+    return values
+
+
+def profile(model: str | None = None, dtype: str | None = None, device: str | None = None,
+            contexts: str = "256,2048", sizes: str = "1,2,4,8,16,32,64", repeats: int = 10,
+            out: Path | None = None, console: Console | None = None, progress=None):
+    """`specbench profile`: block latencies at each context, bandwidth and the memory floor,
+    written to OUT/profile.json with its plot. Returns (the profile, its folder)."""
+    from .analysis.plots import profile_figure, save_figure
+    from .analysis.report import profile_caption
+    from .engine.load import load_engine
+    from .models.targets import model_folder
+    from .run.profile import write_profile
+    from .run.runner import model_context
+    console = console or Console()
+    wanted, sizes = parse_counts("--contexts", contexts), parse_counts("--sizes", sizes)
+    if 1 not in sizes:
+        raise SpecbenchError("--sizes must include 1 (every cost is relative to a one-token step)")
+    if repeats < 1:
+        raise SpecbenchError(f"--repeats must be at least 1 (got {repeats})")
+    if model is None:
+        from .models.prepare import prepare_all
+        model = str(prepare_all(console=console).model_dir)
+    folder = model_folder(model, console=console)
+    limit = model_context(folder)
+    kept = [c for c in wanted if limit is None or c + max(sizes) <= limit]
+    for c in sorted(set(wanted) - set(kept)):
+        console.print(f"context {c} skipped: with {max(sizes)} more tokens it passes the "
+                      f"model's {limit} positions")
+    if not kept:
+        raise SpecbenchError(f"no context fits the model's {limit} positions")
+    engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
+    name = Path(model.rstrip("/")).name
+    out = Path(out) if out else RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    result = write_profile(engine, model, out / "profile.json", kept, sizes, repeats, progress)
+    save_figure(profile_figure(result, profile_caption(result, name)), out / "profile")
+    return result, out
+
+
+def train(name: str, model: str, data: list[Path], out: Path, dtype: str = "fp32",
+          device: str | None = None, template: str = "auto", console: Console | None = None,
+          **options) -> dict:
+    """`specbench train NAME`: the trainer declared as NAME (train.TRAINERS) on the frozen
+    target; `options` are the trainer's own and the common ones (steps, batch_size, max_len,
+    seed). Returns its final metrics."""
+    from importlib import import_module
+    from .bench.prompts import resolve_template
+    from .engine.load import load_engine
+    from .models.targets import model_folder
+    from .train import TRAINERS
+    trainer = next((t for t in TRAINERS if t.name == name), None)
+    if trainer is None:
+        raise SpecbenchError(f"no trainer {name!r} (have: {', '.join(t.name for t in TRAINERS)})")
+    for key in ("steps", "batch_size", "max_len"):
+        if key in options and options[key] < 1:
+            raise SpecbenchError(f"--{key.replace('_', '-')} must be at least 1 (got "
+                                 f"{options[key]})")
+    console = console or Console()
+    function = getattr(import_module(f".train.{trainer.module}", __package__), trainer.function)
+    engine, tokenizer, _ = load_engine(model_folder(model, console=console), dtype=dtype,
+                                       device=device)
+    return function(engine, tokenizer, data, Path(out), target_name=model, console=console,
+                    template=resolve_template(template, tokenizer, model), **options)
+
+
+def calibrate_medusa(model: str, heads: str, data: list[Path], max_examples: int = 200) -> dict:
+    """`specbench medusa calibrate`: each head's top-k accuracy on held-out conversations and
+    the trees grown from it, written as calibration.json beside the heads."""
+    from .drafters.medusa import heads_path, load_heads
+    from .engine.load import load_engine
+    from .models.targets import model_folder
+    from .train.medusa import calibrate
+    engine, tokenizer, _ = load_engine(model_folder(model), dtype="fp32")
+    folder = heads_path(heads)
+    loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
+                        engine.lm_head)
+    return calibrate(engine, tokenizer, loaded.to(engine.device), data,
+                     folder if folder.is_dir() else folder.parent, max_examples)
+
+
+def build_datastore(tokenizer: str, data: list[Path], out: Path, console: Console | None = None,
+                    progress=None) -> dict:
+    """`specbench datastore build`: REST's datastore of the corpus under the model's tokenizer."""
+    from .drafters.datastore import build_datastore as build
+    from .engine.load import load_tokenizer
+    from .models.targets import model_folder
+    tok = load_tokenizer(model_folder(tokenizer, console=console or Console()))
+    return build(tok, data, out, tokenizer, progress)
+
+
+def run_arguments(config: Path | None, typed: dict, opt: list[str], sweep: list[str]):
+    """`specbench run`'s arguments: a run config's values, then what was typed on the command
+    line (`typed`, which wins), `--opt`/`--sweep` merged per method. Returns (plan_run's
+    arguments, the sharding arguments for `execute`)."""
+    from .methods import parse_options, parse_sweeps
+    arguments = read_run_config(config) if config else {}
+    arguments.update(typed)
+    arguments["options"] = merge_options(arguments.get("options"), opt, parse_options)
+    arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
+    shards = {k: arguments.pop(k) for k in ("workers", "ray_address") if k in arguments}
+    if shards.get("workers", 0) < 0:
+        raise SpecbenchError(f"--workers must be 0 (this process) or more (got "
+                             f"{shards['workers']})")
+    if shards.get("ray_address") and not shards.get("workers"):
+        raise SpecbenchError("--ray-address is for sharded runs: give --workers N too")
+    return arguments, shards
+
+
+def prepare(target: str = "builtin", force: bool = False, home: Path | None = None,
+            addons: bool = False, console: Console | None = None):
+    """`specbench prepare`: the built-in benchmark with every add-on, or a named target fetched,
+    verified and converted (with `addons`, its add-ons too). Reuses what is cached unless
+    `force`; prints what it built and how long each part took."""
+    from .models.prepare import prepare_all, print_timings
+    from .models.targets import TARGETS, target_folder
+    console = console or Console()
+    if target in TARGETS:
+        started = time.perf_counter()
+        folder = target_folder(target, home=home, console=console, force=force)
+        console.print(f"[green]{target} ready[/] at {folder} ({TARGETS[target].description}; "
+                      f"{TARGETS[target].license}) in {time.perf_counter() - started:.1f} s",
+                      highlight=False)
+        if addons:
+            from .models.target_addons import prepare_addons
+            built = prepare_addons(target, home=home, force=force, console=console)
+            console.print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in built.timings.items())
+                          or "  (all add-ons were built already)", highlight=False)
+        return
+    if addons:
+        raise SpecbenchError("--addons is for a named real target (the built-in benchmark "
+                             "always builds its own)")
+    if target != "builtin":
+        raise SpecbenchError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
+    print_timings(console, prepare_all(home=home, force=force, console=console))

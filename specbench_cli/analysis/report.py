@@ -315,3 +315,54 @@ def time_notes(summary: dict) -> list[str]:
 def report(run_dir: Path, console: Console | None = None, **options) -> dict:
     """One run's report (what `specbench run` prints at its end); returns its summary."""
     return report_runs([run_dir], console, **options)[0]
+
+
+def print_profile(console: Console, result: dict, out: Path):
+    """`specbench profile`'s table and notes."""
+    note = profile_caption(result, Path(result["model"].rstrip("/")).name)
+    console.print(profile_table(result, note))
+    for line in profile_notes(result):
+        console.print(f"  {line}", highlight=False)
+    console.print(f"written: {out}/profile.json, profile.png, profile.svg", highlight=False)
+
+
+def profile_notes(result: dict) -> list[str]:
+    bw = result["bandwidth"]
+    lines = [
+        f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
+        f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
+        f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
+        f"a one-token step achieves {100 * result['achieved_bandwidth_share']:.0f}% of the "
+        "bandwidth",
+        f"matrix products at {max(result['sizes'])} tokens: "
+        f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
+        f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
+        "token at the same context"]
+    if result.get("dtype_choice"):
+        lines.append(f"dtype: {result['dtype']} ({result['dtype_choice']})")
+    if result.get("kernels"):
+        lines.append("matrix-product kernels by block size (rows:kernel; chosen by timing each "
+                     "candidate over the model's own weights, cached in $SPECBENCH_HOME/kernels):")
+        lines += [f"  {shape:<22} {choice}" for shape, choice in result["kernels"].items()]
+    return lines
+
+
+def profile_table(result: dict, note: str) -> Table:
+    table = Table(title=f"forward latency by tokens in the block · {note}")
+    table.add_column("tokens", justify="right")
+    for c in result["contexts"]:
+        table.add_column(f"ctx {c} ms", justify="right")
+        table.add_column("×", justify="right")
+    for n in result["sizes"]:
+        cells = [str(n)]
+        for c in result["contexts"]:
+            lat = result["latency_seconds"][str(c)]
+            cells += [f"{1e3 * lat[str(n)]:.2f}", f"{lat[str(n)] / lat['1']:.2f}"]
+        table.add_row(*cells)
+    return table
+
+
+def profile_caption(result: dict, name: str) -> str:
+    env = result["environment"]
+    return (f"{name} · {result['dtype']} on {result['device']} "
+            f"({env['gpu'] or env['cpu']}, {env['torch_threads']} threads)")
