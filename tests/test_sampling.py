@@ -11,6 +11,7 @@ import torch
 from conftest import make_model_folder, write_questions
 from specbench_cli.engine.load import load_engine
 from specbench_cli.methods import METHODS, verify
+from specbench_cli.methods.base import Decoding
 from specbench_cli.methods.verify import Sampling
 from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.run.sampling_check import chi_square, check_sampling, first_tokens
@@ -58,9 +59,13 @@ def test_chi_square_known_values():
 
 @pytest.fixture()
 def sampled(tiny_engine):
-    engine, tok = tiny_engine
-    yield engine, tok
-    engine.sampling = None
+    return tiny_engine
+
+
+def sampling(method, settings: Sampling):
+    """The method, set to decode with these sampling settings."""
+    method.decoding = Decoding(settings)
+    return method
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(sampled):
@@ -69,8 +74,8 @@ def test_same_seed_same_tokens_other_seed_other_tokens(sampled):
     for name in ("vanilla", "sps", "eagle", "recycling"):
         runs = []
         for seed in (0, 0, 1, 2):
-            engine.sampling = Sampling(0.8, seed=seed)
-            runs.append(make(name, engine, set(), tok).generate(ids, 20).tokens)
+            method = sampling(make(name, engine, set(), tok), Sampling(0.8, seed=seed))
+            runs.append(method.generate(ids, 20).tokens)
         assert runs[0] == runs[1], name
         assert runs[0] != runs[2] or runs[0] != runs[3], name
 
@@ -79,11 +84,12 @@ def test_sampled_answers_are_not_greedy_and_respect_top_k(sampled):
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])
     greedy = METHODS["vanilla"](engine, set()).generate(ids, 20).tokens
-    engine.sampling = Sampling(1.0, top_k=1)           # top-1 sampling is greedy decoding
+    top1 = Sampling(1.0, top_k=1)                       # top-1 sampling is greedy decoding
     for name in ("vanilla", "pld", "sps", "kangaroo", "medusa"):
-        assert make(name, engine, set(), tok).generate(ids, 20).tokens == greedy, name
-    engine.sampling = Sampling(2.0)
-    assert METHODS["vanilla"](engine, set()).generate(ids, 20).tokens != greedy
+        assert sampling(make(name, engine, set(), tok), top1).generate(ids, 20).tokens == \
+            greedy, name
+    hot = sampling(METHODS["vanilla"](engine, set()), Sampling(2.0))
+    assert hot.generate(ids, 20).tokens != greedy
 
 
 def test_run_at_temperature_reports_speedup_and_no_equality(tiny_model_dir, tmp_path):
@@ -150,9 +156,10 @@ def test_broken_samplers_are_caught_at_the_same_sample_count(target, monkeypatch
 def test_first_tokens_counts_every_answer(sampled):
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])
-    counts = first_tokens(engine, METHODS["vanilla"](engine, set()), ids, 2, 30, Sampling(T), 0)
+    vanilla = METHODS["vanilla"](engine, set())
+    counts = first_tokens(engine, vanilla, ids, 2, 30, Sampling(T), 0)
     assert sum(counts.values()) == 30 and all(len(k) == 2 for k in counts)
-    assert engine.sampling is None          # restored for whatever runs next
+    assert vanilla.decoding == Decoding()   # restored: greedy for whatever runs next
 
 
 def test_check_sampling_command_passes_lossless_and_fails_broken(tiny_model_dir, monkeypatch):
@@ -177,10 +184,10 @@ def test_medusa_typical_acceptance_is_marked_lossy(tiny_model_dir, tmp_path, sam
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["abc abc abc"], [])
     heads = random_heads(engine)
-    engine.sampling = Sampling(T)
-    exact = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32")
-    typical = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32", typical=True,
-                                epsilon=0.0, delta=0.0)
+    exact = sampling(METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32"),
+                     Sampling(T))
+    typical = sampling(METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32",
+                                         typical=True, epsilon=0.0, delta=0.0), Sampling(T))
     assert exact.lossless and not typical.lossless
     # ε = δ = 0: every candidate passes, so every step takes the deepest path.
     gen = typical.generate(ids, 40)

@@ -276,8 +276,6 @@ class Engine(nn.Module):
         # A plain attribute, not a buffer: `.to(fp16)` must not round the RoPE frequencies.
         self.inv_freq = rope_inv_freq(cfg).float()
         self._cache: KVCache | None = None
-        # A phase timer (methods/verify.Phases) while a run records a time breakdown, else None.
-        self.phases = None
 
     @property
     def num_layers(self) -> int:

@@ -39,6 +39,16 @@ class Addon:
     teacher_layers: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a method decodes, handed to every DecodeState it makes (`Method.decoding`): the
+    sampling settings (verify.Sampling; None: greedy) and the phase timer of `run --breakdown`
+    (verify.Phases; None: off). The runner and the sampling check set it per method; nothing
+    rides on the engine."""
+    sampling: object = None
+    phases: object = None
+
+
 @dataclass
 class Generation:
     tokens: list[int]                 # new tokens, through the first EOS when one was produced
@@ -64,6 +74,7 @@ class Method:
     # add-on as ADDON_FOLDER; sizes for a CPU and the 1.6M-parameter model).
     builtin_options: ClassVar[dict] = {}
     lossless: ClassVar[bool] = True
+    decoding: Decoding = Decoding()         # greedy, untimed: the runner sets the run's
     defaults: ClassVar[dict] = {}       # derived from `options`
 
     def __init_subclass__(cls, **kwargs):

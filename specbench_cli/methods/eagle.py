@@ -94,7 +94,8 @@ class Eagle(Method):
         drafted_rows = len(self.tree) if self.tree else self.options["depth"] * self.options["top_k"]
         cache = engine.new_cache(len(prompt_ids) + max_new_tokens + drafted_rows,
                                  len(self.head.layers))
-        state = DecodeState(engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         stats = {"rounds": 0, "head_passes": 0, "drafted": 0}
         # The head's row t holds (f_t, token t+1): the prompt's features and the tokens after.
         with state.phase("prefill"):

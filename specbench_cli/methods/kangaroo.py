@@ -75,7 +75,8 @@ class Kangaroo(Method):
         # The adapter's own one-layer cache, on the engine's cache type.
         adapter_cache = self.engine.new_cache(len(prompt_ids) + max_new_tokens + 1, 1)
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            lambda ids, cache: self.prefill(ids, cache, adapter_cache))
+                            lambda ids, cache: self.prefill(ids, cache, adapter_cache),
+                            decoding=self.decoding)
         catch_up = None          # a layer-l state the adapter has not seen yet
         stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
         while not state.done:

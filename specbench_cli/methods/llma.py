@@ -25,7 +25,8 @@ class LLMA(Method):
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         index = first_occurrences(prompt_ids, self.options["ngram"])
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         drafted = 0
         while not state.done:
             with state.phase("draft"):

@@ -144,7 +144,8 @@ class Lookahead(Method):
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         o = self.options
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         window, pool = Window(prompt_ids, o["level"], o["window"]), {}
         stats = {"rounds": 0, "hits": 0, "drafted": 0}
         while not state.done:

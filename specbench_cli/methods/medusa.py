@@ -77,7 +77,8 @@ class Medusa(Method):
         return [0] + [ranks[len(c) - 1][c[-1]] for c in self.tree.choices[1:]]
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         h = state.hidden[:, -1]           # the heads read the last committed position
         while not state.done:
             with state.phase("draft"):

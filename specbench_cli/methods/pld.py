@@ -30,7 +30,8 @@ class PromptLookup(Method):
                "num_draft": Option(10, int, "tokens drafted per lookup", low=1)}
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         drafted = 0
         while not state.done:
             with state.phase("draft"):

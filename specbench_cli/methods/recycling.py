@@ -122,7 +122,8 @@ class TokenRecycling(Method):
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         if not self.options["hot_start"]:
             self.reset()
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         stats = {"rounds": 0, "known_roots": 0, "drafted": 0}
         seen = {}
 

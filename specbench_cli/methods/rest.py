@@ -102,7 +102,8 @@ class REST(Method):
                          o["num_draft"])
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         stats = {"rounds": 0, "hits": 0, "drafted": 0, "retrieval_seconds": 0.0}
         while not state.done:
             with state.phase("draft"):

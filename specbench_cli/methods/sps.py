@@ -117,7 +117,8 @@ class SpS(Method):
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         # Its own cache, never the drafter's shared one: the drafter may be the target itself.
         cache = self.drafter.new_cache(len(prompt_ids) + max_new_tokens + DRAFT_HEADROOM)
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
+                            decoding=self.decoding)
         seen = 0                    # committed tokens whose rows the drafter's cache holds
         length = self.options["num_draft"]
         stats = {"rounds": 0, "drafted": 0}

@@ -22,7 +22,8 @@ class Vanilla(Method):
             gaps.append(round(top2[0] - top2[1], 5))
             return logits, hidden
 
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward)
+        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward,
+                            decoding=self.decoding)
         while not state.done:
             verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset)[0])
         return state.result(top2_gap=gaps[:len(state.new_tokens)])

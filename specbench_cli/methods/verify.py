@@ -6,7 +6,7 @@ Invariant of `DecodeState`: the cache holds rows for every committed token but t
 the drafts as one block, keeps the rows of what was accepted and commits the accepted drafts
 plus the target's own next token (the bonus).
 
-Sampling (`engine.sampling` set to a `Sampling`, temperature > 0) keeps the target's processed
+Sampling (a `Decoding` whose `sampling` is set, temperature > 0) keeps the target's processed
 distribution p exactly (Leviathan et al.; SpecInfer for trees): a draft x drawn from a draft
 distribution q is accepted with probability min(1, p(x)/q(x)); a draft chosen deterministically
 (copied, retrieved, a top-k candidate) has a one-hot q, so it is accepted with probability p(x).
@@ -29,7 +29,7 @@ import torch
 
 from ..engine import Engine, sync
 from ..errors import SpecbenchError
-from .base import Generation
+from .base import Decoding, Generation
 
 # Rows reserved past prompt + max_new_tokens for a block of drafts in flight (trees included).
 DRAFT_HEADROOM = 128
@@ -37,7 +37,7 @@ DRAFT_HEADROOM = 128
 
 class Phases:
     """Seconds spent in each phase of decoding (prefill, draft, verify), the device synchronized
-    at every boundary. `specbench run --breakdown` sets one as `engine.phases`; it is off by
+    at every boundary. `specbench run --breakdown` sets one in `Decoding.phases`; it is off by
     default because the syncs perturb the headline timing (on a GPU they stall the queue)."""
 
     def __init__(self, device: torch.device):
@@ -117,7 +117,8 @@ def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
 
 class DecodeState:
     def __init__(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int,
-                 eos_ids: set[int], prefill: Callable | None = None):
+                 eos_ids: set[int], prefill: Callable | None = None,
+                 decoding: Decoding | None = None):
         """Prefill the prompt and commit the first token. `prefill(ids_tensor, cache)` may replace
         the plain forward (methods that keep extra state from the prompt); it returns the logits
         and the final normed hidden states, kept as `hidden` (drafters that read the target's
@@ -125,10 +126,11 @@ class DecodeState:
         if not prompt_ids:
             raise ValueError("empty prompt")
         self.engine = engine
+        decoding = decoding or Decoding()
         # `with state.phase("draft"): ...` times a phase when a breakdown was asked for.
-        self.phase = getattr(engine, "phases", None) or no_phases
+        self.phase = decoding.phases or no_phases
         # Sampling settings, or None for greedy decoding; `rng` draws every random choice.
-        self.sampling: Sampling | None = getattr(engine, "sampling", None)
+        self.sampling: Sampling | None = decoding.sampling
         self.rng = self.sampling.generator(prompt_ids) if self.sampling else None
         self.block_sizes: list[int] = []       # tokens fed to each verification forward
         self.eos_ids = eos_ids

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch
 from ..engine import Engine, sync
 from ..errors import SpecbenchError
 from ..methods import METHODS, Generation, Method, base_name
+from ..methods.base import Decoding
 from ..methods.verify import Phases
 from ..bench.prompts import build_prompt_ids
 from ..analysis.results import ANSWERS_DIR, answer_file_name
@@ -158,12 +159,13 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.context = engine.config.max_position_embeddings
-        # Every DecodeState reads it: greedy (None) or the run's sampling settings.
-        engine.sampling = config.sampling
         self.methods: dict[str, Method] = {
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
             for name in config.methods}
+        # Every DecodeState a method makes reads it: greedy (None) or the run's sampling.
+        for method in self.methods.values():
+            method.decoding = Decoding(config.sampling)
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
     def answer(self, method: Method, question: Question) -> tuple[list[str], list[Generation], list[float]]:
@@ -174,17 +176,16 @@ class Runner:
                                    list(question.turns[:i + 1]), texts)
             budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
                                   self.context, self.config.over_context)
-            if self.config.breakdown:
-                self.engine.phases = Phases(device)
+            phases = Phases(device) if self.config.breakdown else None
+            method.decoding = replace(method.decoding, phases=phases)
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
                 gen = method.generate(ids, budget)
             sync(device)
             times.append(time.perf_counter() - start)
-            if self.config.breakdown:
-                gen.stats.update({f"{k}_seconds": v for k, v in self.engine.phases.seconds.items()})
-                self.engine.phases = None
+            if phases is not None:
+                gen.stats.update({f"{k}_seconds": v for k, v in phases.seconds.items()})
             gens.append(gen)
             texts.append(answer_text(self.tokenizer, gen.tokens, self.eos_ids))
         return texts, gens, times

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..engine import Engine
-from ..methods.base import Method
+from ..methods.base import Decoding, Method
 from ..methods.verify import Sampling
 
 MIN_EXPECTED = 5
@@ -41,13 +41,14 @@ def first_tokens(engine: Engine, method: Method, prompt_ids: list[int], tokens: 
     """How often each sequence of the first `tokens` new tokens came out over `samples`
     answers, the i-th answer seeded with first_seed + i."""
     counts: Counter = Counter()
+    before = method.decoding
     try:
         with torch.inference_mode():
             for i in range(samples):
-                engine.sampling = replace(sampling, seed=first_seed + i)
+                method.decoding = Decoding(replace(sampling, seed=first_seed + i))
                 counts[tuple(method.generate(prompt_ids, tokens).tokens)] += 1
     finally:
-        engine.sampling = None
+        method.decoding = before
     return counts
 
 
