@@ -123,7 +123,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
 
 
 def resolve_methods(model: str | None, methods: str | None, given: dict, console: Console,
-                    prepared=None, default_methods: str = DEFAULT_METHODS):
+                    prepared=None):
     """(model, method names, each method's options) as a run resolves them, and every command
     that builds methods with it: no model means the built-in one (`prepared`, else built now)
     with every method and its add-ons; a named target gets its built add-ons; the user's
@@ -138,9 +138,9 @@ def resolve_methods(model: str | None, methods: str | None, given: dict, console
         model, defaults = str(prepared.model_dir), prepared.method_defaults()
         methods = methods or ",".join(METHODS)
     elif model in TARGETS:
-        defaults = target_addon_defaults(model, parse_methods(methods or default_methods),
+        defaults = target_addon_defaults(model, parse_methods(methods or DEFAULT_METHODS),
                                          console)
-    names = parse_methods(methods or default_methods)
+    names = parse_methods(methods or DEFAULT_METHODS)
     for method in given:
         if method not in names:
             raise SpecbenchError(f"options for {method}, which is not in --methods")
@@ -175,15 +175,14 @@ def check_sampling(model: str | None = None, methods: str | None = None,
         raise SpecbenchError("--tokens must be at least 1 and --samples at least 10")
     given = parse_options(options) if isinstance(options, list) else \
         checked_options(options, "options")
-    model, names, opts = resolve_methods(model, methods, given, console,
-                                         default_methods=DEFAULT_METHODS)
+    model, names, opts = resolve_methods(model, methods, given, console)
     engine, tokenizer, _ = load_engine(model_folder(model, console=console), dtype=dtype,
                                        device=device)
     ids = build_prompt_ids(tokenizer, resolve_template("auto", tokenizer, model), [prompt], [])
     eos = eos_token_ids(engine, tokenizer)
     built = {n: METHODS[n](engine, eos, tokenizer, **opts.get(n, {})) for n in names}
-    return run_check(engine, built, ids, tokens, samples, Sampling(temperature, top_p, top_k),
-                     alpha, progress=progress)
+    return run_check(built, ids, tokens, samples, Sampling(temperature, top_p, top_k), alpha,
+                     progress=progress)
 
 
 def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:

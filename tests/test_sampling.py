@@ -127,7 +127,7 @@ def target(request, tmp_path_factory):
 def test_every_lossless_method_samples_vanilla_s_distribution(target):
     engine, tok, ids = target
     methods = {name: make(name, engine, set(), tok) for name in METHODS}
-    results = check_sampling(engine, methods, ids, tokens=3, samples=SAMPLES,
+    results = check_sampling(methods, ids, tokens=3, samples=SAMPLES,
                              sampling=Sampling(T), alpha=ALPHA)
     assert len(results) == len(METHODS) - 1
     for r in results:
@@ -148,7 +148,7 @@ def test_broken_samplers_are_caught_at_the_same_sample_count(target, monkeypatch
     else:      # a rejected draft's token may be drawn again: p instead of the residual
         monkeypatch.setattr(verify, "residual", lambda p, q, x: p)
     chosen = {name: make(name, engine, set(), tok) for name in ("vanilla", *methods)}
-    for r in check_sampling(engine, chosen, ids, tokens=3, samples=SAMPLES,
+    for r in check_sampling(chosen, ids, tokens=3, samples=SAMPLES,
                             sampling=Sampling(T), alpha=ALPHA):
         assert not r.passed, r
 
@@ -157,7 +157,7 @@ def test_first_tokens_counts_every_answer(sampled):
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])
     vanilla = METHODS["vanilla"](engine, set())
-    counts = first_tokens(engine, vanilla, ids, 2, 30, Sampling(T), 0)
+    counts = first_tokens(vanilla, ids, 2, 30, Sampling(T), 0)
     assert sum(counts.values()) == 30 and all(len(k) == 2 for k in counts)
     assert vanilla.decoding == Decoding()   # restored: greedy for whatever runs next
 

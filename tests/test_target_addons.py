@@ -180,7 +180,7 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     from specbench_cli.run import sampling_check
     seen = {}
 
-    def capture(engine, methods, *args, **kwargs):
+    def capture(methods, *args, **kwargs):
         seen.update(methods)
         return []
     monkeypatch.setattr(sampling_check, "check_sampling", capture)

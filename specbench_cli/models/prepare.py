@@ -60,8 +60,24 @@ TEACHER = {"conversations": 4000, "top_k": 32, "max_len": 256}
 
 def marker_of(opts: dict, addon, teacher: dict) -> dict:
     """What an add-on's ready.json records: a change of either rebuilds it."""
-    return json.loads(json.dumps({"options": opts, **({"teacher": teacher}
-                                                     if addon.uses_teacher else {})}))
+    return {"options": opts, **({"teacher": teacher} if addon.uses_teacher else {})}
+
+
+def is_ready(folder: Path, marker: dict) -> bool:
+    """Whether `folder` was built completely, with exactly what `marker` records."""
+    path = folder / "ready.json"
+    return path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(marker))
+
+
+def build_into(folder: Path, marker: dict, build) -> None:
+    """`build(tmp)` in a hidden sibling, ready.json (the marker) written last, then swapped in
+    for `folder`: an interrupted build leaves the old folder, never a half-built one."""
+    tmp = folder.parent / f".tmp-{folder.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    (tmp / "ready.json").write_text(json.dumps(marker))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 class SharedTarget:
@@ -116,21 +132,16 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
     for name, opts in settings.items():
         addon = METHODS[name].builtin_addon
         folder = base.root / name
-        marker = folder / "ready.json"
         wanted = marker_of(opts, addon, teacher)
         # Rebuilt when its settings changed (a newer release of the method), not only when absent.
-        if force or not marker.exists() or json.loads(marker.read_text()) != wanted:
+        if force or not is_ready(folder, wanted):
             engine, tokenizer, examples = shared.load()
             # The first add-on that reads the teacher makes it (timed on its own).
             extra = {"examples": examples, "teacher": shared.teacher()} if addon.uses_teacher \
                 else {}
             t = time.perf_counter()
-            tmp = base.root / f".tmp-{name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            addon.build(engine, tokenizer, [base.train_file], tmp, dict(opts), console, **extra)
-            (tmp / "ready.json").write_text(json.dumps(wanted))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            build_into(folder, wanted, lambda tmp: addon.build(
+                engine, tokenizer, [base.train_file], tmp, dict(opts), console, **extra))
             prepared.timings[name] = time.perf_counter() - t
             console.print(f"{name}: built in {prepared.timings[name]:.1f} s → {folder}")
         prepared.addons[name] = folder

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from ..errors import SpecbenchError
 from ..methods.base import ADDON_FOLDER
+from .prepare import build_into, is_ready
 
 # Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
 # trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
@@ -88,9 +89,7 @@ def addons_root(name: str, home: Path | None = None) -> Path:
 
 
 def is_built(folder: Path, settings: dict) -> bool:
-    marker = folder / "ready.json"
-    return marker.exists() and json.loads(marker.read_text()).get("options") == \
-        json.loads(json.dumps(settings))
+    return is_ready(folder, {"options": settings})
 
 
 def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
@@ -153,14 +152,10 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
                                         recipe["teacher"]["top_k"], progress)
             result.timings["teacher"] = time.perf_counter() - t
             t = time.perf_counter()
-        tmp = root / f".tmp-{method}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        METHODS[method].builtin_addon.build(
+        build = METHODS[method].builtin_addon.build
+        build_into(target, {"options": settings}, lambda tmp: build(
             engine, tokenizer, [result.corpus], tmp, dict(settings), console,
-            target_name=name, template=template, examples=examples, teacher=teacher)
-        (tmp / "ready.json").write_text(json.dumps({"options": settings}))
-        shutil.rmtree(target, ignore_errors=True)       # built with other settings
-        tmp.rename(target)
+            target_name=name, template=template, examples=examples, teacher=teacher))
         result.addons[method] = target
         result.timings[method] = time.perf_counter() - t
         console.print(f"{name} {method}: built in {result.timings[method]:.1f} s → {target}")

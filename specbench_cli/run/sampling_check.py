@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..engine import Engine
 from ..methods.base import Decoding, Method
 from ..methods.verify import Sampling
 
@@ -36,8 +35,8 @@ class CheckResult:
         return self.p_value >= self.alpha
 
 
-def first_tokens(engine: Engine, method: Method, prompt_ids: list[int], tokens: int,
-                 samples: int, sampling: Sampling, first_seed: int) -> Counter:
+def first_tokens(method: Method, prompt_ids: list[int], tokens: int, samples: int,
+                 sampling: Sampling, first_seed: int) -> Counter:
     """How often each sequence of the first `tokens` new tokens came out over `samples`
     answers, the i-th answer seeded with first_seed + i."""
     counts: Counter = Counter()
@@ -80,23 +79,23 @@ def chi_square(a: Counter, b: Counter) -> tuple[float, int, float]:
     return statistic, df, p
 
 
-def check_method(engine: Engine, vanilla: Counter, method: Method, name: str,
-                 prompt_ids: list[int], tokens: int, samples: int, sampling: Sampling,
-                 first_seed: int, alpha: float) -> CheckResult:
-    counts = first_tokens(engine, method, prompt_ids, tokens, samples, sampling, first_seed)
+def check_method(vanilla: Counter, method: Method, name: str, prompt_ids: list[int],
+                 tokens: int, samples: int, sampling: Sampling, first_seed: int,
+                 alpha: float) -> CheckResult:
+    counts = first_tokens(method, prompt_ids, tokens, samples, sampling, first_seed)
     statistic, df, p = chi_square(vanilla, counts)
     return CheckResult(name, samples, df + 1, statistic, p, alpha)
 
 
-def check_sampling(engine: Engine, methods: dict[str, Method], prompt_ids: list[int],
+def check_sampling(methods: dict[str, Method], prompt_ids: list[int],
                    tokens: int = 3, samples: int = 2000, sampling: Sampling | None = None,
                    alpha: float = 1e-3, progress=None) -> list[CheckResult]:
     """Each method's first `tokens` tokens against vanilla's, `samples` answers each."""
     sampling = sampling or Sampling(1.0)
-    vanilla = first_tokens(engine, methods["vanilla"], prompt_ids, tokens, samples, sampling, 0)
+    vanilla = first_tokens(methods["vanilla"], prompt_ids, tokens, samples, sampling, 0)
     results = []
     for j, (name, method) in enumerate((n, m) for n, m in methods.items() if n != "vanilla"):
-        results.append(check_method(engine, vanilla, method, name, prompt_ids, tokens, samples,
+        results.append(check_method(vanilla, method, name, prompt_ids, tokens, samples,
                                     sampling, (j + 1) * samples, alpha))
         if progress:
             progress(name)

@@ -107,10 +107,9 @@ def build(folder: Path, recipe: Recipe, console: Console) -> dict:
 
         with _stage(timings, "train"):
             model = make_model(recipe, tokenizer)
-            precision, why = choose_precision(f"builtin model {recipe.hash()}", timing_step(
-                model, examples, recipe, tokenizer.pad_token_id))
-            per_step = step_seconds(timing_step(model, examples, recipe, tokenizer.pad_token_id),
-                                    precision, "cpu", repeats=3)
+            step = timing_step(model, examples, recipe, tokenizer.pad_token_id)
+            precision, why = choose_precision(f"builtin model {recipe.hash()}", step)
+            per_step = step_seconds(step, precision, "cpu", repeats=3)
             model.zero_grad(set_to_none=True)
             minutes = recipe.steps * per_step * STEP_OVERHEAD / 60
             progress.console.print(
