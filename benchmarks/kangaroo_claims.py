@@ -32,14 +32,14 @@ def train_adapters(name: str, steps: int, out: Path, console: Console) -> dict[s
 
     from specbench_cli.engine.load import load_engine
     from specbench_cli.bench.prompts import resolve_template
-    from specbench_cli.models.target_addons import RECIPES, prepare_addons
+    from specbench_cli.models.target_addons import RECIPES, declared_addons, prepare_addons
     from specbench_cli.models.targets import target_folder
     from specbench_cli.train.data import load_examples
     from specbench_cli.train.kangaroo import train_kangaroo
     from specbench_cli.train.teacher import CachedTeacher
     built = prepare_addons(name, console=console)       # the corpus (and the add-ons)
     recipe = RECIPES[name]
-    settings = {k: v for k, v in recipe["addons"]["kangaroo"].items() if k != "exit_layer"}
+    settings = {k: v for k, v in declared_addons(name)["kangaroo"].settings.items() if k != "exit_layer"}
     settings["steps"] = steps
     wanted = {f"exit{e}": {"exit_layer": e} for e in (1, 2, 3, 4)}
     wanted["exit2-acceptance"] = {"exit_layer": 2, "loss": "acceptance"}

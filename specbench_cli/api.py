@@ -188,11 +188,11 @@ def check_sampling(model: str | None = None, methods: str | None = None,
 def target_addon_defaults(model: str, methods: list[str], console: Console) -> dict:
     """A named target's add-ons as the methods' default options, once built (`specbench
     prepare NAME --addons`); a note when a method that needs one asks before they are."""
-    from .models.target_addons import RECIPES, built_addons
+    from .models.target_addons import built_addons, declared_addons
     built = built_addons(model)
     if built is not None:
         return built.method_defaults()
-    wanting = [m for m in methods if m in RECIPES.get(model, {}).get("options", {})]
+    wanting = [m for m in methods if m in declared_addons(model)]
     if wanting:
         console.print(f"note: {model}'s add-ons for {', '.join(wanting)} are not built; build "
                       f"them with `specbench prepare {model} --addons` (~40 min) or pass "
@@ -420,27 +420,25 @@ def profile(model: str | None = None, dtype: str | None = None, device: str | No
 def train(name: str, model: str, data: list[Path], out: Path, dtype: str = "fp32",
           device: str | None = None, template: str = "auto", console: Console | None = None,
           **options) -> dict:
-    """`specbench train NAME`: the trainer declared as NAME (train.TRAINERS) on the frozen
+    """`specbench train NAME`: the trainer method NAME declares (`Method.trainer`) on the frozen
     target; `options` are the trainer's own and the common ones (steps, batch_size, max_len,
     seed). Returns its final metrics."""
-    from importlib import import_module
     from .bench.prompts import resolve_template
     from .engine.load import load_engine
+    from .methods import TRAINERS
     from .models.targets import model_folder
-    from .train import TRAINERS
-    trainer = next((t for t in TRAINERS if t.name == name), None)
-    if trainer is None:
-        raise SpecbenchError(f"no trainer {name!r} (have: {', '.join(t.name for t in TRAINERS)})")
+    if name not in TRAINERS:
+        raise SpecbenchError(f"no trainer {name!r} (have: {', '.join(TRAINERS)})")
     for key in ("steps", "batch_size", "max_len"):
         if key in options and options[key] < 1:
             raise SpecbenchError(f"--{key.replace('_', '-')} must be at least 1 (got "
                                  f"{options[key]})")
     console = console or Console()
-    function = getattr(import_module(f".train.{trainer.module}", __package__), trainer.function)
     engine, tokenizer, _ = load_engine(model_folder(model, console=console), dtype=dtype,
                                        device=device)
-    return function(engine, tokenizer, data, Path(out), target_name=model, console=console,
-                    template=resolve_template(template, tokenizer, model), **options)
+    return TRAINERS[name].function(engine, tokenizer, data, Path(out), target_name=model,
+                                   console=console, **options,
+                                   template=resolve_template(template, tokenizer, model))
 
 
 def calibrate_medusa(model: str, heads: str, data: list[Path], max_examples: int = 200) -> dict:

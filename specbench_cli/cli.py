@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .api import BUILTIN_LIMIT, DEFAULT_METHODS
-from .train import TRAINERS
 from .errors import SpecbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -236,11 +236,26 @@ def profile(
     print_profile(console, result, out)
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Train what a method needs on a frozen target.")
+class TrainCommands(TyperGroup):
+    """`specbench train METHOD`, one command per method that declares a trainer
+    (`Method.trainer`), built when `train` is invoked: the declarations sit beside the methods,
+    which import torch, and every other command starts without it."""
+
+    def list_commands(self, ctx):
+        from .methods import TRAINERS
+        return list(TRAINERS)
+
+    def get_command(self, ctx, name):
+        from .methods import TRAINERS
+        return train_command(name, TRAINERS[name]) if name in TRAINERS else None
+
+
+train_app = typer.Typer(cls=TrainCommands, no_args_is_help=True,
+                        help="Train what a method needs on a frozen target.")
 app.add_typer(train_app, name="train")
 
 
-# Options every trainer takes; each trainer's own come from its declaration (train/__init__.py).
+# Options every trainer takes; each trainer's own come from its declaration.
 TRAIN_COMMON = {
     "model": (str, typer.Option(..., help="Target model folder, hub id, .gguf file or named "
                                 "target.")),
@@ -259,33 +274,31 @@ TRAIN_COMMON = {
 }
 
 
-def add_train_command(trainer):
-    """`specbench train NAME` from a trainer's declaration: the common options, `--out`, then
-    its own (typer reads the built signature as it reads a written one)."""
+def train_command(name, trainer):
+    """The command of one trainer's declaration: the common options, `--out`, then its own
+    (typer reads the built signature as it reads a written one)."""
     import inspect
 
     def command(**values):
         from . import api
         with user_errors():
-            metrics = api.train(trainer.name, console=console, **values)
+            metrics = api.train(name, console=console, **values)
             console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
 
-    def parameter(name, annotation, default):
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+    def parameter(key, annotation, default):
+        return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
                                  annotation=annotation)
-    params = [parameter(name, kind, option) for name, (kind, option) in TRAIN_COMMON.items()]
+    params = [parameter(key, kind, option) for key, (kind, option) in TRAIN_COMMON.items()]
     params.append(parameter("out", Path, typer.Option(..., help=trainer.out_help)))
-    params += [parameter(name, Optional[o.type] if o.default is None else o.type,
+    params += [parameter(key, Optional[o.type] if o.default is None else o.type,
                          typer.Option(o.default, help=o.help))
-               for name, o in trainer.options.items()]
+               for key, o in trainer.options.items()]
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = trainer.help
-    train_app.command(trainer.name)(command)
-
-
-for _trainer in TRAINERS:
-    add_train_command(_trainer)
+    one = typer.Typer()
+    one.command(name)(command)
+    return typer.main.get_command(one)
 
 
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")

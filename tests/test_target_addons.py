@@ -136,17 +136,19 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     that names only the target and the methods, every one equal to vanilla."""
     from specbench_cli import api
     from specbench_cli.models import target_addons, targets
-    recipe = {
-        "corpus": {"per_subtask": 2, "seed": 0, "max_new_tokens": 12, "batch_size": 4},
-        "max_len": 256, "teacher": {"top_k": 8, "layers": [1]},
-        "addons": {"kangaroo": {"exit_layer": 1, "steps": 3, "batch_size": 2},
-                   "medusa": {"num_heads": 2, "share_lm_head": True, "steps": 3,
-                              "batch_size": 2},
-                   "eagle": {"steps": 3, "batch_size": 2},
-                   "sps": {"hidden_size": 32, "layers": 1, "steps": 3, "batch_size": 2},
-                   "rest": {}},
-        "options": target_addons.RECIPES["smollm2"]["options"]}
+    from specbench_cli.methods import METHODS
+    from specbench_cli.methods.base import TargetAddon
+    recipe = {"corpus": {"per_subtask": 2, "seed": 0, "max_new_tokens": 12, "batch_size": 4},
+              "max_len": 256, "teacher": {"top_k": 8, "layers": [1]}}
+    settings = {"kangaroo": {"exit_layer": 1, "steps": 3, "batch_size": 2},
+                "medusa": {"num_heads": 2, "share_lm_head": True, "steps": 3, "batch_size": 2},
+                "eagle": {"steps": 3, "batch_size": 2},
+                "sps": {"hidden_size": 32, "layers": 1, "steps": 3, "batch_size": 2},
+                "rest": {}}
     monkeypatch.setitem(target_addons.RECIPES, "tiny", recipe)
+    for method, values in settings.items():     # smollm2's run options, tiny settings
+        monkeypatch.setitem(METHODS[method].target_addons, "tiny", TargetAddon(
+            values, METHODS[method].target_addons["smollm2"].options))
     monkeypatch.setitem(targets.TARGETS, "tiny", targets.TARGETS["smollm2"])
     monkeypatch.setattr(targets, "target_folder", lambda name, **kw: tiny_model_dir)
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path / "home"))
@@ -161,7 +163,8 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     assert again is not None and again.addons == built.addons
     # Another setting for one add-on: that add-on is stale, the rest (and the corpus) are not.
     corpus_made = built.corpus.stat().st_mtime_ns
-    recipe["addons"]["rest"] = {"note": "rebuilt"}
+    monkeypatch.setitem(METHODS["rest"].target_addons, "tiny", TargetAddon(
+        {"note": "rebuilt"}, METHODS["rest"].target_addons["smollm2"].options))
     assert target_addons.built_addons("tiny") is None
     rebuilt = target_addons.prepare_addons("tiny", console=quiet())
     assert set(rebuilt.timings) == {"rest"} and rebuilt.root == built.root

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..engine import EngineConfig
-from ..engine.llama import MLP, Attention, Linear, RMSNorm
+from ..engine.llama import DecoderLayer, Linear
 from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
 from ..models.targets import model_folder
@@ -28,22 +28,13 @@ class EagleError(SpecbenchError):
     pass
 
 
-class HeadLayer(nn.Module):
+def head_layer(cfg: EngineConfig, index: int) -> DecoderLayer:
     """A Llama decoder layer; the first one has no input norm (its input is the FC's output, as
-    in the official head), later ones have."""
-
-    def __init__(self, cfg: EngineConfig, index: int):
-        super().__init__()
-        if index:
-            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cos, sin, cache, layer, offset, mask):
-        normed = self.input_layernorm(x) if hasattr(self, "input_layernorm") else x
-        x = x + self.self_attn(normed, cos, sin, cache, layer, offset, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    in the official head, whose checkpoints have no such weight), later ones have."""
+    layer = DecoderLayer(cfg)
+    if index == 0:
+        layer.input_layernorm = nn.Identity()
+    return layer
 
 
 class EagleHead(nn.Module):
@@ -56,7 +47,7 @@ class EagleHead(nn.Module):
                               "mlp_bias": False, "num_layers": num_layers})
         self.config = cfg
         self.fc = Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=fc_bias)
-        self.layers = nn.ModuleList(HeadLayer(cfg, i) for i in range(num_layers))
+        self.layers = nn.ModuleList(head_layer(cfg, i) for i in range(num_layers))
 
     def forward(self, features, embeds, rope, cache, offset, mask=None):
         """features, embeds (b, n, H) → predicted next features (b, n, H); keys/values go to

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from ..engine import EngineConfig
-from ..engine.llama import Attention, RMSNorm
+from ..engine.llama import DecoderLayer, RMSNorm
 from ..engine.load import load_state
 from ..errors import SpecbenchError
 
@@ -25,13 +25,6 @@ def default_exit_layer(num_layers: int) -> int:
     return max(1, int(num_layers / 16 + 0.5))
 
 
-class AdapterLayer(nn.Module):
-    def __init__(self, cfg: EngineConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-
-
 class Adapter(nn.Module):
     """Input RMSNorm → self-attention (the target's RoPE and KV heads) → residual → RMSNorm.
     Parameter names follow the official checkpoint (`layers.0.…`, `norm.weight`)."""
@@ -41,14 +34,12 @@ class Adapter(nn.Module):
         # The attention has no biases, whatever the target's attention has.
         cfg = EngineConfig(**{**target.__dict__, "qkv_bias": False, "o_bias": False})
         self.config = cfg
-        self.layers = nn.ModuleList([AdapterLayer(cfg)])
+        self.layers = nn.ModuleList([DecoderLayer(cfg, mlp=False)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, h, rope, cache, offset, mask=None):
-        layer = self.layers[0]
         cos, sin = rope
-        h = h + layer.self_attn(layer.input_layernorm(h), cos, sin, cache, 0, offset, mask)
-        return self.norm(h)
+        return self.norm(self.layers[0](h, cos, sin, cache, 0, offset, mask))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

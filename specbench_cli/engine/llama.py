@@ -241,16 +241,21 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: EngineConfig):
+    """A Llama decoder layer. The draft modules reuse it: an EAGLE head's first layer without
+    its input norm (nn.Identity), a Kangaroo adapter's without the MLP (`mlp=False`)."""
+
+    def __init__(self, cfg: EngineConfig, mlp: bool = True):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        if mlp:
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.mlp = MLP(cfg)
+        self.has_mlp = mlp
 
     def forward(self, x, cos, sin, cache, layer, offset, mask):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, offset, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x)) if self.has_mlp else x
 
 
 class Decoder(nn.Module):

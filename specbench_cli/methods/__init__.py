@@ -34,6 +34,9 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     Eagle,
 )}
 
+# `specbench train NAME`: every method that declares a trainer.
+TRAINERS = {name: m.trainer for name, m in METHODS.items() if m.trainer is not None}
+
 
 def parse_methods(spec: str) -> list[str]:
     """'vanilla,pld' → checked names; vanilla is always run (every speedup divides by it)."""
@@ -174,6 +177,6 @@ def expand_sweeps(names: list[str], options: dict[str, dict], grid: dict[str, di
     return out_names, out_options
 
 
-__all__ = ["ADDON_FOLDER", "METHODS", "Addon", "Generation", "Method", "Option", "Statistic",
+__all__ = ["ADDON_FOLDER", "METHODS", "TRAINERS", "Addon", "Generation", "Method", "Option", "Statistic",
            "base_name", "checked_options", "checked_sweeps", "expand_sweeps", "parse_methods", "parse_options",
            "parse_sweeps"]

@@ -9,6 +9,7 @@ from typing import Callable, ClassVar
 from ..engine import Engine
 from ..errors import SpecbenchError
 from ..options import Option
+from ..train import Trainer
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class Addon:
 
 
 @dataclass(frozen=True)
+class TargetAddon:
+    """A method's add-on for a named real target (`specbench prepare NAME --addons`,
+    models/target_addons.py): the settings its `builtin_addon.build` runs with there, and the
+    options a run on that target then gives the method (ADDON_FOLDER: the add-on's folder)."""
+    settings: dict
+    options: dict
+
+
+@dataclass(frozen=True)
 class Decoding:
     """How a method decodes, handed to every DecodeState it makes (`Method.decoding`): the
     sampling settings (verify.Sampling; None: greedy) and the phase timer of `run --breakdown`
@@ -62,8 +72,9 @@ class Generation:
 
 class Method:
     """A decoding method on the engine. Subclasses set `name`, `description`, `options` and
-    implement `generate`; `statistics`, `builtin_addon` and `builtin_options` are optional. Lossless methods must
-    return exactly vanilla's greedy tokens."""
+    implement `generate`; `statistics`, `trainer`, `builtin_addon`, `builtin_options` and
+    `target_addons` are optional. Lossless methods must return exactly vanilla's greedy
+    tokens."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -73,6 +84,8 @@ class Method:
     # Options the built-in default run gives the method unless the user names others (its
     # add-on as ADDON_FOLDER; sizes for a CPU and the 1.6M-parameter model).
     builtin_options: ClassVar[dict] = {}
+    trainer: ClassVar[Trainer | None] = None          # `specbench train NAME`
+    target_addons: ClassVar[dict[str, TargetAddon]] = {}    # by named target ("smollm2")
     lossless: ClassVar[bool] = True
     decoding: Decoding = Decoding()         # greedy, untimed: the runner sets the run's
     defaults: ClassVar[dict] = {}       # derived from `options`

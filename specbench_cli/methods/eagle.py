@@ -21,9 +21,10 @@ import torch
 from ..drafters.eagle import load_head
 from ..engine import Engine
 from ..errors import SpecbenchError
+from ..train import Trainer
 from ..train.eagle import train_eagle
 from ..train.loop import addon_builder
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
+from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
 
 def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
@@ -58,6 +59,19 @@ class Eagle(Method):
     # On the built-in model a head pass costs ~0.25 of a target step on a CPU and the head's
     # drafts are mostly right or wrong at once: a narrow, deep tree gains most (README).
     builtin_options = {"head": ADDON_FOLDER, "total_tokens": 12, "depth": 7, "top_k": 2}
+    trainer = Trainer(
+        train_eagle, "head",
+        "Train an EAGLE draft head: smooth-L1 regression of the target's next feature (weight "
+        "1.0) plus soft cross-entropy against its next-token distribution (weight 0.1), uniform "
+        "feature noise. Resumes from OUT/checkpoint.pt when interrupted.",
+        "Output folder (config.json + model.safetensors).",
+        {"lr": Option(3e-4, float, "Peak learning rate (AdamW, betas 0.9/0.95, cosine)."),
+         "noise": Option(0.2, float, "Uniform noise on the input features, width "
+                                     "noise·512/sequence length; 0 turns it off."),
+         "warmup": Option(None, int, "Warm-up steps (default min(2000, steps/10)).")})
+    target_addons = {"smollm2": TargetAddon(
+        {"steps": 250, "lr": 1e-3, "batch_size": 4},
+        {"head": ADDON_FOLDER, "total_tokens": 16, "depth": 6, "top_k": 3})}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

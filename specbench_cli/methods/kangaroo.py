@@ -16,9 +16,10 @@ import torch
 from ..drafters.kangaroo import default_exit_layer, load_adapter
 from ..engine import Engine
 from ..errors import SpecbenchError
+from ..train import Trainer
 from ..train.kangaroo import train_kangaroo
 from ..train.loop import addon_builder
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
+from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
 from .verify import DecodeState, verify_chain
 
 
@@ -39,6 +40,20 @@ class Kangaroo(Method):
     builtin_addon = Addon(settings={"exit_layer": 1, "steps": 300, "lr": 2e-3, "batch_size": 16},
                           build=addon_builder(train_kangaroo), teacher_layers=(1,))
     builtin_options = {"adapter": ADDON_FOLDER}
+    trainer = Trainer(
+        train_kangaroo, "adapter",
+        "Train a Kangaroo adapter: soft cross-entropy against the target's next-token "
+        "distribution on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted.",
+        "Output folder (config.json + model.safetensors).",
+        {"exit_layer": Option(None, int, "Shallow layers under the adapter (default ~1/16 of "
+                                         "the layers, ≥ 1)."),
+         "lr": Option(5e-5, float, "Peak learning rate (AdamW, betas 0.9/0.95)."),
+         "loss": Option("ce", str, "ce (soft cross-entropy, the paper's) or acceptance "
+                                   "(1 − Σ min(p, q), expected rejection)."),
+         "warmup": Option(None, int, "Warm-up steps (default min(2000, steps/10)).")})
+    # SmolLM2: exit layer 2 of 30 (the paper's ~1/16), soft cross-entropy.
+    target_addons = {"smollm2": TargetAddon(
+        {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4}, {"adapter": ADDON_FOLDER})}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

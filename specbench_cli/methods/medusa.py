@@ -15,8 +15,9 @@ import torch
 from ..drafters.medusa import TOP_K, heads_path, load_heads, load_tree
 from ..engine import Engine
 from ..errors import SpecbenchError
-from ..train.medusa import build_builtin_heads
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option
+from ..train import Trainer
+from ..train.medusa import build_builtin_heads, train_medusa
+from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option
 from .verify import DecodeState, Tree, draw, verify_tree
 
 class Medusa(Method):
@@ -35,6 +36,21 @@ class Medusa(Method):
     builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16},
                           build=build_builtin_heads)
     builtin_options = {"heads": ADDON_FOLDER, "tree": "budget16"}
+    trainer = Trainer(
+        train_medusa, "heads",
+        "Train Medusa heads: loss Σ 0.8^k·CE_k on assistant tokens, heads' output layers start "
+        "as the LM head. Resumes from OUT/checkpoint.pt when interrupted.",
+        "Output folder (medusa_lm_head.safetensors + config.json).",
+        {"num_heads": Option(4, int, "Heads; head k predicts the token 2+k ahead."),
+         "lr": Option(1e-3, float, "Peak learning rate (cosine schedule)."),
+         "share_lm_head": Option(False, bool, "Heads reuse the target's LM head instead of a "
+                                              "vocab projection each (small targets)."),
+         "warmup": Option(None, int, "Warm-up steps (default steps/10).")})
+    # SmolLM2: heads share the LM head (its 28M-parameter vocab projection would be 21% of the
+    # target a head; docs/real-models.md), ResBlocks only.
+    target_addons = {"smollm2": TargetAddon(
+        {"num_heads": 3, "share_lm_head": True, "steps": 150, "lr": 1e-3, "batch_size": 4},
+        {"heads": ADDON_FOLDER, "tree": "budget16"})}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

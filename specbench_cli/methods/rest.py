@@ -12,7 +12,7 @@ import numpy as np
 from ..drafters.datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
 from ..errors import SpecbenchError
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option, Statistic
+from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
 from .verify import DecodeState, Tree, verify_chain, verify_tree
 
 
@@ -76,6 +76,7 @@ class REST(Method):
     # (benchmarks/medusa_tree_forward.py: a small model's forward grows with every tree token).
     builtin_addon = Addon(settings={}, build=build_builtin_datastore, uses_teacher=False)
     builtin_options = {"datastore": ADDON_FOLDER, "num_draft": 32}
+    target_addons = {"smollm2": TargetAddon({}, {"datastore": ADDON_FOLDER, "num_draft": 32})}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

@@ -17,9 +17,10 @@ from ..engine import Engine
 from ..engine.load import DTYPE_NAMES, load_engine, load_tokenizer
 from ..errors import SpecbenchError
 from ..models.targets import model_folder
+from ..train import Trainer
 from ..train.loop import addon_builder
 from ..train.sps import train_sps
-from .base import ADDON_FOLDER, Addon, Generation, Method, Option
+from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option
 from .verify import DRAFT_HEADROOM, DecodeState, verify_chain
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -88,6 +89,21 @@ class SpS(Method):
     # slowly; --limit 5 sweep (noisy, shared 2 cores): γ 2/3/4/5/6/8/10 → MAT 2.36/2.82/3.16/
     # 3.57/3.94/4.46/4.63, speedup 1.32/1.41/1.44/1.54/1.60/1.58/1.52×; adaptive γ 1.43× vs 1.47×.
     builtin_options = {"drafter": ADDON_FOLDER, "num_draft": 6}
+    trainer = Trainer(
+        train_sps, "drafter",
+        "Train an SpS drafter: a tiny Llama from scratch with the target's tokenizer, distilled "
+        "from the target on assistant tokens. Resumes from OUT/checkpoint.pt when interrupted.",
+        "Output model folder (config.json, model.safetensors, the target's tokenizer).",
+        {"hidden_size": Option(64, int, "Drafter width (a multiple of 32; heads of 32)."),
+         "layers": Option(1, int, "Drafter decoder layers."),
+         "distill": Option(True, bool, "Soft cross-entropy against the target's distribution; "
+                                       "--no-distill: plain next-token loss."),
+         "lr": Option(3e-3, float, "Peak learning rate (cosine schedule)."),
+         "warmup": Option(None, int, "Warm-up steps (default steps/20).")})
+    # SmolLM2: a 2-layer, 128-wide Llama from scratch with its tokenizer, distilled.
+    target_addons = {"smollm2": TargetAddon(
+        {"hidden_size": 128, "layers": 2, "steps": 300, "lr": 3e-3, "batch_size": 4},
+        {"drafter": ADDON_FOLDER, "num_draft": 4})}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

@@ -6,7 +6,8 @@
    add-ons read and its top-k next-token distribution, so that every trainer gets the target's
    view for the price of one forward over the corpus.
 3. Each method's add-on, built by the same function as the built-in benchmark's (the method's
-   `builtin_addon.build`) with the settings of the target's recipe below.
+   `builtin_addon.build`) with the settings the method declares for this target
+   (`Method.target_addons`).
 
 Everything lands in $SPECBENCH_HOME/targets/<name>/addons-<hash>/, the hash of the corpus and
 teacher settings (a change there builds a new folder; a change of one add-on's settings
@@ -26,42 +27,31 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import SpecbenchError
-from ..methods.base import ADDON_FOLDER
+from ..methods import METHODS
+from ..methods.base import ADDON_FOLDER, TargetAddon
 from .prepare import build_into, is_ready
 
-# Each target's recipe: the corpus, the teacher cache, each add-on's training settings (the
-# trainers' keyword arguments) and the options a run gives each method (ADDON_FOLDER: the
-# add-on's folder). Sized for the 30-minute aim on a 2-core CPU, whose speed varies up to 2x from
-# day to day: every stage is bound by fp32 matrix products (the corpus's decoding and each
-# trainer's pass through the 28M-parameter vocab projection), so time scales with the corpus's
-# tokens and the steps. Medusa, EAGLE and SpS steps were halved, then the corpus cut from 64
-# prompts a subtask and 160-token answers to 48 and 128 (README: real models).
+# Each target's recipe: the corpus and the teacher cache every add-on is built from. What each
+# method builds on it, and the options a run then gives the method, are declared beside the
+# method (`Method.target_addons[<target>]`). Sized for the 30-minute aim on a 2-core CPU, whose
+# speed varies up to 2x from day to day: every stage is bound by fp32 matrix products (the
+# corpus's decoding and each trainer's pass through the 28M-parameter vocab projection), so time
+# scales with the corpus's tokens and the steps. Medusa, EAGLE and SpS steps were halved, then
+# the corpus cut from 64 prompts a subtask and 160-token answers to 48 and 128
+# (docs/real-models.md).
 RECIPES = {
     "smollm2": {
         "corpus": {"per_subtask": 48, "seed": 0, "max_new_tokens": 128, "batch_size": 32},
         "max_len": 448,
         "teacher": {"top_k": 32, "layers": [1, 2, 3, 4]},     # Kangaroo's exit-layer sweep
-        "addons": {
-            # Kangaroo: exit layer 2 of 30 (the paper's ~1/16), soft cross-entropy.
-            "kangaroo": {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4},
-            # Medusa: heads share the LM head (its 28M-parameter vocab projection a head would
-            # be 21% of the target each; README), ResBlocks only.
-            "medusa": {"num_heads": 3, "share_lm_head": True, "steps": 150, "lr": 1e-3,
-                       "batch_size": 4},
-            "eagle": {"steps": 250, "lr": 1e-3, "batch_size": 4},
-            # SpS: a 2-layer, 128-wide Llama from scratch with SmolLM2's tokenizer, distilled.
-            "sps": {"hidden_size": 128, "layers": 2, "steps": 300, "lr": 3e-3, "batch_size": 4},
-            "rest": {},
-        },
-        "options": {
-            "kangaroo": {"adapter": ADDON_FOLDER},
-            "medusa": {"heads": ADDON_FOLDER, "tree": "budget16"},
-            "eagle": {"head": ADDON_FOLDER, "total_tokens": 16, "depth": 6, "top_k": 3},
-            "sps": {"drafter": ADDON_FOLDER, "num_draft": 4},
-            "rest": {"datastore": ADDON_FOLDER, "num_draft": 32},
-        },
     },
 }
+
+
+def declared_addons(name: str) -> dict[str, TargetAddon]:
+    """The add-on each method declares for the named target, by method."""
+    return {method: cls.target_addons[name] for method, cls in METHODS.items()
+            if name in cls.target_addons}
 
 
 @dataclass
@@ -73,9 +63,9 @@ class TargetAddons:
     timings: dict[str, float] = field(default_factory=dict)
 
     def method_defaults(self) -> dict[str, dict]:
-        options = RECIPES[self.name]["options"]
-        return {m: {k: str(self.addons[m]) if v == ADDON_FOLDER else v for k, v in o.items()}
-                for m, o in options.items() if m in self.addons}
+        return {m: {k: str(self.addons[m]) if v == ADDON_FOLDER else v
+                    for k, v in addon.options.items()}
+                for m, addon in declared_addons(self.name).items() if m in self.addons}
 
 
 def addons_root(name: str, home: Path | None = None) -> Path:
@@ -98,10 +88,10 @@ def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
     if name not in RECIPES:
         return None
     root = addons_root(name, home)
-    found = TargetAddons(name, root, root / "corpus.jsonl",
-                         {m: root / m for m in RECIPES[name]["addons"]})
-    return found if all(is_built(root / m, settings)
-                        for m, settings in RECIPES[name]["addons"].items()) else None
+    addons = declared_addons(name)
+    found = TargetAddons(name, root, root / "corpus.jsonl", {m: root / m for m in addons})
+    return found if all(is_built(root / m, addon.settings)
+                        for m, addon in addons.items()) else None
 
 
 def prepare_addons(name: str, home: Path | None = None, force: bool = False,
@@ -110,7 +100,6 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
 
     from .corpus import build_corpus
     from ..engine.load import load_engine
-    from ..methods import METHODS
     from ..bench.prompts import resolve_template
     from .targets import TARGETS, target_folder
     from ..train.data import load_examples
@@ -140,7 +129,8 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
         result.timings["corpus"] = time.perf_counter() - started
     examples = load_examples([result.corpus], tokenizer, recipe["max_len"], template)
     teacher = None
-    for method, settings in recipe["addons"].items():
+    for method, addon in declared_addons(name).items():
+        settings = addon.settings
         target = root / method
         if is_built(target, settings):
             result.addons[method] = target
