@@ -53,7 +53,7 @@ class Kangaroo(Method):
          "warmup": Option(None, int, "Warm-up steps (default min(2000, steps/10)).")})
     # SmolLM2: exit layer 2 of 30 (the paper's ~1/16), soft cross-entropy.
     target_addons = {"smollm2": TargetAddon(
-        {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4}, {"adapter": ADDON_FOLDER})}
+        {"exit_layer": 2, "steps": 400, "lr": 1e-3, "batch_size": 4}, builtin_options)}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)

@@ -76,7 +76,7 @@ class REST(Method):
     # (benchmarks/medusa_tree_forward.py: a small model's forward grows with every tree token).
     builtin_addon = Addon(settings={}, build=build_builtin_datastore, uses_teacher=False)
     builtin_options = {"datastore": ADDON_FOLDER, "num_draft": 32}
-    target_addons = {"smollm2": TargetAddon({}, {"datastore": ADDON_FOLDER, "num_draft": 32})}
+    target_addons = {"smollm2": TargetAddon({}, builtin_options)}     # run as on the built-in
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
