@@ -1,14 +1,13 @@
-"""Where a one-token step goes on this device: the bare matrix-vector products over the model's
-own weight shapes against the engine's whole step, and both against the memory floor.
+"""Where a one-token step goes on this device, side by side: the engine's step (the fused C
+layers where they were chosen, engine/fused.py), the same step through torch's modules with the
+chosen product kernels, and with F.linear everywhere; the products alone; a plain read of every
+weight; and the streaming probe the floor is computed from. Then the block costs c(n).
 
-For each repeat, alternately: (a) the engine's one-token forward after a context of --context
-tokens; (b) the same weights' products alone (every product a forward runs, for one token, in
-layer order, so the weights stream from memory as in a step); (c) a sum over all weights (a pure
-read); (a) and (b) once with the kernels the engine chose (engine/kernels.py) and once with plain
-F.linear. Medians; the gap a − b is what the step spends outside the products (attention, norms,
-RoPE, masks, Python).
+Every repeat runs each of them once, in turn, so a shared machine's drifts hit all alike; the
+table shows medians. "share of the floor" = (weight bytes / the probe's median bandwidth) / time.
 
-    .venv/bin/python benchmarks/engine_step.py [--model smollm2] [--repeats 30] [--threads N]
+    .venv/bin/python benchmarks/engine_step.py [--model smollm2] [--dtype fp32|bf16]
+        [--context 256] [--repeats 15] [--blocks 2,4,8,16,64] [--threads N]
 """
 
 from __future__ import annotations
@@ -19,20 +18,16 @@ import time
 
 import torch
 
-from specbench_cli.engine.kernels import linear_groups
+from specbench_cli.engine.kernels import cpu_name, linear_groups
 from specbench_cli.engine.load import load_engine
 from specbench_cli.models.targets import model_folder
 from specbench_cli.run.profile import stream_bandwidth, weight_bytes
 
 
-def median_ms(fn, repeats: int) -> float:
+def once_ms(fn) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * (time.perf_counter() - start)
 
 
 def main():
@@ -40,29 +35,37 @@ def main():
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--blocks", default="2,4,8,16,64")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    blocks = [int(b) for b in args.blocks.split(",") if b]
     engine, _, _ = load_engine(str(model_folder(args.model)), dtype=args.dtype, device="cpu",
                                with_tokenizer=False)
     linears = [m for ms in linear_groups(engine).values() for m in ms]
-    linears.sort(key=lambda m: m.weight.data_ptr())     # roughly layer order
-    chosen = {id(m): m.kernels for m in linears}
+    linears.sort(key=lambda m: m.weight.data_ptr())     # layer order (engine/arena.py)
+    chosen, fused = {id(m): m.kernels for m in linears}, engine.fused
 
-    def use(kernels: str):
+    def use(path: str):
+        """fused: the engine as loaded; torch: its modules with the chosen kernels; aten: its
+        modules with F.linear everywhere."""
+        engine.fused = fused if path == "fused" else None
         for m in linears:
-            m.kernels = chosen[id(m)] if kernels == "chosen" else None
-    weights = list({id(p): p for p in engine.parameters()}.values())
-    cache = engine.cache(args.context + 8)
-    with torch.inference_mode():
-        engine(torch.randint(engine.config.vocab_size, (1, args.context)), cache, 0)
-        token = torch.tensor([[5]])
+            m.kernels = None if path == "aten" else chosen[id(m)]
 
-        def step():
-            cache.truncate(args.context)
-            engine(token, cache, args.context)
+    weights = list({id(p): p for p in engine.parameters()}.values())
+    cache = engine.cache(args.context + max(blocks + [1]) + 8)
+    ctx = args.context
+    with torch.inference_mode():
+        engine(torch.randint(engine.config.vocab_size, (1, ctx)), cache, 0)
+        token = torch.tensor([[5]])
+        ids = {n: torch.randint(engine.config.vocab_size, (1, n)) for n in blocks}
+
+        def forward(n: int):
+            cache.truncate(ctx)
+            engine(token if n == 1 else ids[n], cache, ctx)
 
         inputs = {lin.in_features: torch.ones(1, 1, lin.in_features, dtype=engine.dtype)
                   for lin in linears}
@@ -75,34 +78,44 @@ def main():
             for w in weights:
                 w.sum()
 
-        results = {name: [] for name in ("step", "products", "aten step", "aten products",
-                                         "read")}
+        times: dict[str, list[float]] = {}
+        probes = []
+        for path in ("fused", "torch", "aten"):     # warm every path once
+            use(path)
+            forward(1)
         for _ in range(args.repeats):
-            for kernels in ("chosen", "aten"):
-                use(kernels)
-                prefix = "aten " if kernels == "aten" else ""
-                results[prefix + "step"].append(median_ms(step, 1))
-                results[prefix + "products"].append(median_ms(products, 1))
-            results["read"].append(median_ms(read, 1))
-        use("chosen")
-    ms = {k: statistics.median(v) for k, v in results.items()}
+            for path in ("fused", "torch", "aten"):
+                use(path)
+                times.setdefault(f"{path} step", []).append(once_ms(lambda: forward(1)))
+            use("fused")
+            times.setdefault("products", []).append(once_ms(products))
+            times.setdefault("read", []).append(once_ms(read))
+            for n in blocks:
+                times.setdefault(f"block {n}", []).append(once_ms(lambda: forward(n)))
+            probes.append(stream_bandwidth(engine.device, repeats=1)["bytes_per_s"])
+    ms = {k: statistics.median(v) for k, v in times.items()}
     read_bytes = weight_bytes(engine)
-    bw = stream_bandwidth(engine.device)["bytes_per_s"]
+    bw = statistics.median(probes)
     floor = 1e3 * read_bytes / bw
-    print(f"{args.model} {args.dtype} on cpu, {torch.get_num_threads()} threads, context "
-          f"{args.context}; {read_bytes / 2**20:.1f} MiB of weights a step; streaming read "
-          f"{bw / 1e9:.1f} GB/s → floor {floor:.2f} ms; medians of {args.repeats}")
-    for name, label in (("step", "engine one-token step"), ("products", "the products alone"),
-                        ("aten step", "step, F.linear everywhere"),
-                        ("aten products", "products, F.linear"),
-                        ("read", "sum over every weight")):
-        print(f"{label:>28}: {ms[name]:8.2f} ms  = {read_bytes / ms[name] / 1e6:6.1f} GB/s "
-              f"({100 * floor / ms[name]:.0f}% of the streaming read)")
-    outside = ms["step"] - ms["products"]
-    print(f"{'outside the products':>28}: {outside:8.2f} ms  ({100 * outside / ms['step']:.0f}% "
-          "of the step)")
-    print(f"{'chosen kernels vs F.linear':>28}: step {ms['aten step'] / ms['step']:.2f}× faster, "
-          f"products {ms['aten products'] / ms['products']:.2f}×")
+    print(f"{args.model} {args.dtype} on {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"context {ctx}; {read_bytes / 2**20:.1f} MiB of weights a step; streaming read "
+          f"{bw / 1e9:.1f} GB/s (median of {len(probes)} probes, "
+          f"{min(probes) / 1e9:.1f}–{max(probes) / 1e9:.1f}) → floor {floor:.2f} ms; "
+          f"medians of {args.repeats}")
+    if fused is None:
+        print(f"  (no fused step on this machine: {engine.kernel_choice['fused']['why']})")
+    rows = (("fused step", "engine one-token step"),
+            ("torch step", "torch modules, chosen kernels"),
+            ("aten step", "torch modules, F.linear"),
+            ("products", "the products alone"), ("read", "sum over every weight"))
+    for name, label in rows:
+        print(f"{label:>30}: {ms[name]:8.2f} ms = {read_bytes / ms[name] / 1e6:6.1f} GB/s "
+              f"({100 * floor / ms[name]:.0f}% of the floor)")
+    print(f"{'fused vs torch modules':>30}: {ms['torch step'] / ms['fused step']:.2f}× faster "
+          f"(F.linear: {ms['aten step'] / ms['fused step']:.2f}×)")
+    if blocks:
+        print(f"{'c(n) = n-token block / step':>30}: " + ", ".join(
+            f"c({n}) {ms[f'block {n}'] / ms['fused step']:.2f}" for n in blocks))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 
-needs_gemv = pytest.mark.skipif(kernels.gemv_library() is None,
-                                reason=f"gemv.c does not build here: {kernels._GEMV.get('why')}")
+needs_gemv = pytest.mark.skipif(kernels.cpu_library() is None,
+                                reason=f"cpu.c does not build here: {kernels._LIB.get('why')}")
 
 
 def linear(n, k, bias, dtype, seed=0):
@@ -42,28 +42,37 @@ def test_gemv_equals_the_plain_product(dtype, bias, rows):
 
 
 @needs_gemv
-@pytest.mark.skipif("avx512_bf16" not in kernels.cpu_flags(), reason="no AVX512-BF16 here")
-def test_both_bf16_kernels_agree():
-    """The AVX512-BF16 kernel (used where the CPU has it) and the AVX2 one (elsewhere) round the
-    same fp32 sums: equal but for a rare last-bit difference of summation order."""
-    lin = linear(40, 100, True, torch.bfloat16)
-    x = torch.randn(3, 100, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_instruction_set_computes_the_same_products(dtype):
+    """cpu.c's AVX2 kernels (any x86 CPU), AVX-512 ones and AVX512-BF16 dot products (where the
+    CPU has them) give the same fp32 sums up to summation order."""
+    lib = kernels.cpu_library()
+    lin = linear(40, 100, True, dtype)
+    x = torch.randn(3, 100, dtype=dtype)
+    fn = lib.gemv_f32 if dtype == torch.float32 else lib.gemv_bf16
     outs = []
-    for name in ("gemv_bf16", "gemv_dpbf16"):
-        out = torch.empty(3, 40, dtype=torch.bfloat16)
-        rc = getattr(kernels.gemv_library(), name)(x.data_ptr(), lin.weight.data_ptr(),
-                                                   lin.bias.data_ptr(), out.data_ptr(), 3, 40, 100)
-        assert rc == 0
-        outs.append(out.float())
-    assert (outs[0] != outs[1]).float().mean() < 0.05
-    assert torch.allclose(outs[0], outs[1], rtol=1e-2, atol=1e-2)
+    try:
+        for level in range(kernels.isa_level() + 1):
+            lib.set_isa(level)
+            out = torch.empty(3, 40, dtype=dtype)
+            assert fn(x.data_ptr(), lin.weight.data_ptr(), lin.bias.data_ptr(), out.data_ptr(),
+                      3, 40, 100) == 0
+            outs.append(out.float())
+    finally:
+        lib.set_isa(kernels.isa_level())
+    want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
+    for out in outs:
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(out, want, rtol=tol, atol=tol)
+    if dtype == torch.bfloat16:      # one rounding of nearly the same sum: rarely a last bit apart
+        assert all((o != outs[0]).float().mean() < 0.05 for o in outs)
 
 
 @needs_gemv
 def test_gemv_refuses_blocks_it_does_not_handle():
     lin = linear(8, 16, False, torch.float32)
     out = torch.empty(9, 8)
-    rc = kernels.gemv_library().gemv_f32(torch.ones(9, 16).data_ptr(), lin.weight.data_ptr(), 0,
+    rc = kernels.cpu_library().gemv_f32(torch.ones(9, 16).data_ptr(), lin.weight.data_ptr(), 0,
                                          out.data_ptr(), 9, 8, 16)
     assert rc == -1
     assert not kernels.applies("gemv", lin, 9) and kernels.applies("gemv", lin, 8)

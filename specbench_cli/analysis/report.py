@@ -341,8 +341,9 @@ def profile_notes(result: dict) -> list[str]:
     if result.get("dtype_choice"):
         lines.append(f"dtype: {result['dtype']} ({result['dtype_choice']})")
     if result.get("kernels"):
-        lines.append("matrix-product kernels by block size (rows:kernel; chosen by timing each "
-                     "candidate over the model's own weights, cached in $SPECBENCH_HOME/kernels):")
+        lines.append("how the step runs: matrix-product kernels by block size (rows:kernel), the "
+                     "decoder layers, the weights' layout; chosen by timing the candidates over "
+                     "the model's own weights, cached in $SPECBENCH_HOME/kernels:")
         lines += [f"  {shape:<22} {choice}" for shape, choice in result["kernels"].items()]
     return lines
 

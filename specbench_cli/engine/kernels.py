@@ -6,8 +6,8 @@ best at every block size, and the best one differs between CPUs (an AMD EPYC wit
 Intel Xeon with it): so the engine measures. Candidates:
 
 - `aten`: `F.linear` on the stored weight (MKL / oneDNN as torch dispatches; cuBLAS on CUDA).
-- `gemv`: our own AVX2 kernel (gemv.c) for 1-8 rows on x86 CPUs, fp32 and bf16 (AVX512-BF16
-  dot products where the CPU has them).
+- `gemv`: our own kernel (cpu.c) for 1-8 rows on x86 CPUs, fp32 and bf16: AVX2, AVX-512 where
+  the CPU has it, AVX512-BF16 dot products for bf16 where it has those.
 - `onednn`: oneDNN's product on a copy of the weight prepacked for its blocked layout
   (`torch.ops.mkldnn._reorder_linear_weight`), CPU only, where the copies fit in memory.
 
@@ -46,10 +46,10 @@ import torch.nn.functional as F
 from ..errors import SpecbenchError
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-GEMV_MAX_ROWS = 8          # gemv.c's MAX_ROWS
+GEMV_MAX_ROWS = 8          # cpu.c's MAX_ROWS
 MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
 REPEATS = 5
-SOURCE = Path(__file__).with_name("gemv.c")
+SOURCE = Path(__file__).with_name("cpu.c")
 CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC"]
 ENV = "SPECBENCH_KERNELS"
 
@@ -72,51 +72,60 @@ def bind_aten(linear):
     return lambda x: F.linear(x, weight, bias)
 
 
-_GEMV = {}
+_LIB = {}
 
 
-def gemv_library():
-    """gemv.c compiled once per source and flags into $SPECBENCH_HOME/kernels/, loaded; None
-    where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in _GEMV."""
-    if "lib" in _GEMV:
-        return _GEMV["lib"]
-    _GEMV["lib"], _GEMV["why"] = None, ""
+def isa_level() -> int:
+    """cpu.c's instruction set: 2 = AVX-512 with BF16 dot products, 1 = AVX-512, 0 = AVX2."""
+    flags = cpu_flags()
+    if not {"avx512f", "avx512bw"} <= flags:
+        return 0
+    return 2 if "avx512_bf16" in flags else 1
+
+
+def cpu_library():
+    """cpu.c compiled once per source and flags into $SPECBENCH_HOME/kernels/, loaded; None
+    where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in _LIB["why"]."""
+    if "lib" in _LIB:
+        return _LIB["lib"]
+    _LIB["lib"], _LIB["why"] = None, ""
     flags = cpu_flags()
     if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma", "f16c"} <= flags:
-        _GEMV["why"] = "needs an x86 CPU with AVX2, FMA and F16C"
+        _LIB["why"] = "needs an x86 CPU with AVX2, FMA and F16C"
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        _GEMV["why"] = "no C compiler (cc/gcc) on PATH"
+        _LIB["why"] = "no C compiler (cc/gcc) on PATH"
         return None
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    path = kernels_home() / f"gemv-{tag}.so"
+    path = kernels_home() / f"cpu-{tag}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             built = Path(tmp) / path.name
-            done = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(built)],
+            done = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                _GEMV["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
+                _LIB["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
                 return None
             built.replace(path)      # atomic: a concurrent run sees the whole file or none
     lib = ctypes.CDLL(str(path))
-    for name in ("gemv_f32", "gemv_bf16", "gemv_dpbf16"):
+    for name in ("gemv_f32", "gemv_bf16"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
-    _GEMV["lib"] = lib
+    lib.set_isa.argtypes = [ctypes.c_int]
+    lib.set_isa(isa_level())
+    _LIB["lib"] = lib
     return lib
 
 
 def bind_gemv(linear):
     weight, bias = linear.weight, linear.bias
     n, k = weight.shape
-    lib = gemv_library()
-    fn = lib.gemv_f32 if weight.dtype == torch.float32 else \
-        lib.gemv_dpbf16 if "avx512_bf16" in cpu_flags() else lib.gemv_bf16
+    lib = cpu_library()
+    fn = lib.gemv_f32 if weight.dtype == torch.float32 else lib.gemv_bf16
     w_ptr, b_ptr = weight.data_ptr(), 0 if bias is None else bias.data_ptr()
 
     def gemv(x):
@@ -145,7 +154,7 @@ def applies(name: str, linear, rows: int) -> bool:
         return False
     if name == "gemv":
         return (rows <= GEMV_MAX_ROWS and w.dtype in (torch.float32, torch.bfloat16)
-                and gemv_library() is not None)
+                and cpu_library() is not None)
     if name == "onednn":
         return w.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
     raise KeyError(name)
@@ -351,10 +360,21 @@ def write_json(path: Path, data: dict):
 
 
 def summary(choice: dict) -> list[tuple[str, str]]:
-    """(group, "1:gemv 2:gemv … 64:onednn") rows for printing."""
-    return [(g, " ".join(f"{b}:{c['kernel']}" for b, c in buckets.items()))
+    """(group, "1:gemv 2:gemv … 64:onednn") rows for printing, then how the decoder layers run
+    (engine/fused.py) and where the weights live (engine/arena.py) where those are known."""
+    rows = [(g, " ".join(f"{b}:{c['kernel']}" for b, c in buckets.items()))
             for g, buckets in choice["groups"].items()]
+    fused = choice.get("fused")
+    if fused:
+        timed = ", ".join(f"{n}: {ms['torch']:.2f}→{ms['fused']:.2f}"
+                          for n, ms in fused["rows"].items())
+        how = "fused C step" if fused["used"] else "torch modules"
+        rows.append(("decoder layers", f"{how}, {fused['why']}"
+                     + (f" (ms over the first layers, torch→fused by rows: {timed})" if timed else "")))
+    if choice.get("arena"):
+        rows.append(("weights", choice["arena"]))
+    return rows
 
 
 if __name__ == "__main__":      # python -m specbench_cli.engine.kernels: build and report
-    print(gemv_library() or _GEMV["why"], file=sys.stderr)
+    print(cpu_library() or _LIB["why"], file=sys.stderr)

@@ -146,6 +146,7 @@ class Linear(nn.Linear):
     kernels = None
     kernel_weight = None
     packed = None       # oneDNN's prepacked copy of the weight, where a chosen kernel reads it
+    parts = ()          # the Linears a fused product stands for (fuse)
 
     def forward(self, x):
         weight = self.weight
@@ -155,25 +156,29 @@ class Linear(nn.Linear):
         rows = x.numel() // x.shape[-1]
         return self.kernels[rows if rows < len(self.kernels) else -1](x)
 
+    def share(self):
+        """A fused product's parts (see fuse) become views of their slices of its weight."""
+        start = 0
+        for part in self.parts:
+            rows = part.weight.shape[0]
+            part.weight = nn.Parameter(self.weight[start:start + rows], requires_grad=False)
+            if self.bias is not None:
+                part.bias = nn.Parameter(self.bias[start:start + rows], requires_grad=False)
+            start += rows
+
 
 def fuse(parts: list[Linear]) -> Linear:
     """One Linear for several that read the same input: their weights stacked by output rows,
-    and each part's weight (and bias) made a view of its slice, so no memory is added and the
-    Hugging Face names still hold. One product then streams the same bytes with one call's
-    overhead (SmolLM2, 2 threads: three products of 576 columns cost more than one of 960)."""
+    and each part's weight (and bias) made a view of its slice (Linear.share), so no memory is
+    added and the Hugging Face names still hold. One product then streams the same bytes with one
+    call's overhead (SmolLM2, 2 threads: three products of 576 columns cost more than one of 960)."""
     weight = torch.cat([p.weight.detach() for p in parts])
     bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
     fused = Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
     fused.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-    start = 0
-    for p in parts:
-        rows = p.weight.shape[0]
-        p.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
-        if bias is not None:
-            p.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
-        start += rows
     fused.parts = parts
+    fused.share()
     return fused
 
 
@@ -270,6 +275,11 @@ class Decoder(nn.Module):
 
 class Engine(nn.Module):
     """The target model. Token blocks are shaped (1, n); batch size is 1 throughout (Spec-Bench)."""
+
+    # engine/fused.py's whole-layer C step for small blocks on a CPU, installed where measured
+    # faster (fused.choose_fused); None runs every block through the modules below.
+    fused = None
+    arena = "not packed"    # what engine/arena.py did with the weights (load_engine sets it)
 
     def __init__(self, cfg: EngineConfig):
         super().__init__()
@@ -370,6 +380,8 @@ class Engine(nn.Module):
                 positions = torch.arange(offset, offset + n, device=self.device)
             rope = self.rope(positions)
         mask = self.attention_mask(offset, n, block_mask)
+        if self.fused is not None and self.fused.takes(self, h, cache):
+            return self.fused.run(h, start, end, cache, offset, rope, mask)
         cos, sin = rope
         for i in range(start, end):
             h = self.model.layers[i](h, cos, sin, cache, i, offset, mask)

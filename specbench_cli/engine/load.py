@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from .arena import pack_weights
+from .fused import choose_fused
 from .kernels import choose_kernels
 from .llama import Engine, EngineConfig
 
@@ -254,7 +256,8 @@ def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: 
 
 
 def load_engine(folder: str | Path, dtype: str | None = None, device: str | None = None,
-                with_tokenizer: bool = True, mmap: bool = True, console=None):
+                with_tokenizer: bool = True, mmap: bool = True, console=None,
+                pack: bool | None = None):
     """Return (engine, tokenizer or None, folder).
 
     Weights already in the run dtype, run on the CPU, are mapped from the files (`mmap`), as
@@ -262,7 +265,9 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     page cache (and other processes), and peak memory is the model's size. The files must then
     not change while the engine lives; `mmap=False` copies them instead. Every other tensor is
     converted (or moved) one at a time, so the peak stays near the run size
-    (benchmarks/load_memory.py).
+    (benchmarks/load_memory.py). Then, on a CPU, the weights move into one huge-page buffer in
+    the order a step reads them (engine/arena.py; `pack`: None = where they fit in a third of
+    the free memory, as the decoding speed is worth a copy; False keeps them where they are).
     """
     folder = Path(folder)      # names, GGUF files and hub ids: targets.model_folder first
     if not folder.is_dir():
@@ -279,7 +284,10 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     load_weights(engine, files, run_dtype, dev, mmap)
     engine.eval()
     engine.fuse_projections()
+    engine.arena = pack_weights(engine, pack)
     choose_kernels(engine, console)
+    engine.kernel_choice["fused"] = choose_fused(engine, engine.kernel_choice["machine"])
+    engine.kernel_choice["arena"] = engine.arena
     engine.dtype_choice = why       # how the dtype was chosen (`specbench profile` prints it)
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 

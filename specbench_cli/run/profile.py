@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..engine import Engine
+from ..engine.arena import huge_buffer
 from ..engine.timing import block_latency, median_seconds
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -71,10 +72,13 @@ def stream_bandwidth(device: torch.device, repeats: int = 7) -> dict:
                 "how": "device-to-device copy of 1 GiB (read + write bytes)"}
     llc = last_level_cache_bytes()
     size = max(8 * (llc or 0), 512 << 20)
-    buf = torch.ones(size // 4, dtype=torch.float32)        # written: real pages, not zero pages
+    # Memory of the kind the engine's weights live in (huge pages where the OS has them:
+    # engine/arena.py), written first: real pages, not the shared zero page.
+    buf = huge_buffer(size).view(torch.float32).fill_(1.0)
     seconds = median_seconds(lambda: buf.sum(), device, repeats)
     return {"bytes_per_s": size / seconds, "buffer_bytes": size, "llc_bytes": llc,
-            "how": f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or 512 MiB)"}
+            "how": f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or 512 MiB, "
+                   "huge pages where the OS has them)"}
 
 
 def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: int = 10,

@@ -1,0 +1,485 @@
+/* The CPU's decoding step at the memory wall: matrix products over a few rows, and whole decoder
+ * layers for blocks of 1-8 tokens in one call.
+ *
+ * Why code of our own: a decoding step reads every weight once for one to a few tokens of
+ * arithmetic, so its speed is the speed the weights stream from memory. Two things keep torch's
+ * eager step from that speed on a CPU: (1) the BLAS products over 1-8 rows reach about half of a
+ * plain read of the same bytes, and (2) a Llama layer is ~30 small ops (norms, RoPE, cache
+ * writes, attention, residuals), each a dispatch of a few microseconds: on SmolLM2 (30 layers)
+ * that is ~8 ms a step, as much as the whole bf16 weight read. Here a product reads each weight
+ * row front to back (one sequential stream per thread, which the hardware prefetchers follow),
+ * and `decode_layers` runs every op of a range of layers in C, with OpenMP threads over the
+ * products' output rows and over attention heads.
+ *
+ * Exactness: every output is one dot product accumulated in fp32, and a row's arithmetic does not
+ * depend on how many rows share the call, so a token's logits are bit-equal whether it is decoded
+ * alone or inside a verification block of up to 8 (tests/test_fused.py). In bf16 the values are
+ * rounded to bf16 where torch's eager ops round them (each product, the RoPE halves, attention's
+ * output, silu, the residual sums), so the fused step differs from torch's only in summation order.
+ *
+ * Threads: OpenMP, linked against the libgomp.so.1 torch has already loaded, so both share one
+ * thread pool and torch.set_num_threads governs both. Built by engine/kernels.py with the system
+ * C compiler (-O3 -fopenmp -mavx2 -mfma -mf16c); the AVX-512 paths are compiled for their own
+ * targets and chosen at run time by `set_isa`, from what /proc/cpuinfo reports.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MAX_ROWS 8
+#define INLINE static inline __attribute__((always_inline))
+#define AVX512 __attribute__((target("avx512f,avx512bw")))
+#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+/* 0: AVX2 + FMA; 1: AVX-512F/BW; 2: AVX-512 with BF16 dot products (Zen 4, Sapphire Rapids). */
+static int isa = 0;
+void set_isa(int level) { isa = level; }
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {       /* round to nearest even, as torch rounds */
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7F800000u) == 0x7F800000u) return (uint16_t)(v.u >> 16);   /* inf, nan */
+    return (uint16_t)((v.u + 0x7FFF + ((v.u >> 16) & 1)) >> 16);
+}
+
+static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 load_bf16x8(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One weight row (k values) against R rows of x: out[r] = x[r] . w. Two accumulators per row,
+ * alternating over the row, hide the FMA latency; the same order for every R. Always inlined and
+ * called with a constant R, so the loops over rows unroll and the accumulators stay in registers.
+ */
+INLINE void row_f32_avx2(const float *x, const float *w, float *out, int R, int64_t k) {
+    __m256 a0[MAX_ROWS], a1[MAX_ROWS];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
+        for (int r = 0; r < R; r++) {
+            a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i), w0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i + 8), w1, a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+        for (int64_t t = i; t < k; t++) s += x[r * k + t] * w[t];
+        out[r] = s;
+    }
+}
+
+INLINE void row_bf16_avx2(const uint16_t *x, const uint16_t *w, float *out, int R, int64_t k) {
+    __m256 a0[MAX_ROWS], a1[MAX_ROWS];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256 w0 = load_bf16x8(w + i), w1 = load_bf16x8(w + i + 8);
+        for (int r = 0; r < R; r++) {
+            a0[r] = _mm256_fmadd_ps(load_bf16x8(x + r * k + i), w0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(load_bf16x8(x + r * k + i + 8), w1, a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+        for (int64_t t = i; t < k; t++) s += bf16_to_f32(x[r * k + t]) * bf16_to_f32(w[t]);
+        out[r] = s;
+    }
+}
+
+AVX512 INLINE void row_f32_avx512(const float *x, const float *w, float *out, int R, int64_t k) {
+    __m512 a0[MAX_ROWS], a1[MAX_ROWS];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+        __m512 w0 = _mm512_loadu_ps(w + i), w1 = _mm512_loadu_ps(w + i + 16);
+        for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), w0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i + 16), w1, a1[r]);
+        }
+    }
+    for (; i < k; i += 16) {          /* the tail: masked (zero-filled) loads */
+        __mmask16 m = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1);
+        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i);
+        for (int r = 0; r < R; r++)
+            a0[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + r * k + i), w0, a0[r]);
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+}
+
+/* vdpbf16ps multiplies 32 bf16 pairs exactly and adds them into 16 fp32 lanes. */
+AVX512_BF16 INLINE void row_bf16_dp(const uint16_t *x, const uint16_t *w, float *out, int R,
+                                    int64_t k) {
+    __m512 a0[MAX_ROWS], a1[MAX_ROWS];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i);
+        __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
+        for (int r = 0; r < R; r++) {
+            a0[r] = _mm512_dpbf16_ps(a0[r], (__m512bh)_mm512_loadu_si512(x + r * k + i), w0);
+            a1[r] = _mm512_dpbf16_ps(a1[r], (__m512bh)_mm512_loadu_si512(x + r * k + i + 32), w1);
+        }
+    }
+    for (; i < k; i += 32) {
+        __mmask32 m = k - i >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (k - i)) - 1);
+        __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w + i);
+        for (int r = 0; r < R; r++)
+            a0[r] = _mm512_dpbf16_ps(a0[r], (__m512bh)_mm512_maskz_loadu_epi16(m, x + r * k + i),
+                                     w0);
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Products: y[r][j] = x[r] . w[j] + bias[j] for w (n x k, row-major, as Hugging Face stores it),
+ * x (rows x k) in the weight's dtype, y fp32 (rows x n). Threads take contiguous ranges of output
+ * rows, so each streams its part of the weight front to back.
+ */
+#define PRODUCT_LOOP(ROW, XT, WT, R)                                                          \
+    _Pragma("omp parallel for schedule(static)")                                              \
+    for (int64_t j = 0; j < n; j++) {                                                         \
+        float s[MAX_ROWS];                                                                    \
+        ROW((const XT *)x, (const WT *)w + j * k, s, R, k);                                   \
+        float b = !bias ? 0.0f : bf16 ? bf16_to_f32(((const uint16_t *)bias)[j])              \
+                                      : ((const float *)bias)[j];                             \
+        for (int r = 0; r < R; r++) y[r * n + j] = s[r] + b;                                  \
+    }
+
+#define BY_ROWS(ROW, XT, WT)                                                                  \
+    switch (rows) {                                                                           \
+    case 1: { PRODUCT_LOOP(ROW, XT, WT, 1) } break;                                           \
+    case 2: { PRODUCT_LOOP(ROW, XT, WT, 2) } break;                                           \
+    case 3: { PRODUCT_LOOP(ROW, XT, WT, 3) } break;                                           \
+    case 4: { PRODUCT_LOOP(ROW, XT, WT, 4) } break;                                           \
+    case 5: { PRODUCT_LOOP(ROW, XT, WT, 5) } break;                                           \
+    case 6: { PRODUCT_LOOP(ROW, XT, WT, 6) } break;                                           \
+    case 7: { PRODUCT_LOOP(ROW, XT, WT, 7) } break;                                           \
+    default: { PRODUCT_LOOP(ROW, XT, WT, 8) } break;                                          \
+    }
+
+#define DEFINE_PRODUCT(NAME, ATTR, ROW, XT, WT, IS_BF16)                                      \
+    ATTR static void NAME(const void *x, const void *w, const void *bias, float *y,           \
+                          int64_t rows, int64_t n, int64_t k) {                               \
+        const int bf16 = IS_BF16;                                                             \
+        BY_ROWS(ROW, XT, WT)                                                                  \
+    }
+
+DEFINE_PRODUCT(product_f32_avx2, , row_f32_avx2, float, float, 0)
+DEFINE_PRODUCT(product_bf16_avx2, , row_bf16_avx2, uint16_t, uint16_t, 1)
+DEFINE_PRODUCT(product_f32_avx512, AVX512, row_f32_avx512, float, float, 0)
+DEFINE_PRODUCT(product_bf16_dp, AVX512_BF16, row_bf16_dp, uint16_t, uint16_t, 1)
+
+static void product(int bf16, const void *x, const void *w, const void *bias, float *y,
+                    int64_t rows, int64_t n, int64_t k) {
+    if (bf16)
+        (isa >= 2 ? product_bf16_dp : product_bf16_avx2)(x, w, bias, y, rows, n, k);
+    else
+        (isa >= 1 ? product_f32_avx512 : product_f32_avx2)(x, w, bias, y, rows, n, k);
+}
+
+/* The products engine/kernels.py offers as its `gemv` candidate: y in the weight's dtype.
+ * Return 0, or -1 when rows is out of range (the caller then uses another kernel). */
+int gemv_f32(const float *x, const float *w, const float *bias, float *y, int64_t rows,
+             int64_t n, int64_t k) {
+    if (rows < 1 || rows > MAX_ROWS) return -1;
+    product(0, x, w, bias, y, rows, n, k);
+    return 0;
+}
+
+int gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+              int64_t rows, int64_t n, int64_t k) {
+    if (rows < 1 || rows > MAX_ROWS) return -1;
+    float *out = malloc(sizeof(float) * rows * n);
+    if (!out) return -2;
+    product(1, x, w, bias, out, rows, n, k);
+    for (int64_t i = 0; i < rows * n; i++) y[i] = f32_to_bf16(out[i]);
+    free(out);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Whole decoder layers. The structs mirror engine/fused.py's ctypes declarations.
+ */
+typedef struct {
+    const void *in_norm, *post_norm;              /* (hidden) */
+    const void *qkv, *qkv_bias;                   /* q, k, v stacked: ((heads + 2 kv) hd, hidden) */
+    const void *o, *o_bias;                       /* (hidden, heads hd) */
+    const void *gate_up, *gate_up_bias;           /* gate, up stacked: (2 inter, hidden) */
+    const void *down, *down_bias;                 /* (hidden, inter) */
+} Layer;
+
+typedef struct {
+    int64_t hidden, inter, heads, kv_heads, head_dim;
+    float eps;
+    int32_t bf16;                                 /* weights and activations bf16, else fp32 */
+} Shape;
+
+typedef struct {                                  /* engine/cache.py's KVCache, fp32 */
+    float *k, *v;                                 /* (layers, kv_heads, capacity, head_dim) */
+    int64_t capacity;
+} Cache;
+
+static inline float keep(int bf16, float v) { return bf16 ? round_bf16(v) : v; }
+
+/* x (rows x dim, fp32) normed into the next product's input: fp32, or bf16 rounded. */
+static void rms_norm(const Shape *s, const float *x, const void *weight, void *out, int64_t rows,
+                     int64_t dim) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float ss = 0.0f;
+        for (int64_t i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        float scale = 1.0f / sqrtf(ss / (float)dim + s->eps);
+        for (int64_t i = 0; i < dim; i++) {
+            if (s->bf16) {
+                float w = bf16_to_f32(((const uint16_t *)weight)[i]);
+                ((uint16_t *)out)[r * dim + i] = f32_to_bf16(xr[i] * scale * w);
+            } else {
+                ((float *)out)[r * dim + i] = xr[i] * scale * ((const float *)weight)[i];
+            }
+        }
+    }
+}
+
+/* fp32 values into a product's input (bf16 rounded where the weights are bf16). */
+static void to_input(int bf16, const float *x, void *out, int64_t count) {
+    for (int64_t i = 0; i < count; i++) {
+        if (bf16) ((uint16_t *)out)[i] = f32_to_bf16(x[i]);
+        else ((float *)out)[i] = x[i];
+    }
+}
+
+/* RoPE on one head vector in place: v*cos + roll(v, hd/2)*signed_sin (engine/llama.py rotate). */
+static void rotate(int bf16, float *v, const float *cos, const float *sin, int64_t hd) {
+    float t[512];
+    int64_t half = hd / 2;
+    for (int64_t i = 0; i < hd; i++) t[i] = v[i];
+    for (int64_t i = 0; i < hd; i++)
+        v[i] = keep(bf16, keep(bf16, t[i] * cos[i]) + t[(i + half) % hd] * sin[i]);
+}
+
+/* q . key[j] for 8 keys at once (hd a multiple of 8): eight accumulators reduced together by a
+ * tree of horizontal adds, a quarter of the shuffles of eight separate reductions. Lane j's
+ * arithmetic does not depend on the other keys, so a key's score is the same in any group. */
+static inline __m256 dot8(const float *q, const float *const key[8], int64_t hd) {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 qv = _mm256_loadu_ps(q + d);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key[j] + d), a[j]);
+    }
+    __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+}
+
+/* Ask for rows[from .. from + 8) of a (rows x hd) cache into L1 ahead of use: the keys and values
+ * of the cache were pushed out of the caches by the weights streamed since the last step. */
+static inline void prefetch_rows(const float *base, const int32_t *rows, int64_t from,
+                                 int64_t count, int64_t hd) {
+    for (int64_t i = from; i < from + 8 && i < count; i++)
+        for (int64_t d = 0; d < hd; d += 16) _mm_prefetch((const char *)(base + (int64_t)rows[i] * hd + d), _MM_HINT_T0);
+}
+
+/* p[i] = q . keys[rows[i]] for i < count; the last group padded with the first key. */
+static void scores_of(const float *q, const float *keys, const int32_t *rows, float *p,
+                      int64_t count, int64_t hd) {
+    for (int64_t i = 0; i < count; i += 8) {
+        const float *key[8];
+        float out[8];
+        for (int j = 0; j < 8; j++) key[j] = keys + (int64_t)rows[i + j < count ? i + j : 0] * hd;
+        prefetch_rows(keys, rows, i + 16, count, hd);
+        if (hd % 8 == 0) {
+            _mm256_storeu_ps(out, dot8(q, key, hd));
+        } else {
+            for (int j = 0; j < 8; j++) {
+                out[j] = 0.0f;
+                for (int64_t d = 0; d < hd; d++) out[j] += q[d] * key[j][d];
+            }
+        }
+        for (int j = 0; j < 8 && i + j < count; j++) p[i + j] = out[j];
+    }
+}
+
+/* e^x for 8 floats: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial (relative
+ * error ~2e-7, near fp32's rounding), 2^n built in the exponent bits. x below -87 gives 0, as the
+ * masked scores of attention must. Scalar and vector calls use this same arithmetic. */
+static inline __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 dead = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);   /* ln2, split in two */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(dead, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* values[i] = e^values[i], 8 at a time; the tail through a padded copy (the same arithmetic). */
+static void exp_inplace(float *values, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(values + i, exp8(_mm256_loadu_ps(values + i)));
+    if (i < n) {
+        float t[8] = {0};
+        for (int64_t j = i; j < n; j++) t[j - i] = values[j];
+        _mm256_storeu_ps(t, exp8(_mm256_loadu_ps(t)));
+        for (int64_t j = i; j < n; j++) values[j] = t[j - i];
+    }
+}
+
+/* out = sum_i p[i] v[rows[i]] / total over i < count (v: rows of hd): 32 output values at a time
+ * in four registers, so each accumulates in place and is stored once. */
+static void weighted_sum(const float *p, const float *v, const int32_t *rows, float *out,
+                         int64_t count, int64_t hd, float total) {
+    int64_t d = 0;
+    __m256 inv = _mm256_set1_ps(1.0f / total);
+    for (; d + 32 <= hd; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < count; i++) {
+            if (d == 0 && i % 8 == 0) prefetch_rows(v, rows, i + 16, count, hd);
+            __m256 e = _mm256_set1_ps(p[i]);
+            const float *vt = v + rows[i] * hd + d;
+            a0 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt), a0);
+            a1 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 8), a1);
+            a2 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 16), a2);
+            a3 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 24), a3);
+        }
+        _mm256_storeu_ps(out + d, _mm256_mul_ps(a0, inv));
+        _mm256_storeu_ps(out + d + 8, _mm256_mul_ps(a1, inv));
+        _mm256_storeu_ps(out + d + 16, _mm256_mul_ps(a2, inv));
+        _mm256_storeu_ps(out + d + 24, _mm256_mul_ps(a3, inv));
+    }
+    for (; d < hd; d++) {
+        float a = 0.0f;
+        for (int64_t i = 0; i < count; i++) a += p[i] * v[rows[i] * hd + d];
+        out[d] = a * (1.0f / total);
+    }
+}
+
+/* Softmax attention of each query row over the cache rows it may see: rows [0, offset + r] without
+ * a mask (causal), else where the additive mask (rows x (offset + rows)) is finite. The visible
+ * rows are gathered first and only they enter the arithmetic, in order: a token sees the same
+ * values in the same places whether decoded alone or as a node of a tree whose other branches
+ * are masked out, so both get the same bits. `scores` holds 2 ctx floats per task. */
+static void attention(const Shape *s, const float *qkv, float *out, const Cache *c,
+                      int64_t layer, int64_t rows, const float *mask, int64_t offset,
+                      float *scores) {
+    const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads, ctx = offset + rows;
+    const int64_t width = (heads + 2 * kv) * hd, group = heads / kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *kl = c->k + layer * kv * c->capacity * hd;
+    const float *vl = c->v + layer * kv * c->capacity * hd;
+    #pragma omp parallel for schedule(static)
+    for (int64_t task = 0; task < rows * heads; task++) {
+        int64_t r = task / heads, h = task % heads, g = h / group;
+        const float *q = qkv + r * width + h * hd, *m = mask ? mask + r * ctx : NULL;
+        const float *keys = kl + g * c->capacity * hd, *values = vl + g * c->capacity * hd;
+        float *p = scores + task * 2 * ctx, best = -INFINITY, total = 0.0f;
+        int32_t *seen = (int32_t *)(p + ctx);
+        int64_t count = 0;
+        for (int64_t t = 0; t < (m ? ctx : offset + r + 1); t++)
+            if (!m || !isinf(m[t])) seen[count++] = (int32_t)t;
+        scores_of(q, keys, seen, p, count, hd);
+        for (int64_t i = 0; i < count; i++) {
+            p[i] = p[i] * scale + (m ? m[seen[i]] : 0.0f);
+            best = p[i] > best ? p[i] : best;
+        }
+        for (int64_t i = 0; i < count; i++) p[i] -= best;
+        exp_inplace(p, count);
+        for (int64_t i = 0; i < count; i++) total += p[i];
+        weighted_sum(p, values, seen, out + r * heads * hd + h * hd, count, hd, total);
+    }
+}
+
+/* Layers [first, last) on hidden states h (rows x hidden, in the weights' dtype, updated in
+ * place) of tokens written at cache rows [offset, offset + rows). cos/sin: (rows x head_dim) fp32,
+ * the engine's RoPE tables at the tokens' positions. mask: additive (rows x (offset + rows)) fp32
+ * or NULL for causal. Returns 0, -1 for rows out of range, -2 when memory ran out. */
+int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t last,
+                  const Cache *c, void *h, int64_t rows, const float *cos, const float *sin,
+                  const float *mask, int64_t offset) {
+    if (rows < 1 || rows > MAX_ROWS || s->head_dim > 512 || offset + rows > c->capacity)
+        return -1;
+    const int64_t H = s->hidden, M = s->inter, hd = s->head_dim, heads = s->heads;
+    const int64_t kv = s->kv_heads, width = (heads + 2 * kv) * hd, bf16 = s->bf16;
+    const int64_t wide = M > heads * hd ? M : heads * hd, in = wide > H ? wide : H;
+    float *resid = malloc(sizeof(float) * rows * H), *tmp = malloc(sizeof(float) * rows * H);
+    float *qkv = malloc(sizeof(float) * rows * width);
+    float *att = malloc(sizeof(float) * rows * heads * hd);
+    float *gu = malloc(sizeof(float) * rows * 2 * M), *act = malloc(sizeof(float) * rows * M);
+    float *scores = malloc(sizeof(float) * rows * heads * 2 * (offset + rows));
+    void *x = malloc(sizeof(float) * rows * in);   /* the next product's input */
+    int rc = 0;
+    if (!resid || !tmp || !qkv || !att || !gu || !act || !scores || !x) { rc = -2; goto done; }
+    for (int64_t i = 0; i < rows * H; i++)
+        resid[i] = bf16 ? bf16_to_f32(((uint16_t *)h)[i]) : ((float *)h)[i];
+
+    for (int64_t l = first; l < last; l++) {
+        const Layer *L = layers + l;
+        /* attention */
+        rms_norm(s, resid, L->in_norm, x, rows, H);
+        product(bf16, x, L->qkv, L->qkv_bias, qkv, rows, width, H);
+        for (int64_t r = 0; r < rows; r++) {
+            float *row = qkv + r * width;
+            for (int64_t i = 0; i < width; i++) row[i] = keep(bf16, row[i]);
+            for (int64_t head = 0; head < heads + kv; head++)
+                rotate(bf16, row + head * hd, cos + r * hd, sin + r * hd, hd);
+            for (int64_t g = 0; g < kv; g++) {
+                int64_t at = ((l * kv + g) * c->capacity + offset + r) * hd;
+                for (int64_t d = 0; d < hd; d++) {
+                    c->k[at + d] = row[(heads + g) * hd + d];
+                    c->v[at + d] = row[(heads + kv + g) * hd + d];
+                }
+            }
+        }
+        attention(s, qkv, att, c, l, rows, mask, offset, scores);
+        to_input(bf16, att, x, rows * heads * hd);
+        product(bf16, x, L->o, L->o_bias, tmp, rows, H, heads * hd);
+        for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
+        /* MLP: down(silu(gate) * up) */
+        rms_norm(s, resid, L->post_norm, x, rows, H);
+        product(bf16, x, L->gate_up, L->gate_up_bias, gu, rows, 2 * M, H);
+        for (int64_t r = 0; r < rows; r++) {
+            float *gate = gu + r * 2 * M, *up = gate + M;
+            for (int64_t i = 0; i < M; i++) act[r * M + i] = -keep(bf16, gate[i]);
+            exp_inplace(act + r * M, M);                   /* e^-gate */
+            for (int64_t i = 0; i < M; i++) {
+                float g = keep(bf16, gate[i]);
+                act[r * M + i] = keep(bf16, keep(bf16, g / (1.0f + act[r * M + i])) * keep(bf16, up[i]));
+            }
+        }
+        to_input(bf16, act, x, rows * M);
+        product(bf16, x, L->down, L->down_bias, tmp, rows, H, M);
+        for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
+    }
+    for (int64_t i = 0; i < rows * H; i++) {
+        if (bf16) ((uint16_t *)h)[i] = f32_to_bf16(resid[i]);
+        else ((float *)h)[i] = resid[i];
+    }
+done:
+    free(resid); free(tmp); free(qkv); free(att); free(gu); free(act); free(scores); free(x);
+    return rc;
+}

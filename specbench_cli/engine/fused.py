@@ -1,0 +1,195 @@
+"""Whole decoder layers in one call for blocks of 1-8 tokens on a CPU (cpu.c's `decode_layers`).
+
+A one-token step of torch's eager forward spends ~30 small ops a layer outside the matrix
+products, each a few microseconds of dispatch: on a small model that is as much time as reading
+every weight. The fused step runs a range of layers in C over the engine's own weights and KV
+cache, so a vanilla step and a method's verification block of up to 8 tokens cost little beyond
+the weight read. Larger blocks, training (autograd), other devices and modules the engine does
+not own (an EAGLE head, a Kangaroo adapter) keep the torch path.
+
+Like the matrix-product kernels, the fused step is chosen by measurement: for each block size
+it must beat the torch path over the model's own layers, timed once per machine and model shape
+and cached beside the kernel choices ($SPECBENCH_HOME/kernels/fused.json). `SPECBENCH_KERNELS=aten`
+turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import statistics
+import time
+
+import torch
+
+from . import kernels
+
+MAX_ROWS = 8              # cpu.c's MAX_ROWS
+TIMED_LAYERS = 4          # the layers the choice is timed over (enough to compare per layer)
+TIMED_CONTEXT = 64
+LAYER_FIELDS = ("in_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias", "gate_up",
+                "gate_up_bias", "down", "down_bias")
+
+
+class Shape(ctypes.Structure):
+    _fields_ = [("hidden", ctypes.c_int64), ("inter", ctypes.c_int64), ("heads", ctypes.c_int64),
+                ("kv_heads", ctypes.c_int64), ("head_dim", ctypes.c_int64),
+                ("eps", ctypes.c_float), ("bf16", ctypes.c_int32)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in LAYER_FIELDS]
+
+
+class Cache(ctypes.Structure):
+    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("capacity", ctypes.c_int64)]
+
+
+def pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def layer_struct(layer) -> Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv, gate_up = attn.qkv_proj, mlp.gate_up_proj
+    return Layer(*(pointer(t) for t in (
+        layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+        qkv.weight, qkv.bias, attn.o_proj.weight, attn.o_proj.bias,
+        gate_up.weight, gate_up.bias, mlp.down_proj.weight, mlp.down_proj.bias)))
+
+
+def why_not(engine) -> str | None:
+    """Why the fused step cannot run this engine (None: it can)."""
+    from .llama import RMSNorm
+    if os.environ.get(kernels.ENV, "auto").lower() == "aten":
+        return f"{kernels.ENV}=aten"
+    if engine.device.type != "cpu" or engine.dtype not in (torch.float32, torch.bfloat16):
+        return "CPU in fp32 or bf16 only"
+    if engine.cache_dtype != torch.float32 or engine.config.head_dim > 512:
+        return "needs an fp32 cache and head_dim <= 512"
+    for layer in engine.model.layers:
+        attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
+        if not (isinstance(layer.input_layernorm, RMSNorm) and mlp is not None
+                and fuses(attn.qkv_proj, attn.q_proj) and fuses(mlp.gate_up_proj, mlp.gate_proj)):
+            return "layers without fused q/k/v and gate/up products"
+    if kernels.cpu_library() is None:
+        return kernels._LIB["why"]
+    return None
+
+
+def fuses(fused, first) -> bool:
+    """Whether a fused product (Engine.fuse_projections) still holds its parts' weights."""
+    return fused is not None and fused.weight.data_ptr() == first.weight.data_ptr() \
+        and fused.weight.is_contiguous()
+
+
+class FusedLayers:
+    """Runs `Engine.layers` for the block sizes in `rows` through cpu.c."""
+
+    def __init__(self, engine, rows=range(1, MAX_ROWS + 1)):
+        cfg = engine.config
+        self.lib = lib = kernels.cpu_library()
+        lib.decode_layers.restype = ctypes.c_int
+        lib.decode_layers.argtypes = [
+            ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
+            ctypes.POINTER(Cache), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        self.shape = Shape(cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                           cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps,
+                           int(engine.dtype == torch.bfloat16))
+        self.layers = (Layer * cfg.num_layers)(*(layer_struct(l) for l in engine.model.layers))
+        # The first layer's fused weight: a later .to() or a replaced weight makes it stale.
+        self.anchor = engine.model.layers[0].self_attn.qkv_proj.weight
+        self.keep = [p for l in engine.model.layers for p in l.parameters()]
+        self.dtype = engine.dtype
+        self.rows = frozenset(rows)
+
+    def takes(self, engine, h: torch.Tensor, cache) -> bool:
+        return (h.shape[1] in self.rows and h.shape[0] == 1 and h.dtype == self.dtype
+                and cache is not None and cache.k.dtype == torch.float32
+                and not torch.is_grad_enabled()
+                and getattr(engine.model.layers[0].self_attn.qkv_proj, "weight", None)
+                is self.anchor)
+
+    def run(self, h, start: int, end: int, cache, offset: int, rope, mask):
+        n = h.shape[1]
+        for layer in range(start, end):
+            if offset > cache.lengths[layer]:
+                raise RuntimeError(f"cache write at row {offset} leaves a gap (layer {layer} "
+                                   f"holds {cache.lengths[layer]} rows)")
+        if offset + n > cache.capacity:
+            raise RuntimeError(f"cache overflow: {offset + n} rows needed, capacity "
+                               f"{cache.capacity}")
+        out = h.clone(memory_format=torch.contiguous_format)      # the caller's h stays
+        cos, sin = (t.float().contiguous() for t in rope)
+        c = Cache(cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity)
+        rc = self.lib.decode_layers(self.shape, self.layers, start, end, c, out.data_ptr(), n,
+                                    cos.data_ptr(), sin.data_ptr(), pointer(mask), offset)
+        if rc != 0:
+            raise RuntimeError(f"cpu.c decode_layers failed ({rc})")
+        for layer in range(start, end):
+            cache.lengths[layer] = offset + n
+        return out
+
+
+def median_seconds(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(engine) -> dict:
+    """{rows: {"torch": ms, "fused": ms}} over the first layers after a short context."""
+    layers = min(TIMED_LAYERS, engine.num_layers)
+    cache = engine.new_cache(TIMED_CONTEXT + MAX_ROWS, num_layers=engine.num_layers)
+    fused = FusedLayers(engine)
+    out = {}
+    with torch.inference_mode():
+        for rows in (1, 2, 4, 8):
+            h = torch.randn(1, rows, engine.config.hidden_size).to(engine.dtype)
+            ms = {}
+            for name, path in (("torch", None), ("fused", fused)):
+                def step():
+                    cache.lengths = [TIMED_CONTEXT] * engine.num_layers
+                    engine.fused = path
+                    engine.layers(h, 0, layers, cache, TIMED_CONTEXT)
+                ms[name] = round(median_seconds(step) * 1e3, 3)
+            out[str(rows)] = ms
+    engine.fused = None
+    return out
+
+
+def choose_fused(engine, key: str) -> dict:
+    """Measure (or read from the kernel cache) and install the fused step where it is faster.
+    Returns {"used": bool, "why": str, "rows": {rows: {"torch": ms, "fused": ms}}}."""
+    engine.fused = None
+    reason = why_not(engine)
+    if reason is not None:
+        return {"used": False, "why": reason, "rows": {}}
+    cfg = engine.config
+    shape = (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
+             f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}")
+    cache_file = kernels.kernels_home() / "fused.json"
+    cached = kernels.read_json(cache_file)
+    entry = cached.setdefault(key, {})
+    if shape not in entry:
+        entry[shape] = measure(engine)
+        kernels.write_json(cache_file, cached)
+    timed = entry[shape]
+    faster = [int(r) for r, ms in timed.items() if ms["fused"] < (1 - kernels.MIN_GAIN) * ms["torch"]]
+    # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8).
+    rows = {n for n in range(1, MAX_ROWS + 1) if kernels.bucket_of(n) in faster}
+    if rows:
+        engine.fused = FusedLayers(engine, rows)
+    return {"used": bool(rows), "rows": timed,
+            "why": f"faster for blocks of {fmt_rows(rows)}" if rows else "not faster here"}
+
+
+def fmt_rows(rows) -> str:
+    rows = sorted(rows)
+    return "–".join(map(str, (rows[0], rows[-1]))) if rows == list(range(rows[0], rows[-1] + 1)) \
+        else ", ".join(map(str, rows))

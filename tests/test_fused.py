@@ -1,0 +1,167 @@
+"""The fused C decoding step (engine/fused.py, cpu.c) and the weight arena (engine/arena.py)."""
+
+import pytest
+import torch
+
+from conftest import make_model_folder
+from specbench_cli.engine import kernels
+from specbench_cli.engine.fused import FusedLayers, choose_fused
+from specbench_cli.engine.load import load_engine
+from specbench_cli.methods import METHODS
+from test_methods import PROMPTS, make
+
+needs_cpu_c = pytest.mark.skipif(kernels.cpu_library() is None,
+                                 reason=f"cpu.c does not build here: {kernels._LIB.get('why')}")
+pytestmark = needs_cpu_c
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fused")
+    return {v: make_model_folder(root / v, v) for v in ("llama", "gqa", "qkv_bias", "llama3_rope")}
+
+
+def forwards(engine, path, ids):
+    """Logits of a prefill, a one-token step, a causal block of 4 and a tree block of 3 (two
+    siblings), and the cache rows they wrote, with `path` as the engine's fused step."""
+    engine.fused = path
+    cache = engine.new_cache(64)
+    with torch.inference_mode():
+        engine(ids[:, :30], cache, 0)
+        one = engine(ids[:, 30:31], cache, 30)
+        block = engine(ids[:, 31:35], cache, 31)
+        tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+        branch = engine(ids[:, 35:38], cache, 35, positions=torch.tensor([35, 36, 36]),
+                        block_mask=tree)
+    engine.fused = None
+    return [one, block, branch, cache.k[:, :, :, :38], cache.v[:, :, :, :38]], cache.lengths
+
+
+@pytest.mark.parametrize("variant", ["llama", "gqa", "qkv_bias", "llama3_rope"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_fused_layers_equal_the_torch_modules(folders, variant, dtype):
+    engine, _, _ = load_engine(str(folders[variant]), dtype=dtype, device="cpu",
+                               with_tokenizer=False)
+    ids = torch.randint(96, (1, 40), generator=torch.Generator().manual_seed(0))
+    want, want_lengths = forwards(engine, None, ids)
+    got, got_lengths = forwards(engine, FusedLayers(engine), ids)
+    assert got_lengths == want_lengths == [38] * engine.num_layers
+    for g, w in zip(got, want):
+        scale = w.float().abs().max()
+        # fp32: summation order only; bf16: the same roundings as torch's eager ops, a few
+        # values one bf16 step apart
+        tol = 1e-5 if dtype == "fp32" else 2e-2
+        assert (g.float() - w.float()).abs().max() <= tol * scale
+    for g, w in zip(got[:3], want[:3]):
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype):
+    """A row's arithmetic does not depend on its block: vanilla's one-token steps and a
+    verification block of the same tokens give the same hidden states and cache rows, bit for
+    bit, so exactness is not left to ties (the LM head's product is the kernel choice's)."""
+    engine, _, _ = load_engine(str(folders["gqa"]), dtype=dtype, device="cpu",
+                               with_tokenizer=False)
+    engine.fused = FusedLayers(engine)
+    ids = torch.randint(96, (1, 28), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        steps = engine.new_cache(64)
+        engine(ids[:, :20], steps, 0)
+        one_by_one = torch.cat([engine(ids[:, i:i + 1], steps, i, return_hidden=True)[1]
+                                for i in range(20, 28)], 1)
+        block = engine.new_cache(64)
+        engine(ids[:, :20], block, 0)
+        together = engine(ids[:, 20:28], block, 20, return_hidden=True)[1]
+        # a tree: the accepted path (rows 0, 2, 4) has a rejected sibling beside each node
+        tree = engine.new_cache(64)
+        engine(ids[:, :20], tree, 0)
+        nodes = torch.tensor([[ids[0, 20], 7, ids[0, 21], 9, ids[0, 22]]])
+        mask = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 1, 1, 0],
+                             [1, 0, 1, 0, 1]], dtype=torch.bool)
+        path = engine(nodes, tree, 20, positions=torch.tensor([20, 21, 21, 22, 22]),
+                      block_mask=mask, return_hidden=True)[1][:, [0, 2, 4]]
+    assert torch.equal(one_by_one, together)
+    assert torch.equal(steps.k[:, :, :, :28], block.k[:, :, :, :28])
+    assert torch.equal(path, one_by_one[:, :3])
+
+
+@pytest.mark.parametrize("text", PROMPTS[:2])
+def test_every_method_equals_vanilla_on_the_fused_step(tiny_engine, text):
+    from specbench_cli.bench.prompts import build_prompt_ids
+    engine, tok = tiny_engine
+    saved, engine.fused = engine.fused, FusedLayers(engine)
+    try:
+        ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+        outputs = {name: make(name, engine, {2}, tok).generate(ids, 60).tokens for name in METHODS}
+    finally:
+        engine.fused = saved
+    for name in METHODS:
+        assert outputs[name] == outputs["vanilla"], name
+
+
+def test_cache_gaps_and_overflows_are_refused(tiny_engine):
+    engine, _ = tiny_engine
+    fused = FusedLayers(engine)
+    h = torch.zeros(1, 1, engine.config.hidden_size)
+    rope = engine.rope(torch.tensor([5]))
+    cache = engine.new_cache(8)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="leaves a gap"):
+            fused.run(h, 0, engine.num_layers, cache, 5, rope, None)
+        cache.lengths = [8] * engine.num_layers
+        with pytest.raises(RuntimeError, match="cache overflow: 9 rows needed, capacity 8"):
+            fused.run(h, 0, engine.num_layers, cache, 8, rope, None)
+
+
+def test_the_torch_path_serves_training_and_large_blocks(tiny_engine):
+    engine, _ = tiny_engine
+    fused = FusedLayers(engine)
+    cache = engine.new_cache(64)
+    h = torch.zeros(1, 1, engine.config.hidden_size)
+    assert not fused.takes(engine, h, cache)                     # autograd on
+    with torch.inference_mode():
+        assert fused.takes(engine, h, cache)
+        assert not fused.takes(engine, torch.zeros(1, 9, h.shape[-1]), cache)   # 9 rows
+        assert not fused.takes(engine, h, None)                  # no cache (training forward)
+
+
+def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+    engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
+                               with_tokenizer=False)
+    choice = engine.kernel_choice["fused"]
+    assert set(choice["rows"]) == {"1", "2", "4", "8"}
+    assert all(set(ms) == {"torch", "fused"} for ms in choice["rows"].values())
+    assert choice["used"] == (engine.fused is not None)
+    if engine.fused is not None:
+        assert all(choice["rows"][str(kernels.bucket_of(n))]["fused"] <
+                   choice["rows"][str(kernels.bucket_of(n))]["torch"] for n in engine.fused.rows)
+    # the second load reads the cached timing
+    again = choose_fused(engine, engine.kernel_choice["machine"])
+    assert again["rows"] == choice["rows"]
+    monkeypatch.setenv(kernels.ENV, "aten")
+    off, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu", with_tokenizer=False)
+    assert off.fused is None
+    assert off.kernel_choice["fused"] == {"used": False, "why": "SPECBENCH_KERNELS=aten",
+                                          "rows": {}}
+
+
+@pytest.mark.parametrize("variant", ["llama", "llama3_rope"])        # untied and tied LM head
+def test_the_arena_keeps_every_weight_and_lays_them_out_in_step_order(folders, variant):
+    from safetensors.torch import load_file
+    engine, _, _ = load_engine(str(folders[variant]), dtype="fp32", device="cpu",
+                               with_tokenizer=False)
+    files = load_file(str(folders[variant] / "model.safetensors"))
+    state = engine.state_dict()
+    for name, tensor in files.items():
+        if name in state:
+            assert torch.equal(state[name], tensor), name
+    from specbench_cli.engine.arena import step_order
+    pointers = [getattr(m, name).data_ptr() for m, name in step_order(engine)]
+    assert pointers == sorted(pointers) and len(set(pointers)) == len(pointers)
+    attn = engine.model.layers[0].self_attn
+    assert attn.q_proj.weight.data_ptr() == attn.qkv_proj.weight.data_ptr()
+    assert (engine.lm_head.weight is engine.model.embed_tokens.weight) == \
+        engine.config.tie_word_embeddings
