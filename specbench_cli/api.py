@@ -48,7 +48,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
              options: dict | list[str] | None = None, sweep: dict | list[str] | None = None,
              breakdown: bool = False, profile: Path | str | None = None,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             console: Console | None = None) -> RunPlan:
+             compile: bool = False, console: Console | None = None) -> RunPlan:
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
     {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
@@ -117,7 +117,8 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        template=template, max_new_tokens=max_new_tokens, repeats=repeats,
                        warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
                        over_context=over_context, breakdown=breakdown,
-                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                       compile=compile)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
 
@@ -227,7 +228,7 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
                   f"{config.template}) …")
     engine, _, _ = load_engine(str(plan.folder), dtype=config.dtype, device=config.device,
-                               with_tokenizer=False)
+                               with_tokenizer=False, compile=config.compile)
     runner = Runner(config, engine, plan.tokenizer, plan.questions, out,
                     Path(config.model).name)
     if not plan.resume:
@@ -273,7 +274,8 @@ RUN_CONFIG_TYPES = {
     "template": str, "max_new_tokens": int, "over_context": str, "repeats": int, "warmup": int,
     "dtype": str, "device": str, "out": str, "resume": bool, "options": (dict, list),
     "sweep": (dict, list), "breakdown": bool, "profile": str, "temperature": (float, int),
-    "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str}
+    "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str,
+    "compile": bool}
 RUN_CONFIG_KEYS = tuple(RUN_CONFIG_TYPES)
 
 
@@ -382,7 +384,8 @@ def parse_counts(option: str, text: str) -> list[int]:
 
 def profile(model: str | None = None, dtype: str | None = None, device: str | None = None,
             contexts: str = "256,2048", sizes: str = "1,2,4,8,16,32,64", repeats: int = 10,
-            out: Path | None = None, console: Console | None = None, progress=None):
+            out: Path | None = None, console: Console | None = None, progress=None,
+            compile: bool = False):
     """`specbench profile`: block latencies at each context, bandwidth and the memory floor,
     written to OUT/profile.json with its plot. Returns (the profile, its folder)."""
     from .analysis.plots import profile_figure, save_figure
@@ -408,7 +411,8 @@ def profile(model: str | None = None, dtype: str | None = None, device: str | No
                       f"model's {limit} positions")
     if not kept:
         raise SpecbenchError(f"no context fits the model's {limit} positions")
-    engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False)
+    engine, _, _ = load_engine(str(folder), dtype=dtype, device=device, with_tokenizer=False,
+                               compile=compile)
     name = Path(model.rstrip("/")).name
     out = Path(out) if out else RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)

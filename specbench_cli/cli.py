@@ -84,6 +84,11 @@ def run(
                                         "fp32 elsewhere."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if "
                                          "available)."),
+    compile: bool = typer.Option(False, "--compile", help="Static-shape decoding: blocks of up "
+                                 "to 128 tokens padded to a few sizes and compiled with "
+                                 "torch.compile (CUDA graphs on CUDA), for GPUs where an eager "
+                                 "step is bound by kernel launches. Each new shape compiles "
+                                 "once (seconds to minutes); eager is the default."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
                                 "repeating or losing answers."),
@@ -218,6 +223,8 @@ def profile(
                                         "smollm2). Default: the built-in model."),
     dtype: Optional[str] = typer.Option(None, help="As for `run`."),
     device: Optional[str] = typer.Option(None, help="As for `run`."),
+    compile: bool = typer.Option(False, "--compile", help="As for `run`: time the compiled "
+                                 "static-shape forwards."),
     contexts: str = typer.Option("256,2048", help="Committed tokens before the block, "
                                  "comma-separated (those past the model's context are skipped)."),
     sizes: str = typer.Option("1,2,4,8,16,32,64", help="Tokens in the block, comma-separated."),
@@ -232,7 +239,7 @@ def profile(
     from .analysis.report import print_profile
     with user_errors(), progress_bar() as progress:
         result, out = api.profile(model, dtype, device, contexts, sizes, repeats, out, console,
-                                  progress)
+                                  progress, compile)
     print_profile(console, result, out)
 
 

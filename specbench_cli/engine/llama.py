@@ -151,7 +151,7 @@ class Linear(nn.Linear):
     def forward(self, x):
         weight = self.weight
         if self.kernels is None or weight is not self.kernel_weight or x.dtype != weight.dtype \
-                or torch.is_grad_enabled():
+                or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return F.linear(x, weight, self.bias)
         rows = x.numel() // x.shape[-1]
         return self.kernels[rows if rows < len(self.kernels) else -1](x)
@@ -185,8 +185,10 @@ def fuse(parts: list[Linear]) -> Linear:
 def fused_live(fused: Linear | None, first: Linear) -> bool:
     """Whether a fused product still holds its parts' weights (a later `.to()` or a replaced
     weight leaves it stale, and the parts run one by one again)."""
-    return fused is not None and not torch.is_grad_enabled() \
-        and fused.weight.data_ptr() == first.weight.data_ptr()
+    if fused is None or torch.is_grad_enabled():
+        return False
+    # (a compiled graph guards on the modules instead of reading pointers)
+    return torch.compiler.is_compiling() or fused.weight.data_ptr() == first.weight.data_ptr()
 
 
 class Attention(nn.Module):
@@ -279,6 +281,7 @@ class Engine(nn.Module):
     # engine/fused.py's whole-layer C step for small blocks on a CPU, installed where measured
     # faster (fused.choose_fused); None runs every block through the modules below.
     fused = None
+    static = None           # engine/static.py's compiled static-shape blocks (--compile)
     arena = "not packed"    # what engine/arena.py did with the weights (load_engine sets it)
 
     def __init__(self, cfg: EngineConfig):
@@ -379,6 +382,8 @@ class Engine(nn.Module):
             if positions is None:
                 positions = torch.arange(offset, offset + n, device=self.device)
             rope = self.rope(positions)
+        if self.static is not None and self.static.takes(n, offset, cache):
+            return self.static.run(h, start, end, cache, offset, rope, block_mask)
         mask = self.attention_mask(offset, n, block_mask)
         if self.fused is not None and self.fused.takes(self, h, cache):
             return self.fused.run(h, start, end, cache, offset, rope, mask)

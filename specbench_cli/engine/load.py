@@ -257,7 +257,7 @@ def load_weights(engine: Engine, files: list[Path], dtype: torch.dtype, device: 
 
 def load_engine(folder: str | Path, dtype: str | None = None, device: str | None = None,
                 with_tokenizer: bool = True, mmap: bool = True, console=None,
-                pack: bool | None = None):
+                pack: bool | None = None, compile: bool = False):
     """Return (engine, tokenizer or None, folder).
 
     Weights already in the run dtype, run on the CPU, are mapped from the files (`mmap`), as
@@ -268,6 +268,8 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     (benchmarks/load_memory.py). Then, on a CPU, the weights move into one huge-page buffer in
     the order a step reads them (engine/arena.py; `pack`: None = where they fit in a third of
     the free memory, as the decoding speed is worth a copy; False keeps them where they are).
+    `compile`: blocks of up to 128 tokens run as compiled static shapes (engine/static.py)
+    instead of eagerly (or through the fused C step on a CPU).
     """
     folder = Path(folder)      # names, GGUF files and hub ids: targets.model_folder first
     if not folder.is_dir():
@@ -288,6 +290,11 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     choose_kernels(engine, console)
     engine.kernel_choice["fused"] = choose_fused(engine, engine.kernel_choice["machine"])
     engine.kernel_choice["arena"] = engine.arena
+    if compile:
+        from .static import StaticLayers
+        engine.static, engine.fused = StaticLayers(engine), None
+        engine.kernel_choice["fused"] = {"used": False, "why": "--compile: static shapes",
+                                         "rows": {}}
     engine.dtype_choice = why       # how the dtype was chosen (`specbench profile` prints it)
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 

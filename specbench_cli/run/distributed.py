@@ -61,7 +61,7 @@ class Worker:
         # Ray shows this worker only its own GPU, as cuda:0, whatever the driver's index.
         device = "cuda:0" if config.device.startswith("cuda") else config.device
         engine, _, _ = load_engine(folder, dtype=config.dtype, device=device,
-                                   with_tokenizer=False)
+                                   with_tokenizer=False, compile=config.compile)
         self.questions = {q.question_id: q for q in questions}
         self.runner = Runner(config, engine, load_tokenizer(folder), questions, None,
                              Path(config.model).name)

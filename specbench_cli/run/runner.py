@@ -57,6 +57,7 @@ class RunConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    compile: bool = False        # static-shape compiled forwards (engine/static.py)
 
     @property
     def sampling(self):
