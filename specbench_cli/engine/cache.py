@@ -21,14 +21,21 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
+    def check_write(self, layers, offset: int, n: int):
+        """Writes stay contiguous and inside the capacity (the fused and compiled paths write
+        the rows themselves and check here first)."""
+        for layer in layers:
+            if offset > self.lengths[layer]:
+                raise RuntimeError(f"cache write at row {offset} leaves a gap (layer {layer} "
+                                   f"holds {self.lengths[layer]} rows)")
+        if offset + n > self.capacity:
+            raise RuntimeError(f"cache overflow: {offset + n} rows needed, capacity "
+                               f"{self.capacity}")
+
     def write(self, layer: int, offset: int, k: torch.Tensor, v: torch.Tensor):
         """Store a block of keys/values at rows [offset, offset + n); return all rows up to its end."""
         end = offset + k.shape[2]
-        if offset > self.lengths[layer]:
-            raise RuntimeError(f"cache write at row {offset} leaves a gap (layer {layer} holds "
-                               f"{self.lengths[layer]} rows)")
-        if end > self.capacity:
-            raise RuntimeError(f"cache overflow: {end} rows needed, capacity {self.capacity}")
+        self.check_write((layer,), offset, k.shape[2])
         self.k[layer, :, :, offset:end] = k
         self.v[layer, :, :, offset:end] = v
         self.lengths[layer] = end

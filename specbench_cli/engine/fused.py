@@ -113,13 +113,7 @@ class FusedLayers:
 
     def run(self, h, start: int, end: int, cache, offset: int, rope, mask):
         n = h.shape[1]
-        for layer in range(start, end):
-            if offset > cache.lengths[layer]:
-                raise RuntimeError(f"cache write at row {offset} leaves a gap (layer {layer} "
-                                   f"holds {cache.lengths[layer]} rows)")
-        if offset + n > cache.capacity:
-            raise RuntimeError(f"cache overflow: {offset + n} rows needed, capacity "
-                               f"{cache.capacity}")
+        cache.check_write(range(start, end), offset, n)
         out = h.clone(memory_format=torch.contiguous_format)      # the caller's h stays
         cos, sin = (t.float().contiguous() for t in rope)
         c = Cache(cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity)
@@ -132,33 +126,27 @@ class FusedLayers:
         return out
 
 
-def median_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def measure(engine) -> dict:
-    """{rows: {"torch": ms, "fused": ms}} over the first layers after a short context."""
+def measure(engine, repeats: int = 7) -> dict:
+    """{rows: {"torch": ms, "fused": ms}} over the first layers after a short context: medians,
+    the two paths timed in turn within each repeat, so that a shared machine's load drifts hit
+    both alike."""
     layers = min(TIMED_LAYERS, engine.num_layers)
     cache = engine.new_cache(TIMED_CONTEXT + MAX_ROWS, num_layers=engine.num_layers)
-    fused = FusedLayers(engine)
+    paths = {"torch": None, "fused": FusedLayers(engine)}
     out = {}
     with torch.inference_mode():
         for rows in (1, 2, 4, 8):
             h = torch.randn(1, rows, engine.config.hidden_size).to(engine.dtype)
-            ms = {}
-            for name, path in (("torch", None), ("fused", fused)):
-                def step():
+            times = {name: [] for name in paths}
+            for i in range(repeats + 1):          # the first round warms up
+                for name, path in paths.items():
                     cache.lengths = [TIMED_CONTEXT] * engine.num_layers
                     engine.fused = path
+                    start = time.perf_counter()
                     engine.layers(h, 0, layers, cache, TIMED_CONTEXT)
-                ms[name] = round(median_seconds(step) * 1e3, 3)
-            out[str(rows)] = ms
+                    if i:
+                        times[name].append(time.perf_counter() - start)
+            out[str(rows)] = {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()}
     engine.fused = None
     return out
 

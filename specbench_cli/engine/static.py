@@ -93,10 +93,7 @@ class StaticLayers:
     def run(self, h, start: int, end: int, cache, offset: int, rope, block_mask):
         n = h.shape[1]
         size = bucket_of(n)
-        for layer in range(start, end):
-            if offset > cache.lengths[layer]:
-                raise RuntimeError(f"cache write at row {offset} leaves a gap (layer {layer} "
-                                   f"holds {cache.lengths[layer]} rows)")
+        cache.check_write(range(start, end), offset, n)
         cos, sin = rope
         if size > n:
             h = torch.cat([h, h.new_zeros(1, size - n, h.shape[-1])], dim=1)
