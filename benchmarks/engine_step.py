@@ -4,7 +4,10 @@ chosen product kernels, and with F.linear everywhere; the products alone; a plai
 weight; and the streaming probe the floor is computed from. Then the block costs c(n).
 
 Every repeat runs each of them once, in turn, so a shared machine's drifts hit all alike; the
-table shows medians. "share of the floor" = (weight bytes / the probe's median bandwidth) / time.
+table shows medians. "share of the floor" is the median over the repeats of (weight bytes / that
+repeat's probe bandwidth) / that repeat's time: the host's bandwidth drifts (30 to 60 GB/s within
+minutes on the shared 2-core machines), and a ratio of medians taken at different moments would
+mix the two regimes.
 
     .venv/bin/python benchmarks/engine_step.py [--model smollm2] [--dtype fp32|bf16]
         [--context 256] [--repeats 15] [--blocks 2,4,8,16,64] [--threads N]
@@ -21,7 +24,7 @@ import torch
 from specbench_cli.engine.kernels import cpu_name, linear_groups
 from specbench_cli.engine.load import load_engine
 from specbench_cli.models.targets import model_folder
-from specbench_cli.run.profile import stream_bandwidth, weight_bytes
+from specbench_cli.run.profile import bandwidth_probe, weight_bytes
 
 
 def once_ms(fn) -> float:
@@ -80,6 +83,7 @@ def main():
 
         times: dict[str, list[float]] = {}
         probes = []
+        probe, probe_bytes, _ = bandwidth_probe(engine.device)
         for path in ("fused", "torch", "aten"):     # warm every path once
             use(path)
             forward(1)
@@ -92,7 +96,7 @@ def main():
             times.setdefault("read", []).append(once_ms(read))
             for n in blocks:
                 times.setdefault(f"block {n}", []).append(once_ms(lambda: forward(n)))
-            probes.append(stream_bandwidth(engine.device, repeats=1)["bytes_per_s"])
+            probes.append(probe_bytes / once_ms(probe) * 1e3)
     ms = {k: statistics.median(v) for k, v in times.items()}
     read_bytes = weight_bytes(engine)
     bw = statistics.median(probes)
@@ -109,8 +113,9 @@ def main():
             ("aten step", "torch modules, F.linear"),
             ("products", "the products alone"), ("read", "sum over every weight"))
     for name, label in rows:
+        share = statistics.median(read_bytes / p / (t / 1e3) for p, t in zip(probes, times[name]))
         print(f"{label:>30}: {ms[name]:8.2f} ms = {read_bytes / ms[name] / 1e6:6.1f} GB/s "
-              f"({100 * floor / ms[name]:.0f}% of the floor)")
+              f"({100 * share:.0f}% of the floor)")
     print(f"{'fused vs torch modules':>30}: {ms['torch step'] / ms['fused step']:.2f}× faster "
           f"(F.linear: {ms['aten step'] / ms['fused step']:.2f}×)")
     if blocks:

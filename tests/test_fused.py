@@ -52,15 +52,16 @@ def test_fused_layers_equal_the_torch_modules(folders, variant, dtype):
         # values one bf16 step apart
         tol = 1e-5 if dtype == "fp32" else 2e-2
         assert (g.float() - w.float()).abs().max() <= tol * scale
-    for g, w in zip(got[:3], want[:3]):
-        assert torch.equal(g.argmax(-1), w.argmax(-1))
+    if dtype == "fp32":     # (bf16: torch rounds the logits to bf16, ties included; ours are fp32)
+        for g, w in zip(got[:3], want[:3]):
+            assert torch.equal(g.argmax(-1), w.argmax(-1))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype):
     """A row's arithmetic does not depend on its block: vanilla's one-token steps and a
-    verification block of the same tokens give the same hidden states and cache rows, bit for
-    bit, so exactness is not left to ties (the LM head's product is the kernel choice's)."""
+    verification block (or a tree's path) of the same tokens give the same hidden states, cache
+    rows and logits, bit for bit, so exactness is not left to ties."""
     engine, _, _ = load_engine(str(folders["gqa"]), dtype=dtype, device="cpu",
                                with_tokenizer=False)
     engine.fused = FusedLayers(engine)
@@ -68,11 +69,11 @@ def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype
     with torch.inference_mode():
         steps = engine.new_cache(64)
         engine(ids[:, :20], steps, 0)
-        one_by_one = torch.cat([engine(ids[:, i:i + 1], steps, i, return_hidden=True)[1]
-                                for i in range(20, 28)], 1)
+        alone = [engine(ids[:, i:i + 1], steps, i, return_hidden=True) for i in range(20, 28)]
+        one_by_one = torch.cat([h for _, h in alone], 1)
         block = engine.new_cache(64)
         engine(ids[:, :20], block, 0)
-        together = engine(ids[:, 20:28], block, 20, return_hidden=True)[1]
+        logits, together = engine(ids[:, 20:28], block, 20, return_hidden=True)
         # a tree: the accepted path (rows 0, 2, 4) has a rejected sibling beside each node
         tree = engine.new_cache(64)
         engine(ids[:, :20], tree, 0)
@@ -82,6 +83,7 @@ def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype
         path = engine(nodes, tree, 20, positions=torch.tensor([20, 21, 21, 22, 22]),
                       block_mask=mask, return_hidden=True)[1][:, [0, 2, 4]]
     assert torch.equal(one_by_one, together)
+    assert torch.equal(torch.cat([l for l, _ in alone], 1), logits)
     assert torch.equal(steps.k[:, :, :, :28], block.k[:, :, :, :28])
     assert torch.equal(path, one_by_one[:, :3])
 
@@ -122,7 +124,7 @@ def test_the_torch_path_serves_training_and_large_blocks(tiny_engine):
     assert not fused.takes(engine, h, cache)                     # autograd on
     with torch.inference_mode():
         assert fused.takes(engine, h, cache)
-        assert not fused.takes(engine, torch.zeros(1, 9, h.shape[-1]), cache)   # 9 rows
+        assert not fused.takes(engine, torch.zeros(1, 65, h.shape[-1]), cache)  # 65 rows
         assert not fused.takes(engine, h, None)                  # no cache (training forward)
 
 
@@ -132,7 +134,7 @@ def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp
     engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
                                with_tokenizer=False)
     choice = engine.kernel_choice["fused"]
-    assert set(choice["rows"]) == {"1", "2", "4", "8"}
+    assert set(choice["rows"]) == {str(b) for b in kernels.BUCKETS}
     assert all(set(ms) == {"torch", "fused"} for ms in choice["rows"].values())
     assert choice["used"] == (engine.fused is not None)
     if engine.fused is not None:

@@ -69,13 +69,15 @@ def test_every_instruction_set_computes_the_same_products(dtype):
 
 
 @needs_gemv
-def test_gemv_refuses_blocks_it_does_not_handle():
+def test_gemv_takes_any_block_and_refuses_none():
     lin = linear(8, 16, False, torch.float32)
-    out = torch.empty(9, 8)
-    rc = kernels.cpu_library().gemv_f32(torch.ones(9, 16).data_ptr(), lin.weight.data_ptr(), 0,
-                                         out.data_ptr(), 9, 8, 16)
+    out = torch.empty(1, 8)
+    rc = kernels.cpu_library().gemv_f32(torch.ones(1, 16).data_ptr(), lin.weight.data_ptr(), 0,
+                                        out.data_ptr(), 0, 8, 16)
     assert rc == -1
-    assert not kernels.applies("gemv", lin, 9) and kernels.applies("gemv", lin, 8)
+    assert kernels.applies("gemv", lin, 64)
+    x = torch.randn(19, 16)          # two tiles of 8 rows and a tail of 3
+    assert torch.allclose(kernels.bind_gemv(lin)(x), F.linear(x, lin.weight), atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")

@@ -91,8 +91,10 @@ def test_profile_engine_measures_every_point(tiny_engine):
     assert result["bandwidth"]["buffer_bytes"] >= 512 << 20
     assert result["floor_seconds"] == pytest.approx(
         result["weight_bytes"] / result["bandwidth"]["bytes_per_s"])
-    assert result["achieved_bandwidth_share"] == pytest.approx(
-        result["floor_seconds"] / result["latency_seconds"]["8"]["1"])
+    # timed side by side with the probe, round by round: near floor / the one-token latency
+    bw = result["bandwidth"]
+    assert bw["range"][0] <= bw["bytes_per_s"] <= bw["range"][1] and bw["rounds"] == 9
+    assert 0 < result["achieved_bandwidth_share"] < 5
     assert result["relative_cost"]["1"] == 1.0
 
 

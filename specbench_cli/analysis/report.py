@@ -330,10 +330,13 @@ def profile_notes(result: dict) -> list[str]:
     bw = result["bandwidth"]
     lines = [
         f"weights read per step: {result['weight_bytes'] / 2**20:.1f} MiB; streaming read "
-        f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']})",
+        f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['how']}"
+        + (f"; median of {bw['rounds']} rounds, {bw['range'][0] / 1e9:.1f}–"
+           f"{bw['range'][1] / 1e9:.1f}" if "range" in bw else "") + ")",
         f"memory floor of a step = bytes / bandwidth = {1e3 * result['floor_seconds']:.2f} ms; "
         f"a one-token step achieves {100 * result['achieved_bandwidth_share']:.0f}% of the "
-        "bandwidth",
+        "bandwidth" + (" (the median of the rounds' shares, each round a probe pass and a "
+                       "one-token step in turn)" if "range" in bw else ""),
         f"matrix products at {max(result['sizes'])} tokens: "
         f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
         f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "

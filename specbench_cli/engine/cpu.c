@@ -1,5 +1,5 @@
-/* The CPU's decoding step at the memory wall: matrix products over a few rows, and whole decoder
- * layers for blocks of 1-8 tokens in one call.
+/* The CPU's decoding step at the memory wall: matrix products, and whole decoder layers for a
+ * block of tokens in one call.
  *
  * Why code of our own: a decoding step reads every weight once for one to a few tokens of
  * arithmetic, so its speed is the speed the weights stream from memory. Two things keep torch's
@@ -11,11 +11,12 @@
  * and `decode_layers` runs every op of a range of layers in C, with OpenMP threads over the
  * products' output rows and over attention heads.
  *
- * Exactness: every output is one dot product accumulated in fp32, and a row's arithmetic does not
- * depend on how many rows share the call, so a token's logits are bit-equal whether it is decoded
- * alone or inside a verification block of up to 8 (tests/test_fused.py). In bf16 the values are
- * rounded to bf16 where torch's eager ops round them (each product, the RoPE halves, attention's
- * output, silu, the residual sums), so the fused step differs from torch's only in summation order.
+ * Exactness: every output is one dot product accumulated in fp32 in a fixed order, and no row's
+ * arithmetic depends on how many rows share the call or which other rows a mask hides, so a
+ * token's hidden states and logits are bit-equal whether it is decoded alone or inside any
+ * verification block or tree (tests/test_fused.py): a method's greedy tokens equal vanilla's in
+ * every dtype, not up to near-ties. In bf16 the values are rounded to bf16 where torch's eager ops
+ * round them (each product, the RoPE halves, attention's output, silu, the residual sums).
  *
  * Threads: OpenMP, linked against the libgomp.so.1 torch has already loaded, so both share one
  * thread pool and torch.set_num_threads governs both. Built by engine/kernels.py with the system
@@ -148,36 +149,38 @@ AVX512_BF16 INLINE void row_bf16_dp(const uint16_t *x, const uint16_t *w, float 
 
 /* ---------------------------------------------------------------------------------------------
  * Products: y[r][j] = x[r] . w[j] + bias[j] for w (n x k, row-major, as Hugging Face stores it),
- * x (rows x k) in the weight's dtype, y fp32 (rows x n). Threads take contiguous ranges of output
- * rows, so each streams its part of the weight front to back.
+ * x (rows x k) in the weight's dtype, y fp32 (rows x n), any number of rows. Threads take
+ * contiguous ranges of output rows, so each streams its part of the weight front to back; each
+ * weight row meets the rows of x in tiles of up to MAX_ROWS while it sits in L1. A tile's size
+ * does not change any output's arithmetic: every row of every block gets the same bits.
  */
-#define PRODUCT_LOOP(ROW, XT, WT, R)                                                          \
-    _Pragma("omp parallel for schedule(static)")                                              \
-    for (int64_t j = 0; j < n; j++) {                                                         \
+#define TILE(ROW, XT, WT, R)                                                                  \
+    {                                                                                         \
         float s[MAX_ROWS];                                                                    \
-        ROW((const XT *)x, (const WT *)w + j * k, s, R, k);                                   \
-        float b = !bias ? 0.0f : bf16 ? bf16_to_f32(((const uint16_t *)bias)[j])              \
-                                      : ((const float *)bias)[j];                             \
-        for (int r = 0; r < R; r++) y[r * n + j] = s[r] + b;                                  \
-    }
-
-#define BY_ROWS(ROW, XT, WT)                                                                  \
-    switch (rows) {                                                                           \
-    case 1: { PRODUCT_LOOP(ROW, XT, WT, 1) } break;                                           \
-    case 2: { PRODUCT_LOOP(ROW, XT, WT, 2) } break;                                           \
-    case 3: { PRODUCT_LOOP(ROW, XT, WT, 3) } break;                                           \
-    case 4: { PRODUCT_LOOP(ROW, XT, WT, 4) } break;                                           \
-    case 5: { PRODUCT_LOOP(ROW, XT, WT, 5) } break;                                           \
-    case 6: { PRODUCT_LOOP(ROW, XT, WT, 6) } break;                                           \
-    case 7: { PRODUCT_LOOP(ROW, XT, WT, 7) } break;                                           \
-    default: { PRODUCT_LOOP(ROW, XT, WT, 8) } break;                                          \
-    }
+        ROW((const XT *)x + r0 * k, (const WT *)w + j * k, s, R, k);                          \
+        for (int r = 0; r < R; r++) y[(r0 + r) * n + j] = s[r] + b;                           \
+    } break;
 
 #define DEFINE_PRODUCT(NAME, ATTR, ROW, XT, WT, IS_BF16)                                      \
     ATTR static void NAME(const void *x, const void *w, const void *bias, float *y,           \
                           int64_t rows, int64_t n, int64_t k) {                               \
-        const int bf16 = IS_BF16;                                                             \
-        BY_ROWS(ROW, XT, WT)                                                                  \
+        _Pragma("omp parallel for schedule(static)")                                          \
+        for (int64_t j = 0; j < n; j++) {                                                     \
+            float b = !bias ? 0.0f : IS_BF16 ? bf16_to_f32(((const uint16_t *)bias)[j])      \
+                                             : ((const float *)bias)[j];                      \
+            for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {                                 \
+                switch (rows - r0 < MAX_ROWS ? rows - r0 : MAX_ROWS) {                        \
+                case 1: TILE(ROW, XT, WT, 1)                                                  \
+                case 2: TILE(ROW, XT, WT, 2)                                                  \
+                case 3: TILE(ROW, XT, WT, 3)                                                  \
+                case 4: TILE(ROW, XT, WT, 4)                                                  \
+                case 5: TILE(ROW, XT, WT, 5)                                                  \
+                case 6: TILE(ROW, XT, WT, 6)                                                  \
+                case 7: TILE(ROW, XT, WT, 7)                                                  \
+                default: TILE(ROW, XT, WT, 8)                                                 \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
     }
 
 DEFINE_PRODUCT(product_f32_avx2, , row_f32_avx2, float, float, 0)
@@ -194,17 +197,25 @@ static void product(int bf16, const void *x, const void *w, const void *bias, fl
 }
 
 /* The products engine/kernels.py offers as its `gemv` candidate: y in the weight's dtype.
- * Return 0, or -1 when rows is out of range (the caller then uses another kernel). */
+ * Return 0, or -1 when rows is out of range. */
 int gemv_f32(const float *x, const float *w, const float *bias, float *y, int64_t rows,
              int64_t n, int64_t k) {
-    if (rows < 1 || rows > MAX_ROWS) return -1;
+    if (rows < 1) return -1;
     product(0, x, w, bias, y, rows, n, k);
+    return 0;
+}
+
+/* The same product with y in fp32 whatever the weights (the engine's logits). */
+int product_f32_out(const void *x, const void *w, const void *bias, float *y, int64_t rows,
+                    int64_t n, int64_t k, int32_t bf16) {
+    if (rows < 1) return -1;
+    product(bf16, x, w, bias, y, rows, n, k);
     return 0;
 }
 
 int gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
               int64_t rows, int64_t n, int64_t k) {
-    if (rows < 1 || rows > MAX_ROWS) return -1;
+    if (rows < 1) return -1;
     float *out = malloc(sizeof(float) * rows * n);
     if (!out) return -2;
     product(1, x, w, bias, out, rows, n, k);
@@ -383,10 +394,9 @@ static void weighted_sum(const float *p, const float *v, const int32_t *rows, fl
  * a mask (causal), else where the additive mask (rows x (offset + rows)) is finite. The visible
  * rows are gathered first and only they enter the arithmetic, in order: a token sees the same
  * values in the same places whether decoded alone or as a node of a tree whose other branches
- * are masked out, so both get the same bits. `scores` holds 2 ctx floats per task. */
+ * are masked out, so both get the same bits. */
 static void attention(const Shape *s, const float *qkv, float *out, const Cache *c,
-                      int64_t layer, int64_t rows, const float *mask, int64_t offset,
-                      float *scores) {
+                      int64_t layer, int64_t rows, const float *mask, int64_t offset) {
     const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads, ctx = offset + rows;
     const int64_t width = (heads + 2 * kv) * hd, group = heads / kv;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -397,8 +407,9 @@ static void attention(const Shape *s, const float *qkv, float *out, const Cache 
         int64_t r = task / heads, h = task % heads, g = h / group;
         const float *q = qkv + r * width + h * hd, *m = mask ? mask + r * ctx : NULL;
         const float *keys = kl + g * c->capacity * hd, *values = vl + g * c->capacity * hd;
-        float *p = scores + task * 2 * ctx, best = -INFINITY, total = 0.0f;
+        float *p = malloc(sizeof(float) * 2 * ctx), best = -INFINITY, total = 0.0f;
         int32_t *seen = (int32_t *)(p + ctx);
+        if (!p) { for (int64_t d = 0; d < hd; d++) out[r * heads * hd + h * hd + d] = NAN; continue; }
         int64_t count = 0;
         for (int64_t t = 0; t < (m ? ctx : offset + r + 1); t++)
             if (!m || !isinf(m[t])) seen[count++] = (int32_t)t;
@@ -411,6 +422,7 @@ static void attention(const Shape *s, const float *qkv, float *out, const Cache 
         exp_inplace(p, count);
         for (int64_t i = 0; i < count; i++) total += p[i];
         weighted_sum(p, values, seen, out + r * heads * hd + h * hd, count, hd, total);
+        free(p);
     }
 }
 
@@ -421,8 +433,7 @@ static void attention(const Shape *s, const float *qkv, float *out, const Cache 
 int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t last,
                   const Cache *c, void *h, int64_t rows, const float *cos, const float *sin,
                   const float *mask, int64_t offset) {
-    if (rows < 1 || rows > MAX_ROWS || s->head_dim > 512 || offset + rows > c->capacity)
-        return -1;
+    if (rows < 1 || s->head_dim > 512 || offset + rows > c->capacity) return -1;
     const int64_t H = s->hidden, M = s->inter, hd = s->head_dim, heads = s->heads;
     const int64_t kv = s->kv_heads, width = (heads + 2 * kv) * hd, bf16 = s->bf16;
     const int64_t wide = M > heads * hd ? M : heads * hd, in = wide > H ? wide : H;
@@ -430,10 +441,9 @@ int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t la
     float *qkv = malloc(sizeof(float) * rows * width);
     float *att = malloc(sizeof(float) * rows * heads * hd);
     float *gu = malloc(sizeof(float) * rows * 2 * M), *act = malloc(sizeof(float) * rows * M);
-    float *scores = malloc(sizeof(float) * rows * heads * 2 * (offset + rows));
     void *x = malloc(sizeof(float) * rows * in);   /* the next product's input */
     int rc = 0;
-    if (!resid || !tmp || !qkv || !att || !gu || !act || !scores || !x) { rc = -2; goto done; }
+    if (!resid || !tmp || !qkv || !att || !gu || !act || !x) { rc = -2; goto done; }
     for (int64_t i = 0; i < rows * H; i++)
         resid[i] = bf16 ? bf16_to_f32(((uint16_t *)h)[i]) : ((float *)h)[i];
 
@@ -455,7 +465,7 @@ int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t la
                 }
             }
         }
-        attention(s, qkv, att, c, l, rows, mask, offset, scores);
+        attention(s, qkv, att, c, l, rows, mask, offset);
         to_input(bf16, att, x, rows * heads * hd);
         product(bf16, x, L->o, L->o_bias, tmp, rows, H, heads * hd);
         for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
@@ -480,6 +490,6 @@ int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t la
         else ((float *)h)[i] = resid[i];
     }
 done:
-    free(resid); free(tmp); free(qkv); free(att); free(gu); free(act); free(scores); free(x);
+    free(resid); free(tmp); free(qkv); free(att); free(gu); free(act); free(x);
     return rc;
 }

@@ -3,9 +3,11 @@
 A one-token step of torch's eager forward spends ~30 small ops a layer outside the matrix
 products, each a few microseconds of dispatch: on a small model that is as much time as reading
 every weight. The fused step runs a range of layers in C over the engine's own weights and KV
-cache, so a vanilla step and a method's verification block of up to 8 tokens cost little beyond
-the weight read. Larger blocks, training (autograd), other devices and modules the engine does
-not own (an EAGLE head, a Kangaroo adapter) keep the torch path.
+cache (and the LM head), so a vanilla step and a method's verification blocks cost little beyond
+the weight read, and a token gets the same bits alone or in any block the fused step takes.
+Blocks where torch's products are faster (many rows: oneDNN's blocked products), prefill past
+64 tokens, training (autograd), other devices and modules the engine does not own (an EAGLE
+head, a Kangaroo adapter) keep the torch path.
 
 Like the matrix-product kernels, the fused step is chosen by measurement: for each block size
 it must beat the torch path over the model's own layers, timed once per machine and model shape
@@ -24,7 +26,7 @@ import torch
 
 from . import kernels
 
-MAX_ROWS = 8              # cpu.c's MAX_ROWS
+MAX_ROWS = kernels.BUCKETS[-1]     # the largest block timed (and so the largest it may take)
 TIMED_LAYERS = 4          # the layers the choice is timed over (enough to compare per layer)
 TIMED_CONTEXT = 64
 LAYER_FIELDS = ("in_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias", "gate_up",
@@ -94,13 +96,17 @@ class FusedLayers:
             ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
             ctypes.POINTER(Cache), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        lib.product_f32_out.restype = ctypes.c_int
+        lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + \
+            [ctypes.c_int32]
+        self.lm_head = engine.lm_head.weight
         self.shape = Shape(cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
                            cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps,
                            int(engine.dtype == torch.bfloat16))
         self.layers = (Layer * cfg.num_layers)(*(layer_struct(l) for l in engine.model.layers))
         # The first layer's fused weight: a later .to() or a replaced weight makes it stale.
         self.anchor = engine.model.layers[0].self_attn.qkv_proj.weight
-        self.keep = [p for l in engine.model.layers for p in l.parameters()]
+        self.keep = [p for l in engine.model.layers for p in l.parameters()] + [self.lm_head]
         self.dtype = engine.dtype
         self.rows = frozenset(rows)
 
@@ -110,6 +116,21 @@ class FusedLayers:
                 and not torch.is_grad_enabled()
                 and getattr(engine.model.layers[0].self_attn.qkv_proj, "weight", None)
                 is self.anchor)
+
+    def logits(self, engine, h) -> torch.Tensor | None:
+        """The LM head in fp32 through cpu.c for the blocks the fused layers take (None for the
+        others): the same product for every block, so a token's logits are the same bits alone
+        or in a block. fp32 sums even for bf16 weights, where torch's product would round them."""
+        n = h.numel() // h.shape[-1]
+        if n not in self.rows or h.dtype != self.dtype or torch.is_grad_enabled() \
+                or engine.lm_head.weight is not self.lm_head:
+            return None
+        x = h.contiguous()
+        vocab, hidden = self.lm_head.shape
+        out = torch.empty(h.shape[:-1] + (vocab,), dtype=torch.float32)
+        self.lib.product_f32_out(x.data_ptr(), self.lm_head.data_ptr(), None, out.data_ptr(), n,
+                                 vocab, hidden, self.shape.bf16)
+        return out
 
     def run(self, h, start: int, end: int, cache, offset: int, rope, mask):
         n = h.shape[1]
@@ -131,11 +152,11 @@ def measure(engine, repeats: int = 7) -> dict:
     the two paths timed in turn within each repeat, so that a shared machine's load drifts hit
     both alike."""
     layers = min(TIMED_LAYERS, engine.num_layers)
-    cache = engine.new_cache(TIMED_CONTEXT + MAX_ROWS, num_layers=engine.num_layers)
+    cache = engine.new_cache(TIMED_CONTEXT + kernels.BUCKETS[-1], num_layers=engine.num_layers)
     paths = {"torch": None, "fused": FusedLayers(engine)}
     out = {}
     with torch.inference_mode():
-        for rows in (1, 2, 4, 8):
+        for rows in kernels.BUCKETS:
             h = torch.randn(1, rows, engine.config.hidden_size).to(engine.dtype)
             times = {name: [] for name in paths}
             for i in range(repeats + 1):          # the first round warms up
@@ -169,7 +190,7 @@ def choose_fused(engine, key: str) -> dict:
         kernels.write_json(cache_file, cached)
     timed = entry[shape]
     faster = [int(r) for r, ms in timed.items() if ms["fused"] < (1 - kernels.MIN_GAIN) * ms["torch"]]
-    # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8).
+    # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8, …, 33-64).
     rows = {n for n in range(1, MAX_ROWS + 1) if kernels.bucket_of(n) in faster}
     if rows:
         engine.fused = FusedLayers(engine, rows)

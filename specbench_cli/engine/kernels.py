@@ -6,8 +6,8 @@ best at every block size, and the best one differs between CPUs (an AMD EPYC wit
 Intel Xeon with it): so the engine measures. Candidates:
 
 - `aten`: `F.linear` on the stored weight (MKL / oneDNN as torch dispatches; cuBLAS on CUDA).
-- `gemv`: our own kernel (cpu.c) for 1-8 rows on x86 CPUs, fp32 and bf16: AVX2, AVX-512 where
-  the CPU has it, AVX512-BF16 dot products for bf16 where it has those.
+- `gemv`: our own kernel (cpu.c) on x86 CPUs, fp32 and bf16: AVX2, AVX-512 where the CPU has
+  it, AVX512-BF16 dot products for bf16 where it has those; at its best over a few rows.
 - `onednn`: oneDNN's product on a copy of the weight prepacked for its blocked layout
   (`torch.ops.mkldnn._reorder_linear_weight`), CPU only, where the copies fit in memory.
 
@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from ..errors import SpecbenchError
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-GEMV_MAX_ROWS = 8          # cpu.c's MAX_ROWS
 MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
 REPEATS = 5
 SOURCE = Path(__file__).with_name("cpu.c")
@@ -153,8 +152,7 @@ def applies(name: str, linear, rows: int) -> bool:
     if w.device.type != "cpu" or not w.is_contiguous():
         return False
     if name == "gemv":
-        return (rows <= GEMV_MAX_ROWS and w.dtype in (torch.float32, torch.bfloat16)
-                and cpu_library() is not None)
+        return w.dtype in (torch.float32, torch.bfloat16) and cpu_library() is not None
     if name == "onednn":
         return w.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
     raise KeyError(name)

@@ -397,6 +397,10 @@ class Engine(nn.Module):
 
     def logits(self, h_final: torch.Tensor) -> torch.Tensor:
         """LM head on already-normed hidden states, in fp32 so argmax ties resolve alike."""
+        if self.fused is not None:
+            out = self.fused.logits(self, h_final)
+            if out is not None:
+                return out
         return self.lm_head(h_final).float()
 
     def forward(self, ids: torch.Tensor, cache: KVCache, offset: int,

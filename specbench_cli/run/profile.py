@@ -60,32 +60,68 @@ def last_level_cache_bytes() -> int | None:
     return best[1] if best else None
 
 
-def stream_bandwidth(device: torch.device, repeats: int = 7) -> dict:
-    """Bytes per second the device streams: a sum over a written CPU buffer of max(8 × LLC,
-    512 MiB), or a device-to-device copy on CUDA (read + write counted)."""
+def bandwidth_probe(device: torch.device):
+    """(one pass of the probe, bytes it reads, how): a sum over a written CPU buffer of
+    max(8 × LLC, 512 MiB), or a device-to-device copy on CUDA (read + write counted)."""
     if device.type == "cuda":
         size = 1 << 30
         src = torch.ones(size, dtype=torch.uint8, device=device)
         dst = torch.empty_like(src)
-        seconds = median_seconds(lambda: dst.copy_(src), device, repeats)
-        return {"bytes_per_s": 2 * size / seconds, "buffer_bytes": size,
-                "how": "device-to-device copy of 1 GiB (read + write bytes)"}
-    llc = last_level_cache_bytes()
-    size = max(8 * (llc or 0), 512 << 20)
+        return (lambda: dst.copy_(src)), 2 * size, "device-to-device copy of 1 GiB " \
+            "(read + write bytes)"
+    size = max(8 * (last_level_cache_bytes() or 0), 512 << 20)
     # Memory of the kind the engine's weights live in (huge pages where the OS has them:
     # engine/arena.py), written first: real pages, not the shared zero page.
     buf = huge_buffer(size).view(torch.float32).fill_(1.0)
-    seconds = median_seconds(lambda: buf.sum(), device, repeats)
-    return {"bytes_per_s": size / seconds, "buffer_bytes": size, "llc_bytes": llc,
-            "how": f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or 512 MiB, "
-                   "huge pages where the OS has them)"}
+    return buf.sum, size, (f"sum of a written {size >> 20} MiB fp32 buffer (8 × LLC or "
+                           "512 MiB, huge pages where the OS has them)")
+
+
+def stream_bandwidth(device: torch.device, repeats: int = 7) -> dict:
+    """Bytes per second the device streams (bandwidth_probe, median of repeats)."""
+    probe, size, how = bandwidth_probe(device)
+    seconds = median_seconds(probe, device, repeats)
+    return {"bytes_per_s": size / seconds, "buffer_bytes": size,
+            "llc_bytes": last_level_cache_bytes() if device.type == "cpu" else None, "how": how}
+
+
+def floor_share(engine: Engine, context: int, rounds: int = 9) -> dict:
+    """The one-token step against the bandwidth probe, side by side: each round times a probe
+    pass and a one-token step in turn, and the share of the floor is the median of the rounds'
+    (bytes / probe bandwidth) / step. A shared host's bandwidth drifts (seen here: 30 to 60 GB/s
+    within minutes); rounds taken at once see the same machine."""
+    device = engine.device
+    probe, size, how = bandwidth_probe(device)
+    read = weight_bytes(engine)
+    cache = engine.cache(context + 9)
+    vocab = engine.config.vocab_size
+    gen = torch.Generator().manual_seed(context)
+    rates, steps, shares = [], [], []
+    with torch.inference_mode():
+        engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
+        token = torch.randint(vocab, (1, 1), generator=gen).to(device)
+
+        def step():
+            cache.truncate(context)
+            engine(token, cache, context)
+        for i in range(rounds + 1):         # the first round warms up
+            rate = size / median_seconds(probe, device, 1, warmup=0)
+            seconds = median_seconds(step, device, 3, warmup=1)
+            if i:
+                rates.append(rate)
+                steps.append(seconds)
+                shares.append(read / rate / seconds)
+    return {"bandwidth": {"bytes_per_s": statistics.median(rates), "buffer_bytes": size,
+                          "range": [min(rates), max(rates)], "rounds": rounds, "how": how},
+            "share": statistics.median(shares), "step_seconds": statistics.median(steps)}
 
 
 def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: int = 10,
                    progress=None) -> dict:
     """Latency table, bandwidth, and what follows from them (the profile.json content)."""
     device = engine.device
-    bandwidth = stream_bandwidth(device)
+    side_by_side = floor_share(engine, contexts[0])
+    bandwidth = side_by_side["bandwidth"]
     read = weight_bytes(engine)
     task = progress.add_task("profile", total=len(contexts) * len(sizes), info="") \
         if progress else None
@@ -107,8 +143,9 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
         "floor_seconds": floor,
         "contexts": list(contexts), "sizes": list(sizes), "repeats": repeats,
         "latency_seconds": latency,
-        # n = 1 streams the weights once: the share of the measured bandwidth it achieves.
-        "achieved_bandwidth_share": floor / first["1"],
+        # n = 1 streams the weights once: the share of the measured bandwidth it achieves,
+        # timed side by side with the probe (floor_share)
+        "achieved_bandwidth_share": side_by_side["share"],
         "relative_cost": {n: t / first["1"] for n, t in first.items()},
         "flops_per_second_at_widest": matmul_flops_per_token(engine) * max(sizes) / first[widest],
     }
