@@ -12,7 +12,6 @@ from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .api import BUILTIN_LIMIT, DEFAULT_METHODS
 from .errors import SpecbenchError
@@ -322,18 +321,10 @@ def medusa_calibrate_cmd(
     """Measure each head's top-k accuracy and grow trees for budgets 16, 32, 64 (the presets
     then use this model's own accuracies)."""
     from . import api
+    from .analysis.tables import print_medusa_calibration
     with user_errors():
         result = api.calibrate_medusa(model, heads, data, max_examples)
-        table = Table(title=f"Medusa head accuracy ({int(result['positions'][0])} positions)")
-        table.add_column("head")
-        for r in range(3):
-            table.add_column(f"top-{r + 1}", justify="right")
-        for k, acc in enumerate(result["accuracy"]):
-            table.add_row(str(k), *[f"{sum(acc[:r + 1]):.3f}" for r in range(3)])
-        console.print(table)
-        for budget, tree in result["trees"].items():
-            depth = max(map(len, tree))
-            console.print(f"tree budget{budget}: {len(tree) + 1} tokens, depth {depth}")
+    print_medusa_calibration(console, result)
 
 
 datastore_app = typer.Typer(no_args_is_help=True, help="REST datastores.")
@@ -408,37 +399,8 @@ def compare(
 def list_cmd():
     """List the methods with every option (default and help), subtasks, prompt templates and
     benches."""
-    from .methods import METHODS
-    from .bench.prompts import TEMPLATES
-    from .bench.questions import SUITE
-    table = Table(title="methods (set an option with --opt method.option=value, sweep it with "
-                        "--sweep method.option=v1,v2)")
-    table.add_column("method")
-    table.add_column("description")
-    table.add_column("option")
-    table.add_column("type")
-    table.add_column("default")
-    table.add_column("help")
-    for name, cls in METHODS.items():
-        table.add_row(name, cls.description, *([""] * 4), end_section=not cls.options)
-        for i, (key, option) in enumerate(cls.options.items()):
-            table.add_row("", "", key, option.type.__name__, str(option.default), option.help,
-                          end_section=i == len(cls.options) - 1)
-    console.print(table)
-    table = Table(title="subtasks (Spec-Bench)")
-    table.add_column("subtask")
-    table.add_column("categories in question files")
-    for sub, cats in SUITE["subtasks"].items():
-        table.add_row(sub, ", ".join(cats))
-    console.print(table)
-    console.print(f"templates: auto (default: the tokenizer's chat template, else vicuna_v1.1), "
-                  f"{', '.join(TEMPLATES)}")
-    from .models.targets import TARGETS
-    for target in TARGETS.values():
-        console.print(f"named models: {target.name}: {target.description} ({target.license}; "
-                      "from the package index)")
-    console.print("benches: spec_bench (the official 480 questions, downloaded and verified), "
-                  "or a path to a question file in Spec-Bench's format")
+    from .analysis.tables import print_catalogue
+    print_catalogue(console)
 
 
 @app.command("check-sampling")
@@ -466,28 +428,13 @@ def check_sampling_cmd(
     first TOKENS tokens (rare categories pooled). Methods get their add-ons as in `specbench
     run`. Exit 1 when a method fails."""
     from . import api
+    from .analysis.tables import print_sampling_check
     with user_errors(), progress_bar() as progress:
         task = progress.add_task("methods checked", total=None, info="")
         results = api.check_sampling(model, methods, prompt, tokens, samples, temperature,
                                      top_p, top_k, alpha, opt, dtype, device, console,
                                      progress=lambda name: progress.advance(task))
-    table = Table(title=f"sampling check · {samples} answers each · first {tokens} tokens · "
-                        f"temperature {temperature}")
-    for col in ("method", "categories", "χ²", "p-value", "verdict"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for r in results:
-        table.add_row(r.method, str(r.categories), f"{r.statistic:.1f}", f"{r.p_value:.3g}",
-                      "[green]same distribution[/green]" if r.passed else "[red]differs[/red]")
-    console.print(table)
-    console.print(f"  [dim]categories: distinct first-{tokens}-token sequences, those expected "
-                  f"fewer than 5 times pooled into one; p-value: chi-square test of homogeneity "
-                  f"against vanilla's answers; a method fails when p < {alpha} (each test's "
-                  f"false-alarm rate for a lossless method)[/dim]")
-    weak = [r.method for r in results if r.categories < 10]
-    if weak:
-        console.print(f"[yellow]only a few categories for {', '.join(weak)}: the test has little "
-                      f"power there; raise --temperature or --tokens, or pick a prompt whose "
-                      f"answers vary sooner[/yellow]")
+    print_sampling_check(console, results, samples, tokens, temperature, alpha)
     if not all(r.passed for r in results):
         raise typer.Exit(1)
 
