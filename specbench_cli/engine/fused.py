@@ -1,4 +1,5 @@
-"""Whole decoder layers in one call for blocks of 1-8 tokens on a CPU (cpu.c's `decode_layers`).
+"""Whole decoder layers in one call for blocks of up to 64 tokens on a CPU (cpu.c's
+`decode_layers`).
 
 A one-token step of torch's eager forward spends ~30 small ops a layer outside the matrix
 products, each a few microseconds of dispatch: on a small model that is as much time as reading
@@ -18,6 +19,7 @@ turns it off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import statistics
 import time
@@ -62,7 +64,7 @@ def layer_struct(layer) -> Layer:
 
 def why_not(engine) -> str | None:
     """Why the fused step cannot run this engine (None: it can)."""
-    from .llama import RMSNorm
+    from .llama import holds_parts
     if os.environ.get(kernels.ENV, "auto").lower() == "aten":
         return f"{kernels.ENV}=aten"
     if engine.device.type != "cpu" or engine.dtype not in (torch.float32, torch.bfloat16):
@@ -70,19 +72,27 @@ def why_not(engine) -> str | None:
     if engine.cache_dtype != torch.float32 or engine.config.head_dim > 512:
         return "needs an fp32 cache and head_dim <= 512"
     for layer in engine.model.layers:
-        attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
-        if not (isinstance(layer.input_layernorm, RMSNorm) and mlp is not None
-                and fuses(attn.qkv_proj, attn.q_proj) and fuses(mlp.gate_up_proj, mlp.gate_proj)):
-            return "layers without fused q/k/v and gate/up products"
+        attn, mlp = layer.self_attn, layer.mlp
+        for fused, first in ((attn.qkv_proj, attn.q_proj), (mlp.gate_up_proj, mlp.gate_proj)):
+            if not (holds_parts(fused, first) and fused.weight.is_contiguous()):
+                return "layers without fused q/k/v and gate/up products"
     if kernels.cpu_library() is None:
         return kernels._LIB["why"]
     return None
 
 
-def fuses(fused, first) -> bool:
-    """Whether a fused product (Engine.fuse_projections) still holds its parts' weights."""
-    return fused is not None and fused.weight.data_ptr() == first.weight.data_ptr() \
-        and fused.weight.is_contiguous()
+@functools.cache
+def library():
+    """cpu.c with the signatures of the functions this module calls."""
+    lib = kernels.cpu_library()
+    lib.decode_layers.restype = ctypes.c_int
+    lib.decode_layers.argtypes = [
+        ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
+        ctypes.POINTER(Cache), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.product_f32_out.restype = ctypes.c_int
+    lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int32]
+    return lib
 
 
 class FusedLayers:
@@ -90,15 +100,7 @@ class FusedLayers:
 
     def __init__(self, engine, rows=range(1, MAX_ROWS + 1)):
         cfg = engine.config
-        self.lib = lib = kernels.cpu_library()
-        lib.decode_layers.restype = ctypes.c_int
-        lib.decode_layers.argtypes = [
-            ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
-            ctypes.POINTER(Cache), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        lib.product_f32_out.restype = ctypes.c_int
-        lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + \
-            [ctypes.c_int32]
+        self.lib = library()
         self.lm_head = engine.lm_head.weight
         self.shape = Shape(cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
                            cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps,

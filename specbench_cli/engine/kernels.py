@@ -53,12 +53,10 @@ CFLAGS = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC"]
 ENV = "SPECBENCH_KERNELS"
 
 
-# The bucket a block of `rows` rows is timed at: the smallest bucket holding it.
-def bucket_of(rows: int) -> int:
-    for b in BUCKETS:
-        if rows <= b:
-            return b
-    return BUCKETS[-1]
+# The bucket a block of `rows` rows is timed at: the smallest bucket holding it (the last for
+# larger blocks).
+def bucket_of(rows: int, buckets: tuple[int, ...] = BUCKETS) -> int:
+    return next((b for b in buckets if rows <= b), buckets[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,14 +265,10 @@ def linear_groups(engine) -> dict[str, list]:
 
 def pack_budget_ok(groups) -> bool:
     """oneDNN's packed copies double the weights: try them only where that fits easily."""
+    from .arena import available_memory
     total = sum(m.weight.nbytes for ms in groups.values() for m in ms)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable"):
-                return total < int(line.split()[1]) * 1024 // 4
-    except OSError:
-        pass
-    return False
+    free = available_memory()
+    return free is not None and total < free // 4
 
 
 def choose_kernels(engine, console=None) -> dict:

@@ -182,13 +182,18 @@ def fuse(parts: list[Linear]) -> Linear:
     return fused
 
 
-def fused_live(fused: Linear | None, first: Linear) -> bool:
+def holds_parts(fused: Linear | None, first: Linear) -> bool:
     """Whether a fused product still holds its parts' weights (a later `.to()` or a replaced
-    weight leaves it stale, and the parts run one by one again)."""
+    weight leaves it stale)."""
+    return fused is not None and fused.weight.data_ptr() == first.weight.data_ptr()
+
+
+def fused_live(fused: Linear | None, first: Linear) -> bool:
+    """Whether inference runs the fused product (else the parts run one by one)."""
     if fused is None or torch.is_grad_enabled():
         return False
     # (a compiled graph guards on the modules instead of reading pointers)
-    return torch.compiler.is_compiling() or fused.weight.data_ptr() == first.weight.data_ptr()
+    return torch.compiler.is_compiling() or holds_parts(fused, first)
 
 
 class Attention(nn.Module):
@@ -282,7 +287,6 @@ class Engine(nn.Module):
     # faster (fused.choose_fused); None runs every block through the modules below.
     fused = None
     static = None           # engine/static.py's compiled static-shape blocks (--compile)
-    arena = "not packed"    # what engine/arena.py did with the weights (load_engine sets it)
 
     def __init__(self, cfg: EngineConfig):
         super().__init__()

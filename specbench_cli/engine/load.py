@@ -286,15 +286,15 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     load_weights(engine, files, run_dtype, dev, mmap)
     engine.eval()
     engine.fuse_projections()
-    engine.arena = pack_weights(engine, pack)
+    arena = pack_weights(engine, pack)
     choose_kernels(engine, console)
-    engine.kernel_choice["fused"] = choose_fused(engine, engine.kernel_choice["machine"])
-    engine.kernel_choice["arena"] = engine.arena
     if compile:
         from .static import StaticLayers
-        engine.static, engine.fused = StaticLayers(engine), None
-        engine.kernel_choice["fused"] = {"used": False, "why": "--compile: static shapes",
-                                         "rows": {}}
+        engine.static = StaticLayers(engine)
+        fused = {"used": False, "why": "--compile: static shapes", "rows": {}}
+    else:
+        fused = choose_fused(engine, engine.kernel_choice["machine"])
+    engine.kernel_choice.update(fused=fused, arena=arena)
     engine.dtype_choice = why       # how the dtype was chosen (`specbench profile` prints it)
     return engine, load_tokenizer(folder) if with_tokenizer else None, folder
 

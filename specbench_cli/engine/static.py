@@ -23,12 +23,14 @@ import os
 
 import torch
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+from . import kernels
+
+BUCKETS = kernels.BUCKETS + (128,)
 BACKEND_ENV = "SPECBENCH_COMPILE_BACKEND"
 
 
 def bucket_of(n: int) -> int:
-    return next(b for b in BUCKETS if n <= b)
+    return kernels.bucket_of(n, BUCKETS)
 
 
 class StaticCache:

@@ -24,8 +24,9 @@ def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
-    """Median seconds of one forward over n new tokens after `context` committed ones."""
+def block_step(engine: Engine, n: int, context: int):
+    """A function running one forward over n new tokens after `context` committed ones (the
+    context is prefilled once, here; each call truncates back to it). Call it in inference mode."""
     device = engine.device
     gen = torch.Generator().manual_seed(n * 7919 + context)
     vocab = engine.config.vocab_size
@@ -34,7 +35,14 @@ def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
         engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
         block = torch.randint(vocab, (1, n), generator=gen).to(device)
 
-        def step():
-            cache.truncate(context)
-            engine(block, cache, context)
-        return median_seconds(step, device, repeats)
+    def step():
+        cache.truncate(context)
+        engine(block, cache, context)
+    return step
+
+
+def block_latency(engine: Engine, n: int, context: int, repeats: int) -> float:
+    """Median seconds of one forward over n new tokens after `context` committed ones."""
+    step = block_step(engine, n, context)
+    with torch.inference_mode():
+        return median_seconds(step, engine.device, repeats)

@@ -21,7 +21,7 @@ import torch
 
 from ..engine import Engine
 from ..engine.arena import huge_buffer
-from ..engine.timing import block_latency, median_seconds
+from ..engine.timing import block_latency, block_step, median_seconds
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -93,17 +93,9 @@ def floor_share(engine: Engine, context: int, rounds: int = 9) -> dict:
     device = engine.device
     probe, size, how = bandwidth_probe(device)
     read = weight_bytes(engine)
-    cache = engine.cache(context + 9)
-    vocab = engine.config.vocab_size
-    gen = torch.Generator().manual_seed(context)
+    step = block_step(engine, 1, context)
     rates, steps, shares = [], [], []
     with torch.inference_mode():
-        engine(torch.randint(vocab, (1, context), generator=gen).to(device), cache, 0)
-        token = torch.randint(vocab, (1, 1), generator=gen).to(device)
-
-        def step():
-            cache.truncate(context)
-            engine(token, cache, context)
         for i in range(rounds + 1):         # the first round warms up
             rate = size / median_seconds(probe, device, 1, warmup=0)
             seconds = median_seconds(step, device, 3, warmup=1)
