@@ -466,8 +466,40 @@ def build_datastore(tokenizer: str, data: list[Path], out: Path, console: Consol
     from .drafters.datastore import build_datastore as build
     from .engine.load import load_tokenizer
     from .models.targets import model_folder
-    tok = load_tokenizer(model_folder(tokenizer, console=console or Console()))
-    return build(tok, data, out, tokenizer, progress)
+    console = console or Console()
+    tok = load_tokenizer(model_folder(tokenizer, console=console))
+    m = build(tok, data, out, tokenizer, progress)
+    console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, built "
+                  f"in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} tokens/s)")
+    return m
+
+
+def compare(run_dir: Path, baseline: Path, speedup_tolerance: float = 0.1,
+            accepted_tolerance: float = 0.02, save: bool = False,
+            baseline_name: str | None = None, counting: str = "ids", tokenizer: Path | None = None,
+            console: Console | None = None) -> list[str]:
+    """`specbench compare`: the regression gate of `run_dir` against a baseline (a file, a
+    published name or another run), printed as a table; returns the methods that regressed.
+    With `save`, writes the baseline from `run_dir` instead."""
+    from .analysis.compare import (gate, load_baseline, notes, one_device, save_baseline,
+                                   verdict_table)
+    console = console or Console()
+    run = one_device(run_dir, baseline_name, counting, tokenizer)
+    if save:
+        doc = save_baseline(run, baseline)
+        console.print(f"baseline written to {baseline} ({len(doc['methods'])} methods, model "
+                      f"{doc['model']}, {doc['machine']})", highlight=False)
+        return []
+    base = load_baseline(baseline, baseline_name, counting, tokenizer)
+    verdicts = gate(run, base, speedup_tolerance, accepted_tolerance)
+    console.print(verdict_table(verdicts, f"{run.label} against {base.get('name', baseline)}",
+                                f"tolerances: speedup −{speedup_tolerance:g}, MAT "
+                                f"−{accepted_tolerance:g} (absolute)"
+                                + "".join(f"\nnote: {n}" for n in notes(run, base))))
+    failed = [v.method for v in verdicts if v.reasons]
+    console.print(f"[red]regression[/red] in {', '.join(failed)}" if failed
+                  else "[green]no regression[/green]", highlight=False)
+    return failed
 
 
 def run_arguments(config: Path | None, typed: dict, opt: list[str], sweep: list[str]):

@@ -3,45 +3,19 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from typer.core import TyperGroup
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .api import BUILTIN_LIMIT, DEFAULT_METHODS
 from .errors import SpecbenchError
+from .terminal import console, err_console, progress_bar, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Spec-Bench for speculative decoding: run methods on one engine, report "
                        "speedups, check exactness against vanilla.")
-# Wide tables stay readable when output goes to a file or CI log (Rich assumes 80 columns there).
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-
-@contextmanager
-def user_errors():
-    """Errors meant for users (SpecbenchError) become one line on stderr and exit status 2;
-    anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except SpecbenchError as err:
-        # escaped: a message may hold brackets ('specbench-suite[ray]', a list) Rich would eat
-        err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(2)
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
-                    transient=False)
 
 
 @app.command()
@@ -253,58 +227,13 @@ class TrainCommands(TyperGroup):
 
     def get_command(self, ctx, name):
         from .methods import TRAINERS
+        from .train.commands import train_command
         return train_command(name, TRAINERS[name]) if name in TRAINERS else None
 
 
 train_app = typer.Typer(cls=TrainCommands, no_args_is_help=True,
                         help="Train what a method needs on a frozen target.")
 app.add_typer(train_app, name="train")
-
-
-# Options every trainer takes; each trainer's own come from its declaration.
-TRAIN_COMMON = {
-    "model": (str, typer.Option(..., help="Target model folder, hub id, .gguf file or named "
-                                "target.")),
-    "data": (list[Path], typer.Option(..., help="Conversations: ShareGPT JSON/JSONL, "
-                                      "role/content messages, or the built-in train.jsonl. "
-                                      "Repeatable.")),
-    "steps": (int, typer.Option(2000, help="Optimizer steps.")),
-    "batch_size": (int, typer.Option(8, help="Conversations per step.")),
-    "max_len": (int, typer.Option(512, help="Tokens kept per conversation.")),
-    "seed": (int, typer.Option(0)),
-    "template": (str, typer.Option("auto", help="How conversations are laid out, as `run` "
-                                   "lays out prompts: vicuna_v1.1, chat or auto (the same "
-                                   "choice `run --template auto` makes for this model).")),
-    "dtype": (str, typer.Option("fp32", help="Target dtype during training.")),
-    "device": (Optional[str], typer.Option(None)),
-}
-
-
-def train_command(name, trainer):
-    """The command of one trainer's declaration: the common options, `--out`, then its own
-    (typer reads the built signature as it reads a written one)."""
-    import inspect
-
-    def command(**values):
-        from . import api
-        with user_errors():
-            metrics = api.train(name, console=console, **values)
-            console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in metrics.items()) + ")")
-
-    def parameter(key, annotation, default):
-        return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                 annotation=annotation)
-    params = [parameter(key, kind, option) for key, (kind, option) in TRAIN_COMMON.items()]
-    params.append(parameter("out", Path, typer.Option(..., help=trainer.out_help)))
-    params += [parameter(key, Optional[o.type] if o.default is None else o.type,
-                         typer.Option(o.default, help=o.help))
-               for key, o in trainer.options.items()]
-    command.__signature__ = inspect.Signature(params)
-    command.__doc__ = trainer.help
-    one = typer.Typer()
-    one.command(name)(command)
-    return typer.main.get_command(one)
 
 
 medusa_app = typer.Typer(no_args_is_help=True, help="Medusa tools.")
@@ -341,12 +270,8 @@ def datastore_build_cmd(
 ):
     """Tokenize every turn (streaming) into one 32-bit token array and build its suffix array."""
     from . import api
-    with user_errors():
-        with progress_bar() as progress:
-            m = api.build_datastore(tokenizer, data, out, console, progress)
-        console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, "
-                      f"built in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} "
-                      "tokens/s)")
+    with user_errors(), progress_bar() as progress:
+        api.build_datastore(tokenizer, data, out, console, progress)
 
 
 @app.command()
@@ -373,26 +298,12 @@ def compare(
     vanilla against a baseline. Exit 1 when any baseline method fell more than a tolerance
     below it, lost equality with vanilla, or is missing; 0 otherwise; 2 on bad input (another
     model than the baseline's, methods with differing question sets, unreadable files)."""
-    from .analysis.compare import gate, load_baseline, notes, one_device, save_baseline, verdict_table
+    from . import api
     with user_errors():
-        run = one_device(run_dir, baseline_name, counting, tokenizer)
-        if save:
-            doc = save_baseline(run, baseline)
-            console.print(f"baseline written to {baseline} ({len(doc['methods'])} methods, model "
-                          f"{doc['model']}, {doc['machine']})", highlight=False)
-            return
-        base = load_baseline(baseline, baseline_name, counting, tokenizer)
-        verdicts = gate(run, base, speedup_tolerance, accepted_tolerance)
-    extra = notes(run, base)
-    console.print(verdict_table(verdicts, f"{run.label} against {base.get('name', baseline)}",
-                                f"tolerances: speedup −{speedup_tolerance:g}, MAT "
-                                f"−{accepted_tolerance:g} (absolute)"
-                                + "".join(f"\nnote: {n}" for n in extra)))
-    failed = [v.method for v in verdicts if v.reasons]
+        failed = api.compare(run_dir, baseline, speedup_tolerance, accepted_tolerance, save,
+                             baseline_name, counting, tokenizer, console)
     if failed:
-        console.print(f"[red]regression[/red] in {', '.join(failed)}", highlight=False)
         raise typer.Exit(1)
-    console.print("[green]no regression[/green]", highlight=False)
 
 
 @app.command("list")

@@ -58,9 +58,11 @@ def declared_addons() -> dict[str, dict]:
 TEACHER = {"conversations": 4000, "top_k": 32, "max_len": 256}
 
 
-def marker_of(opts: dict, addon, teacher: dict) -> dict:
-    """What an add-on's ready.json records: a change of either rebuilds it."""
-    return {"options": opts, **({"teacher": teacher} if addon.uses_teacher else {})}
+def marker_of(opts: dict, addon, teacher: dict | None) -> dict:
+    """What an add-on's ready.json records: a change of either rebuilds it (`teacher`: None
+    where the folder's name already holds the teacher's settings)."""
+    return {"options": opts,
+            **({"teacher": teacher} if addon.uses_teacher and teacher is not None else {})}
 
 
 def is_ready(folder: Path, marker: dict) -> bool:
@@ -81,25 +83,21 @@ def build_into(folder: Path, marker: dict, build) -> None:
 
 
 class SharedTarget:
-    """The built-in target, its training conversations and their teacher cache, each made once
-    on first use and shared by every add-on built in this call."""
+    """A frozen target, the conversations its add-ons train on and the target's cached view of
+    them (train.teacher.CachedTeacher: hidden states at `layers`, top-`top_k` distributions),
+    each made once on first use and shared by every add-on built in one call. `load()` returns
+    (engine, tokenizer, examples); the built-in benchmark's and a named target's differ only
+    there."""
 
-    def __init__(self, base: BuiltinAssets, teacher: dict, layers: list[int], console: Console,
-                 timings: dict):
-        self.base, self.settings, self.layers, self.console = base, teacher, layers, console
+    def __init__(self, load, layers: list[int], top_k: int, console: Console, timings: dict):
+        self._load, self.layers, self.top_k, self.console = load, layers, top_k, console
         self.timings = timings          # the teacher pass's seconds land here, under "teacher"
-        self._engine = self._examples = self._teacher = None
+        self._loaded = self._teacher = None
 
     def load(self):
-        if self._engine is None:
-            from ..engine.load import load_engine
-            from ..train.data import load_examples
-            self._engine, self.tokenizer, _ = load_engine(str(self.base.model_dir),
-                                                          dtype="fp32", device="cpu")
-            self._examples = load_examples([self.base.train_file], self.tokenizer,
-                                           self.settings["max_len"],
-                                           limit=self.settings["conversations"])
-        return self._engine, self.tokenizer, self._examples
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
 
     def teacher(self):
         if self._teacher is None:
@@ -108,17 +106,43 @@ class SharedTarget:
             engine, _, examples = self.load()
             started = time.perf_counter()
             with Progress(console=self.console) as progress:
-                self._teacher = CachedTeacher(engine, examples, self.layers,
-                                              self.settings["top_k"], progress)
+                self._teacher = CachedTeacher(engine, examples, self.layers, self.top_k,
+                                              progress)
             self.timings["teacher"] = time.perf_counter() - started
         return self._teacher
+
+
+def build_addons(wanted: dict[str, dict], root: Path, shared: SharedTarget, data: list[Path],
+                 console: Console, timings: dict, force: bool = False,
+                 teacher_key: dict | None = None, label: str = "", **extra) -> dict[str, Path]:
+    """Each add-on in `wanted` (method → the settings its `builtin_addon.build` runs with) into
+    root/<method>, unless it is there already, built with the same settings (and `teacher_key`,
+    what its teacher was made with, when that is not already in `root`'s name). The target and
+    the teacher pass are made only when something is built; `extra` goes to every build."""
+    from ..methods import METHODS
+    folders = {}
+    for name, opts in wanted.items():
+        addon = METHODS[name].builtin_addon
+        folder, marker = root / name, marker_of(opts, addon, teacher_key)
+        # Rebuilt when its settings changed (a newer release of the method), not only when absent.
+        if force or not is_ready(folder, marker):
+            engine, tokenizer, examples = shared.load()
+            # The first add-on that reads the teacher makes it (timed on its own).
+            view = {"examples": examples, "teacher": shared.teacher()} if addon.uses_teacher \
+                else {}
+            started = time.perf_counter()
+            build_into(folder, marker, lambda tmp: addon.build(
+                engine, tokenizer, data, tmp, dict(opts), console, **view, **extra))
+            timings[name] = time.perf_counter() - started
+            console.print(f"{label}{name}: built in {timings[name]:.1f} s → {folder}")
+        folders[name] = folder
+    return folders
 
 
 def prepare_all(home: Path | None = None, force: bool = False, console: Console | None = None,
                 recipe=None, addons: dict | None = None, teacher: dict | None = None) -> Prepared:
     """Base benchmark, then each method's add-on (`addons` overrides the declared settings by
-    method name and `teacher` the shared teacher's: tests shrink them). An add-on is built in a
-    temporary folder and renamed into place when complete."""
+    method name and `teacher` the shared teacher's: tests shrink them)."""
     from ..methods import METHODS
     settings = {**declared_addons(), **(addons or {})}
     teacher = {**TEACHER, **(teacher or {})}
@@ -126,25 +150,18 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
     started = time.perf_counter()
     base = prepare_builtin(home=home, force=force, console=console, recipe=recipe)
     prepared = Prepared(base, timings={"base": time.perf_counter() - started})
+
+    def load():
+        from ..engine.load import load_engine
+        from ..train.data import load_examples
+        engine, tokenizer, _ = load_engine(str(base.model_dir), dtype="fp32", device="cpu")
+        return engine, tokenizer, load_examples([base.train_file], tokenizer, teacher["max_len"],
+                                                limit=teacher["conversations"])
     layers = sorted({layer for name in settings
                      for layer in METHODS[name].builtin_addon.teacher_layers})
-    shared = SharedTarget(base, teacher, layers, console, prepared.timings)
-    for name, opts in settings.items():
-        addon = METHODS[name].builtin_addon
-        folder = base.root / name
-        wanted = marker_of(opts, addon, teacher)
-        # Rebuilt when its settings changed (a newer release of the method), not only when absent.
-        if force or not is_ready(folder, wanted):
-            engine, tokenizer, examples = shared.load()
-            # The first add-on that reads the teacher makes it (timed on its own).
-            extra = {"examples": examples, "teacher": shared.teacher()} if addon.uses_teacher \
-                else {}
-            t = time.perf_counter()
-            build_into(folder, wanted, lambda tmp: addon.build(
-                engine, tokenizer, [base.train_file], tmp, dict(opts), console, **extra))
-            prepared.timings[name] = time.perf_counter() - t
-            console.print(f"{name}: built in {prepared.timings[name]:.1f} s → {folder}")
-        prepared.addons[name] = folder
+    shared = SharedTarget(load, layers, teacher["top_k"], console, prepared.timings)
+    prepared.addons = build_addons(settings, base.root, shared, [base.train_file], console,
+                                   prepared.timings, force=force, teacher_key=teacher)
     return prepared
 
 

@@ -29,7 +29,7 @@ from rich.console import Console
 from ..errors import SpecbenchError
 from ..methods import METHODS
 from ..methods.base import ADDON_FOLDER, TargetAddon
-from .prepare import build_into, is_ready
+from .prepare import SharedTarget, build_addons, is_ready
 
 # Each target's recipe: the corpus and the teacher cache every add-on is built from. What each
 # method builds on it, and the options a run then gives the method, are declared beside the
@@ -96,14 +96,11 @@ def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
 
 def prepare_addons(name: str, home: Path | None = None, force: bool = False,
                    console: Console | None = None) -> TargetAddons:
-    from rich.progress import Progress
-
     from .corpus import build_corpus
     from ..engine.load import load_engine
     from ..bench.prompts import resolve_template
     from .targets import TARGETS, target_folder
     from ..train.data import load_examples
-    from ..train.teacher import CachedTeacher
     if name not in RECIPES:
         raise SpecbenchError(f"no add-on recipe for {name!r} (have: {', '.join(RECIPES)})")
     console = console or Console()
@@ -127,28 +124,13 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
             part.replace(root / part.name)
         tmp.rmdir()
         result.timings["corpus"] = time.perf_counter() - started
-    examples = load_examples([result.corpus], tokenizer, recipe["max_len"], template)
-    teacher = None
-    for method, addon in declared_addons(name).items():
-        settings = addon.settings
-        target = root / method
-        if is_built(target, settings):
-            result.addons[method] = target
-            continue
-        t = time.perf_counter()
-        if teacher is None and METHODS[method].builtin_addon.uses_teacher:
-            with Progress(console=console) as progress:
-                teacher = CachedTeacher(engine, examples, recipe["teacher"]["layers"],
-                                        recipe["teacher"]["top_k"], progress)
-            result.timings["teacher"] = time.perf_counter() - t
-            t = time.perf_counter()
-        build = METHODS[method].builtin_addon.build
-        build_into(target, {"options": settings}, lambda tmp: build(
-            engine, tokenizer, [result.corpus], tmp, dict(settings), console,
-            target_name=name, template=template, examples=examples, teacher=teacher))
-        result.addons[method] = target
-        result.timings[method] = time.perf_counter() - t
-        console.print(f"{name} {method}: built in {result.timings[method]:.1f} s → {target}")
+    layers, top_k = recipe["teacher"]["layers"], recipe["teacher"]["top_k"]
+    shared = SharedTarget(lambda: (engine, tokenizer, load_examples(
+        [result.corpus], tokenizer, recipe["max_len"], template)), layers, top_k, console,
+        result.timings)
+    wanted = {method: addon.settings for method, addon in declared_addons(name).items()}
+    result.addons = build_addons(wanted, root, shared, [result.corpus], console, result.timings,
+                                 label=f"{name} ", target_name=name, template=template)
     if result.timings:      # seconds per part, kept across resumed builds
         path = root / "timings.json"
         earlier = json.loads(path.read_text()) if path.exists() else {}
