@@ -18,7 +18,9 @@ from .medusa import Medusa
 from .pld import PromptLookup
 from .recycling import TokenRecycling
 from .rest import REST
+from .sam import SAMDecoding
 from .sps import SpS
+from .suffix import SuffixDecoding
 from .vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
@@ -32,6 +34,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     Lookahead,
     TokenRecycling,
     Eagle,
+    SAMDecoding,
+    SuffixDecoding,
 )}
 
 # `specbench train NAME`: every method that declares a trainer.
