@@ -75,6 +75,16 @@ def tiny_engine(tiny_model_dir):
     return engine, tokenizer
 
 
+@pytest.fixture()
+def counting_chats(tmp_path) -> Path:
+    """Eight identical chats whose answer repeats "abc": a trainer learns it in a few steps."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"conversations": [
+        {"from": "human", "value": "Count."}, {"from": "gpt", "value": "abcabcabcabc"}]}) + "\n"
+        for _ in range(8)))
+    return data
+
+
 def write_questions(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

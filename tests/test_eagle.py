@@ -184,9 +184,9 @@ def test_official_checkpoint_loads_strictly(tiny_engine, tmp_path):
     ({"config": {"hidden_size": 32}}, "made for another model: hidden_size 32, the target has 64"),
     ({"bad_shape": "embed_tokens.weight"}, "its embedding table is (64, 32), the target's is "
                                            "(96, 64)"),
-    ({"config": {"draft_vocab_size": 32}}, "EAGLE-3 checkpoints are not supported yet"),
+    ({"config": {"draft_vocab_size": 32}}, "run it with the eagle3 method"),
     ({"extra": {"d2t": torch.zeros(32, dtype=torch.long)}},
-     "EAGLE-3 checkpoints are not supported yet"),
+     "run it with the eagle3 method"),
     ({"extra": {"norm.weight": torch.ones(64)}}, "unexpected keys ['norm.weight']"),
 ])
 def test_bad_checkpoints_fail_in_one_line(tiny_engine, tmp_path, kwargs, message):

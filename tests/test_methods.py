@@ -71,14 +71,42 @@ def random_eagle_head(engine):
     return EagleHead(engine.config)
 
 
+def random_hydra_heads(engine, num_heads=3, num_layers=1, shared=False, scale=0.5, seed=0):
+    from specbench_cli.drafters.hydra import HydraHeads
+    cfg = engine.config
+    torch.manual_seed(seed)
+    heads = HydraHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers,
+                       shared=engine.lm_head if shared else None)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, scale)
+    return heads
+
+
+def random_eagle3_head(engine, kept=None, seed=0, scale=0.3):
+    """A random EAGLE-3 head drafting among `kept` (default: the even ids)."""
+    from specbench_cli.drafters.eagle3 import Eagle3Head, feature_layers
+    kept = torch.arange(0, engine.config.vocab_size, 2) if kept is None else kept
+    torch.manual_seed(seed)
+    head = Eagle3Head(engine.config, len(kept), feature_layers(engine.num_layers))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, scale)
+    head.set_vocab(kept)
+    return head
+
+
 def make(name, engine, eos_ids, tok=None):
     """A method with test options: Kangaroo gets a random adapter, Medusa random heads, REST a
-    datastore of the model's own outputs, SpS a random tiny drafter, EAGLE a random head."""
+    datastore of the model's own outputs, SpS a random tiny drafter, EAGLE a random head, EAGLE-3 a
+    random head over the even ids, Hydra random sequentially dependent heads."""
     options = {"kangaroo": lambda: {"adapter": random_adapter(engine), "threshold": 0.0},
                "medusa": lambda: {"heads": random_heads(engine), "tree": "budget32"},
                "rest": lambda: {"datastore": tiny_datastore(engine, tok)},
                "sps": lambda: {"drafter": tiny_drafter(engine), "num_draft": 4},
-               "eagle": lambda: {"head": random_eagle_head(engine)}}
+               "eagle": lambda: {"head": random_eagle_head(engine)},
+               "eagle3": lambda: {"head": random_eagle3_head(engine)},
+               "hydra": lambda: {"heads": random_hydra_heads(engine), "tree": "budget32"}}
     return METHODS[name](engine, eos_ids, tok, **options.get(name, dict)())
 
 

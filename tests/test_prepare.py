@@ -15,7 +15,9 @@ SMALL_ADDONS = {"kangaroo": {"exit_layer": 1, "steps": 5, "batch_size": 4},
                 "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4},
                 "rest": {},
                 "sps": {"steps": 5, "batch_size": 4, "hidden_size": 32},
-                "eagle": {"steps": 5, "batch_size": 4}}
+                "eagle": {"steps": 5, "batch_size": 4},
+                "eagle3": {"steps": 5, "batch_size": 4, "draft_vocab": 64, "ttt": 2},
+                "hydra": {"num_heads": 2, "steps": 5, "batch_size": 4}}
 SMALL_TEACHER = {"conversations": 40, "top_k": 8, "max_len": 128}
 
 
@@ -49,7 +51,7 @@ def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
     # One teacher pass feeds every add-on that reads the target; REST reads only the corpus.
     other = {**SMALL_TEACHER, "top_k": 4}
     assert list(tiny_prepare(teacher=other).timings) == ["base", "teacher", "kangaroo", "medusa",
-                                                         "sps", "eagle"]
+                                                         "sps", "eagle", "eagle3", "hydra"]
 
 
 def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, tmp_path):

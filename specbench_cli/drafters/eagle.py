@@ -93,8 +93,8 @@ def load_head(spec: str, target: EngineConfig) -> tuple[EagleHead, dict, Path]:
         raise EagleError(f"EAGLE head {folder}: no {' or '.join(WEIGHT_FILES)}")
     names = {name: shape for name, shape, _ in checkpoint_tensors(files[0], mmap=True)}
     if "draft_vocab_size" in cfg or any(n.startswith(EAGLE3_KEYS) for n in names):
-        raise EagleError(f"EAGLE head {folder}: EAGLE-3 checkpoints are not supported yet "
-                         "(fused low/mid/high features and a reduced draft vocabulary)")
+        raise EagleError(f"EAGLE head {folder} is an EAGLE-3 head (fused low/mid/high "
+                         "features, a reduced draft vocabulary): run it with the eagle3 method")
     for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
         if cfg.get(key) not in (None, want):
             raise EagleError(f"EAGLE head {folder} was made for another model: {key} "

@@ -25,16 +25,19 @@ class HeadsError(SpecbenchError):
 
 
 class ResBlock(nn.Module):
-    """x + SiLU(Linear(x)); zero-initialised so a fresh head starts as the LM head."""
+    """x + SiLU(Linear(x)); zero-initialised so a fresh head starts as the LM head. With
+    `inputs` > 1 (Hydra's heads read several vectors side by side) the residual is a linear map
+    of them too (`res_connection`)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, inputs: int = 1):
         super().__init__()
-        self.linear = nn.Linear(hidden, hidden)
+        self.linear = nn.Linear(hidden * inputs, hidden)
         nn.init.zeros_(self.linear.weight)
+        self.res_connection = nn.Linear(hidden * inputs, hidden) if inputs > 1 else nn.Identity()
         self.act = nn.SiLU()
 
     def forward(self, x):
-        return x + self.act(self.linear(x))
+        return self.res_connection(x) + self.act(self.linear(x))
 
 
 class SharedLMHead(nn.Module):

@@ -27,6 +27,8 @@ DTYPE_ALIASES = {**DTYPES, "float32": torch.float32, "float16": torch.float16,
                  "half": torch.float16, "bfloat16": torch.bfloat16}
 # safetensors header dtype → torch; others (int8, fp8, …) are quantised formats we do not run.
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# Read only where integers or booleans are asked for: EAGLE-3's draft→target id maps.
+MAP_DTYPES = {"I64": torch.int64, "BOOL": torch.bool}
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -168,10 +170,11 @@ def safetensors_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
 
             def read(dtype, device, name=name, info=info):
-                stored = STORED_DTYPES.get(info["dtype"])
+                kinds = STORED_DTYPES if dtype.is_floating_point else MAP_DTYPES
+                stored = kinds.get(info["dtype"])
                 if stored is None:
                     raise ModelLoadError(f"{file}: tensor {name} is stored as {info['dtype']}; "
-                                         f"supported: {', '.join(STORED_DTYPES)}")
+                                         f"supported: {', '.join(kinds)}")
                 start, end = (base + offset for offset in info["data_offsets"])
                 shape, numel = info["shape"], math.prod(info["shape"])
                 if numel * stored.itemsize != end - start or end > size:

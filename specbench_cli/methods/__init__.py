@@ -11,6 +11,8 @@ from ..errors import SpecbenchError
 from ..options import Option
 from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
 from .eagle import Eagle
+from .eagle3 import Eagle3
+from .hydra import Hydra
 from .kangaroo import Kangaroo
 from .llma import LLMA
 from .lookahead import Lookahead
@@ -34,6 +36,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     Lookahead,
     TokenRecycling,
     Eagle,
+    Eagle3,
+    Hydra,
     SAMDecoding,
     SuffixDecoding,
 )}

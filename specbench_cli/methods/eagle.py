@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..drafters.eagle import load_head
+from ..drafters.eagle3 import reduced_vocab
 from ..engine import Engine
 from ..errors import SpecbenchError
 from ..train import Trainer
@@ -51,7 +52,10 @@ class Eagle(Method):
         "top_k": Option(10, int, "nodes expanded at each depth, and children per node "
                         "(EAGLE-2)", low=1),
         "tree": Option(None, str, "a static tree instead (EAGLE-1): a Medusa-style preset "
-                       "(budget16, budget32, budget64) or a JSON/YAML file of rank lists")}
+                       "(budget16, budget32, budget64) or a JSON/YAML file of rank lists"),
+        "draft_vocab": Option(None, str, "FR-Spec: draft only among these target ids (a JSON "
+                              "list, or an EAGLE-3 head folder's reduced vocabulary), so a "
+                              "head pass scores a slice of the LM head")}
     statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",
                             "draft-head forwards per verification step (catch-up included)"),)
     builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16},
@@ -76,28 +80,44 @@ class Eagle(Method):
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        head = self.require("head", "a draft head: --opt eagle.head=PATH or a hub id (train one "
-                                    "with `specbench train eagle`)")
+        head = self.require("head", f"a draft head: --opt {self.name}.head=PATH or a hub id "
+                                    f"(train one with `specbench train {self.name}`)")
         if isinstance(head, (str, Path)):
-            head, _, folder = load_head(str(head), engine.config)
+            head, folder = self.load(str(head), engine)
             o["head"] = str(folder)
         self.head = head.to(engine.device, engine.dtype).eval().requires_grad_(False)
+        self.vocab = self.vocab_weight = None        # FR-Spec's reduced draft vocabulary
+        if o.get("draft_vocab"):
+            self.vocab = reduced_vocab(str(o["draft_vocab"])).to(engine.device)
+            if len(self.vocab) == 0 or int(self.vocab.max()) >= engine.config.vocab_size:
+                raise SpecbenchError(f"{self.name}: draft_vocab {o['draft_vocab']} is empty or "
+                                     "holds ids outside the target's vocabulary")
+            self.vocab_weight = engine.lm_head.weight[self.vocab].contiguous()
         for key, least in (("total_tokens", 2), ("depth", 1), ("top_k", 1)):
             if o[key] < least:
-                raise SpecbenchError(f"eagle: {key} must be at least {least} (got {o[key]})")
+                raise SpecbenchError(f"{self.name}: {key} must be at least {least} "
+                                     f"(got {o[key]})")
         self.tree = None
         if o["tree"] is not None:
             from .medusa import load_tree     # EAGLE-1's trees are Medusa-style rank trees
             self.tree = Tree.from_choices(load_tree(str(o["tree"]), 64))
         size = len(self.tree) if self.tree else o["total_tokens"]
         if size > DRAFT_HEADROOM:
-            raise SpecbenchError(f"eagle: a tree of {size} nodes is more than the "
+            raise SpecbenchError(f"{self.name}: a tree of {size} nodes is more than the "
                                  f"{DRAFT_HEADROOM} one verification may hold")
+
+    @staticmethod
+    def load(spec: str, engine: Engine):
+        head, _, folder = load_head(spec, engine.config)
+        return head, folder
 
     def info(self) -> dict:
         if self.tree is not None:
             return {"tree": "static", "tree_tokens": len(self.tree), "tree_depth": self.tree.depth}
-        return {"tree": "dynamic", **{k: self.options[k] for k in ("total_tokens", "depth", "top_k")}}
+        vocab = {} if self.draft_vocab_size == self.engine.config.vocab_size else \
+            {"draft_vocab": self.draft_vocab_size}
+        return {"tree": "dynamic", **vocab,
+                **{k: self.options[k] for k in ("total_tokens", "depth", "top_k")}}
 
     def parameter_overhead(self) -> dict:
         params = self.head.num_parameters()
@@ -109,7 +129,7 @@ class Eagle(Method):
         cache = engine.new_cache(len(prompt_ids) + max_new_tokens + drafted_rows,
                                  len(self.head.layers))
         state = DecodeState(engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+                            decoding=self.decoding, prefill=self.prefill)
         stats = {"rounds": 0, "head_passes": 0, "drafted": 0}
         # The head's row t holds (f_t, token t+1): the prompt's features and the tokens after.
         with state.phase("prefill"):
@@ -122,7 +142,7 @@ class Eagle(Method):
             stats["rounds"] += 1
             stats["head_passes"] += passes + 1
             stats["drafted"] += len(tree) - 1
-            result = verify_tree(state, tree, tokens)
+            result = verify_tree(state, tree, tokens, forward=self.verify_forward(state))
             if state.done:
                 break
             # Forget the drafted rows; feed the target's features at the accepted nodes.
@@ -156,16 +176,36 @@ class Eagle(Method):
         return self.head(features, engine.embed(tokens[None].to(engine.device)), rope, cache,
                          committed + drafted - k, mask)
 
+    # The target's forwards: the plain ones (its final normed features are what the head reads).
+    prefill = None
+
+    def verify_forward(self, state: DecodeState):
+        return None
+
     def draft_logp(self, features: torch.Tensor) -> torch.Tensor:
-        """Draft log-probabilities (k, V) from predicted features (1, k, H)."""
-        return torch.log_softmax(self.engine.logits(features)[0], dim=-1)
+        """Draft log-probabilities (k, V) from predicted features (1, k, H); over the reduced
+        vocabulary's V entries with FR-Spec."""
+        if self.vocab_weight is not None:
+            logits = torch.nn.functional.linear(features[0], self.vocab_weight).float()
+        else:
+            logits = self.engine.logits(features)[0]
+        return torch.log_softmax(logits, dim=-1)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.engine.config.vocab_size if self.vocab is None else len(self.vocab)
+
+    def to_target(self, ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary ids → the target's ids."""
+        return ids if self.vocab is None else self.vocab[ids]
 
     def dynamic_tree(self, out, committed: int, cache):
         """EAGLE-2. Node 0 is the root (the pending token); nodes are numbered as drafted, so
         parents come first. Returns the tree, its tokens and the head passes run."""
         o = self.options
-        top_k = min(o["top_k"], self.engine.config.vocab_size)
+        top_k = min(o["top_k"], self.draft_vocab_size)
         scores, tokens = self.draft_logp(out)[0].topk(top_k)
+        tokens = self.to_target(tokens)
         all_scores, all_tokens = [scores], [tokens]
         all_parents = [torch.zeros(top_k, dtype=torch.long)]
         frontier = torch.arange(1, top_k + 1)            # the nodes the next pass feeds
@@ -177,7 +217,7 @@ class Eagle(Method):
             out = self.feed(cache, features, tokens, committed + d, seen, committed)
             child_scores, child_tokens = self.draft_logp(out).topk(top_k, dim=-1)
             child_scores = (child_scores + scores[:, None]).flatten()
-            child_tokens = child_tokens.flatten()
+            child_tokens = self.to_target(child_tokens.flatten())
             all_scores.append(child_scores)
             all_tokens.append(child_tokens)
             all_parents.append(frontier.repeat_interleave(top_k))
@@ -216,7 +256,8 @@ class Eagle(Method):
                 outs.update({i: out[0, j] for j, i in enumerate(parents)})
                 passes += 1
             logp = self.draft_logp(torch.stack([outs[i] for i in parents])[None])
-            ranks = logp.topk(max(c[-1] for c in tree.choices[1:]) + 1, dim=-1).indices.tolist()
+            ranks = logp.topk(max(c[-1] for c in tree.choices[1:]) + 1, dim=-1).indices
+            ranks = self.to_target(ranks).tolist()
             for child, choice in enumerate(tree.choices):
                 if child and tree.depths[child] == depth + 1:
                     tokens[child] = ranks[parents.index(tree.parents[child])][choice[-1]]

@@ -56,25 +56,25 @@ class Medusa(Method):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
         cfg = engine.config
-        heads = self.require("heads", "heads: --opt medusa.heads=PATH (train them with "
-                                      "`specbench train medusa`)")
+        heads = self.require("heads", f"heads: --opt {self.name}.heads=PATH (train them with "
+                                      f"`specbench train {self.name}`)")
         if isinstance(heads, (str, Path)):
             folder = heads_path(str(heads))
-            heads = load_heads(folder, cfg.hidden_size, cfg.vocab_size, engine.lm_head)
+            heads = self.load(folder, cfg.hidden_size, cfg.vocab_size, engine.lm_head)
             accuracy = calibration_of(folder)
             o["heads"] = str(folder)
         else:
             accuracy = None
         if o["num_heads"] is not None:
             if not 1 <= o["num_heads"] <= len(heads):
-                raise SpecbenchError(f"medusa: num_heads must be in [1, {len(heads)}]")
-            heads = heads[:o["num_heads"]]
+                raise SpecbenchError(f"{self.name}: num_heads must be in [1, {len(heads)}]")
+            heads = self.keep(heads, o["num_heads"])
         self.heads = heads.to(engine.device, engine.dtype).eval().requires_grad_(False)
         choices = o["tree"] if isinstance(o["tree"], list) else \
             load_tree(o["tree"], len(self.heads), accuracy)
         if max(map(len, choices)) > len(self.heads):
-            raise SpecbenchError(f"medusa: the tree is {max(map(len, choices))} deep but there "
-                                 f"are only {len(self.heads)} heads")
+            raise SpecbenchError(f"{self.name}: the tree is {max(map(len, choices))} deep but "
+                                 f"there are only {len(self.heads)} heads")
         self.tree = Tree.from_choices(choices)
         # Typical acceptance does not keep the target's distribution.
         self.lossless = not o["typical"]
@@ -86,7 +86,11 @@ class Medusa(Method):
     def info(self) -> dict:
         return {"heads": len(self.heads), "tree_tokens": len(self.tree), "tree_depth": self.tree.depth}
 
-    def candidates(self, hidden: torch.Tensor) -> list[int]:
+    # How the heads are read from a folder, and cut to the first n (Hydra's differ).
+    load = staticmethod(load_heads)
+    keep = staticmethod(lambda heads, n: heads[:n])
+
+    def candidates(self, hidden: torch.Tensor, pending: int) -> list[int]:
         """Node tokens of the tree from each head's top-k at the last accepted position."""
         top = torch.stack([head(hidden)[0].float() for head in self.heads])
         ranks = top.topk(TOP_K, dim=-1).indices.tolist()       # [head][rank]
@@ -98,7 +102,7 @@ class Medusa(Method):
         h = state.hidden[:, -1]           # the heads read the last committed position
         while not state.done:
             with state.phase("draft"):
-                candidates = self.candidates(h)
+                candidates = self.candidates(h, state.pending)
             h = verify_tree(state, self.tree, candidates, sampled_select=self.typical_path
                             if self.options["typical"] else None).hidden[-1:]
         return state.result()

@@ -35,12 +35,13 @@ def shifted(heads, hidden, ids, mask):
         yield k, head(hidden[:, :-shift][valid]).float(), ids[:, shift:][valid]
 
 
-def medusa_step(engine: Engine, heads, teacher: LiveTeacher):
+def medusa_step(engine: Engine, heads, teacher: LiveTeacher, head_logits=shifted):
+    """One loss over every head; `head_logits` yields each head's (k, logits, labels)."""
     def step(batch):
         ids, mask = batch.ids.to(engine.device), batch.mask.to(engine.device)
         hidden = teacher.features(batch).to(engine.device)
         loss, metrics = 0.0, {}
-        for k, logits, labels in shifted(heads, hidden, ids, mask):
+        for k, logits, labels in head_logits(heads, hidden, ids, mask):
             loss = loss + DECAY ** k * F.cross_entropy(logits, labels)
             metrics[f"top1_h{k}"] = float((logits.argmax(-1) == labels).float().mean())
         return loss, metrics
@@ -79,9 +80,11 @@ def train_medusa(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_
 
 def calibrate(engine: Engine, tokenizer, heads, data: list[Path], out: Path | None = None,
               max_examples: int = 200, max_len: int = 512, template: str = "vicuna_v1.1",
-              examples=None, teacher: LiveTeacher | None = None) -> dict:
+              examples=None, teacher: LiveTeacher | None = None, head_logits=shifted) -> dict:
     """accuracy[k][r]: share of assistant positions where head k's rank-r candidate is the
-    token 2+k ahead. Stored as calibration.json in `out` (the heads' folder) when given."""
+    token 2+k ahead (`head_logits(heads, hidden, ids, mask)` yields each head's logits and
+    labels: Medusa's, or Hydra's that also read the tokens before). Stored as calibration.json
+    in `out` (the heads' folder) when given."""
     examples = (examples or load_examples(data, tokenizer, max_len, template))[:max_examples]
     teacher = teacher or LiveTeacher(engine)
     hits = torch.zeros(len(heads), TOP_K)
@@ -91,7 +94,7 @@ def calibrate(engine: Engine, tokenizer, heads, data: list[Path], out: Path | No
             batch = Batch(torch.tensor([ex.ids]), torch.tensor([ex.assistant]), [row])
             ids, mask = batch.ids.to(engine.device), batch.mask.to(engine.device)
             hidden = teacher.features(batch).to(engine.device)
-            for k, logits, labels in shifted(heads, hidden, ids, mask):
+            for k, logits, labels in head_logits(heads, hidden, ids, mask):
                 ranks = logits.topk(TOP_K, dim=-1).indices
                 hits[k] += (ranks == labels[:, None]).float().sum(0).cpu()
                 counts[k] += labels.numel()

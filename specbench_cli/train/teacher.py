@@ -82,7 +82,9 @@ class CachedTeacher(LiveTeacher):
 
     def __init__(self, engine: Engine, examples, layers=(), top_k: int = 32, progress=None):
         super().__init__(engine)
-        self.layers = sorted(set(layers))
+        # Layers the target has (a smaller built-in in tests may lack some an add-on names;
+        # its trainer then reads those from a live teacher).
+        self.layers = sorted(layer for layer in set(layers) if 0 < layer < engine.num_layers)
         self.store: list[dict] = []
         task = progress.add_task("target pass (teacher cache)", total=len(examples)) \
             if progress else None

@@ -1,0 +1,100 @@
+"""Hydra heads (Ankner et al., 2024, "Hydra: Sequentially-Dependent Draft Heads for Medusa
+Decoding"): Medusa's heads made sequentially dependent. Head k reads the target's last hidden
+state h_t and the embeddings of the tokens drafted before it, [h_t, e(x_{t+1}), …,
+e(x_{t+1+k})], and predicts token t+2+k; so within a tree each node's children come from its
+own path, not only from its depth. A strict loader for ours and the official
+`hydra_lm_head.pt` + config.json (grounded "mlp" heads; key names from the public code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine.load import load_state
+from ..errors import SpecbenchError
+from .medusa import ResBlock, SharedLMHead
+
+WEIGHTS = ("hydra_lm_head.safetensors", "hydra_lm_head.pt")
+
+
+class HydraError(SpecbenchError):
+    pass
+
+
+class HydraHeads(nn.Module):
+    """`hydra_mlp[k]`: ResBlock over k+2 vectors, then `num_layers - 1` plain ResBlocks;
+    `hydra_lm_head[k]`: a vocab projection (with bias, as upstream's), or the target's LM head
+    when `shared` is given. The odd indices of both mirror the official layout, whose even
+    slots hold dropouts (identities here), so official keys load as they are."""
+
+    def __init__(self, hidden: int, vocab: int, num_heads: int, num_layers: int = 1,
+                 shared: nn.Module | None = None, lm_head: torch.Tensor | None = None):
+        super().__init__()
+        def blocks(k):
+            layers = [nn.Identity(), ResBlock(hidden, k + 2)]
+            for _ in range(num_layers - 1):
+                layers += [nn.Identity(), ResBlock(hidden)]
+            return nn.Sequential(*layers)
+        self.hydra_mlp = nn.ModuleList(blocks(k) for k in range(num_heads))
+        self.hydra_lm_head = nn.ModuleList(
+            nn.Sequential(nn.Identity(), SharedLMHead(shared) if shared is not None
+                          else nn.Linear(hidden, vocab)) for _ in range(num_heads))
+        if lm_head is not None and shared is None:
+            with torch.no_grad():
+                for head in self.hydra_lm_head:
+                    head[1].weight.copy_(lm_head)
+                    head[1].bias.zero_()
+        self.num_layers = num_layers
+
+    def __len__(self) -> int:
+        return len(self.hydra_mlp)
+
+    def keep(self, num_heads: int) -> "HydraHeads":
+        """The first `num_heads` heads only."""
+        self.hydra_mlp = self.hydra_mlp[:num_heads]
+        self.hydra_lm_head = self.hydra_lm_head[:num_heads]
+        return self
+
+    def forward(self, k: int, inputs: torch.Tensor) -> torch.Tensor:
+        """Head k's logits from [h, e_1, …, e_{k+1}] concatenated on the last axis."""
+        return self.hydra_lm_head[k](self.hydra_mlp[k](inputs))
+
+
+def weights_file(folder: Path) -> Path:
+    found = [folder / n for n in WEIGHTS if (folder / n).is_file()]
+    if not found:
+        raise HydraError(f"Hydra heads {folder}: no {' or '.join(WEIGHTS)}")
+    return found[0]
+
+
+def load_hydra(folder: Path, hidden: int, vocab: int, lm_head: nn.Module) -> HydraHeads:
+    """Heads from a folder holding config.json and the weights, checked strictly. Official
+    configs say `hydra_num_heads`, `hydra_num_layers`, `hydra_head_arch` and `grounded_heads`;
+    only grounded "mlp" heads are Hydra's sequentially dependent ones this method runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HydraError(f"Hydra heads {folder}: not a folder (config.json + hydra_lm_head.pt)")
+    if not (folder / "config.json").is_file():
+        raise HydraError(f"Hydra heads {folder}: no config.json")
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HydraError(f"{folder / 'config.json'}: not JSON ({err})") from None
+    arch, grounded = cfg.get("hydra_head_arch", "mlp"), cfg.get("grounded_heads", True)
+    if arch != "mlp" or not grounded:
+        kind = f"{arch!r} heads{'' if grounded else ' (not grounded)'}"
+        raise HydraError(f"Hydra heads {folder}: {kind}"
+                         " are not supported; this method runs grounded 'mlp' heads")
+    if not isinstance(cfg.get("hydra_num_heads"), int) or cfg["hydra_num_heads"] < 1:
+        raise HydraError(f"{folder / 'config.json'}: hydra_num_heads must be a positive integer")
+    path = weights_file(folder)
+    shared = bool(cfg.get("shared_lm_head", False))
+    heads = HydraHeads(hidden, vocab, cfg["hydra_num_heads"], int(cfg.get("hydra_num_layers", 1)),
+                       shared=lm_head if shared else None)
+    load_state(heads, [path], f"Hydra heads {path} do not fit the model", HydraError,
+               hint=f" (hidden {hidden}, vocabulary {vocab})")
+    return heads
