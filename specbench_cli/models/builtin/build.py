@@ -21,10 +21,11 @@ from .tasks_gen import SUBTASKS, generate, question_records, train_records, writ
 from .tokenizer import conversation_text, train_tokenizer
 
 
-# For the up-front estimate, measured on a 2-core AMD EPYC (2026-12-03): a training step costs
-# ~1.05x its timed forward + backward (optimizer, batching), and the quality check plus the
-# add-ons (one teacher pass, five trainers) ~0.4x the model's training.
-STEP_OVERHEAD, ADDONS_SHARE = 1.05, 0.4
+# For the up-front estimate, measured on a 2-core AMD EPYC (2026-12-04, a clean clone's CI): a
+# training step costs ~1.05x its timed forward + backward (optimizer, batching), and the quality
+# check plus the add-ons (one teacher pass, seven trainers, EAGLE-3's 158 s the largest) ~0.95x
+# the model's training (308 s).
+STEP_OVERHEAD, ADDONS_SHARE = 1.05, 0.95
 
 
 def _threads() -> int:
