@@ -43,7 +43,8 @@ RECIPES = {
     "smollm2": {
         "corpus": {"per_subtask": 48, "seed": 0, "max_new_tokens": 128, "batch_size": 32},
         "max_len": 448,
-        "teacher": {"top_k": 32, "layers": [1, 2, 3, 4]},     # Kangaroo's exit-layer sweep
+        # Kangaroo's exit-layer sweep (1-4) and EAGLE-3's fused layers (drafters.eagle3).
+        "teacher": {"top_k": 32, "layers": [1, 2, 3, 4, 15, 27]},
     },
 }
 
