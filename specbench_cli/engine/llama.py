@@ -416,3 +416,20 @@ class Engine(nn.Module):
         h = self.norm(h)
         logits = self.logits(h)
         return (logits, h) if return_hidden else logits
+
+    def forward_keeping(self, ids: torch.Tensor, stops, cache: KVCache | None = None,
+                        offset: int = 0, positions: torch.Tensor | None = None,
+                        block_mask: torch.Tensor | None = None):
+        """All layers on a block of ids, keeping the residual stream entering each layer in
+        `stops` (what EAGLE-3's head and the add-on teachers read): (the last layer's output
+        (b, n, H), {stop: (b, n, H)})."""
+        n = ids.shape[1]
+        if positions is None:
+            positions = torch.arange(offset, offset + n, device=self.device)
+        rope = self.rope(positions)
+        h, start, kept = self.embed(ids), 0, {}
+        for end in sorted(set(stops)) + [self.num_layers]:
+            if end > start:
+                h = self.layers(h, start, end, cache, offset, block_mask=block_mask, rope=rope)
+            kept[end], start = h, end
+        return h, kept

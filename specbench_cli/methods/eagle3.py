@@ -65,15 +65,9 @@ class Eagle3(Eagle):
     def target_forward(self, ids, cache, offset, positions=None, block_mask=None):
         """The target's forward, keeping the hidden states that enter the head's feature
         layers: (logits (1, n, V), fused features (1, n, 3H))."""
-        engine, n = self.engine, ids.shape[1]
-        if positions is None:
-            positions = torch.arange(offset, offset + n, device=engine.device)
-        rope = engine.rope(positions)
-        h, start, kept = engine.embed(ids), 0, {}
-        for end in sorted(set(self.head.layers_used)) + [engine.num_layers]:
-            if end > start:
-                h = engine.layers(h, start, end, cache, offset, block_mask=block_mask, rope=rope)
-            kept[end], start = h, end
+        engine = self.engine
+        h, kept = engine.forward_keeping(ids, self.head.layers_used, cache, offset, positions,
+                                         block_mask)
         features = torch.cat([kept[i] for i in self.head.layers_used], dim=-1)
         return engine.logits(engine.norm(h)), features
 

@@ -27,12 +27,13 @@ STEP_DECAY = 0.8
 
 
 def fused_features(engine: Engine, teacher: LiveTeacher, batch: Batch, layers) -> torch.Tensor:
-    """[h_low, h_mid, h_high] (b, n, 3H) from the teacher; a cached teacher that does not hold
-    these layers (a real target's add-on recipe) is stood in for by a live one."""
+    """[h_low, h_mid, h_high] (b, n, 3H) from the teacher; where a cached teacher does not hold
+    these layers (a small test target), one live pass keeps all three."""
     try:
         parts = [teacher.hidden(batch, layer) for layer in layers]
     except KeyError:
-        parts = [LiveTeacher(engine).hidden(batch, layer) for layer in layers]
+        _, kept = engine.forward_keeping(batch.ids.to(engine.device), layers)
+        parts = [kept[layer] for layer in layers]
     return torch.cat([p.to(engine.device).float() for p in parts], dim=-1)
 
 

@@ -93,14 +93,10 @@ class CachedTeacher(LiveTeacher):
             for ex in examples:
                 ids = torch.tensor([ex.ids], device=e.device)
                 mask = torch.tensor(ex.assistant, device=e.device)
-                h, start, kept = e.embed(ids), 0, {}
-                for end in self.layers + [e.num_layers]:
-                    h = e.layers(h, start, end, None, 0)
-                    kept[end], start = h[0].half(), end
+                h, kept = e.forward_keeping(ids, self.layers)
                 final = e.norm(h)[0]
                 top = torch.softmax(e.logits(final[mask]).float(), dim=-1).topk(top_k, dim=-1)
-                self.store.append({"hidden": {k: v for k, v in kept.items()
-                                              if k in self.layers},
+                self.store.append({"hidden": {k: kept[k][0].half() for k in self.layers},
                                    "features": final.half(),
                                    "top_ids": top.indices.int(),     # half of int64's memory
                                    "top_probs": (top.values / top.values.sum(-1, keepdim=True))})
