@@ -92,10 +92,12 @@ def start_ray(ray, address: str | None) -> bool:
     """Connect to the cluster at `address`, or start a local Ray; True when started here."""
     if ray.is_initialized():
         return False
-    home = {k: v for k, v in os.environ.items() if k == "SPECBENCH_HOME"}
+    # The workers read add-ons and kernel choices where the driver does, and follow a forced
+    # kernel (SPECBENCH_KERNELS): a kernel's summation order can move a near-tie.
+    passed = {k: v for k, v in os.environ.items() if k in ("SPECBENCH_HOME", "SPECBENCH_KERNELS")}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", runtime_env={"env_vars": home} if home else None)
+                 logging_level="ERROR", runtime_env={"env_vars": passed} if passed else None)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise SpecbenchError(f"--ray-address {address}: cannot connect to Ray "
                              f"({str(err).splitlines()[0]})") from None
