@@ -1,6 +1,7 @@
 """Hydra: equality with vanilla on three architectures (random heads, own or shared LM head,
-cut to fewer heads, greedy and typical-free trees), drafting that depends on each node's path,
-the official checkpoint layout, the trainer's output loading back, bad folders."""
+cut to fewer heads, greedy and typical-free trees, the prefix-mlp variant), drafting that
+depends on each node's path, the prefix layer's cached catch-up against a pass over the whole
+text, the official checkpoint layouts, the trainer's output loading back, bad folders."""
 
 import json
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from specbench_cli.bench.prompts import build_prompt_ids
-from specbench_cli.drafters.hydra import HydraError, load_hydra
+from specbench_cli.drafters.hydra import HydraError, PrefixLayer, load_hydra
 from specbench_cli.drafters.medusa import TOP_K
 from specbench_cli.engine.load import load_engine
+from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.hydra import Hydra
 from specbench_cli.train.hydra import train_hydra
@@ -38,6 +40,33 @@ def test_hydra_equals_vanilla(engine_of, options, shared):
         gen = method.generate(ids, 50)
         assert gen.tokens == METHODS["vanilla"](engine, {2}).generate(ids, 50).tokens, text
         assert sum(gen.accept_lengths) == len(gen.tokens)
+
+
+@pytest.mark.parametrize("options", [{}, {"tree": "budget64", "num_heads": 2}])
+def test_prefix_mlp_hydra_equals_vanilla(engine_of, options):
+    engine, tok = engine_of
+    heads = random_heads(engine, prefix=True, scale=0.3)
+    method = METHODS["hydra"](engine, {2}, tok, heads=heads, **options)
+    for text in PROMPTS:
+        ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+        gen = method.generate(ids, 50)
+        assert gen.tokens == METHODS["vanilla"](engine, {2}).generate(ids, 50).tokens, text
+        assert sum(gen.accept_lengths) == len(gen.tokens)
+
+
+def test_prefix_layer_catches_up_as_one_pass_over_the_text(tiny_engine):
+    """The reader feeds the prefix layer the rows of each step through its KV cache; its
+    output at the last row must be what the layer gives over the whole text at once."""
+    engine, tok = tiny_engine
+    method = Hydra(engine, {2}, tok, heads=random_heads(engine, prefix=True, scale=0.3))
+    prefix = method.heads.prefix_embeding_layer
+    rows = torch.randn(23, engine.config.hidden_size)
+    read, start = method.reader(64), 0
+    for n in (9, 1, 4, 2, 7):                  # a prompt, then steps accepting 0, 3, 1, 6
+        got = read(rows[start:start + n], start)
+        start += n
+        whole = prefix(rows[None, :start], engine.rope(torch.arange(start)))
+        assert torch.allclose(got, whole[0, -1:], atol=1e-5), start
 
 
 def test_length_and_eos_edges(tiny_engine):
@@ -75,10 +104,18 @@ def test_children_come_from_each_nodes_own_path(tiny_engine):
 
 def official_checkpoint(folder, engine, num_heads=3, num_layers=2, arch="mlp"):
     """hydra_lm_head.pt and config.json as the public Hydra code saves them: Sequential
-    (dropout, ResBlock, dropout, ResBlock, …) per head and (dropout, Linear with bias)."""
+    (dropout, ResBlock, dropout, ResBlock, …) per head and (dropout, Linear with bias); for
+    prefix-mlp also the one-layer Llama model (`prefix_embeding_layer.`, with its unused
+    embedding table and rotary buffer)."""
     hidden, vocab = engine.config.hidden_size, engine.config.vocab_size
     gen = torch.Generator().manual_seed(1)
     state = {}
+    if arch == "prefix-mlp":
+        layer = {k: torch.randn(v.shape, generator=gen) * 0.3
+                 for k, v in PrefixLayer(engine.config).state_dict().items()}
+        state.update({f"prefix_embeding_layer.{k}": v for k, v in layer.items()})
+        state["prefix_embeding_layer.embed_tokens.weight"] = torch.randn(vocab, hidden)
+        state["prefix_embeding_layer.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
     for k in range(num_heads):
         wide = hidden * (k + 2)
         for j in range(num_layers):
@@ -101,11 +138,13 @@ def official_checkpoint(folder, engine, num_heads=3, num_layers=2, arch="mlp"):
     return folder
 
 
-def test_official_layout_loads_and_decodes_exactly(tiny_engine, tmp_path):
+@pytest.mark.parametrize("arch", ["mlp", "prefix-mlp"])
+def test_official_layout_loads_and_decodes_exactly(tiny_engine, tmp_path, arch):
     engine, tok = tiny_engine
-    folder = official_checkpoint(tmp_path / "hydra", engine)
+    folder = official_checkpoint(tmp_path / "hydra", engine, arch=arch)
     method = METHODS["hydra"](engine, {2}, tok, heads=str(folder))
     assert len(method.heads) == 3 and method.heads.num_layers == 2
+    assert (method.heads.prefix_embeding_layer is not None) == (arch == "prefix-mlp")
     assert method.parameter_overhead()["params"] > 3 * engine.config.vocab_size * 64
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[1]], [])
     assert method.generate(ids, 40).tokens == \
@@ -114,8 +153,11 @@ def test_official_layout_loads_and_decodes_exactly(tiny_engine, tmp_path):
 
 @pytest.mark.parametrize("break_it, message", [
     (lambda f: (f / "config.json").write_text(json.dumps({
+        "hydra_num_heads": 3, "hydra_num_layers": 2, "hydra_head_arch": "cross-attn",
+        "grounded_heads": True})), "'cross-attn' heads are not supported"),
+    (lambda f: (f / "config.json").write_text(json.dumps({
         "hydra_num_heads": 3, "hydra_num_layers": 2, "hydra_head_arch": "prefix-mlp",
-        "grounded_heads": True})), "'prefix-mlp' heads are not supported"),
+        "grounded_heads": True})), "missing keys.*prefix_embeding_layer"),
     (lambda f: (f / "hydra_lm_head.pt").unlink(), "no hydra_lm_head"),
     (lambda f: (f / "config.json").write_text(json.dumps({
         "hydra_num_heads": 4, "hydra_num_layers": 2})), "missing keys"),
@@ -126,7 +168,7 @@ def test_bad_folders_are_one_line_errors(tiny_engine, tmp_path, break_it, messag
     folder = official_checkpoint(tmp_path / "hydra", engine)
     break_it(folder)
     with pytest.raises(HydraError, match=message):
-        load_hydra(folder, engine.config.hidden_size, engine.config.vocab_size, engine.lm_head)
+        load_hydra(folder, engine.config, engine.lm_head)
 
 
 def test_trained_heads_load_back_and_predict_better_than_chance(tiny_engine, tmp_path,
@@ -144,3 +186,27 @@ def test_trained_heads_load_back_and_predict_better_than_chance(tiny_engine, tmp
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["Count."], [])
     assert method.generate(ids, 30).tokens == \
         METHODS["vanilla"](engine, {2}).generate(ids, 30).tokens
+
+
+def test_trained_prefix_mlp_heads_load_back_and_decode_exactly(tiny_engine, tmp_path,
+                                                               counting_chats):
+    engine, tok = tiny_engine
+    metrics = train_hydra(engine, tok, [counting_chats], tmp_path / "heads", num_heads=2,
+                          steps=40, lr=1e-2, batch_size=4, share_lm_head=True,
+                          arch="prefix-mlp")
+    assert metrics["top1_h1"] > 0.5
+    config = json.loads((tmp_path / "heads/config.json").read_text())
+    assert config["hydra_head_arch"] == "prefix-mlp"
+    method = METHODS["hydra"](engine, {2}, tok, heads=str(tmp_path / "heads"))
+    layer = sum(p.numel() for p in method.heads.prefix_embeding_layer.parameters())
+    assert method.parameter_overhead()["params"] == layer + sum(
+        2 * ((k + 2) * 64 * 64 + 64) for k in range(2))
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["Count."], [])
+    assert method.generate(ids, 30).tokens == \
+        METHODS["vanilla"](engine, {2}).generate(ids, 30).tokens
+
+
+def test_unknown_arch_is_refused(tiny_engine, tmp_path, counting_chats):
+    engine, tok = tiny_engine
+    with pytest.raises(SpecbenchError, match="arch must be one of mlp, prefix-mlp"):
+        train_hydra(engine, tok, [counting_chats], tmp_path / "h", arch="cross-attn")

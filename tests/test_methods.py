@@ -71,12 +71,14 @@ def random_eagle_head(engine):
     return EagleHead(engine.config)
 
 
-def random_hydra_heads(engine, num_heads=3, num_layers=1, shared=False, scale=0.5, seed=0):
+def random_hydra_heads(engine, num_heads=3, num_layers=1, shared=False, scale=0.5, seed=0,
+                       prefix=False):
     from specbench_cli.drafters.hydra import HydraHeads
     cfg = engine.config
     torch.manual_seed(seed)
     heads = HydraHeads(cfg.hidden_size, cfg.vocab_size, num_heads, num_layers,
-                       shared=engine.lm_head if shared else None)
+                       shared=engine.lm_head if shared else None,
+                       prefix=cfg if prefix else None)
     with torch.no_grad():
         for p in heads.parameters():
             p.normal_(0, scale)

@@ -6,8 +6,10 @@ search, the global tree's eviction, bad options."""
 import random
 
 import pytest
+import torch
 
 from specbench_cli.bench.prompts import build_prompt_ids
+from specbench_cli.drafters.eagle import EagleHead
 from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
@@ -44,6 +46,45 @@ def test_equal_to_vanilla_with_state_carried_over(engine_of, name, options):
         assert gen.tokens == vanilla.generate(ids, 60).tokens, (text, options)
         assert sum(gen.accept_lengths) == len(gen.tokens)
         assert gen.stats["rounds"] == len(gen.accept_lengths) - 1
+
+
+def random_eagle_head(engine):
+    torch.manual_seed(0)
+    return EagleHead(engine.config)
+
+
+@pytest.mark.parametrize("options", [{}, {"min_match": 1, "num_draft": 3, "aux_draft": 4,
+                                          "aux_depth": 2, "aux_top_k": 2}])
+def test_samd_eagle_equals_vanilla_and_drafts_both_ways(engine_of, options):
+    """SAMD[EAGLE2]: retrieval where the match is long, the head's tree otherwise; the head
+    catches up after either, so every answer stays vanilla's."""
+    engine, tok = engine_of
+    method = METHODS["sam"](engine, {2}, tok, auxiliary="eagle",
+                            head=random_eagle_head(engine), **options)
+    vanilla = METHODS["vanilla"](engine, {2})
+    retrieved = rounds = 0
+    for text in PROMPTS + ["abcabcabcabcabcabcabcabc"]:
+        ids = build_prompt_ids(tok, "vicuna_v1.1", [text], [])
+        gen = method.generate(ids, 60)
+        assert gen.tokens == vanilla.generate(ids, 60).tokens, (text, options)
+        assert sum(gen.accept_lengths) == len(gen.tokens)
+        assert gen.stats["rounds"] == len(gen.accept_lengths) - 1
+        retrieved += gen.stats["retrieved"]
+        rounds += gen.stats["rounds"]
+    assert 0 < retrieved < rounds              # both drafters were used
+    assert method.parameter_overhead()["params"] == method.eagle.head.num_parameters()
+
+
+def test_samd_eagle_length_and_eos_edges(tiny_engine):
+    engine, tok = tiny_engine
+    ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], [])
+    method = METHODS["sam"](engine, set(), tok, auxiliary="eagle",
+                            head=random_eagle_head(engine), min_match=1)
+
+    def make(eos):
+        method.eos_ids = eos
+        return method
+    check_length_and_eos_edges(make, engine, ids)
 
 
 @pytest.mark.parametrize("name", ["suffix", "sam"])
@@ -161,7 +202,9 @@ def test_automaton_takes_a_shorter_match_with_room_to_copy():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("sam", {"auxiliary": "eagle"}, "auxiliary must be recycling or none"),
+    ("sam", {"auxiliary": "medusa"}, "auxiliary must be recycling, eagle or none"),
+    ("sam", {"auxiliary": "eagle"}, "sam needs an EAGLE head with auxiliary=eagle: "
+                                    "--opt sam.head=PATH"),
     ("sam", {"datastore": "/nonexistent"}, "no manifest"),
     ("suffix", {"depth": 3}, "unknown option"),
 ])

@@ -2,8 +2,12 @@
 Decoding"): Medusa's heads made sequentially dependent. Head k reads the target's last hidden
 state h_t and the embeddings of the tokens drafted before it, [h_t, e(x_{t+1}), …,
 e(x_{t+1+k})], and predicts token t+2+k; so within a tree each node's children come from its
-own path, not only from its depth. A strict loader for ours and the official
-`hydra_lm_head.pt` + config.json (grounded "mlp" heads; key names from the public code).
+own path, not only from its depth. The "prefix-mlp" variant (the paper's Hydra++ heads) first
+runs the hidden states through one extra decoder layer of the target's shape with its own KV
+cache (the "prefix embedding layer": attention over every committed position, then a final
+norm) and feeds its output to the heads in place of h_t. A strict loader for ours and the
+official `hydra_lm_head.pt` + config.json (grounded "mlp" and "prefix-mlp" heads; key names
+from the public code).
 """
 
 from __future__ import annotations
@@ -14,26 +18,52 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine import EngineConfig
+from ..engine.llama import DecoderLayer, RMSNorm
 from ..engine.load import load_state
 from ..errors import SpecbenchError
 from .medusa import ResBlock, SharedLMHead
 
 WEIGHTS = ("hydra_lm_head.safetensors", "hydra_lm_head.pt")
+ARCHS = ("mlp", "prefix-mlp")
+# Upstream's prefix layer is a one-layer Llama model: its embedding table (never used: it reads
+# hidden states) and rotary buffers are in the checkpoint but not loaded.
+UNUSED = ("prefix_embeding_layer.embed_tokens.", "rotary_emb.inv_freq")
 
 
 class HydraError(SpecbenchError):
     pass
 
 
+class PrefixLayer(nn.Module):
+    """Hydra++'s prefix embedding layer: a decoder layer of the target's shape over the
+    target's hidden states, then a norm (upstream's one-layer LlamaModel; same key names)."""
+
+    def __init__(self, target: EngineConfig):
+        super().__init__()
+        cfg = EngineConfig(**{**target.__dict__, "num_layers": 1})
+        self.layers = nn.ModuleList([DecoderLayer(cfg)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, hidden, rope, cache=None, offset=0, mask=None):
+        """hidden (b, n, H) → (b, n, H); keys/values to `cache` rows [offset, offset + n)
+        (no cache: causal attention over the block, for training)."""
+        cos, sin = rope
+        return self.norm(self.layers[0](hidden, cos, sin, cache, 0, offset, mask))
+
+
 class HydraHeads(nn.Module):
     """`hydra_mlp[k]`: ResBlock over k+2 vectors, then `num_layers - 1` plain ResBlocks;
     `hydra_lm_head[k]`: a vocab projection (with bias, as upstream's), or the target's LM head
     when `shared` is given. The odd indices of both mirror the official layout, whose even
-    slots hold dropouts (identities here), so official keys load as they are."""
+    slots hold dropouts (identities here), so official keys load as they are. `prefix` (the
+    target's config) adds the prefix-mlp variant's layer, `prefix_embeding_layer` (sic)."""
 
     def __init__(self, hidden: int, vocab: int, num_heads: int, num_layers: int = 1,
-                 shared: nn.Module | None = None, lm_head: torch.Tensor | None = None):
+                 shared: nn.Module | None = None, lm_head: torch.Tensor | None = None,
+                 prefix: EngineConfig | None = None):
         super().__init__()
+        self.prefix_embeding_layer = PrefixLayer(prefix) if prefix is not None else None
         def blocks(k):
             layers = [nn.Identity(), ResBlock(hidden, k + 2)]
             for _ in range(num_layers - 1):
@@ -71,10 +101,12 @@ def weights_file(folder: Path) -> Path:
     return found[0]
 
 
-def load_hydra(folder: Path, hidden: int, vocab: int, lm_head: nn.Module) -> HydraHeads:
+def load_hydra(folder: Path, target: EngineConfig, lm_head: nn.Module) -> HydraHeads:
     """Heads from a folder holding config.json and the weights, checked strictly. Official
     configs say `hydra_num_heads`, `hydra_num_layers`, `hydra_head_arch` and `grounded_heads`;
-    only grounded "mlp" heads are Hydra's sequentially dependent ones this method runs."""
+    grounded "mlp" and "prefix-mlp" heads are Hydra's sequentially dependent ones this method
+    runs (upstream's "cross-attn" and "eagle-attn" experiments are not)."""
+    hidden, vocab = target.hidden_size, target.vocab_size
     folder = Path(folder)
     if not folder.is_dir():
         raise HydraError(f"Hydra heads {folder}: not a folder (config.json + hydra_lm_head.pt)")
@@ -85,16 +117,19 @@ def load_hydra(folder: Path, hidden: int, vocab: int, lm_head: nn.Module) -> Hyd
     except (ValueError, UnicodeDecodeError) as err:
         raise HydraError(f"{folder / 'config.json'}: not JSON ({err})") from None
     arch, grounded = cfg.get("hydra_head_arch", "mlp"), cfg.get("grounded_heads", True)
-    if arch != "mlp" or not grounded:
+    if arch not in ARCHS or not grounded:
         kind = f"{arch!r} heads{'' if grounded else ' (not grounded)'}"
         raise HydraError(f"Hydra heads {folder}: {kind}"
-                         " are not supported; this method runs grounded 'mlp' heads")
+                         " are not supported; this method runs grounded 'mlp' and 'prefix-mlp' "
+                         "heads")
     if not isinstance(cfg.get("hydra_num_heads"), int) or cfg["hydra_num_heads"] < 1:
         raise HydraError(f"{folder / 'config.json'}: hydra_num_heads must be a positive integer")
     path = weights_file(folder)
     shared = bool(cfg.get("shared_lm_head", False))
     heads = HydraHeads(hidden, vocab, cfg["hydra_num_heads"], int(cfg.get("hydra_num_layers", 1)),
-                       shared=lm_head if shared else None)
+                       shared=lm_head if shared else None,
+                       prefix=target if arch == "prefix-mlp" else None)
     load_state(heads, [path], f"Hydra heads {path} do not fit the model", HydraError,
-               hint=f" (hidden {hidden}, vocabulary {vocab})")
+               hint=f" (hidden {hidden}, vocabulary {vocab})",
+               skip=lambda name: name.startswith(UNUSED[0]) or name.endswith(UNUSED[1]))
     return heads

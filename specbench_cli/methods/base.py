@@ -23,8 +23,21 @@ class Statistic:
     help: str
 
 
-# In Method.builtin_options: replaced by the folder the method's add-on was built in.
+# In Method.builtin_options: replaced by the folder the method's add-on was built in;
+# "{addon:NAME}" by method NAME's (a method that drafts with another's trained module).
 ADDON_FOLDER = "{addon}"
+
+
+def fill_addons(options: dict, method: str, addons: dict) -> dict:
+    """`options` with add-on placeholders replaced by folders from `addons` (method → folder);
+    a placeholder whose add-on was not built becomes None (the method then says what it
+    needs)."""
+    def fill(value):
+        if not (isinstance(value, str) and value.startswith("{addon") and value.endswith("}")):
+            return value
+        owner = value[len("{addon:"):-1] if value != ADDON_FOLDER else method
+        return str(addons[owner]) if owner in addons else None
+    return {key: fill(value) for key, value in options.items()}
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,7 @@ class Eagle(Method):
         while not state.done:
             start = state.offset
             with state.phase("draft"):
-                tree, tokens, passes = (self.static_tree if self.tree else self.dynamic_tree)(
-                    out, start, cache)
+                tree, tokens, passes = self.draft(state, out, start, cache)
             stats["rounds"] += 1
             stats["head_passes"] += passes + 1
             stats["drafted"] += len(tree) - 1
@@ -151,6 +150,11 @@ class Eagle(Method):
                 out = self.catch_up(cache, result.hidden[None],
                                     state.tokens[start + 1:start + 1 + len(result.path)], start)
         return state.result(**stats)
+
+    def draft(self, state: DecodeState, out, committed: int, cache):
+        """One step's tree, its tokens and the head passes it took; `out` is the head's
+        prediction of the pending token's feature."""
+        return (self.static_tree if self.tree else self.dynamic_tree)(out, committed, cache)
 
     def catch_up(self, cache, features, tokens: list[int], offset: int) -> torch.Tensor:
         """Feed committed rows; return the head's output at the last one (1, 1, H): its

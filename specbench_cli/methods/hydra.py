@@ -2,7 +2,10 @@
 its verification and typical acceptance are Medusa's; only drafting differs: the tree grows a
 depth at a time, head d reading, for every node at depth d that has children, the target's last
 hidden state and the embeddings of the tokens on that node's path (one batched head call per
-depth), so two nodes at the same depth can get different children."""
+depth), so two nodes at the same depth can get different children. With prefix-mlp heads (Hydra++),
+the hidden state the heads read is the output of their own decoder layer, which attends over
+every committed position through its own KV cache: after each step it is fed the target's
+hidden states at the tokens just accepted."""
 
 from __future__ import annotations
 
@@ -32,13 +35,29 @@ class Hydra(Medusa):
         "before its own; loss Σ 0.8^k·CE_k on assistant tokens. Resumes from "
         "OUT/checkpoint.pt when interrupted.",
         "Output folder (hydra_lm_head.safetensors + config.json).",
-        {**Medusa.trainer.options, "num_layers": Option(1, int, "ResBlocks per head.")})
+        {**Medusa.trainer.options, "num_layers": Option(1, int, "ResBlocks per head."),
+         "arch": Option("mlp", str, "Head architecture: mlp, or prefix-mlp (Hydra++: the heads "
+                        "read one extra decoder layer over the hidden states).")})
     # As Medusa's on SmolLM2: the heads share its 28M-parameter LM head. Its own dict, so that a
     # target added to one method is not added to the other.
     target_addons = dict(Medusa.target_addons)
 
-    load = staticmethod(load_hydra)
+    load = staticmethod(lambda folder, engine: load_hydra(folder, engine.config, engine.lm_head))
     keep = staticmethod(lambda heads, n: heads.keep(n))
+
+    def reader(self, capacity: int):
+        prefix = self.heads.prefix_embeding_layer
+        if prefix is None:
+            return super().reader(capacity)
+        engine = self.engine
+        cache = engine.new_cache(capacity, 1)
+
+        def read(rows, offset):
+            n = rows.shape[0]
+            rope = engine.rope(torch.arange(offset, offset + n, device=engine.device))
+            out = prefix(rows[None], rope, cache, offset, engine.attention_mask(offset, n, None))
+            return out[0, -1:]
+        return read
 
     def candidates(self, hidden: torch.Tensor, pending: int) -> list[int]:
         """Node tokens, depth by depth: each node's children are head d's top-k ranks given the

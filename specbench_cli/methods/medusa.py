@@ -60,7 +60,7 @@ class Medusa(Method):
                                       f"`specbench train {self.name}`)")
         if isinstance(heads, (str, Path)):
             folder = heads_path(str(heads))
-            heads = self.load(folder, cfg.hidden_size, cfg.vocab_size, engine.lm_head)
+            heads = self.load(folder, engine)
             accuracy = calibration_of(folder)
             o["heads"] = str(folder)
         else:
@@ -87,8 +87,18 @@ class Medusa(Method):
         return {"heads": len(self.heads), "tree_tokens": len(self.tree), "tree_depth": self.tree.depth}
 
     # How the heads are read from a folder, and cut to the first n (Hydra's differ).
-    load = staticmethod(load_heads)
+    @staticmethod
+    def load(folder: Path, engine: Engine):
+        return load_heads(folder, engine.config.hidden_size, engine.config.vocab_size,
+                          engine.lm_head)
+
     keep = staticmethod(lambda heads, n: heads[:n])
+
+    def reader(self, capacity: int):
+        """`read(rows, offset)`: what the heads see after a step, from the target's final
+        hidden states at the rows just committed (positions offset, offset + 1, …): the last
+        one (1, H). Hydra's prefix-mlp variant runs its own layer over all of them."""
+        return lambda rows, offset: rows[-1:]
 
     def candidates(self, hidden: torch.Tensor, pending: int) -> list[int]:
         """Node tokens of the tree from each head's top-k at the last accepted position."""
@@ -99,12 +109,17 @@ class Medusa(Method):
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
                             decoding=self.decoding)
-        h = state.hidden[:, -1]           # the heads read the last committed position
+        read = self.reader(len(prompt_ids) + max_new_tokens + 1)
+        with state.phase("prefill"):
+            h = read(state.hidden[0], 0)
         while not state.done:
+            start = state.offset
             with state.phase("draft"):
                 candidates = self.candidates(h, state.pending)
-            h = verify_tree(state, self.tree, candidates, sampled_select=self.typical_path
-                            if self.options["typical"] else None).hidden[-1:]
+            result = verify_tree(state, self.tree, candidates, sampled_select=self.typical_path
+                                 if self.options["typical"] else None)
+            with state.phase("draft"):
+                h = read(result.hidden, start)
         return state.result()
 
 

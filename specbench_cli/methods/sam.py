@@ -3,8 +3,9 @@ The automaton of the prompt and the output so far grows by one state per token, 
 longest suffix of the text that occurred before is tracked along with it in amortised O(1) a
 token (where PLD searches n-grams afresh each step). The draft copies what followed that
 suffix's first occurrence; its length is the match's confidence: at least `min_match` tokens
-draft, shorter matches fall back to the auxiliary drafter (the paper's SAMD[Token Recycling]
-here; none: a plain step). An optional static corpus (a REST datastore) is searched for the
+draft, shorter matches fall back to the auxiliary drafter: Token Recycling's tree (the paper's
+SAMD[Token Recycling]), an EAGLE-2 head's dynamic tree (SAMD[EAGLE2], the combination on
+Spec-Bench's leaderboard), or none (a plain step). An optional static corpus (a REST datastore) is searched for the
 longest match too and wins when longer by more than `static_bias` tokens, as upstream's
 static automaton does; its suffix array answers the same longest-match query.
 """
@@ -19,8 +20,9 @@ from ..drafters.datastore import SEPARATOR, Datastore
 from ..engine import Engine
 from ..errors import SpecbenchError
 from .base import Generation, Method, Option, Statistic
+from .eagle import Eagle
 from .recycling import MAX_TOP_K, RecyclingTree, recycle, template_choices
-from .verify import DecodeState, verify_chain, verify_tree
+from .verify import DecodeState, Tree, verify_chain, verify_tree
 
 
 class SuffixAutomaton:
@@ -109,8 +111,13 @@ class SAMDecoding(Method):
         "num_draft": Option(10, int, "tokens copied per retrieval draft", low=1),
         "min_match": Option(4, int, "shortest match (tokens) that drafts by retrieval", low=1),
         "auxiliary": Option("recycling", str, "drafter below min_match: recycling (Token "
-                            "Recycling's matrix and tree) or none (a plain step)"),
+                            "Recycling's matrix and tree), eagle (an EAGLE-2 head's dynamic "
+                            "tree: SAMD[EAGLE2]) or none (a plain step)"),
         "aux_draft": Option(80, int, "the auxiliary tree's tokens besides the root", low=1),
+        "head": Option(None, str, "auxiliary=eagle: the EAGLE head (folder or hub id, as "
+                       "eagle.head)"),
+        "aux_depth": Option(5, int, "auxiliary=eagle: head passes per step", low=1),
+        "aux_top_k": Option(10, int, "auxiliary=eagle: nodes expanded per depth", low=1),
         "datastore": Option(None, str, "a REST datastore searched as a static corpus (none: "
                             "the generation's own text only)"),
         "static_bias": Option(4, int, "tokens a static match must exceed the dynamic one by",
@@ -124,13 +131,15 @@ class SAMDecoding(Method):
     # Token Recycling's built-in tree size (recycling.py). A sweep of num_draft 4/6/10 ×
     # min_match 2/4 on the built-in model came out level in speed (0.80-0.90x, noise ±0.1);
     # min_match 2 drafts by retrieval twice as often and reached the highest MAT.
-    builtin_options = {"aux_draft": 8, "min_match": 2}
+    # With auxiliary=eagle: the built-in EAGLE head and EAGLE's built-in tree shape.
+    builtin_options = {"aux_draft": 8, "min_match": 2, "head": "{addon:eagle}",
+                       "aux_depth": 7, "aux_top_k": 2}
 
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        if o["auxiliary"] not in ("recycling", "none"):
-            raise SpecbenchError(f"sam: auxiliary must be recycling or none, got "
+        if o["auxiliary"] not in ("recycling", "eagle", "none"):
+            raise SpecbenchError(f"sam: auxiliary must be recycling, eagle or none, got "
                                  f"{o['auxiliary']!r}")
         self.store = None
         if o["datastore"] is not None:
@@ -139,12 +148,20 @@ class SAMDecoding(Method):
         if o["auxiliary"] == "recycling":
             self.tree = RecyclingTree(template_choices(o["aux_draft"], MAX_TOP_K))
             self.matrix = None      # made on first use (the engine's vocabulary), then kept
+        if o["auxiliary"] == "eagle":
+            self.require("head", "an EAGLE head with auxiliary=eagle: --opt sam.head=PATH "
+                                 "(train one with `specbench train eagle`)")
+            self.eagle = RetrievalFirst(self, engine, eos_ids, tokenizer, head=o["head"],
+                                        total_tokens=o["aux_draft"] + 1, depth=o["aux_depth"],
+                                        top_k=o["aux_top_k"])
 
     def parameter_overhead(self) -> dict:
         store = {"bytes": self.store.bytes, "tokens": self.store.n} if self.store else {}
         matrix = self.matrix.nbytes if self.options["auxiliary"] == "recycling" and \
             self.matrix is not None else 0
-        return {"params": 0, "bytes": matrix + store.get("bytes", 0)}
+        head = self.eagle.parameter_overhead() if self.options["auxiliary"] == "eagle" else \
+            {"params": 0, "bytes": 0}
+        return {"params": head["params"], "bytes": head["bytes"] + matrix + store.get("bytes", 0)}
 
     def retrieve(self, tracker: Tracker, context: list[int]) -> tuple[list[int], int]:
         """The retrieval draft and its match length: the dynamic automaton's, or the static
@@ -163,6 +180,9 @@ class SAMDecoding(Method):
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         o = self.options
+        if o["auxiliary"] == "eagle":
+            self.eagle.decoding, self.eagle.eos_ids = self.decoding, self.eos_ids
+            return self.eagle.generate(prompt_ids, max_new_tokens)
         state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
                             decoding=self.decoding)
         aux = o["auxiliary"] == "recycling"
@@ -200,3 +220,33 @@ class SAMDecoding(Method):
                 with state.phase("draft"):
                     recycle(self.matrix, kept["ids"], kept["logits"])
         return state.result(**stats)
+
+
+class RetrievalFirst(Eagle):
+    """SAMD[EAGLE2]: EAGLE-2 whose every step first asks SAM for a retrieval draft. A match of
+    at least min_match tokens is verified as a chain (a tree with one path), and the head
+    catches up on the target's features at what was accepted, as after its own trees, so it
+    is ready whenever retrieval falls short again."""
+    name = "sam"
+
+    def __init__(self, sam: SAMDecoding, engine: Engine, eos_ids: set[int], tokenizer=None,
+                 **options):
+        super().__init__(engine, eos_ids, tokenizer, **options)
+        self.sam = sam
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        self.tracker, self.seen = Tracker(), 0
+        self.counts = {"retrieved": 0, "matched": 0}
+        generation = super().generate(prompt_ids, max_new_tokens)
+        generation.stats.update(self.counts)
+        return generation
+
+    def draft(self, state: DecodeState, out, committed: int, cache):
+        self.tracker.add(state.tokens[self.seen:])
+        self.seen = len(state.tokens)
+        draft, length = self.sam.retrieve(self.tracker, state.tokens)
+        if length < self.sam.options["min_match"] or not draft:
+            return super().draft(state, out, committed, cache)
+        self.counts["retrieved"] += 1
+        self.counts["matched"] += length
+        return Tree(list(range(-1, len(draft)))), [0] + draft, 0

@@ -37,9 +37,9 @@ class Prepared:
     def method_defaults(self) -> dict[str, dict]:
         """The options the built-in run gives each method unless the user names others, as
         each declares them (`builtin_options`), its add-on's folder filled in."""
-        from ..methods import ADDON_FOLDER, METHODS
-        return {name: {k: str(self.addons[name]) if v == ADDON_FOLDER else v
-                       for k, v in cls.builtin_options.items()}
+        from ..methods import METHODS
+        from ..methods.base import fill_addons
+        return {name: fill_addons(cls.builtin_options, name, self.addons)
                 for name, cls in METHODS.items() if cls.builtin_options}
 
 

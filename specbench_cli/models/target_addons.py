@@ -28,7 +28,7 @@ from rich.console import Console
 
 from ..errors import SpecbenchError
 from ..methods import METHODS
-from ..methods.base import ADDON_FOLDER, TargetAddon
+from ..methods.base import TargetAddon, fill_addons
 from .prepare import SharedTarget, build_addons, is_ready
 
 # Each target's recipe: the corpus and the teacher cache every add-on is built from. What each
@@ -64,8 +64,7 @@ class TargetAddons:
     timings: dict[str, float] = field(default_factory=dict)
 
     def method_defaults(self) -> dict[str, dict]:
-        return {m: {k: str(self.addons[m]) if v == ADDON_FOLDER else v
-                    for k, v in addon.options.items()}
+        return {m: fill_addons(addon.options, m, self.addons)
                 for m, addon in declared_addons(self.name).items() if m in self.addons}
 
 
