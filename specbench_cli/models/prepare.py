@@ -143,13 +143,23 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
                 recipe=None, addons: dict | None = None, teacher: dict | None = None) -> Prepared:
     """Base benchmark, then each method's add-on (`addons` overrides the declared settings by
     method name and `teacher` the shared teacher's: tests shrink them)."""
-    from ..methods import METHODS
     settings = {**declared_addons(), **(addons or {})}
     teacher = {**TEACHER, **(teacher or {})}
     console = console or Console()
     started = time.perf_counter()
     base = prepare_builtin(home=home, force=force, console=console, recipe=recipe)
     prepared = Prepared(base, timings={"base": time.perf_counter() - started})
+    shared = builtin_target(base, teacher, settings, console, prepared.timings)
+    prepared.addons = build_addons(settings, base.root, shared, [base.train_file], console,
+                                   prepared.timings, force=force, teacher_key=teacher)
+    return prepared
+
+
+def builtin_target(base: BuiltinAssets, teacher: dict, settings: dict, console: Console,
+                   timings: dict) -> SharedTarget:
+    """The built-in model, its training conversations and their teacher pass (holding the
+    layers the add-ons in `settings` read), for `build_addons`."""
+    from ..methods import METHODS
 
     def load():
         from ..engine.load import load_engine
@@ -159,10 +169,7 @@ def prepare_all(home: Path | None = None, force: bool = False, console: Console 
                                                 limit=teacher["conversations"])
     layers = sorted({layer for name in settings
                      for layer in METHODS[name].builtin_addon.teacher_layers})
-    shared = SharedTarget(load, layers, teacher["top_k"], console, prepared.timings)
-    prepared.addons = build_addons(settings, base.root, shared, [base.train_file], console,
-                                   prepared.timings, force=force, teacher_key=teacher)
-    return prepared
+    return SharedTarget(load, layers, teacher["top_k"], console, timings)
 
 
 def print_timings(console: Console, prepared: Prepared):
