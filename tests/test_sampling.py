@@ -15,13 +15,13 @@ from specbench_cli.methods.base import Decoding
 from specbench_cli.methods.verify import Sampling
 from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.run.sampling_check import chi_square, check_sampling, first_tokens
-from test_methods import make
+from test_methods import make, random_eagle_head, random_hydra_heads
 
 # Low temperature: the tiny random models are near-uniform at T = 1, where 3-token sequences
 # would all be rare categories and the test powerless; at 0.3 the top tokens carry 0.3-0.8.
 T = 0.3
 SAMPLES = 1000
-ALPHA = 1e-3      # per check: ~2% chance that one of the 18 lossless checks below false-alarms
+ALPHA = 1e-3      # per check: ~3% chance that one of the 32 lossless checks below false-alarms
 
 
 def test_probs_temperature_top_k_top_p_exact():
@@ -127,9 +127,16 @@ def target(request, tmp_path_factory):
 def test_every_lossless_method_samples_vanilla_s_distribution(target):
     engine, tok, ids = target
     methods = {name: make(name, engine, set(), tok) for name in METHODS}
+    # Variants that draft differently: SAMD[EAGLE2] (retrieval or the head's tree), Hydra++'s
+    # prefix layer.
+    methods["sam auxiliary=eagle"] = METHODS["sam"](
+        engine, set(), tok, auxiliary="eagle", head=random_eagle_head(engine), min_match=2)
+    methods["hydra prefix-mlp"] = METHODS["hydra"](
+        engine, set(), tok, heads=random_hydra_heads(engine, prefix=True, scale=0.3),
+        tree="budget32")
     results = check_sampling(methods, ids, tokens=3, samples=SAMPLES,
                              sampling=Sampling(T), alpha=ALPHA)
-    assert len(results) == len(METHODS) - 1
+    assert len(results) == len(methods) - 1
     for r in results:
         assert r.categories >= 10, r          # enough categories for the test to have power
         assert r.passed, r
