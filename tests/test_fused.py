@@ -128,6 +128,22 @@ def test_the_torch_path_serves_training_and_large_blocks(tiny_engine):
         assert not fused.takes(engine, h, None)                  # no cache (training forward)
 
 
+def test_product_over_a_slice_of_the_lm_head_is_torch_s(tiny_engine):
+    """FR-Spec's and EAGLE-3's reduced heads go through the fused product: the same values as
+    torch's, and None where it does not apply (so the caller falls back)."""
+    engine, _ = tiny_engine
+    fused = FusedLayers(engine)
+    rows = engine.lm_head.weight[::3].contiguous()
+    h = torch.randn(1, 3, engine.config.hidden_size)
+    with torch.inference_mode():
+        got = fused.product(h[0], rows)
+        assert got.shape == (3, rows.shape[0]) and got.dtype == torch.float32
+        assert torch.allclose(got, torch.nn.functional.linear(h[0], rows), atol=1e-4)
+        assert fused.product(torch.randn(65, h.shape[-1]), rows) is None       # 65 rows
+        assert fused.product(h[0], engine.lm_head.weight[::3]) is None          # a strided view
+    assert fused.product(h[0], rows) is None                                    # autograd on
+
+
 def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp_path,
                                                             monkeypatch):
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))

@@ -123,15 +123,24 @@ class FusedLayers:
         """The LM head in fp32 through cpu.c for the blocks the fused layers take (None for the
         others): the same product for every block, so a token's logits are the same bits alone
         or in a block. fp32 sums even for bf16 weights, where torch's product would round them."""
+        if engine.lm_head.weight is not self.lm_head:
+            return None
+        return self.product(h, self.lm_head)
+
+    def product(self, h, weight) -> torch.Tensor | None:
+        """h (…, hidden) times weight (rows, hidden, the model's dtype) transposed, in fp32
+        through cpu.c, for the block sizes the fused layers take (None for the others). Also a
+        drafter's slice of the LM head (FR-Spec): torch's product streams such a slice several
+        times slower than this one streams the whole head."""
         n = h.numel() // h.shape[-1]
-        if n not in self.rows or h.dtype != self.dtype or torch.is_grad_enabled() \
-                or engine.lm_head.weight is not self.lm_head:
+        if n not in self.rows or h.dtype != self.dtype or weight.dtype != self.dtype \
+                or torch.is_grad_enabled() or not weight.is_contiguous():
             return None
         x = h.contiguous()
-        vocab, hidden = self.lm_head.shape
-        out = torch.empty(h.shape[:-1] + (vocab,), dtype=torch.float32)
-        self.lib.product_f32_out(x.data_ptr(), self.lm_head.data_ptr(), None, out.data_ptr(), n,
-                                 vocab, hidden, self.shape.bf16)
+        rows, hidden = weight.shape
+        out = torch.empty(h.shape[:-1] + (rows,), dtype=torch.float32)
+        self.lib.product_f32_out(x.data_ptr(), weight.data_ptr(), None, out.data_ptr(), n,
+                                 rows, hidden, self.shape.bf16)
         return out
 
     def run(self, h, start: int, end: int, cache, offset: int, rope, mask):

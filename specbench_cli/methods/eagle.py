@@ -190,7 +190,10 @@ class Eagle(Method):
         """Draft log-probabilities (k, V) from predicted features (1, k, H); over the reduced
         vocabulary's V entries with FR-Spec."""
         if self.vocab_weight is not None:
-            logits = torch.nn.functional.linear(features[0], self.vocab_weight).float()
+            fused = self.engine.fused
+            logits = fused.product(features[0], self.vocab_weight) if fused else None
+            if logits is None:
+                logits = torch.nn.functional.linear(features[0], self.vocab_weight).float()
         else:
             logits = self.engine.logits(features)[0]
         return torch.log_softmax(logits, dim=-1)

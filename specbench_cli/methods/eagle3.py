@@ -60,7 +60,13 @@ class Eagle3(Eagle):
         return self.head.target_ids(ids)
 
     def draft_logp(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head.draft_logits(out)[0], dim=-1)
+        # The head's own (reduced) LM head through the engine's fused product where it runs.
+        fused, weight = self.engine.fused, self.head.lm_head.weight
+        logits = fused.product(self.head.norm(out)[0], weight) \
+            if fused and self.head.lm_head.bias is None else None
+        if logits is None:
+            logits = self.head.draft_logits(out)[0]
+        return torch.log_softmax(logits, dim=-1)
 
     def target_forward(self, ids, cache, offset, positions=None, block_mask=None):
         """The target's forward, keeping the hidden states that enter the head's feature
