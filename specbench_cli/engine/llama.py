@@ -210,7 +210,8 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, offset: int, mask):
         """x (b, n, H). With a cache (decoding, b = 1) keys/values are stored at rows
         [offset, offset + n) and attention sees all rows so far; without one (training on whole
-        sequences) attention is causal within the block."""
+        sequences) attention is causal within the block. A list of segments for a cache is
+        several sequences' blocks side by side (engine/batch.py), each with its own cache."""
         b, n = x.shape[:2]
         if fused_live(self.qkv_proj, self.q_proj):
             # One product for q, k and v, and one rotation for q and k together.
@@ -224,15 +225,24 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if isinstance(cache, list):     # engine/batch.py's Segments: sequences side by side
+            out = cache.attend(self, layer, q, k, v)
+        else:
+            out = self.attend(q, k, v, cache, layer, offset, mask)
+        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(b, n, -1))
+
+    def attend(self, q, k, v, cache: KVCache | None, layer: int, offset: int, mask):
+        """Attention of a block's queries (b, heads, n, d) over the cache's rows before it and
+        the block's own keys/values, stored at rows [offset, offset + n)."""
+        n = q.shape[2]
         if cache is not None:
             k, v = cache.write(layer, offset, k, v)
             q = q.to(k.dtype)       # the cache may be wider than the model (Engine.cache_dtype)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and offset == 0 and n > 1,
             enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(out.to(x.dtype).transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
@@ -281,7 +291,8 @@ class Decoder(nn.Module):
 
 
 class Engine(nn.Module):
-    """The target model. Token blocks are shaped (1, n); batch size is 1 throughout (Spec-Bench)."""
+    """The target model. Token blocks are shaped (1, n): one sequence per call; engine/batch.py
+    joins several sequences' calls into one block."""
 
     # engine/fused.py's whole-layer C step for small blocks on a CPU, installed where measured
     # faster (fused.choose_fused); None runs every block through the modules below.

@@ -3,6 +3,7 @@ built-in add-on), and the record of one generation."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar
 
@@ -138,3 +139,28 @@ class Method:
     @classmethod
     def declared_statistics(cls) -> list[dict]:
         return [asdict(s) for s in cls.statistics]
+
+
+@contextmanager
+def on_engine(method: Method, engine):
+    """Run `method`, and the methods it drafts with (SAMD's EAGLE head), on another view of its
+    engine for a while (engine/batch.BatchEngine: several sequences at once)."""
+    held = [m for m in [method, *vars(method).values()] if isinstance(m, Method)]
+    saved = [m.engine for m in held]
+    for m in held:
+        m.engine = engine
+    try:
+        yield method
+    finally:
+        for m, e in zip(held, saved):
+            m.engine = e
+
+
+def generate_batch(method: Method, prompts: list[list[int]], max_new_tokens: int
+                   ) -> list[Generation]:
+    """One generation per prompt, the sequences decoded together (engine/batch.py); each equals
+    what `method.generate` gives it alone."""
+    from ..engine.batch import BatchEngine, run_batch
+    with on_engine(method, BatchEngine(method.engine)):
+        return run_batch(method.engine._engine, [
+            lambda p=p: method.generate(p, max_new_tokens) for p in prompts])

@@ -12,6 +12,8 @@ static automaton does; its suffix array answers the same longest-match query.
 
 from __future__ import annotations
 
+import threading
+
 from pathlib import Path
 
 import numpy as np
@@ -233,20 +235,24 @@ class RetrievalFirst(Eagle):
                  **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         self.sam = sam
+        # The generation in progress on this thread (a batch decodes one per thread).
+        self.current = threading.local()
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        self.tracker, self.seen = Tracker(), 0
-        self.counts = {"retrieved": 0, "matched": 0}
+        now = self.current
+        now.tracker, now.seen = Tracker(), 0
+        now.counts = {"retrieved": 0, "matched": 0}
         generation = super().generate(prompt_ids, max_new_tokens)
-        generation.stats.update(self.counts)
+        generation.stats.update(now.counts)
         return generation
 
     def draft(self, state: DecodeState, out, committed: int, cache):
-        self.tracker.add(state.tokens[self.seen:])
-        self.seen = len(state.tokens)
-        draft, length = self.sam.retrieve(self.tracker, state.tokens)
+        now = self.current
+        now.tracker.add(state.tokens[now.seen:])
+        now.seen = len(state.tokens)
+        draft, length = self.sam.retrieve(now.tracker, state.tokens)
         if length < self.sam.options["min_match"] or not draft:
             return super().draft(state, out, committed, cache)
-        self.counts["retrieved"] += 1
-        self.counts["matched"] += length
+        now.counts["retrieved"] += 1
+        now.counts["matched"] += length
         return Tree(list(range(-1, len(draft)))), [0] + draft, 0

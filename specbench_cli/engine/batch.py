@@ -1,0 +1,225 @@
+"""Several sequences decoded together: each runs its method's own loop, and their target
+forwards go through the model as one block.
+
+Every method is written as a loop over one sequence (draft, then `engine(...)` to verify).
+Rather than rewrite each as a state machine, `run_batch` runs one loop per sequence on its own
+thread and lets exactly one thread run at a time, like coroutines: a sequence runs until it needs
+the target (`BatchEngine.layers` or `.logits`) and parks there. When every sequence still
+decoding is parked, the parked requests that run the same layers are joined into one block —
+their rows side by side, so each weight is read once for all of them — and each sequence gets
+its own rows back. Attention is the one part that stays per sequence: each sequence has its own
+KV cache (own length, own rollback), its own positions and its own chain or tree mask
+(`Segments`). A sequence that finished leaves the batch; the others go on.
+
+Drafting (an EAGLE head, a draft model, a lookup) runs per sequence, in turn. Because only one
+thread runs at a time and always in the same order, a batch gives the same tokens every time,
+and a method's state shared across sequences (Token Recycling's matrix, SuffixDecoding's
+global trie) is never touched by two at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .cache import KVCache
+from .llama import Engine
+
+# The worker thread a sequence runs on (None on any other thread: calls go straight through).
+_current = threading.local()
+
+
+@dataclass
+class Segment:
+    """One sequence's rows of a joined block: where they go in its cache and what they see."""
+    cache: KVCache
+    offset: int
+    rows: int
+    mask: torch.Tensor | None     # Engine.attention_mask's additive mask, None: causal/one row
+
+
+class Segments(list):
+    """Passed where a decoder layer takes its cache: the joined block's sequences in row order.
+    Attention.forward hands each its own slice of q, k, v (Attention.attend)."""
+
+    def attend(self, attention, layer: int, q, k, v) -> torch.Tensor:
+        outs, start = [], 0
+        for seg in self:
+            part = slice(start, start + seg.rows)
+            outs.append(attention.attend(q[:, :, part], k[:, :, part], v[:, :, part],
+                                         seg.cache, layer, seg.offset, seg.mask))
+            start += seg.rows
+        return torch.cat(outs, dim=2)
+
+
+class Stop(BaseException):
+    """Raised in a parked sequence when the batch is abandoned (another one failed)."""
+
+
+class Sequence(threading.Thread):
+    def __init__(self, batch: "Batch", job: Callable):
+        super().__init__(daemon=True)
+        self.batch, self.job = batch, job
+        self.resume = threading.Semaphore(0)
+        self.request: tuple | None = None
+        self.answer = self.value = self.error = None
+        self.finished = False
+        self.cache: KVCache | None = None     # BatchEngine.cache's, kept across turns
+
+    def run(self):
+        _current.sequence = self
+        self.resume.acquire()
+        try:
+            if not self.batch.stopping:
+                with torch.inference_mode():
+                    self.value = self.job()
+        except BaseException as e:         # handed to the scheduler, which raises it
+            self.error = e
+        self.finished = True
+        self.batch.parked.release()
+
+    def park(self, request: tuple):
+        """Wait (other sequences run) until the batch has served `request`; its result."""
+        self.request = request
+        self.batch.parked.release()
+        self.resume.acquire()
+        if self.batch.stopping:
+            raise Stop()
+        answer, self.answer = self.answer, None
+        return answer
+
+
+class Batch:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.parked = threading.Semaphore(0)
+        self.stopping = False
+        self.forwards = 0          # joined forwards run (each group of parked requests)
+
+    def step(self, seq: Sequence):
+        """Let one sequence run until it parks or finishes."""
+        seq.resume.release()
+        self.parked.acquire()
+        if seq.error is not None and not isinstance(seq.error, Stop):
+            raise seq.error
+
+    def run(self, jobs: list[Callable]) -> list:
+        sequences = [Sequence(self, job) for job in jobs]
+        for seq in sequences:
+            seq.start()
+        live = list(sequences)
+        try:
+            with torch.inference_mode():
+                while live:
+                    for seq in live:
+                        self.step(seq)
+                    live = [s for s in live if not s.finished]
+                    self.serve(live)
+        finally:
+            self.stopping = True
+            for seq in sequences:
+                if not seq.finished:
+                    seq.resume.release()
+            for seq in sequences:
+                seq.join()
+        return [seq.value for seq in sequences]
+
+    def serve(self, parked: list[Sequence]):
+        """Run the parked requests, those of the same kind and layers joined into one block."""
+        groups: dict[tuple, list[Sequence]] = {}
+        for seq in parked:
+            groups.setdefault(seq.request[0], []).append(seq)
+        for key, seqs in groups.items():
+            requests = [s.request[1] for s in seqs]
+            outs = self.joined_layers(key, requests) if key[0] == "layers" else \
+                self.joined_logits(requests)
+            self.forwards += 1
+            for seq, out in zip(seqs, outs):
+                seq.answer, seq.request = out, None
+
+    def joined_layers(self, key: tuple, requests: list[dict]) -> list[torch.Tensor]:
+        engine = self.engine
+        _, start, end = key
+        if len(requests) == 1:          # alone: the same path as batch size 1
+            return [engine.layers(start=start, end=end, **requests[0])]
+        cos, sin, segments = [], [], Segments()
+        for r in requests:
+            n = r["h"].shape[1]
+            rope = r["rope"]
+            if rope is None:
+                positions = r["positions"]
+                if positions is None:
+                    positions = torch.arange(r["offset"], r["offset"] + n, device=engine.device)
+                rope = engine.rope(positions)
+            cos.append(rope[0])
+            sin.append(rope[1])
+            segments.append(Segment(r["cache"], r["offset"], n,
+                                    engine.attention_mask(r["offset"], n, r["block_mask"])))
+        h = torch.cat([r["h"] for r in requests], dim=1)
+        cos, sin = torch.cat(cos), torch.cat(sin)
+        for i in range(start, end):
+            h = engine.model.layers[i](h, cos, sin, segments, i, 0, None)
+        return list(h.split([s.rows for s in segments], dim=1))
+
+    def joined_logits(self, requests: list[torch.Tensor]) -> list[torch.Tensor]:
+        rows = [h.shape[-2] for h in requests]
+        logits = self.engine.logits(torch.cat(requests, dim=-2))
+        return list(logits.split(rows, dim=-2))
+
+
+class BatchEngine:
+    """The engine as a method sees it inside a batch: everything is the real engine's, except
+    that the target's layers and LM head park the calling sequence (`Batch.serve` joins them)
+    and `cache()` is the sequence's own."""
+
+    def __init__(self, engine: Engine):
+        object.__setattr__(self, "_engine", engine)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._engine, name, value)
+
+    def cache(self, capacity: int) -> KVCache:
+        seq = getattr(_current, "sequence", None)
+        if seq is None:
+            return self._engine.cache(capacity)
+        if seq.cache is None or seq.cache.capacity < capacity:
+            seq.cache = None
+            seq.cache = self._engine.new_cache(max(capacity, 256))
+        seq.cache.reset()
+        return seq.cache
+
+    def layers(self, h, start, end, cache, offset, positions=None, block_mask=None, rope=None):
+        seq = getattr(_current, "sequence", None)
+        request = dict(h=h, cache=cache, offset=offset, positions=positions,
+                       block_mask=block_mask, rope=rope)
+        if seq is None or h.shape[0] != 1:
+            return self._engine.layers(start=start, end=end, **request)
+        return seq.park((("layers", start, end), request))
+
+    def logits(self, h_final):
+        seq = getattr(_current, "sequence", None)
+        if seq is None:
+            return self._engine.logits(h_final)
+        return seq.park((("logits",), h_final))
+
+    # The real engine's compositions, run with this object's layers and logits.
+    def __call__(self, *args, **kwargs):
+        return Engine.forward(self, *args, **kwargs)
+
+    forward = __call__
+
+    def forward_keeping(self, *args, **kwargs):
+        return Engine.forward_keeping(self, *args, **kwargs)
+
+
+def run_batch(engine: Engine, jobs: list[Callable]) -> list:
+    """Run each job (a callable that decodes one sequence with methods built on `BatchEngine`)
+    with the others, their target forwards joined; the jobs' return values in order."""
+    return Batch(engine).run(jobs)
+
