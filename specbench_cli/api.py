@@ -48,15 +48,17 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
              options: dict | list[str] | None = None, sweep: dict | list[str] | None = None,
              breakdown: bool = False, profile: Path | str | None = None,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             compile: bool = False, console: Console | None = None) -> RunPlan:
+             compile: bool = False, batch_size: str | int | list[int] = 1,
+             console: Console | None = None) -> RunPlan:
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
-    {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`)."""
+    {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`);
+    `batch_size`: 4, [1, 2, 4] or '1,2,4' (every method at each)."""
     from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
         resolve_dtype
     from .models.targets import model_folder
-    from .methods import checked_options, checked_sweeps, expand_sweeps, parse_methods, \
-        parse_options, parse_sweeps
+    from .methods import checked_options, checked_sweeps, expand_batch_sizes, expand_sweeps, \
+        parse_methods, parse_options, parse_sweeps
     from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
     from .run.runner import OVER_CONTEXT, RunConfig, check_context
     from .files import sha256_of
@@ -73,6 +75,8 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     if warmup < 0:
         raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
     check_sampling_options(temperature, top_p, top_k)
+    batch_sizes = parse_counts("--batch-size", ",".join(map(str, batch_size))
+                               if isinstance(batch_size, list) else str(batch_size))
     if template not in (AUTO, *TEMPLATES):
         raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
                              f"{', '.join(TEMPLATES)}")
@@ -104,6 +108,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
         bench_file = resolve_bench(bench or "spec_bench")
     questions = select(load_questions(bench_file), subtasks, limit)
     names, opts = expand_sweeps(names, opts, grid)
+    names = expand_batch_sizes(names, batch_sizes)
     folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
     dt, dtype_why = choose_dtype(dtype, dev, folder, console)
     tokenizer = load_tokenizer(folder)
@@ -118,7 +123,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
                        over_context=over_context, breakdown=breakdown,
                        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       compile=compile)
+                       compile=compile, batch_sizes=batch_sizes)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
 
@@ -224,6 +229,9 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     config, out = plan.config, plan.out
     if workers:
         from .run.distributed import execute_sharded
+        if max(config.batch_sizes) > 1:
+            raise SpecbenchError("--workers shards questions one at a time; --batch-size above 1 "
+                                 "runs in this process only (leave out --workers)")
         return execute_sharded(plan, workers, ray_address, console, progress)
     console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
                   f"{config.template}) …")
@@ -240,8 +248,9 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     runner.run(progress)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     if config.breakdown:
-        from .run.profile import attach_profile, measured_profile, prompt_lengths
+        from .run.profile import attach_profile, measured_profile, prompt_lengths, sizes_for
         attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
+                                                         sizes_for(config.batch_sizes),
                                                          progress=progress),
                        out, plan.profile, prompt_lengths(plan))
     return out
@@ -275,7 +284,7 @@ RUN_CONFIG_TYPES = {
     "dtype": str, "device": str, "out": str, "resume": bool, "options": (dict, list),
     "sweep": (dict, list), "breakdown": bool, "profile": str, "temperature": (float, int),
     "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str,
-    "compile": bool}
+    "compile": bool, "batch_size": (str, int, list)}
 RUN_CONFIG_KEYS = tuple(RUN_CONFIG_TYPES)
 
 
@@ -340,7 +349,8 @@ def find_resumable(config) -> Path | None:
 
 
 def check_resume(out: Path, config) -> None:
-    stored = json.loads((out / "run.json").read_text()).get("config", {})
+    # Runs written before batch sizes existed ran at batch 1.
+    stored = {"batch_sizes": [1], **json.loads((out / "run.json").read_text()).get("config", {})}
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
         raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "

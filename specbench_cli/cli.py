@@ -62,6 +62,11 @@ def run(
                                  "torch.compile (CUDA graphs on CUDA), for GPUs where an eager "
                                  "step is bound by kernel launches. Each new shape compiles "
                                  "once (seconds to minutes); eager is the default."),
+    batch_size: str = typer.Option("1", help="Batch sizes, comma-separated (e.g. 1,2,4,8): every "
+                                   "method runs at each, the questions dealt into consecutive "
+                                   "batches decoded together (rows 'pld+b4'); speedups divide by "
+                                   "vanilla at the same batch size, and every answer must equal "
+                                   "its batch-1 vanilla answer (vanilla runs at 1 always)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
                                 "repeating or losing answers."),

@@ -81,8 +81,8 @@ def predict(summary: dict, profile: dict, context: int | None = None,
     out = {}
     for name, m in methods.items():
         mat = m.get("mean_accepted_overall")
-        if not mat or not m.get("mean_verified"):
-            continue
+        if not mat or not m.get("mean_verified") or m.get("batch_size", 1) > 1:
+            continue      # batched rows: predict_batches
         share = (infos or {}).get(name, {}).get("verify_layer_share", 1.0)
         cost = verify_cost(m, profile, share, context)
         t = terms(m, unit)
@@ -110,3 +110,85 @@ def explain(mat: float, block: float, cost: float, draft: float, rest: float,
     main = max(candidates, key=candidates.get)
     verdict = "gains" if mat > need else "cannot gain"
     return f"{main}: MAT must exceed {need:.2f} to gain (it is {mat:.2f}, {verdict})"
+
+
+# ---------------------------------------------------------------- batch sizes above one
+
+# Batch sizes the predicted break-even is searched over.
+LARGEST_BATCH = 1024
+
+
+def predicted_at_batch(size: int, mat: float, block: float, profile: dict, share: float,
+                       t: dict, v: dict, context: int | None) -> float:
+    """Speedup at batch size B when each of B sequences verifies b̄ tokens a step: vanilla's
+    forward is a block of B rows, the method's one of B·b̄ rows (its products read each weight
+    once for all rows), drafting and the rest run per sequence. Per committed token:
+
+        vanilla: π_v + (c(B) + B·ρ_v) / B      method: π + (share · c(B·b̄) + B·(δ + ρ)) / (B·MAT)
+
+    (`t`, `v`: the method's and vanilla's terms at batch 1; at B = 1 this is `predict`'s.)"""
+    vanilla = v["prefill"] + (interpolated_cost(profile, size, context) + size * v["rest"]) / size
+    method = t["prefill"] + (share * interpolated_cost(profile, size * block, context)
+                             + size * (t["draft"] + t["rest"])) / (size * mat)
+    return vanilla / method
+
+
+def crossing(points: list[tuple[int, float]]) -> float | None:
+    """The batch size where the gain ends: the last place a speedup falls from ≥ 1 to below 1,
+    interpolated in log2(B) between the two sizes around it. None while it still gains at the
+    last size; 0.0 when it gains at none (a speedup may rise with B before it falls, where
+    per-forward overheads first shrink per token)."""
+    import math
+    if not any(s >= 1 for _, s in points):
+        return 0.0
+    if points[-1][1] >= 1:
+        return None
+    for (b0, s0), (b1, s1) in reversed(list(zip(points, points[1:]))):
+        if s1 < 1 <= s0:
+            x0, x1 = math.log2(b0), math.log2(b1)
+            return 2 ** (x0 + (x1 - x0) * (s0 - 1) / (s0 - s1))
+    return None
+
+
+def predict_batches(summary: dict, profile: dict | None, context: int | None = None,
+                    infos: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Per method run at several batch sizes (rows 'pld', 'pld+b4', …): measured and (with a
+    profile) predicted speedup at each, and the batch size where each says the gain ends
+    (predicted over 1..LARGEST_BATCH; measured between the sizes run). δ, ρ come from the
+    batch-1 rows' breakdown (--breakdown), else 0: the pure memory-wall curve."""
+    from ..names import batch_size_of, unbatched
+    methods = summary["methods"]
+    baseline = summary.get("baseline", "vanilla")
+    vanilla = methods[baseline]
+    unit = one_step_ms(vanilla, profile, context) if profile else None
+    v = terms(vanilla, unit) if profile else None
+    groups: dict[str, dict[int, dict]] = {}
+    for name, m in methods.items():
+        groups.setdefault(unbatched(name), {})[batch_size_of(name)] = m
+    out = {}
+    for name, rows in groups.items():
+        if name == baseline or len(rows) < 2 and 1 in rows:
+            continue
+        any_row = next(iter(rows.values()))
+        mat, block = any_row.get("mean_accepted_overall"), any_row.get("mean_verified")
+        if not mat or not block:
+            continue
+        share = (infos or {}).get(name, {}).get("verify_layer_share", 1.0)
+        t = terms(rows.get(1, {}), unit) if profile else None
+
+        def predicted(size):
+            return predicted_at_batch(size, mat, block, profile, share, t, v,
+                                      context) if profile else None
+        sizes = sorted(rows)
+        measured = [(b, rows[b]["speedup_overall"]) for b in sizes
+                    if rows[b].get("speedup_overall") is not None]
+        curve = [(b, predicted(b)) for b in range(1, LARGEST_BATCH + 1)] if profile else []
+        out[name] = {"sizes": sizes, "mean_accepted": mat, "block": block,
+                     "measured": {str(b): s for b, s in measured},
+                     "predicted": {str(b): predicted(b) for b in sizes},
+                     "aggregate_tokens_per_s": {str(b): rows[b].get("aggregate_tokens_per_s")
+                                                for b in sizes},
+                     "break_even_predicted": crossing(curve) if profile else None,
+                     "break_even_measured": crossing(measured),
+                     "largest_measured": sizes[-1]}
+    return out

@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..errors import SpecbenchError
 from ..files import json_lines
+from ..names import batch_size_of, batched
 from ..bench.questions import SUBTASKS
 
 DEFINITIONS = [
@@ -35,6 +36,10 @@ DEFINITIONS = [
     "near-tie: differs first where vanilla's top-1 − top-2 logit gap was below the dtype's "
     "tolerance (fp32 1e-4, fp16 0.0625, bf16 0.5): rounding in another kernel shape, not a bug; "
     "mismatch: every other difference",
+    "batched rows (name+bB, run with --batch-size B): speedup divides by vanilla at the same "
+    "batch size; tok/s is per sequence (its tokens over its own wall time inside the batch); "
+    "aggregate tok/s: every sequence's tokens over the batches' wall times; equal compares with "
+    "vanilla's answer at batch 1",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
     "tokens per drafting round",
     "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
@@ -66,6 +71,20 @@ def throughput(row: dict, count: Callable[[dict], int] | None = None) -> float:
     choice = row["choices"][0]
     tokens = count(row) if count else sum(choice["new_tokens"])
     return tokens / max(sum(choice["wall_time"]), 1e-12)
+
+
+def aggregate_throughput(rows: list[dict]) -> float | None:
+    """Tokens per second of all sequences together: every answer's new tokens over the wall
+    time of the batches they were decoded in (each batch counted once); at batch size 1, the
+    answers' own wall times."""
+    tokens = sum(sum(r["choices"][0]["new_tokens"]) for r in rows)
+    walls = {}
+    for r in rows:
+        batch = r.get("batch")
+        key = (r.get("repeat", 0), batch["first_question"]) if batch else \
+            (r.get("repeat", 0), "q", r["question_id"])
+        walls[key] = batch["wall_time"] if batch else sum(r["choices"][0]["wall_time"])
+    return tokens / sum(walls.values()) if walls and sum(walls.values()) > 0 else None
 
 
 def mean_accepted(rows: list[dict]) -> float:
@@ -313,11 +332,17 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
     declared = {name: (declared or {}).get(name, []) for name in answers}
     check_declarations(declared)
-    base = answers[baseline]
-    present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in base)]
+    present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in answers[baseline])]
     out = {}
     for name, rows in answers.items():
         stats, declared_values = method_stats(rows, declared[name])
+        # Speedups divide by the baseline at the same batch size; answers must equal its own
+        # (at batch 1) all the same.
+        size = batch_size_of(name)
+        if batched(baseline, size) not in answers:
+            raise MetricsError(f"no {batched(baseline, size)} answers: {name}'s speedup divides "
+                               f"by {baseline} at batch size {size}")
+        base, reference = answers[batched(baseline, size)], answers[baseline]
         # Subsets as speed.py's task filter picks them: mt_bench's eight categories, the others
         # by their own category name (suites/spec_bench.yaml holds the same lists).
         by_sub = {s: [r for r in rows if subtask_of(r) == s] for s in present}
@@ -337,7 +362,9 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
             "ctar": {str(w): ctar(rows, w) for w in range(1, 5)},
             "steps": sum(len(r["choices"][0]["accept_lengths"]) for r in rows),
             "new_tokens": sum(sum(r["choices"][0]["new_tokens"]) for r in rows),
-            "equal_to_vanilla": SAMPLED if sampled else equality(rows, base, near_tie),
+            "equal_to_vanilla": SAMPLED if sampled else equality(rows, reference, near_tie),
+            "batch_size": size,
+            "aggregate_tokens_per_s": aggregate_throughput(rows),
             "stats": stats,
             "statistics": declared_values,
         }

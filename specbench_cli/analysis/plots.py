@@ -204,13 +204,56 @@ def time_by_phase(run: Run) -> Figure:
     return fig
 
 
+def speedup_vs_batch(run: Run) -> Figure:
+    """Left: speedup over vanilla at the same batch size against batch size, one line a method
+    (measured solid, the cost model's prediction dotted), the break-even at 1.0 drawn. Right:
+    aggregate tokens/s of all sequences together against batch size, vanilla included."""
+    fig = new_figure((12, 5.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    batches = run.summary["batches"]
+    sizes = sorted({b for curve in batches.values() for b in curve["sizes"]})
+    for i, (name, curve) in enumerate(batches.items()):
+        col = COLORS[i % len(COLORS)]
+        bs = [int(b) for b in curve["measured"]]
+        left.plot(bs, list(curve["measured"].values()), marker=MARKERS[i % len(MARKERS)],
+                  color=col, label=name)
+        predicted = {int(b): v for b, v in curve["predicted"].items() if v is not None}
+        if predicted:
+            left.plot(list(predicted), list(predicted.values()), color=col, ls=":", lw=1.2)
+        aggregate = {int(b): v for b, v in curve["aggregate_tokens_per_s"].items() if v}
+        right.plot(list(aggregate), list(aggregate.values()), marker=MARKERS[i % len(MARKERS)],
+                   color=col, label=name)
+    baseline = run.summary.get("baseline", "vanilla")
+    from ..names import batch_size_of, unbatched
+    vanilla = {batch_size_of(n): m.get("aggregate_tokens_per_s")
+               for n, m in run.summary["methods"].items() if unbatched(n) == baseline}
+    right.plot(sorted(vanilla), [vanilla[b] for b in sorted(vanilla)], color="black", marker="o",
+               label=baseline)
+    left.axhline(1.0, color="black", lw=0.9, ls="--", label=f"{baseline} (break-even)")
+    if any(v is not None for c in batches.values() for v in c["predicted"].values()):
+        left.plot([], [], color="#555555", ls=":", label="predicted (cost model)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_xlabel("batch size (sequences decoded together)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylabel(f"speedup over {baseline} at the same batch size (×)")
+    left.set_title("Speedup against batch size")
+    right.set_ylabel("aggregate tokens/s (all sequences' tokens / batch wall time)")
+    right.set_ylim(bottom=0)
+    right.set_title("Throughput against batch size")
+    return fig
+
+
 FIGURES = {"speedup_by_subtask": speedup_by_subtask, "speedup_vs_accepted": speedup_vs_accepted,
            "accept_lengths": accept_lengths, "overhead_vs_speedup": overhead_vs_speedup,
-           "time_by_phase": time_by_phase}
+           "time_by_phase": time_by_phase, "speedup_vs_batch": speedup_vs_batch}
 
 
 def write_plots(run: Run) -> list[Path]:
-    """The figures as PNG and SVG (time by phase only for runs made with --breakdown); each
+    """The figures as PNG and SVG (time by phase only for runs made with --breakdown, speedup
+    against batch size only for runs with --batch-size above 1); each
     carries the run's model and device underneath."""
     folder = run.path / f"plots{run.suffix}"
     folder.mkdir(exist_ok=True)
@@ -218,7 +261,8 @@ def write_plots(run: Run) -> list[Path]:
     written = []
     has_breakdown = any(m.get("breakdown") for m in run.summary["methods"].values())
     for name, draw in FIGURES.items():
-        if name == "time_by_phase" and not has_breakdown:
+        if name == "time_by_phase" and not has_breakdown or \
+                name == "speedup_vs_batch" and not run.summary.get("batches"):
             continue
         fig = draw(run)
         fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=7.5, color="#555555")

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import SpecbenchError
+from .costmodel import LARGEST_BATCH
 from .metrics import MetricsError
 from .results import (SHORT, Run, caption, describe_missing, fmt, format_overhead,
                       load_by_device, missing)
@@ -40,6 +41,7 @@ def run_rows(run: Run) -> list[dict]:
             "ci_low": paired["ci95"][0] if paired["ci95"] else None,
             "ci_high": paired["ci95"][1] if paired["ci95"] else None,
             "MAT": m["mean_accepted_overall"], "tok/s": m["tokens_per_s"],
+            "B": m.get("batch_size", 1), "agg tok/s": m.get("aggregate_tokens_per_s"),
             "overhead": format_overhead(overhead, target),
             "params": (overhead or {}).get("params"), "bytes": (overhead or {}).get("bytes"),
             "equal": eq["share"], "first_diff": eq["first_diff"],
@@ -72,7 +74,8 @@ def leaderboard(runs: list[Run], published: list[dict] = ()) -> pd.DataFrame:
     rows = [r for run in runs for r in run_rows(run)] + [r for doc in published
                                                           for r in baseline_rows(doc)]
     columns = (["run", "published", "method"] + [SHORT[s] for s in SUBTASKS]
-               + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "overhead",
+               + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "B",
+                  "agg tok/s", "overhead",
                   "params", "bytes", "equal", "first_diff", "lossless", "near_tie", "mismatch",
                   "dtype", "questions", "repeats"])
     shown = [s for s in SUBTASKS if any(s in run.summary["subtasks"] for run in runs)]
@@ -98,6 +101,9 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
             for p, lo, hi in zip(frame["paired"], frame["ci_low"], frame["ci_high"])]
     out["MAT"] = frame["MAT"].map(fmt)
     out["tok/s"] = frame["tok/s"].map(lambda x: fmt(x, ".1f"))
+    if frame["B"].fillna(1).gt(1).any():      # a --batch-size run: per sequence and together
+        out["B"] = frame["B"].map(lambda x: fmt(x, "d"))
+        out["agg tok/s"] = frame["agg tok/s"].map(lambda x: fmt(x, ".1f"))
     out["overhead"] = frame["overhead"]
     out["equal"] = [equal_text(share, diff, pub) + (" · lossy" if lossless is False else "")
                     for share, diff, pub, lossless in zip(frame["equal"], frame["first_diff"],
@@ -180,19 +186,25 @@ PROFILE_FILE = "profile.json"
 def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
     """Predicted speedups (costmodel.py) from a profile of the same model and device: the
     given file, else the one `run --breakdown` wrote into the run."""
+    from .costmodel import predict, predict_batches
     path = profile_file or run.path / PROFILE_FILE
+    infos = {name: m.get("info") or {} for name, m in run.meta.get("methods", {}).items()}
+    batched = any(m.get("batch_size", 1) > 1 for m in run.summary["methods"].values())
     if not Path(path).is_file():
+        if batched:
+            run.summary["batches"] = predict_batches(run.summary, None, infos=infos)
         return
-    from .costmodel import predict
     try:
         profile = json.loads(Path(path).read_text())
-        infos = {name: m.get("info") or {} for name, m in run.meta.get("methods", {}).items()}
         run.summary["cost_model"] = predict(run.summary, profile, infos=infos)
+        if batched:
+            run.summary["batches"] = predict_batches(run.summary, profile, infos=infos)
     except (ValueError, KeyError, TypeError) as err:
         raise MetricsError(f"{path}: not a profile.json of `specbench profile` ({err})") from None
     run.summary["cost_model_profile"] = {"file": str(path), "model": profile.get("model"),
                                          "device": profile.get("device"),
-                                         "contexts": profile.get("contexts")}
+                                         "contexts": profile.get("contexts"),
+                                         "largest_block": max(profile.get("sizes") or [0])}
 
 
 def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
@@ -257,6 +269,10 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
             console.print(render_time(run.summary, "where the time goes" + label))
             for line in time_notes(run.summary):
                 console.print(f"  [dim]{escape(line)}[/dim]")
+        if run.summary.get("batches"):
+            console.print(render_batches(run.summary, "speedup against batch size" + label))
+            for line in batch_notes(run.summary):
+                console.print(f"  [dim]{escape(line)}[/dim]")
     console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
                                                if v in shown.columns) + "[/dim]")
     # Every run's definitions once: runs may declare different method statistics.
@@ -309,6 +325,54 @@ def time_notes(summary: dict) -> list[str]:
                      "Spec-Bench's speedup (mean of per-question throughputs)")
         notes += [f"{name}: {p['why']}" for name, p in model.items()
                   if name != summary.get("baseline", "vanilla")]
+    return notes
+
+
+def render_batches(summary: dict, title: str) -> Table:
+    """Per method: speedup over vanilla at each batch size run (measured, and predicted with a
+    profile), aggregate tokens/s, and the batch size where the gain ends."""
+    batches = summary["batches"]
+    sizes = sorted({b for curve in batches.values() for b in curve["sizes"]})
+    table = Table(title=title)
+    table.add_column("method", style="bold", no_wrap=True)
+    for b in sizes:
+        table.add_column(f"B={b}", justify="right", no_wrap=True)
+    for col in ("break-even B: measured", "predicted"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, curve in batches.items():
+        cells = []
+        for b in sizes:
+            measured, predicted = curve["measured"].get(str(b)), curve["predicted"].get(str(b))
+            cells.append("–" if measured is None else fmt(measured, ".2f", "x")
+                         + ("" if predicted is None else f" ({predicted:.2f})"))
+        table.add_row(name, *cells, break_even_text(curve["break_even_measured"],
+                                                    curve["largest_measured"]),
+                      break_even_text(curve["break_even_predicted"], LARGEST_BATCH,
+                                      curve["predicted"].get("1") is None))
+    return table
+
+
+def break_even_text(value, largest: int, unknown: bool = False) -> str:
+    if unknown:
+        return "–"
+    if value is None:
+        return f"> {largest}"
+    return "never gains" if value == 0 else f"{value:.1f}"
+
+
+def batch_notes(summary: dict) -> list[str]:
+    notes = ["B=n: speedup over vanilla at the same batch size (Spec-Bench definition, per "
+             "sequence), in brackets the cost model's prediction: vanilla's time per token, π + (c(B) + B·ρ) / B, "
+             "over the method's, π + (c(B·block) + B·(δ+ρ)) / (B·MAT), from the run's profile "
+             "(c(n): latency of an n-token forward over a one-token forward's; π prefill per "
+             "token, δ drafting and ρ the rest per step, each at batch 1 in one-token steps, 0 "
+             "without --breakdown); break-even "
+             "B: where the speedup last falls below 1, measured (interpolated in log2 B between the "
+             "sizes run) and predicted (over 1..{}).".format(LARGEST_BATCH)]
+    source = summary.get("cost_model_profile")
+    if source:
+        notes.append(f"profile {source['file']}: blocks measured up to "
+                     f"{source.get('largest_block')} tokens, linear in the block past that")
     return notes
 
 

@@ -2,9 +2,10 @@
 forwards go through the model as one block.
 
 Every method is written as a loop over one sequence (draft, then `engine(...)` to verify).
-Rather than rewrite each as a state machine, `run_batch` runs one loop per sequence on its own
-thread and lets exactly one thread run at a time, like coroutines: a sequence runs until it needs
-the target (`BatchEngine.layers` or `.logits`) and parks there. When every sequence still
+Rather than rewrite each as a state machine, `run_batch` runs one loop per sequence as a
+coroutine (a greenlet: all on the one thread that runs torch, a switch costing a microsecond,
+where OS threads cost ~0.2 ms against torch's OpenMP pool): a sequence runs until it needs the
+target (`BatchEngine.layers` or `.logits`) and parks there. When every sequence still
 decoding is parked, the parked requests that run the same layers are joined into one block —
 their rows side by side, so each weight is read once for all of them — and each sequence gets
 its own rows back. Attention is the one part that stays per sequence: each sequence has its own
@@ -12,25 +13,21 @@ KV cache (own length, own rollback), its own positions and its own chain or tree
 (`Segments`). A sequence that finished leaves the batch; the others go on.
 
 Drafting (an EAGLE head, a draft model, a lookup) runs per sequence, in turn. Because only one
-thread runs at a time and always in the same order, a batch gives the same tokens every time,
+sequence runs at a time and always in the same order, a batch gives the same tokens every time,
 and a method's state shared across sequences (Token Recycling's matrix, SuffixDecoding's
 global trie) is never touched by two at once.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from greenlet import getcurrent, greenlet
 
 from .cache import KVCache
 from .llama import Engine
-
-# The worker thread a sequence runs on (None on any other thread: calls go straight through).
-_current = threading.local()
-
 
 @dataclass
 class Segment:
@@ -56,89 +53,76 @@ class Segments(list):
 
 
 class Stop(BaseException):
-    """Raised in a parked sequence when the batch is abandoned (another one failed)."""
+    """Thrown into a parked sequence when the batch is abandoned (another one failed)."""
 
 
-class Sequence(threading.Thread):
+class Sequence(greenlet):
+    """One sequence's decoding loop. It runs only when the batch switches to it, and switches
+    back when it parks (a request for the target) or returns."""
+
     def __init__(self, batch: "Batch", job: Callable):
-        super().__init__(daemon=True)
+        super().__init__(run=self.decode, parent=getcurrent())
         self.batch, self.job = batch, job
-        self.resume = threading.Semaphore(0)
         self.request: tuple | None = None
-        self.answer = self.value = self.error = None
-        self.finished = False
+        self.value = None
         self.cache: KVCache | None = None     # BatchEngine.cache's, kept across turns
 
-    def run(self):
-        _current.sequence = self
-        self.resume.acquire()
-        try:
-            if not self.batch.stopping:
-                with torch.inference_mode():
-                    self.value = self.job()
-        except BaseException as e:         # handed to the scheduler, which raises it
-            self.error = e
-        self.finished = True
-        self.batch.parked.release()
+    def decode(self):
+        self.value = self.job()
 
     def park(self, request: tuple):
-        """Wait (other sequences run) until the batch has served `request`; its result."""
+        """Hand `request` to the batch; returns its result once the batch has served it."""
         self.request = request
-        self.batch.parked.release()
-        self.resume.acquire()
-        if self.batch.stopping:
-            raise Stop()
-        answer, self.answer = self.answer, None
-        return answer
+        return self.parent.switch()
+
+
+def current_sequence() -> Sequence | None:
+    """The sequence running now; None outside a batch (calls then go straight through)."""
+    running = getcurrent()
+    return running if isinstance(running, Sequence) else None
 
 
 class Batch:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.parked = threading.Semaphore(0)
-        self.stopping = False
         self.forwards = 0          # joined forwards run (each group of parked requests)
-
-    def step(self, seq: Sequence):
-        """Let one sequence run until it parks or finishes."""
-        seq.resume.release()
-        self.parked.acquire()
-        if seq.error is not None and not isinstance(seq.error, Stop):
-            raise seq.error
 
     def run(self, jobs: list[Callable]) -> list:
         sequences = [Sequence(self, job) for job in jobs]
-        for seq in sequences:
-            seq.start()
-        live = list(sequences)
+        answers = {seq: None for seq in sequences}
         try:
             with torch.inference_mode():
+                live = sequences
                 while live:
-                    for seq in live:
-                        self.step(seq)
-                    live = [s for s in live if not s.finished]
-                    self.serve(live)
+                    for seq in live:       # run each until it parks or finishes
+                        answer, answers[seq] = answers[seq], None
+                        seq.switch(answer) if seq else seq.switch()  # its error is raised here
+                    live = [s for s in live if not s.dead]
+                    answers.update(self.serve(live))
         finally:
-            self.stopping = True
             for seq in sequences:
-                if not seq.finished:
-                    seq.resume.release()
-            for seq in sequences:
-                seq.join()
+                if seq and not seq.dead:     # started and parked: unwind its loop
+                    try:
+                        seq.throw(Stop())
+                    except Stop:
+                        pass
         return [seq.value for seq in sequences]
 
-    def serve(self, parked: list[Sequence]):
-        """Run the parked requests, those of the same kind and layers joined into one block."""
+    def serve(self, parked: list[Sequence]) -> dict:
+        """Run the parked requests, those of the same kind and layers joined into one block;
+        each sequence's answer."""
         groups: dict[tuple, list[Sequence]] = {}
         for seq in parked:
             groups.setdefault(seq.request[0], []).append(seq)
+        answers = {}
         for key, seqs in groups.items():
             requests = [s.request[1] for s in seqs]
             outs = self.joined_layers(key, requests) if key[0] == "layers" else \
                 self.joined_logits(requests)
             self.forwards += 1
             for seq, out in zip(seqs, outs):
-                seq.answer, seq.request = out, None
+                answers[seq], seq.request = out, None
+        return answers
 
     def joined_layers(self, key: tuple, requests: list[dict]) -> list[torch.Tensor]:
         engine = self.engine
@@ -185,7 +169,7 @@ class BatchEngine:
         setattr(self._engine, name, value)
 
     def cache(self, capacity: int) -> KVCache:
-        seq = getattr(_current, "sequence", None)
+        seq = current_sequence()
         if seq is None:
             return self._engine.cache(capacity)
         if seq.cache is None or seq.cache.capacity < capacity:
@@ -195,7 +179,7 @@ class BatchEngine:
         return seq.cache
 
     def layers(self, h, start, end, cache, offset, positions=None, block_mask=None, rope=None):
-        seq = getattr(_current, "sequence", None)
+        seq = current_sequence()
         request = dict(h=h, cache=cache, offset=offset, positions=positions,
                        block_mask=block_mask, rope=rope)
         if seq is None or h.shape[0] != 1:
@@ -203,7 +187,7 @@ class BatchEngine:
         return seq.park((("layers", start, end), request))
 
     def logits(self, h_final):
-        seq = getattr(_current, "sequence", None)
+        seq = current_sequence()
         if seq is None:
             return self._engine.logits(h_final)
         return seq.park((("logits",), h_final))

@@ -8,6 +8,7 @@ import itertools
 from pathlib import PurePath
 
 from ..errors import SpecbenchError
+from ..names import base_name, batch_size_of, batched, unbatched
 from ..options import Option
 from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
 from .eagle import Eagle
@@ -53,11 +54,6 @@ def parse_methods(spec: str) -> list[str]:
         if name not in METHODS:
             raise SpecbenchError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     return ["vanilla"] + [n for n in dict.fromkeys(names) if n != "vanilla"]
-
-
-def base_name(name: str) -> str:
-    """'kangaroo@exit_layer=1,threshold=0.4' (a sweep point) → 'kangaroo'."""
-    return name.split("@", 1)[0]
 
 
 def declared_option(method: str, key: str, where: str) -> Option:
@@ -185,6 +181,14 @@ def expand_sweeps(names: list[str], options: dict[str, dict], grid: dict[str, di
     return out_names, out_options
 
 
+def expand_batch_sizes(names: list[str], sizes: list[int]) -> list[str]:
+    """Every method at every batch size ('pld', 'pld+b4', …), batch by batch. Vanilla at batch 1
+    is always run: each batched answer must equal its batch-1 vanilla answer."""
+    out = [batched(name, size) for size in sizes for name in names]
+    return out if 1 in sizes else ["vanilla", *out]
+
+
 __all__ = ["ADDON_FOLDER", "METHODS", "TRAINERS", "Addon", "Generation", "Method", "Option", "Statistic",
-           "base_name", "checked_options", "checked_sweeps", "expand_sweeps", "parse_methods", "parse_options",
+           "base_name", "batch_size_of", "batched", "unbatched", "checked_options", "checked_sweeps", "expand_batch_sizes",
+           "expand_sweeps", "parse_methods", "parse_options",
            "parse_sweeps"]

@@ -12,9 +12,9 @@ static automaton does; its suffix array answers the same longest-match query.
 
 from __future__ import annotations
 
-import threading
-
+from contextvars import ContextVar
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -235,19 +235,18 @@ class RetrievalFirst(Eagle):
                  **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         self.sam = sam
-        # The generation in progress on this thread (a batch decodes one per thread).
-        self.current = threading.local()
+        # The generation in progress (a batch decodes several, each in its own context).
+        self.current = ContextVar("samd_generation")
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        now = self.current
-        now.tracker, now.seen = Tracker(), 0
-        now.counts = {"retrieved": 0, "matched": 0}
+        now = SimpleNamespace(tracker=Tracker(), seen=0, counts={"retrieved": 0, "matched": 0})
+        self.current.set(now)
         generation = super().generate(prompt_ids, max_new_tokens)
         generation.stats.update(now.counts)
         return generation
 
     def draft(self, state: DecodeState, out, committed: int, cache):
-        now = self.current
+        now = self.current.get()
         now.tracker.add(state.tokens[now.seen:])
         now.seen = len(state.tokens)
         draft, length = self.sam.retrieve(now.tracker, state.tokens)

@@ -26,6 +26,13 @@ from ..engine.timing import block_latency, block_step, median_seconds
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
+def sizes_for(batch_sizes: list[int]) -> tuple[int, ...]:
+    """Block sizes a run's profile measures: SIZES, and at batch size B up to B × 64 rows (B
+    sequences' blocks go through the products as one: the cost model's c(B·b))."""
+    largest = 64 * max(batch_sizes)
+    return tuple(1 << i for i in range(largest.bit_length()) if 1 << i <= largest)
+
+
 def weight_bytes(engine: Engine) -> int:
     """Bytes of weights one forward reads: every layer, the final norm and the LM head. The
     embedding table is only gathered a row a token, unless it is the (tied) LM head."""

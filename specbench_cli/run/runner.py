@@ -3,6 +3,11 @@
 Questions are interleaved (for each question, every method in turn) so that drift in machine
 speed hits all methods alike. Every finished question is appended to its method's answer file
 and flushed to disk at once; `--resume` reads those files back and skips what is there.
+
+At batch size B > 1 (`--batch-size`; the method then runs under the name 'pld+b4') the questions
+are dealt into consecutive batches of B, and each batch is decoded by every method in turn, its
+sequences together (engine/batch.py). Each answer line keeps its own sequence's wall time (from
+the batch's start to its own end) and the batch's, from which the aggregate throughput comes.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..engine import Engine, sync
 from ..errors import SpecbenchError
-from ..methods import METHODS, Generation, Method, base_name
-from ..methods.base import Decoding
+from ..methods import METHODS, Generation, Method, base_name, batch_size_of, unbatched
+from ..methods.base import Decoding, on_engine
 from ..methods.verify import Phases
 from ..bench.prompts import build_prompt_ids
 from ..analysis.results import ANSWERS_DIR, answer_file_name
@@ -58,6 +64,7 @@ class RunConfig:
     top_k: int = 0
     seed: int = 0
     compile: bool = False        # static-shape compiled forwards (engine/static.py)
+    batch_sizes: list[int] = field(default_factory=lambda: [1])   # methods ran at each (`+bB`)
 
     @property
     def sampling(self):
@@ -160,16 +167,19 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.context = engine.config.max_position_embeddings
+        # One method object per method, whatever the batch sizes it runs at ('pld', 'pld+b4').
         self.methods: dict[str, Method] = {
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
-            for name in config.methods}
+            for name in dict.fromkeys(map(unbatched, config.methods))}
         # Every DecodeState a method makes reads it: greedy (None) or the run's sampling.
         for method in self.methods.values():
             method.decoding = Decoding(config.sampling)
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
-    def answer(self, method: Method, question: Question) -> tuple[list[str], list[Generation], list[float]]:
+    # `batched`: other sequences decode beside it; its phases are not timed, since theirs overlap.
+    def answer(self, method: Method, question: Question, batched: bool = False
+               ) -> tuple[list[str], list[Generation], list[float]]:
         texts, gens, times = [], [], []
         device = self.engine.device
         for i in range(len(question.turns)):
@@ -177,8 +187,9 @@ class Runner:
                                    list(question.turns[:i + 1]), texts)
             budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
                                   self.context, self.config.over_context)
-            phases = Phases(device) if self.config.breakdown else None
-            method.decoding = replace(method.decoding, phases=phases)
+            phases = Phases(device) if self.config.breakdown and not batched else None
+            if not batched:
+                method.decoding = replace(method.decoding, phases=phases)
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
@@ -215,17 +226,37 @@ class Runner:
             "stats": [g.stats for g in gens],
         }
 
+    def answer_batch(self, method: Method, questions: list[Question]) -> tuple[list, float]:
+        """The questions decoded together by `method`: each one's (texts, generations, times),
+        and the batch's wall time."""
+        from ..engine.batch import BatchEngine, run_batch
+        method.decoding = replace(method.decoding, phases=None)
+        sync(self.engine.device)
+        start = time.perf_counter()
+        with on_engine(method, BatchEngine(self.engine)):
+            results = run_batch(self.engine, [lambda q=q: self.answer(method, q, batched=True)
+                                              for q in questions])
+        sync(self.engine.device)
+        return results, time.perf_counter() - start
+
     def warm_up(self, progress=None):
-        """The first question, `warmup` times per method, unrecorded (kernels, caches, allocator)."""
+        """The first question, `warmup` times per method, unrecorded (kernels, caches, allocator);
+        and the first batch once per method and batch size above 1."""
         if not self.config.warmup:
             return
-        task = progress.add_task("warm-up", total=self.config.warmup * len(self.methods),
-                                 info="") if progress else None
+        sizes = [b for b in self.config.batch_sizes if b > 1]
+        task = progress.add_task("warm-up", total=(self.config.warmup + len(sizes))
+                                 * len(self.methods), info="") if progress else None
         for _ in range(self.config.warmup):
             for name, method in self.methods.items():
                 self.answer(method, self.questions[0])
                 if progress:
                     progress.update(task, advance=1, info=name)
+        for size in sizes:
+            for name, method in self.methods.items():
+                self.answer_batch(method, self.questions[:size])
+                if progress:
+                    progress.update(task, advance=1, info=f"{name} at batch {size}")
         if progress:
             progress.remove_task(task)
 
@@ -236,19 +267,40 @@ class Runner:
             texts, gens, times = self.answer(self.methods[name], question)
             yield self.answer_line(name, question, repeat, texts, gens, times)
 
+    def answer_batches(self, batch: list[Question], repeat: int, names: list[str],
+                       done: dict[str, set]):
+        """The named methods (all at one batch size) on one batch of questions in one repeat, in
+        turn: the answer lines not in `done` yet (a resumed batch is decoded whole again, so
+        that its sequences keep their company; only its missing lines are written)."""
+        for name in names:
+            results, wall = self.answer_batch(self.methods[unbatched(name)], batch)
+            for question, (texts, gens, times) in zip(batch, results):
+                if (question.question_id, repeat) in done[name]:
+                    continue
+                line = self.answer_line(name, question, repeat, texts, gens, times)
+                line["batch"] = {"size": batch_size_of(name), "questions": len(batch),
+                                 "first_question": batch[0].question_id, "wall_time": wall}
+                yield line
+
     def run(self, progress=None):
         files = answer_files(self.out_dir, self.config.methods)
         todo = pending_units(self.config, self.questions, files)
-        if not todo:
+        batches = pending_batches(self.config, self.questions, files)
+        if not todo and not batches:
             return
         self.warm_up(progress)
-        task = progress.add_task("questions", total=len(todo), info="") if progress else None
-        for repeat, question, names in todo:
-            lines = self.answer_unit(question, repeat, names)
-            for name, line in zip(names, lines):
-                append_line(files[name], line)
+        done = {name: read_done(path) for name, path in files.items()}
+        work = [(unit_label(question, repeat), partial(self.answer_unit, question, repeat, names))
+                for repeat, question, names in todo]
+        work += [(f"batch of {len(batch)} from {unit_label(batch[0], repeat)}",
+                  partial(self.answer_batches, batch, repeat, names, done))
+                 for repeat, batch, names in batches]
+        task = progress.add_task("questions", total=len(work), info="") if progress else None
+        for label, answer_lines in work:
+            for line in answer_lines():
+                append_line(files[line["method"]], line)
                 if progress:
-                    progress.update(task, info=f"{unit_label(question, repeat)} {name} "
+                    progress.update(task, info=f"{label} {line['method']} "
                                                f"{line_rate(line):.0f} tok/s")
             if progress:
                 progress.update(task, advance=1)
@@ -262,15 +314,34 @@ def answer_files(out_dir: Path, methods: list[str]) -> dict[str, Path]:
 
 def pending_units(config: RunConfig, questions: list[Question],
                   files: dict[str, Path]) -> list[tuple[int, Question, list[str]]]:
-    """What is left to do, in run order: (repeat, question, methods that have not answered it
-    in that repeat), read back from the answer files (--resume)."""
+    """What is left to do at batch size 1, in run order: (repeat, question, methods that have
+    not answered it in that repeat), read back from the answer files (--resume)."""
     done = {name: read_done(path) for name, path in files.items()}
+    single = [n for n in config.methods if batch_size_of(n) == 1]
     units = []
     for repeat in range(config.repeats):
         for question in questions:
-            names = [n for n in config.methods if (question.question_id, repeat) not in done[n]]
+            names = [n for n in single if (question.question_id, repeat) not in done[n]]
             if names:
                 units.append((repeat, question, names))
+    return units
+
+
+def pending_batches(config: RunConfig, questions: list[Question], files: dict[str, Path]
+                    ) -> list[tuple[int, list[Question], list[str]]]:
+    """What is left to do at batch sizes above 1, in run order: (repeat, a batch of consecutive
+    questions, methods at that batch size missing an answer in it)."""
+    done = {name: read_done(path) for name, path in files.items()}
+    units = []
+    for repeat in range(config.repeats):
+        for size in sorted(b for b in config.batch_sizes if b > 1):
+            at_size = [n for n in config.methods if batch_size_of(n) == size]
+            for first in range(0, len(questions), size):
+                batch = questions[first:first + size]
+                names = [n for n in at_size
+                         if any((q.question_id, repeat) not in done[n] for q in batch)]
+                if names:
+                    units.append((repeat, batch, names))
     return units
 
 
@@ -312,12 +383,14 @@ def run_meta(config: RunConfig, engine: Engine, runner: Runner, dtype_why: str =
         "kernels": dict(summary(choice)) if choice else None,
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
-        "methods": {name: {"options": m.options, "overhead": m.parameter_overhead(),
-                           "lossless": m.lossless, "info": m.info(),
-                           "statistics": m.declared_statistics()}
-                    for name, m in runner.methods.items()},
+        "methods": {name: describe(runner.methods[unbatched(name)]) for name in config.methods},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def describe(m: Method) -> dict:
+    return {"options": m.options, "overhead": m.parameter_overhead(), "lossless": m.lossless,
+            "info": m.info(), "statistics": m.declared_statistics()}
 
 
 def write_run_json(out_dir: Path, meta: dict) -> dict:

@@ -1,0 +1,34 @@
+"""How a run's rows are named: a method, a sweep point of its options, a batch size.
+
+    pld                          the method, batch size 1
+    kangaroo@exit_layer=1        a point of a --sweep grid (its own options)
+    pld+b4                       the method at --batch-size 4
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def base_name(name: str) -> str:
+    """'kangaroo@exit_layer=1,threshold=0.4' (a sweep point) → 'kangaroo'; 'pld+b4' → 'pld'."""
+    return unbatched(name).split("@", 1)[0]
+
+
+# A method run at batch size B > 1 is named with a suffix: 'pld+b4', 'kangaroo@threshold=0.4+b4'.
+BATCH_SUFFIX = re.compile(r"\+b(\d+)$")
+
+
+def batched(name: str, size: int) -> str:
+    """The name of `name` run at batch size `size` (batch 1 keeps the plain name)."""
+    return name if size == 1 else f"{name}+b{size}"
+
+
+def unbatched(name: str) -> str:
+    """'pld+b4' → 'pld' (the same method, decoded four sequences at a time)."""
+    return BATCH_SUFFIX.sub("", name)
+
+
+def batch_size_of(name: str) -> int:
+    match = BATCH_SUFFIX.search(name)
+    return int(match.group(1)) if match else 1
