@@ -248,10 +248,10 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     runner.run(progress)
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     if config.breakdown:
-        from .run.profile import attach_profile, measured_profile, prompt_lengths, sizes_for
+        from .run.profile import attach_profile, measured_profile, prompt_lengths
+        batches = [b for b in config.batch_sizes if b > 1]
         attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
-                                                         sizes_for(config.batch_sizes),
-                                                         progress=progress),
+                                                         progress=progress, batch_sizes=batches),
                        out, plan.profile, prompt_lengths(plan))
     return out
 
@@ -395,9 +395,10 @@ def parse_counts(option: str, text: str) -> list[int]:
 def profile(model: str | None = None, dtype: str | None = None, device: str | None = None,
             contexts: str = "256,2048", sizes: str = "1,2,4,8,16,32,64", repeats: int = 10,
             out: Path | None = None, console: Console | None = None, progress=None,
-            compile: bool = False):
+            compile: bool = False, batch_sizes: str | None = None):
     """`specbench profile`: block latencies at each context, bandwidth and the memory floor,
-    written to OUT/profile.json with its plot. Returns (the profile, its folder)."""
+    written to OUT/profile.json with its plot; with `batch_sizes` ('2,4,8'), joined forwards
+    of that many sequences too. Returns (the profile, its folder)."""
     from .analysis.plots import profile_figure, save_figure
     from .analysis.report import profile_caption
     from .engine.load import load_engine
@@ -406,6 +407,8 @@ def profile(model: str | None = None, dtype: str | None = None, device: str | No
     from .run.runner import model_context
     console = console or Console()
     wanted, sizes = parse_counts("--contexts", contexts), parse_counts("--sizes", sizes)
+    batches = [b for b in parse_counts("--batch-sizes", batch_sizes) if b > 1] \
+        if batch_sizes else []
     if 1 not in sizes:
         raise SpecbenchError("--sizes must include 1 (every cost is relative to a one-token step)")
     if repeats < 1:
@@ -426,7 +429,8 @@ def profile(model: str | None = None, dtype: str | None = None, device: str | No
     name = Path(model.rstrip("/")).name
     out = Path(out) if out else RESULTS / f"profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    result = write_profile(engine, model, out / "profile.json", kept, sizes, repeats, progress)
+    result = write_profile(engine, model, out / "profile.json", kept, sizes, repeats, progress,
+                           batches)
     save_figure(profile_figure(result, profile_caption(result, name)), out / "profile")
     return result, out
 

@@ -207,6 +207,10 @@ def profile(
                                  "comma-separated (those past the model's context are skipped)."),
     sizes: str = typer.Option("1,2,4,8,16,32,64", help="Tokens in the block, comma-separated."),
     repeats: int = typer.Option(10, help="Timed forwards per point (the median is kept)."),
+    batch_sizes: Optional[str] = typer.Option(None, help="Also time joined forwards of B "
+                                              "sequences with n tokens each, at the first "
+                                              "context (e.g. 2,4,8): the cost model's step at "
+                                              "batch size B (`run --batch-size`)."),
     out: Optional[Path] = typer.Option(None, help="Folder for profile.json and the plot "
                                        "(default results/profile-<model>-<time>)."),
 ):
@@ -217,7 +221,7 @@ def profile(
     from .analysis.report import print_profile
     with user_errors(), progress_bar() as progress:
         result, out = api.profile(model, dtype, device, contexts, sizes, repeats, out, console,
-                                  progress, compile)
+                                  progress, compile, batch_sizes)
     print_profile(console, result, out)
 
 

@@ -164,3 +164,21 @@ def test_predict_batches_pairs_measured_and_predicted_per_method():
     assert pld["break_even_predicted"] == pytest.approx(2.0)
     # without a profile: measured only
     assert predict_batches(summary, None)["pld"]["predicted"] == {"1": None, "2": None}
+
+
+def test_a_joined_profile_replaces_c_of_b_times_block():
+    from specbench_cli.analysis.costmodel import step_cost
+    joined = {**PROFILE, "batch_latency_seconds": {"2": {"1": 3.0, "4": 5.0}}}
+    assert step_cost(joined, 2, 1, None) == pytest.approx(3.0)     # measured, not c(2) = 1
+    assert step_cost(joined, 2, 2, None) == pytest.approx(3.0 + 2 / 3 * 1)
+    assert step_cost(joined, 4, 4, None) == pytest.approx(4.0)      # no table: c(16)
+    assert step_cost(joined, 1, 8, None) == pytest.approx(2.0)
+    assert predicted_at_batch(2, 2.0, 4.0, joined, 1.0, ZERO, ZERO, None) == \
+        pytest.approx(2 * 3.0 / 5.0)
+
+
+def test_joined_forwards_are_profiled_per_batch_size(tiny_engine):
+    from specbench_cli.run.profile import joined_latencies
+    table = joined_latencies(tiny_engine[0], [2, 3], [1, 4], context=16, repeats=1)
+    assert set(table) == {"2", "3"} and all(set(t) == {"1", "4"} for t in table.values())
+    assert all(s > 0 for t in table.values() for s in t.values())

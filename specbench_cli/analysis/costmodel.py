@@ -31,14 +31,19 @@ def latencies_at(profile: dict, context: int | None = None) -> dict[str, float]:
 def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
     """Forward latency of a block of `tokens` (fractional: a mean block size), relative to a
     one-token forward, interpolated linearly between measured sizes at the nearest context."""
-    table = sorted((int(n), t) for n, t in latencies_at(profile, context).items())
-    one = dict(table)[1]
-    if tokens <= table[0][0]:
-        return table[0][1] / one
-    for (n0, t0), (n1, t1) in zip(table, table[1:]):
+    table = latencies_at(profile, context)
+    return interpolated(table, tokens) / table["1"]
+
+
+def interpolated(table: dict[str, float], tokens: float) -> float:
+    """A latency table's seconds at `tokens`, linear between measured sizes and past the last."""
+    points = sorted((int(n), t) for n, t in table.items())
+    if tokens <= points[0][0]:
+        return points[0][1]
+    for (n0, t0), (n1, t1) in zip(points, points[1:]):
         if tokens <= n1:
-            return (t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)) / one
-    return table[-1][1] / one * tokens / table[-1][0]        # past the table: linear in n
+            return t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)
+    return points[-1][1] * tokens / points[-1][0]        # past the table: linear in n
 
 
 def one_step_ms(vanilla: dict, profile: dict, context: int | None) -> float:
@@ -121,16 +126,28 @@ LARGEST_BATCH = 1024
 def predicted_at_batch(size: int, mat: float, block: float, profile: dict, share: float,
                        t: dict, v: dict, context: int | None) -> float:
     """Speedup at batch size B when each of B sequences verifies b̄ tokens a step: vanilla's
-    forward is a block of B rows, the method's one of B·b̄ rows (its products read each weight
+    forward joins B one-token rows, the method's B blocks of b̄ (the products read each weight
     once for all rows), drafting and the rest run per sequence. Per committed token:
 
-        vanilla: π_v + (c(B) + B·ρ_v) / B      method: π + (share · c(B·b̄) + B·(δ + ρ)) / (B·MAT)
+        vanilla: π_v + (c_B(1) + B·ρ_v) / B      method: π + (share · c_B(b̄) + B·(δ + ρ)) / (B·MAT)
 
+    with c_B(b) the joined forward's cost (step_cost; ≈ c(B·b) where the profile has no joined
+    timings).
     (`t`, `v`: the method's and vanilla's terms at batch 1; at B = 1 this is `predict`'s.)"""
-    vanilla = v["prefill"] + (interpolated_cost(profile, size, context) + size * v["rest"]) / size
-    method = t["prefill"] + (share * interpolated_cost(profile, size * block, context)
+    vanilla = v["prefill"] + (step_cost(profile, size, 1, context) + size * v["rest"]) / size
+    method = t["prefill"] + (share * step_cost(profile, size, block, context)
                              + size * (t["draft"] + t["rest"])) / (size * mat)
     return vanilla / method
+
+
+def step_cost(profile: dict, sequences: int, tokens: float, context: int | None) -> float:
+    """c: a forward of `sequences` sequences with `tokens` new tokens each, over a one-token
+    forward: the profile's joined forwards where it timed that batch size (`profile
+    --batch-sizes`, `run --breakdown`), else one block of sequences × tokens rows."""
+    joined = (profile.get("batch_latency_seconds") or {}).get(str(sequences))
+    if sequences == 1 or not joined:
+        return interpolated_cost(profile, sequences * tokens, context)
+    return interpolated(joined, tokens) / latencies_at(profile, context)["1"]
 
 
 def crossing(points: list[tuple[int, float]]) -> float | None:

@@ -204,7 +204,9 @@ def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
     run.summary["cost_model_profile"] = {"file": str(path), "model": profile.get("model"),
                                          "device": profile.get("device"),
                                          "contexts": profile.get("contexts"),
-                                         "largest_block": max(profile.get("sizes") or [0])}
+                                         "largest_block": max(profile.get("sizes") or [0]),
+                                         "joined": list(profile.get("batch_latency_seconds")
+                                                        or {})}
 
 
 def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str = "table",
@@ -362,17 +364,20 @@ def break_even_text(value, largest: int, unknown: bool = False) -> str:
 
 def batch_notes(summary: dict) -> list[str]:
     notes = ["B=n: speedup over vanilla at the same batch size (Spec-Bench definition, per "
-             "sequence), in brackets the cost model's prediction: vanilla's time per token, π + (c(B) + B·ρ) / B, "
-             "over the method's, π + (c(B·block) + B·(δ+ρ)) / (B·MAT), from the run's profile "
-             "(c(n): latency of an n-token forward over a one-token forward's; π prefill per "
-             "token, δ drafting and ρ the rest per step, each at batch 1 in one-token steps, 0 "
-             "without --breakdown); break-even "
-             "B: where the speedup last falls below 1, measured (interpolated in log2 B between the "
-             "sizes run) and predicted (over 1..{}).".format(LARGEST_BATCH)]
+             "sequence); in brackets the cost model's prediction, vanilla's time per token "
+             "π + (c_B(1) + B·ρ) / B over the method's π + (c_B(block) + B·(δ+ρ)) / (B·MAT), "
+             "c_B(n) the latency of a joined forward of B sequences with n tokens each over a "
+             "one-token forward's, from the run's profile (c(B·n) where it has no joined "
+             "timings); π prefill per token, δ drafting and ρ the rest per step, at batch 1 in "
+             "one-token steps (0 without --breakdown). Break-even B: where the speedup last "
+             f"falls below 1, measured (interpolated in log2 B between the sizes run) and "
+             f"predicted (over 1..{LARGEST_BATCH})."]
     source = summary.get("cost_model_profile")
     if source:
-        notes.append(f"profile {source['file']}: blocks measured up to "
-                     f"{source.get('largest_block')} tokens, linear in the block past that")
+        joined = ", ".join(source.get("joined") or []) or "none"
+        notes.append(f"profile {source['file']}: joined forwards timed at batch sizes "
+                     f"{joined}; latencies linear in the block past the {source['largest_block']} "
+                     "tokens measured")
     return notes
 
 

@@ -21,16 +21,9 @@ import torch
 
 from ..engine import Engine
 from ..engine.arena import huge_buffer
-from ..engine.timing import block_latency, block_step, median_seconds
+from ..engine.timing import block_latency, block_step, joined_block_step, median_seconds
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def sizes_for(batch_sizes: list[int]) -> tuple[int, ...]:
-    """Block sizes a run's profile measures: SIZES, and at batch size B up to B × 64 rows (B
-    sequences' blocks go through the products as one: the cost model's c(B·b))."""
-    largest = 64 * max(batch_sizes)
-    return tuple(1 << i for i in range(largest.bit_length()) if 1 << i <= largest)
 
 
 def weight_bytes(engine: Engine) -> int:
@@ -115,9 +108,30 @@ def floor_share(engine: Engine, context: int, rounds: int = 9) -> dict:
             "share": statistics.median(shares), "step_seconds": statistics.median(steps)}
 
 
+def joined_latencies(engine: Engine, batch_sizes, sizes, context: int, repeats: int,
+                     progress=None) -> dict[str, dict[str, float]]:
+    """Batch size B → n → median seconds of a joined forward of B sequences with n new tokens
+    each (after `context` committed ones each): what a step costs at batch size B."""
+    task = progress.add_task("profile batches", total=len(batch_sizes) * len(sizes), info="") \
+        if progress else None
+    table: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for b in batch_sizes:
+            table[str(b)] = {}
+            for n in sizes:
+                if progress:
+                    progress.update(task, info=f"{b} sequences × {n} tokens")
+                step = joined_block_step(engine, b, n, context)
+                table[str(b)][str(n)] = median_seconds(step, engine.device, repeats)
+                if progress:
+                    progress.update(task, advance=1)
+    return table
+
+
 def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: int = 10,
-                   progress=None) -> dict:
-    """Latency table, bandwidth, and what follows from them (the profile.json content)."""
+                   progress=None, batch_sizes=()) -> dict:
+    """Latency table, bandwidth, and what follows from them (the profile.json content);
+    with `batch_sizes` (above 1), the joined forwards' latencies at the first context too."""
     device = engine.device
     side_by_side = floor_share(engine, contexts[0])
     bandwidth = side_by_side["bandwidth"]
@@ -147,16 +161,18 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
         "achieved_bandwidth_share": side_by_side["share"],
         "relative_cost": {n: t / first["1"] for n, t in first.items()},
         "flops_per_second_at_widest": matmul_flops_per_token(engine) * max(sizes) / first[widest],
+        "batch_latency_seconds": joined_latencies(engine, batch_sizes, sizes, contexts[0],
+                                                  repeats, progress) if batch_sizes else {},
     }
 
 
 def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats: int = 10,
-                     progress=None) -> dict:
+                     progress=None, batch_sizes=()) -> dict:
     """Profile the engine: the timings, with the model, dtype, device and machine."""
     from ..engine.kernels import summary
     from ..engine.load import DTYPE_NAMES
     from .runner import environment
-    result = profile_engine(engine, contexts, sizes, repeats, progress)
+    result = profile_engine(engine, contexts, sizes, repeats, progress, batch_sizes)
     result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
                   environment=environment(engine.device))
     choice = getattr(engine, "kernel_choice", None)
@@ -168,9 +184,9 @@ def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats:
 
 
 def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
-                  repeats: int = 10, progress=None) -> dict:
+                  repeats: int = 10, progress=None, batch_sizes=()) -> dict:
     """Profile the engine and write profile.json."""
-    result = measured_profile(engine, model, contexts, sizes, repeats, progress)
+    result = measured_profile(engine, model, contexts, sizes, repeats, progress, batch_sizes)
     Path(path).write_text(json.dumps(result, indent=2))
     return result
 
