@@ -82,10 +82,30 @@ def test_sampling_batched_equals_alone(tiny_engine, name):
     assert [g.tokens for g in generate_batch(method, prompts, 30)] == alone
 
 
-def test_joined_forward_writes_each_cache_as_alone(tiny_engine):
+@pytest.mark.parametrize("path", ["modules", "fused"])
+def test_joined_forward_writes_each_cache_as_alone(tiny_engine, path):
     """Three sequences' blocks side by side — a prefill, a chain after 5 rows, a tree after 9 —
-    give each the hidden states and cache rows its own forward gives."""
+    give each the hidden states and cache rows its own forward gives: through torch's modules
+    (close), and through cpu.c's fused step (bit-equal: no row depends on the others)."""
+    from specbench_cli.engine.fused import FusedLayers, why_not
     engine, _ = tiny_engine
+    if path == "fused" and why_not(engine):
+        pytest.skip(f"no fused step here: {why_not(engine)}")
+    saved, engine.fused = engine.fused, FusedLayers(engine) if path == "fused" else None
+    calls = []
+    if engine.fused is not None:
+        run = engine.fused.run_segments
+        engine.fused.run_segments = lambda h, *a: calls.append(h.shape[1]) or run(h, *a)
+    try:
+        check_joined_forward(engine, exact=path == "fused")
+    finally:
+        engine.fused = saved
+    assert (14 in calls) == (path == "fused")     # the joined 6 + 3 + 5 rows in one call
+
+
+def check_joined_forward(engine, exact: bool):
+    close = torch.equal if exact else \
+        (lambda a, b: torch.allclose(a, b, atol=1e-4, rtol=1e-4))
     torch.manual_seed(0)
     tree = Tree([-1, 0, 0, 1, 2])
     blocks = [  # (ids, rows already in the cache, block mask, positions)
@@ -107,11 +127,11 @@ def test_joined_forward_writes_each_cache_as_alone(tiny_engine):
                                  positions=positions, block_mask=mask, rope=None))
         out = Batch(engine).joined_layers(("layers", 0, engine.num_layers), requests)
     for a, b, (mine, joined), (ids, rows, _, _) in zip(alone, out, caches, blocks):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        assert close(a, b)
         end = rows + ids.shape[1]
         assert joined.lengths == mine.lengths == [end] * engine.num_layers
-        assert torch.allclose(joined.k[:, :, :, :end], mine.k[:, :, :, :end], atol=1e-4)
-        assert torch.allclose(joined.v[:, :, :, :end], mine.v[:, :, :, :end], atol=1e-4)
+        assert close(joined.k[:, :, :, :end], mine.k[:, :, :, :end])
+        assert close(joined.v[:, :, :, :end], mine.v[:, :, :, :end])
 
 
 def test_segments_attend_with_each_sequence_mask(tiny_engine):

@@ -144,6 +144,10 @@ class Batch:
                                     engine.attention_mask(r["offset"], n, r["block_mask"])))
         h = torch.cat([r["h"] for r in requests], dim=1)
         cos, sin = torch.cat(cos), torch.cat(sin)
+        if engine.fused is not None and all(engine.fused.takes(engine, h, s.cache)
+                                            for s in segments):
+            h = engine.fused.run_segments(h, start, end, segments, (cos, sin))
+            return list(h.split([s.rows for s in segments], dim=1))
         for i in range(start, end):
             h = engine.model.layers[i](h, cos, sin, segments, i, 0, None)
         return list(h.split([s.rows for s in segments], dim=1))

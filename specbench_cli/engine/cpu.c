@@ -246,6 +246,14 @@ typedef struct {                                  /* engine/cache.py's KVCache, 
     int64_t capacity;
 } Cache;
 
+/* One sequence's rows of a block (engine/batch.py joins several sequences' blocks): its cache,
+ * where its rows go in it, and its additive mask (rows x (offset + rows), NULL: causal). */
+typedef struct {
+    Cache cache;
+    int64_t offset, rows;
+    const float *mask;
+} Segment;
+
 static inline float keep(int bf16, float v) { return bf16 ? round_bf16(v) : v; }
 
 /* x (rows x dim, fp32) normed into the next product's input: fp32, or bf16 rounded. */
@@ -395,45 +403,59 @@ static void weighted_sum(const float *p, const float *v, const int32_t *rows, fl
  * rows are gathered first and only they enter the arithmetic, in order: a token sees the same
  * values in the same places whether decoded alone or as a node of a tree whose other branches
  * are masked out, so both get the same bits. */
-static void attention(const Shape *s, const float *qkv, float *out, const Cache *c,
-                      int64_t layer, int64_t rows, const float *mask, int64_t offset) {
-    const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads, ctx = offset + rows;
+static void attention(const Shape *s, const float *qkv, float *out, const Segment *segs,
+                      const int32_t *seg_of, int64_t layer, int64_t rows) {
+    const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads;
     const int64_t width = (heads + 2 * kv) * hd, group = heads / kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    const float *kl = c->k + layer * kv * c->capacity * hd;
-    const float *vl = c->v + layer * kv * c->capacity * hd;
     #pragma omp parallel for schedule(static)
     for (int64_t task = 0; task < rows * heads; task++) {
         int64_t r = task / heads, h = task % heads, g = h / group;
-        const float *q = qkv + r * width + h * hd, *m = mask ? mask + r * ctx : NULL;
+        const Segment *sg = segs + seg_of[2 * r];
+        const int64_t i = seg_of[2 * r + 1], offset = sg->offset, ctx = offset + sg->rows;
+        const Cache *c = &sg->cache;
+        const float *kl = c->k + layer * kv * c->capacity * hd;
+        const float *vl = c->v + layer * kv * c->capacity * hd;
+        const float *q = qkv + r * width + h * hd, *m = sg->mask ? sg->mask + i * ctx : NULL;
         const float *keys = kl + g * c->capacity * hd, *values = vl + g * c->capacity * hd;
         float *p = malloc(sizeof(float) * 2 * ctx), best = -INFINITY, total = 0.0f;
         int32_t *seen = (int32_t *)(p + ctx);
         if (!p) { for (int64_t d = 0; d < hd; d++) out[r * heads * hd + h * hd + d] = NAN; continue; }
         int64_t count = 0;
-        for (int64_t t = 0; t < (m ? ctx : offset + r + 1); t++)
+        for (int64_t t = 0; t < (m ? ctx : offset + i + 1); t++)
             if (!m || !isinf(m[t])) seen[count++] = (int32_t)t;
         scores_of(q, keys, seen, p, count, hd);
-        for (int64_t i = 0; i < count; i++) {
-            p[i] = p[i] * scale + (m ? m[seen[i]] : 0.0f);
-            best = p[i] > best ? p[i] : best;
+        for (int64_t k = 0; k < count; k++) {
+            p[k] = p[k] * scale + (m ? m[seen[k]] : 0.0f);
+            best = p[k] > best ? p[k] : best;
         }
-        for (int64_t i = 0; i < count; i++) p[i] -= best;
+        for (int64_t k = 0; k < count; k++) p[k] -= best;
         exp_inplace(p, count);
-        for (int64_t i = 0; i < count; i++) total += p[i];
+        for (int64_t k = 0; k < count; k++) total += p[k];
         weighted_sum(p, values, seen, out + r * heads * hd + h * hd, count, hd, total);
         free(p);
     }
 }
 
 /* Layers [first, last) on hidden states h (rows x hidden, in the weights' dtype, updated in
- * place) of tokens written at cache rows [offset, offset + rows). cos/sin: (rows x head_dim) fp32,
- * the engine's RoPE tables at the tokens' positions. mask: additive (rows x (offset + rows)) fp32
- * or NULL for causal. Returns 0, -1 for rows out of range, -2 when memory ran out. */
-int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t last,
-                  const Cache *c, void *h, int64_t rows, const float *cos, const float *sin,
-                  const float *mask, int64_t offset) {
-    if (rows < 1 || s->head_dim > 512 || offset + rows > c->capacity) return -1;
+ * place): the rows of `nseg` sequences one after another, each segment's written at its cache
+ * rows [offset, offset + rows) and attending to its own cache under its own mask. Only attention
+ * and the cache writes look at segments; every product takes all rows at once, so each weight is
+ * read once for all sequences. cos/sin: (rows x head_dim) fp32, the engine's RoPE tables at the
+ * tokens' positions. Returns 0, -1 for rows out of range, -2 when memory ran out. */
+int decode_segments(const Shape *s, const Layer *layers, int64_t first, int64_t last,
+                    const Segment *segs, int64_t nseg, void *h, const float *cos,
+                    const float *sin) {
+    int64_t rows = 0;
+    for (int64_t j = 0; j < nseg; j++) {
+        if (segs[j].rows < 1 || segs[j].offset + segs[j].rows > segs[j].cache.capacity) return -1;
+        rows += segs[j].rows;
+    }
+    if (rows < 1 || s->head_dim > 512) return -1;
+    int32_t *seg_of = malloc(sizeof(int32_t) * 2 * rows);   /* row -> (segment, row in it) */
+    if (!seg_of) return -2;
+    for (int64_t j = 0, r = 0; j < nseg; j++)
+        for (int64_t i = 0; i < segs[j].rows; i++, r++) { seg_of[2 * r] = (int32_t)j; seg_of[2 * r + 1] = (int32_t)i; }
     const int64_t H = s->hidden, M = s->inter, hd = s->head_dim, heads = s->heads;
     const int64_t kv = s->kv_heads, width = (heads + 2 * kv) * hd, bf16 = s->bf16;
     const int64_t wide = M > heads * hd ? M : heads * hd, in = wide > H ? wide : H;
@@ -457,15 +479,17 @@ int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t la
             for (int64_t i = 0; i < width; i++) row[i] = keep(bf16, row[i]);
             for (int64_t head = 0; head < heads + kv; head++)
                 rotate(bf16, row + head * hd, cos + r * hd, sin + r * hd, hd);
+            const Segment *sg = segs + seg_of[2 * r];
+            const Cache *c = &sg->cache;
             for (int64_t g = 0; g < kv; g++) {
-                int64_t at = ((l * kv + g) * c->capacity + offset + r) * hd;
+                int64_t at = ((l * kv + g) * c->capacity + sg->offset + seg_of[2 * r + 1]) * hd;
                 for (int64_t d = 0; d < hd; d++) {
                     c->k[at + d] = row[(heads + g) * hd + d];
                     c->v[at + d] = row[(heads + kv + g) * hd + d];
                 }
             }
         }
-        attention(s, qkv, att, c, l, rows, mask, offset);
+        attention(s, qkv, att, segs, seg_of, l, rows);
         to_input(bf16, att, x, rows * heads * hd);
         product(bf16, x, L->o, L->o_bias, tmp, rows, H, heads * hd);
         for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
@@ -490,6 +514,15 @@ int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t la
         else ((float *)h)[i] = resid[i];
     }
 done:
-    free(resid); free(tmp); free(qkv); free(att); free(gu); free(act); free(x);
+    free(resid); free(tmp); free(qkv); free(att); free(gu); free(act); free(x); free(seg_of);
     return rc;
+}
+
+/* One sequence's block: rows written at cache rows [offset, offset + rows); mask: additive
+ * (rows x (offset + rows)) fp32 or NULL for causal. */
+int decode_layers(const Shape *s, const Layer *layers, int64_t first, int64_t last,
+                  const Cache *c, void *h, int64_t rows, const float *cos, const float *sin,
+                  const float *mask, int64_t offset) {
+    const Segment one = {*c, offset, rows, mask};
+    return decode_segments(s, layers, first, last, &one, 1, h, cos, sin);
 }

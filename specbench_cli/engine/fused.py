@@ -49,6 +49,11 @@ class Cache(ctypes.Structure):
     _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("capacity", ctypes.c_int64)]
 
 
+class Segment(ctypes.Structure):
+    _fields_ = [("cache", Cache), ("offset", ctypes.c_int64), ("rows", ctypes.c_int64),
+                ("mask", ctypes.c_void_p)]
+
+
 def pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -90,6 +95,11 @@ def library():
         ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
         ctypes.POINTER(Cache), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.decode_segments.restype = ctypes.c_int
+    lib.decode_segments.argtypes = [
+        ctypes.POINTER(Shape), ctypes.POINTER(Layer), ctypes.c_int64, ctypes.c_int64,
+        ctypes.POINTER(Segment), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p]
     lib.product_f32_out.restype = ctypes.c_int
     lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int32]
     return lib
@@ -144,17 +154,28 @@ class FusedLayers:
         return out
 
     def run(self, h, start: int, end: int, cache, offset: int, rope, mask):
-        n = h.shape[1]
-        cache.check_write(range(start, end), offset, n)
+        from .batch import Segment as Rows
+        return self.run_segments(h, start, end, [Rows(cache, offset, h.shape[1], mask)], rope)
+
+    def run_segments(self, h, start: int, end: int, segments, rope):
+        """Layers [start, end) over the rows of several sequences side by side (engine/batch.py's
+        Segments: each its cache, offset, rows and mask); one sequence is `run`."""
+        for seg in segments:
+            seg.cache.check_write(range(start, end), seg.offset, seg.rows)
         out = h.clone(memory_format=torch.contiguous_format)      # the caller's h stays
         cos, sin = (t.float().contiguous() for t in rope)
-        c = Cache(cache.k.data_ptr(), cache.v.data_ptr(), cache.capacity)
-        rc = self.lib.decode_layers(self.shape, self.layers, start, end, c, out.data_ptr(), n,
-                                    cos.data_ptr(), sin.data_ptr(), pointer(mask), offset)
+        masks = [None if seg.mask is None else seg.mask.contiguous() for seg in segments]
+        table = (Segment * len(segments))(*(
+            Segment(Cache(seg.cache.k.data_ptr(), seg.cache.v.data_ptr(), seg.cache.capacity),
+                    seg.offset, seg.rows, pointer(mask))
+            for seg, mask in zip(segments, masks)))
+        rc = self.lib.decode_segments(self.shape, self.layers, start, end, table, len(segments),
+                                      out.data_ptr(), cos.data_ptr(), sin.data_ptr())
         if rc != 0:
-            raise RuntimeError(f"cpu.c decode_layers failed ({rc})")
-        for layer in range(start, end):
-            cache.lengths[layer] = offset + n
+            raise RuntimeError(f"cpu.c decode_segments failed ({rc})")
+        for seg in segments:
+            for layer in range(start, end):
+                seg.cache.lengths[layer] = seg.offset + seg.rows
         return out
 
 
