@@ -128,13 +128,16 @@ ZERO = {"prefill": 0.0, "draft": 0.0, "rest": 0.0}
 
 def test_batched_prediction_is_mat_times_c_of_b_over_c_of_b_times_block():
     def at(size, **t):
-        return predicted_at_batch(size, 2.0, 4.0, PROFILE, 1.0, {**ZERO, **t}, ZERO, None)
+        return predicted_at_batch(size, 2.0, {4: 3}, PROFILE, 1.0, {**ZERO, **t}, ZERO, None)
     assert at(1) == pytest.approx(2.0)           # MAT · c(1) / c(4)
     assert at(2) == pytest.approx(1.0)           # 2 · c(2) / c(8)
     assert at(4) == pytest.approx(0.5)           # 2 · c(4) / c(16)
     assert at(8) == pytest.approx(2 * 2.0 / 8.0)     # past the table: linear, c(32) = 8
     # drafting per sequence: 2 · c(1) / (c(4) + 1 · 0.5)
     assert at(1, draft=0.5) == pytest.approx(2 / 1.5)
+    # blocks of 1 and 16 alike: c averaged over them (2.5), not c of the mean block 8.5 (2.125)
+    assert predicted_at_batch(1, 2.0, {1: 5, 16: 5}, PROFILE, 1.0, ZERO, ZERO, None) == \
+        pytest.approx(2 / 2.5)
 
 
 def test_break_even_is_where_the_gain_last_ends():
@@ -148,12 +151,13 @@ def test_break_even_is_where_the_gain_last_ends():
 def test_predict_batches_pairs_measured_and_predicted_per_method():
     def row(size, speedup, aggregate):
         return {"batch_size": size, "speedup_overall": speedup, "mean_accepted_overall": 2.0,
-                "mean_verified": 4.0, "aggregate_tokens_per_s": aggregate, "breakdown": None,
-                "ms_per_token": 1.0}
+                "mean_verified": 4.0, "block_sizes": {"4": 10}, "breakdown": None,
+                "aggregate_tokens_per_s": aggregate, "ms_per_token": 1.0}
     summary = {"baseline": "vanilla", "methods": {
         "vanilla": row(1, 1.0, 10.0), "pld": row(1, 1.8, 18.0),
         "vanilla+b2": row(2, 1.0, 15.0), "pld+b2": row(2, 0.9, 13.5)}}
-    summary["methods"]["vanilla"].update(mean_accepted_overall=1.0, mean_verified=1.0)
+    summary["methods"]["vanilla"].update(mean_accepted_overall=1.0, mean_verified=1.0,
+                                         block_sizes={"1": 10})
     curves = predict_batches(summary, PROFILE)
     assert list(curves) == ["pld"]
     pld = curves["pld"]
@@ -173,7 +177,7 @@ def test_a_joined_profile_replaces_c_of_b_times_block():
     assert step_cost(joined, 2, 2, None) == pytest.approx(3.0 + 2 / 3 * 1)
     assert step_cost(joined, 4, 4, None) == pytest.approx(4.0)      # no table: c(16)
     assert step_cost(joined, 1, 8, None) == pytest.approx(2.0)
-    assert predicted_at_batch(2, 2.0, 4.0, joined, 1.0, ZERO, ZERO, None) == \
+    assert predicted_at_batch(2, 2.0, {4: 1}, joined, 1.0, ZERO, ZERO, None) == \
         pytest.approx(2 * 3.0 / 5.0)
 
 
@@ -182,3 +186,11 @@ def test_joined_forwards_are_profiled_per_batch_size(tiny_engine):
     table = joined_latencies(tiny_engine[0], [2, 3], [1, 4], context=16, repeats=1)
     assert set(table) == {"2", "3"} and all(set(t) == {"1", "4"} for t in table.values())
     assert all(s > 0 for t in table.values() for s in t.values())
+
+
+def test_plots_draw_speedup_and_throughput_against_batch_size(batched_run):
+    _, out, _ = batched_run
+    result = invoke("report", out, "--plots")
+    assert result.exit_code == 0, result.output
+    assert (out / "plots" / "speedup_vs_batch.png").stat().st_size > 10_000
+    assert (out / "plots" / "speedup_vs_batch.svg").exists()

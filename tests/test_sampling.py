@@ -160,6 +160,40 @@ def test_broken_samplers_are_caught_at_the_same_sample_count(target, monkeypatch
         assert not r.passed, r
 
 
+def batched_first_tokens(method, ids, tokens: int, samples: int, sampling: Sampling,
+                         first_seed: int, batch: int) -> Counter:
+    """first_tokens with the answers decoded `batch` at a time (engine/batch.py), each sequence
+    seeded first_seed + i: a sequence reads the method's decoding when it starts, before it
+    first parks, so each keeps its own seed."""
+    from dataclasses import replace
+    from functools import partial
+    from specbench_cli.engine.batch import BatchEngine, run_batch
+    from specbench_cli.methods.base import on_engine
+
+    def one(seed):
+        method.decoding = Decoding(replace(sampling, seed=seed))
+        return tuple(method.generate(ids, tokens).tokens)
+    counts = Counter()
+    with on_engine(method, BatchEngine(method.engine)), torch.inference_mode():
+        for start in range(0, samples, batch):
+            seeds = range(first_seed + start, first_seed + min(start + batch, samples))
+            counts.update(run_batch(method.engine._engine, [partial(one, s) for s in seeds]))
+    return counts
+
+
+@pytest.mark.sampling
+def test_batched_sequences_keep_the_target_distribution(target):
+    """At batch size 8 each sequence still samples vanilla's (unbatched) distribution."""
+    engine, tok, ids = target
+    vanilla = first_tokens(make("vanilla", engine, set(), tok), ids, 3, SAMPLES, Sampling(T), 0)
+    for name in ("vanilla", "pld", "eagle", "recycling"):     # a chain, a head's tree, a residual
+        counts = batched_first_tokens(make(name, engine, set(), tok), ids, 3, SAMPLES,
+                                      Sampling(T), SAMPLES, batch=8)
+        assert sum(counts.values()) == SAMPLES
+        statistic, df, p = chi_square(vanilla, counts)
+        assert df >= 9 and p > ALPHA, (name, statistic, df, p)
+
+
 def test_first_tokens_counts_every_answer(sampled):
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["x"], [])

@@ -123,20 +123,22 @@ def explain(mat: float, block: float, cost: float, draft: float, rest: float,
 LARGEST_BATCH = 1024
 
 
-def predicted_at_batch(size: int, mat: float, block: float, profile: dict, share: float,
-                       t: dict, v: dict, context: int | None) -> float:
-    """Speedup at batch size B when each of B sequences verifies b̄ tokens a step: vanilla's
-    forward joins B one-token rows, the method's B blocks of b̄ (the products read each weight
+def predicted_at_batch(size: int, mat: float, blocks: dict[int, int], profile: dict,
+                       share: float, t: dict, v: dict, context: int | None) -> float:
+    """Speedup at batch size B when each of B sequences verifies b tokens a step: vanilla's
+    forward joins B one-token rows, the method's B blocks of b (the products read each weight
     once for all rows), drafting and the rest run per sequence. Per committed token:
 
-        vanilla: π_v + (c_B(1) + B·ρ_v) / B      method: π + (share · c_B(b̄) + B·(δ + ρ)) / (B·MAT)
+        vanilla: π_v + (c_B(1) + B·ρ_v) / B      method: π + (share · c̄_B + B·(δ + ρ)) / (B·MAT)
 
     with c_B(b) the joined forward's cost (step_cost; ≈ c(B·b) where the profile has no joined
-    timings).
+    timings) and c̄_B its mean over the run's verified block sizes `blocks` (size → forwards),
+    as at batch 1: c of the mean block would overrate a method whose blocks are 1 or 11.
     (`t`, `v`: the method's and vanilla's terms at batch 1; at B = 1 this is `predict`'s.)"""
     vanilla = v["prefill"] + (step_cost(profile, size, 1, context) + size * v["rest"]) / size
-    method = t["prefill"] + (share * step_cost(profile, size, block, context)
-                             + size * (t["draft"] + t["rest"])) / (size * mat)
+    forwards = sum(blocks.values())
+    cost = sum(n * step_cost(profile, size, b, context) for b, n in blocks.items()) / forwards
+    method = t["prefill"] + (share * cost + size * (t["draft"] + t["rest"])) / (size * mat)
     return vanilla / method
 
 
@@ -186,15 +188,16 @@ def predict_batches(summary: dict, profile: dict | None, context: int | None = N
     for name, rows in groups.items():
         if name == baseline or len(rows) < 2 and 1 in rows:
             continue
-        any_row = next(iter(rows.values()))
+        any_row = rows.get(1) or next(iter(rows.values()))
         mat, block = any_row.get("mean_accepted_overall"), any_row.get("mean_verified")
-        if not mat or not block:
+        blocks = {int(k): n for k, n in (any_row.get("block_sizes") or {}).items()}
+        if not mat or not blocks:
             continue
         share = (infos or {}).get(name, {}).get("verify_layer_share", 1.0)
         t = terms(rows.get(1, {}), unit) if profile else None
 
         def predicted(size):
-            return predicted_at_batch(size, mat, block, profile, share, t, v,
+            return predicted_at_batch(size, mat, blocks, profile, share, t, v,
                                       context) if profile else None
         sizes = sorted(rows)
         measured = [(b, rows[b]["speedup_overall"]) for b in sizes

@@ -212,8 +212,10 @@ def speedup_vs_batch(run: Run) -> Figure:
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     batches = run.summary["batches"]
     sizes = sorted({b for curve in batches.values() for b in curve["sizes"]})
+    palette = COLORS if len(batches) <= len(COLORS) else \
+        [f"C{i}" for i in range(10)] + ["#17becf", "#bcbd22", "#000080", "#800000", "#008080"]
     for i, (name, curve) in enumerate(batches.items()):
-        col = COLORS[i % len(COLORS)]
+        col = palette[i % len(palette)]
         bs = [int(b) for b in curve["measured"]]
         left.plot(bs, list(curve["measured"].values()), marker=MARKERS[i % len(MARKERS)],
                   color=col, label=name)

@@ -125,6 +125,22 @@ class Batch:
         return answers
 
     def joined_layers(self, key: tuple, requests: list[dict]) -> list[torch.Tensor]:
+        """The requests' layers, joined. Those cpu.c's fused step would take alone go through
+        it together (its rows are bit-equal to a forward of their own), the others through
+        torch's modules together."""
+        engine = self.engine
+        fused = engine.fused
+        alone = [fused is not None and fused.takes(engine, r["h"], r["cache"]) for r in requests]
+        outs: list = [None] * len(requests)
+        for kind in (True, False):
+            chosen = [i for i, a in enumerate(alone) if a == kind]
+            if chosen:
+                parts = self.joined_group(key, [requests[i] for i in chosen], kind)
+                for i, out in zip(chosen, parts):
+                    outs[i] = out
+        return outs
+
+    def joined_group(self, key: tuple, requests: list[dict], through_fused: bool):
         engine = self.engine
         _, start, end = key
         if len(requests) == 1:          # alone: the same path as batch size 1
@@ -144,17 +160,24 @@ class Batch:
                                     engine.attention_mask(r["offset"], n, r["block_mask"])))
         h = torch.cat([r["h"] for r in requests], dim=1)
         cos, sin = torch.cat(cos), torch.cat(sin)
-        if engine.fused is not None and all(engine.fused.takes(engine, h, s.cache)
-                                            for s in segments):
+        if through_fused:
             h = engine.fused.run_segments(h, start, end, segments, (cos, sin))
-            return list(h.split([s.rows for s in segments], dim=1))
-        for i in range(start, end):
-            h = engine.model.layers[i](h, cos, sin, segments, i, 0, None)
+        else:
+            for i in range(start, end):
+                h = engine.model.layers[i](h, cos, sin, segments, i, 0, None)
         return list(h.split([s.rows for s in segments], dim=1))
 
     def joined_logits(self, requests: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The LM head over all requests' rows in one product; through cpu.c's (exact per row,
+        however many rows) when each request alone would take it."""
         rows = [h.shape[-2] for h in requests]
-        logits = self.engine.logits(torch.cat(requests, dim=-2))
+        fused = self.engine.fused
+        h = torch.cat(requests, dim=-2)
+        logits = None
+        if fused is not None and all(n in fused.rows for n in rows):
+            logits = fused.logits(self.engine, h, any_rows=True)
+        if logits is None:
+            logits = self.engine.logits(h)
         return list(logits.split(rows, dim=-2))
 
 

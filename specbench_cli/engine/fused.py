@@ -129,21 +129,23 @@ class FusedLayers:
                 and getattr(engine.model.layers[0].self_attn.qkv_proj, "weight", None)
                 is self.anchor)
 
-    def logits(self, engine, h) -> torch.Tensor | None:
+    def logits(self, engine, h, any_rows: bool = False) -> torch.Tensor | None:
         """The LM head in fp32 through cpu.c for the blocks the fused layers take (None for the
         others): the same product for every block, so a token's logits are the same bits alone
         or in a block. fp32 sums even for bf16 weights, where torch's product would round them."""
         if engine.lm_head.weight is not self.lm_head:
             return None
-        return self.product(h, self.lm_head)
+        return self.product(h, self.lm_head, any_rows)
 
-    def product(self, h, weight) -> torch.Tensor | None:
+    def product(self, h, weight, any_rows: bool = False) -> torch.Tensor | None:
         """h (…, hidden) times weight (rows, hidden, the model's dtype) transposed, in fp32
         through cpu.c, for the block sizes the fused layers take (None for the others). Also a
         drafter's slice of the LM head (FR-Spec): torch's product streams such a slice several
-        times slower than this one streams the whole head."""
+        times slower than this one streams the whole head. `any_rows`: whatever the block size
+        (joined sequences whose own blocks it takes: engine/batch.py)."""
         n = h.numel() // h.shape[-1]
-        if n not in self.rows or h.dtype != self.dtype or weight.dtype != self.dtype \
+        if (n not in self.rows and not any_rows) or h.dtype != self.dtype \
+                or weight.dtype != self.dtype \
                 or torch.is_grad_enabled() or not weight.is_contiguous():
             return None
         x = h.contiguous()
