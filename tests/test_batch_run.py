@@ -69,6 +69,7 @@ def test_batched_rows_answer_like_batch_one_vanilla(batched_run):
         assert methods[name]["mean_accepted_overall"] == \
             methods[unbatched(name)]["mean_accepted_overall"]
     assert "speedup against batch size" in output and "agg tok/s" in output
+    assert "batched rows (name+bB, run with --batch-size B)" in " ".join(output.split())
     assert set(summary["batches"]) == {"pld", "lookahead"}
     assert summary["batches"]["pld"]["sizes"] == [1, 4]
 

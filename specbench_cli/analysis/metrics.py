@@ -36,10 +36,6 @@ DEFINITIONS = [
     "near-tie: differs first where vanilla's top-1 − top-2 logit gap was below the dtype's "
     "tolerance (fp32 1e-4, fp16 0.0625, bf16 0.5): rounding in another kernel shape, not a bug; "
     "mismatch: every other difference",
-    "batched rows (name+bB, run with --batch-size B): speedup divides by vanilla at the same "
-    "batch size; tok/s is per sequence (its tokens over its own wall time inside the batch); "
-    "aggregate tok/s: every sequence's tokens over the batches' wall times; equal compares with "
-    "vanilla's answer at batch 1",
     "CTAR(w): share of target forwards that committed more than w tokens; draft len: drafted "
     "tokens per drafting round",
     "± std: sample standard deviation of the overall speedup across repeats; paired [95% CI]: "
@@ -47,6 +43,12 @@ DEFINITIONS = [
     "(a question's repeats averaged first), with a seeded percentile bootstrap interval "
     "(2000 resamples of the questions)",
 ]
+
+# Said under the table of a run with --batch-size above 1.
+BATCHED = ("batched rows (name+bB, run with --batch-size B): speedup divides by vanilla at the "
+           "same batch size; tok/s is per sequence (its tokens over its own wall time inside the "
+           "batch); agg tok/s: every sequence's tokens over the batches' wall times; equal "
+           "compares with vanilla's answer at batch 1")
 
 # How the baseline's tokens are counted in speedups (report and compare --counting).
 COUNTING = {
@@ -377,5 +379,6 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
     counting = "ids" if base_count is None else "spec_bench"
     return {"subtasks": present, "methods": out, "baseline": baseline, "counting": counting,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
-            "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)}
+            "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)
+            + ([BATCHED] if any(m["batch_size"] > 1 for m in out.values()) else [])}
 
