@@ -60,9 +60,9 @@ class Sequence(greenlet):
     """One sequence's decoding loop. It runs only when the batch switches to it, and switches
     back when it parks (a request for the target) or returns."""
 
-    def __init__(self, batch: "Batch", job: Callable):
+    def __init__(self, job: Callable):
         super().__init__(run=self.decode, parent=getcurrent())
-        self.batch, self.job = batch, job
+        self.job = job
         self.request: tuple | None = None
         self.value = None
         self.cache: KVCache | None = None     # BatchEngine.cache's, kept across turns
@@ -85,10 +85,10 @@ def current_sequence() -> Sequence | None:
 class Batch:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.forwards = 0          # joined forwards run (each group of parked requests)
+        self.forwards = 0          # forward calls run: one per group of parked requests joined
 
     def run(self, jobs: list[Callable]) -> list:
-        sequences = [Sequence(self, job) for job in jobs]
+        sequences = [Sequence(job) for job in jobs]
         answers = {seq: None for seq in sequences}
         try:
             with torch.inference_mode():
@@ -148,12 +148,8 @@ class Batch:
         cos, sin, segments = [], [], Segments()
         for r in requests:
             n = r["h"].shape[1]
-            rope = r["rope"]
-            if rope is None:
-                positions = r["positions"]
-                if positions is None:
-                    positions = torch.arange(r["offset"], r["offset"] + n, device=engine.device)
-                rope = engine.rope(positions)
+            rope = r["rope"] if r["rope"] is not None else \
+                engine.rope_for(r["offset"], n, r["positions"])
             cos.append(rope[0])
             sin.append(rope[1])
             segments.append(Segment(r["cache"], r["offset"], n,

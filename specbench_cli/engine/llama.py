@@ -387,16 +387,19 @@ class Engine(nn.Module):
         mask[:, offset:].masked_fill_(~block_mask.to(self.device, torch.bool), float("-inf"))
         return mask
 
+    def rope_for(self, offset: int, n: int, positions: torch.Tensor | None = None):
+        """(cos, sin) for n tokens at `positions`, by default cache rows [offset, offset + n)."""
+        if positions is None:
+            positions = torch.arange(offset, offset + n, device=self.device)
+        return self.rope(positions)
+
     def layers(self, h: torch.Tensor, start: int, end: int, cache: KVCache | None, offset: int,
                positions: torch.Tensor | None = None, block_mask: torch.Tensor | None = None,
                rope=None):
         """Run decoder layers [start, end) on hidden states h (1, n, H) written at cache rows
         [offset, offset + n). `positions` default to those rows (trees pass offset + depth)."""
         n = h.shape[1]
-        if rope is None:
-            if positions is None:
-                positions = torch.arange(offset, offset + n, device=self.device)
-            rope = self.rope(positions)
+        rope = rope if rope is not None else self.rope_for(offset, n, positions)
         if self.static is not None and self.static.takes(n, offset, cache):
             return self.static.run(h, start, end, cache, offset, rope, block_mask)
         mask = self.attention_mask(offset, n, block_mask)
@@ -434,10 +437,7 @@ class Engine(nn.Module):
         """All layers on a block of ids, keeping the residual stream entering each layer in
         `stops` (what EAGLE-3's head and the add-on teachers read): (the last layer's output
         (b, n, H), {stop: (b, n, H)})."""
-        n = ids.shape[1]
-        if positions is None:
-            positions = torch.arange(offset, offset + n, device=self.device)
-        rope = self.rope(positions)
+        rope = self.rope_for(offset, ids.shape[1], positions)
         h, start, kept = self.embed(ids), 0, {}
         for end in sorted(set(stops)) + [self.num_layers]:
             if end > start:
