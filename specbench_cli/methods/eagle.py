@@ -161,7 +161,7 @@ class Eagle(Method):
         prediction of the pending token's feature."""
         engine, n = self.engine, len(tokens)
         ids = torch.tensor([tokens], device=engine.device)
-        rope = engine.rope(torch.arange(offset, offset + n, device=engine.device))
+        rope = engine.rope_for(offset, n)
         mask = engine.attention_mask(offset, n, None)
         return self.head(features, engine.embed(ids), rope, cache, offset, mask)[:, -1:]
 

@@ -54,7 +54,7 @@ class Hydra(Medusa):
 
         def read(rows, offset):
             n = rows.shape[0]
-            rope = engine.rope(torch.arange(offset, offset + n, device=engine.device))
+            rope = engine.rope_for(offset, n)
             out = prefix(rows[None], rope, cache, offset, engine.attention_mask(offset, n, None))
             return out[0, -1:]
         return read
