@@ -195,3 +195,22 @@ def test_plots_draw_speedup_and_throughput_against_batch_size(batched_run):
     assert result.exit_code == 0, result.output
     assert (out / "plots" / "speedup_vs_batch.png").stat().st_size > 10_000
     assert (out / "plots" / "speedup_vs_batch.svg").exists()
+
+
+def test_learning_methods_start_every_pass_afresh(tiny_model_dir, tmp_path):
+    """A method that learns across questions meets question 1 (two turns) with the same learned
+    state in every pass (repeat × batch size): not after the passes that taught it the answer."""
+    qfile = write_questions(tmp_path / "q.jsonl", QUESTIONS[:1])
+    out = tmp_path / "run"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--methods",
+                    "vanilla,suffix,recycling,sam", "--batch-size", "1,2", "--repeats", 2,
+                    "--max-new-tokens", 32, "--warmup", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("suffix", "recycling", "sam"):
+        rows = lines_of(out / f"answers/{name}.jsonl") + \
+            lines_of(out / f"answers/{name}+b2.jsonl")
+        assert [(r["repeat"], r["method"]) for r in rows] == \
+            [(0, name), (1, name), (0, f"{name}+b2"), (1, f"{name}+b2")]
+        first = rows[0]["turn_accept_lengths"]
+        assert any(a > 1 for turn in first for a in turn), name     # it drafted and was right
+        assert [r["turn_accept_lengths"] for r in rows] == [first] * 4, name

@@ -128,6 +128,11 @@ class Method:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
         raise NotImplementedError
 
+    def reset(self):
+        """Forget what earlier generations taught. Methods that learn across questions (Token
+        Recycling's matrix, SuffixDecoding's global tree) override it, so that the runner can
+        start every pass (one repeat at one batch size) from the same state."""
+
     def info(self) -> dict:
         """Static facts worth recording in run.json (tree size, exit layer, ...)."""
         return {}

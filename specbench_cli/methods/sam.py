@@ -157,6 +157,11 @@ class SAMDecoding(Method):
                                         total_tokens=o["aux_draft"] + 1, depth=o["aux_depth"],
                                         top_k=o["aux_top_k"])
 
+    def reset(self):
+        """Token Recycling's matrix forgets; the automaton is each generation's own anyway."""
+        if self.options["auxiliary"] == "recycling":
+            self.matrix = None
+
     def parameter_overhead(self) -> dict:
         store = {"bytes": self.store.bytes, "tokens": self.store.n} if self.store else {}
         matrix = self.matrix.nbytes if self.options["auxiliary"] == "recycling" and \

@@ -290,13 +290,24 @@ class Runner:
             return
         self.warm_up(progress)
         done = {name: read_done(path) for name, path in files.items()}
-        work = [(unit_label(question, repeat), partial(self.answer_unit, question, repeat, names))
+        # A pass is one repeat at one batch size. Each starts from fresh learned state, so that
+        # a method that learns across questions (suffix, recycling, sam) meets the same
+        # questions in the same order at every batch size, not after the passes before it (a
+        # resumed pass starts afresh at its first missing question).
+        work = [((repeat, 1), unit_label(question, repeat),
+                 partial(self.answer_unit, question, repeat, names))
                 for repeat, question, names in todo]
-        work += [(f"batch of {len(batch)} from {unit_label(batch[0], repeat)}",
+        work += [((repeat, batch_size_of(names[0])),
+                  f"batch of {len(batch)} from {unit_label(batch[0], repeat)}",
                   partial(self.answer_batches, batch, repeat, names, done))
                  for repeat, batch, names in batches]
         task = progress.add_task("questions", total=len(work), info="") if progress else None
-        for label, answer_lines in work:
+        current = None
+        for run_pass, label, answer_lines in work:
+            if run_pass != current:
+                current = run_pass
+                for method in self.methods.values():
+                    method.reset()
             for line in answer_lines():
                 append_line(files[line["method"]], line)
                 if progress:
