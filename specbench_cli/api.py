@@ -49,11 +49,12 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
              breakdown: bool = False, profile: Path | str | None = None,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              compile: bool = False, batch_size: str | int | list[int] = 1,
-             console: Console | None = None) -> RunPlan:
+             continuous: bool = False, console: Console | None = None) -> RunPlan:
     """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
     `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
     {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`);
-    `batch_size`: 4, [1, 2, 4] or '1,2,4' (every method at each)."""
+    `batch_size`: 4, [1, 2, 4] or '1,2,4' (every method at each); `continuous`: batches
+    refilled as sequences finish."""
     from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
         resolve_dtype
     from .models.targets import model_folder
@@ -77,6 +78,8 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
     check_sampling_options(temperature, top_p, top_k)
     batch_sizes = parse_counts("--batch-size", ",".join(map(str, batch_size))
                                if isinstance(batch_size, list) else str(batch_size))
+    if continuous and max(batch_sizes) == 1:
+        raise SpecbenchError("--continuous refills batches: give --batch-size above 1 too")
     if template not in (AUTO, *TEMPLATES):
         raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
                              f"{', '.join(TEMPLATES)}")
@@ -123,7 +126,7 @@ def plan_run(model: str | None = None, bench: str | None = None, methods: str | 
                        warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
                        over_context=over_context, breakdown=breakdown,
                        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       compile=compile, batch_sizes=batch_sizes)
+                       compile=compile, batch_sizes=batch_sizes, continuous=continuous)
     out, resume = resolve_out(out, resume, config, model, console)
     return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
 
@@ -284,7 +287,7 @@ RUN_CONFIG_TYPES = {
     "dtype": str, "device": str, "out": str, "resume": bool, "options": (dict, list),
     "sweep": (dict, list), "breakdown": bool, "profile": str, "temperature": (float, int),
     "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str,
-    "compile": bool, "batch_size": (str, int, list)}
+    "compile": bool, "batch_size": (str, int, list), "continuous": bool}
 RUN_CONFIG_KEYS = tuple(RUN_CONFIG_TYPES)
 
 
@@ -349,8 +352,8 @@ def find_resumable(config) -> Path | None:
 
 
 def check_resume(out: Path, config) -> None:
-    # Runs written before batch sizes existed ran at batch 1.
-    stored = {"batch_sizes": [1], **json.loads((out / "run.json").read_text()).get("config", {})}
+    # Runs written before batch sizes (and continuous batching) existed ran at batch 1.
+    stored = {"batch_sizes": [1], "continuous": False, **json.loads((out / "run.json").read_text()).get("config", {})}
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
         raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "

@@ -67,6 +67,10 @@ def run(
                                    "batches decoded together (rows 'pld+b4'); speedups divide by "
                                    "vanilla at the same batch size, and every answer must equal "
                                    "its batch-1 vanilla answer (vanilla runs at 1 always)."),
+    continuous: bool = typer.Option(False, "--continuous", help="Continuous batching at batch "
+                                    "sizes above 1: a question that finishes hands its place "
+                                    "to the next one at once, instead of each batch of B "
+                                    "waiting for its longest answer."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
                                 "repeating or losing answers."),

@@ -186,3 +186,30 @@ def test_joined_forwards_count_once_per_round(tiny_engine):
         batch.run([lambda p=p: method.generate(p, 5) for p in prompts])
     # prefill + 4 steps (the 5th token comes from the 4th step's logits), each layers + logits
     assert batch.forwards == 2 * 5
+
+
+@pytest.mark.parametrize("name", ["vanilla", "pld", "eagle", "medusa"])
+def test_continuous_batch_refills_and_equals_alone(tiny_engine, name):
+    """Width 2 over four sequences: never more than two decode at once, a finished one's place
+    goes to the next at once (the third starts before the longest first one ends), and every
+    sequence's tokens are its own unbatched ones."""
+    engine, tok = tiny_engine
+    method = make(name, engine, {2}, tok)
+    prompts = prompts_of(tok)
+    alone = [method.generate(p, n).tokens for p, n in zip(prompts, BUDGETS)]
+    events, running = [], set()
+
+    def job(i):
+        running.add(i)
+        events.append(("start", i, len(running)))
+        tokens = method.generate(prompts[i], BUDGETS[i]).tokens
+        running.discard(i)
+        events.append(("end", i))
+        return tokens
+
+    with on_engine(method, BatchEngine(engine)):
+        together = run_batch(engine, [lambda i=i: job(i) for i in range(4)], width=2)
+    assert together == alone
+    assert max(e[2] for e in events if e[0] == "start") == 2
+    order = [e[:2] for e in events]
+    assert order.index(("end", 1)) < order.index(("start", 2)) < order.index(("end", 0))

@@ -111,10 +111,39 @@ def test_a_resumed_batch_writes_only_its_missing_lines(tiny_model_dir, batched_r
     assert len(lines_of(out / "answers" / "vanilla+b2.jsonl")) == 6
 
 
+def test_a_continuous_run_refills_its_batches(tiny_model_dir, batched_run, tmp_path):
+    """--continuous: each pass is one batch of every question, B at a time; answers equal
+    batch-1 vanilla; a resumed pass decodes only the questions still missing."""
+    qfile, _, _ = batched_run
+    out = tmp_path / "run"
+    args = ("run", "--model", tiny_model_dir, "--bench", qfile, "--methods", "vanilla,pld",
+            "--batch-size", "4", "--continuous", "--max-new-tokens", 24, "--warmup", 0,
+            "--out", out)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "continuous batching (--continuous)" in " ".join(result.output.split())
+    reference = [r["token_ids"] for r in lines_of(out / "answers/vanilla.jsonl")]
+    for name in ("vanilla+b4", "pld+b4"):
+        rows = lines_of(out / f"answers/{name}.jsonl")
+        assert [r["token_ids"] for r in rows] == reference, name
+        assert {(r["batch"]["size"], r["batch"]["questions"], r["batch"]["first_question"],
+                 r["batch"]["continuous"], r["batch"]["wall_time"]) for r in rows} == \
+            {(4, 6, 1, True, rows[0]["batch"]["wall_time"])}
+    path = out / "answers" / "pld+b4.jsonl"
+    whole = lines_of(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in whole[:4]))   # lost: q5, q6
+    assert invoke(*args, "--resume").exit_code == 0
+    again = lines_of(path)
+    assert [r["token_ids"] for r in again] == [r["token_ids"] for r in whole]
+    assert [(r["batch"]["questions"], r["batch"]["first_question"]) for r in again[4:]] == \
+        [(2, 5), (2, 5)]
+
+
 @pytest.mark.parametrize("args, pattern", [
     (("--batch-size", "0"), "--batch-size '0': expected integers of at least 1"),
     (("--batch-size", "2,x"), "--batch-size '2,x': expected comma-separated integers"),
     (("--batch-size", "2", "--workers", "2"), "--batch-size above 1 runs in this process only"),
+    (("--continuous",), "--continuous refills batches: give --batch-size above 1 too"),
 ])
 def test_bad_batch_sizes_are_one_line_errors(tiny_model_dir, tmp_path, args, pattern):
     qfile = write_questions(tmp_path / "q.jsonl", QUESTIONS)

@@ -49,6 +49,9 @@ BATCHED = ("batched rows (name+bB, run with --batch-size B): speedup divides by 
            "same batch size; tok/s is per sequence (its tokens over its own wall time inside the "
            "batch); agg tok/s: every sequence's tokens over the batches' wall times; equal "
            "compares with vanilla's answer at batch 1")
+CONTINUOUS = ("continuous batching (--continuous): a question that finished handed its place "
+              "to the next at once; agg tok/s is every sequence's tokens over the pass's wall "
+              "time")
 
 # How the baseline's tokens are counted in speedups (report and compare --counting).
 COUNTING = {
@@ -380,5 +383,7 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
     return {"subtasks": present, "methods": out, "baseline": baseline, "counting": counting,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
             "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)
-            + ([BATCHED] if any(m["batch_size"] > 1 for m in out.values()) else [])}
+            + ([BATCHED] if any(m["batch_size"] > 1 for m in out.values()) else [])
+            + ([CONTINUOUS] if any(r.get("batch", {}).get("continuous")
+                                   for rows in answers.values() for r in rows) else [])}
 

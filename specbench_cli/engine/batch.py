@@ -69,6 +69,7 @@ class Sequence(greenlet):
 
     def decode(self):
         self.value = self.job()
+        self.cache = None       # a continuous batch runs many sequences: free each one's cache
 
     def park(self, request: tuple):
         """Hand `request` to the batch; returns its result once the batch has served it."""
@@ -87,13 +88,17 @@ class Batch:
         self.engine = engine
         self.forwards = 0          # forward calls run: one per group of parked requests joined
 
-    def run(self, jobs: list[Callable]) -> list:
+    def run(self, jobs: list[Callable], width: int | None = None) -> list:
+        """Every job decoded, at most `width` at once (all, by default): a job that finishes
+        hands its place to the next waiting one (continuous batching)."""
         sequences = [Sequence(job) for job in jobs]
         answers = {seq: None for seq in sequences}
+        waiting, live = list(sequences), []
         try:
             with torch.inference_mode():
-                live = sequences
-                while live:
+                while waiting or live:
+                    while waiting and len(live) < (width or len(sequences)):
+                        live.append(waiting.pop(0))
                     for seq in live:       # run each until it parks or finishes
                         answer, answers[seq] = answers[seq], None
                         seq.switch(answer) if seq else seq.switch()  # its error is raised here
@@ -225,8 +230,9 @@ class BatchEngine:
         return Engine.forward_keeping(self, *args, **kwargs)
 
 
-def run_batch(engine: Engine, jobs: list[Callable]) -> list:
+def run_batch(engine: Engine, jobs: list[Callable], width: int | None = None) -> list:
     """Run each job (a callable that decodes one sequence with methods built on `BatchEngine`)
-    with the others, their target forwards joined; the jobs' return values in order."""
-    return Batch(engine).run(jobs)
+    with the others, at most `width` at once, their target forwards joined; the jobs' return
+    values in order."""
+    return Batch(engine).run(jobs, width)
 

@@ -65,6 +65,7 @@ class RunConfig:
     seed: int = 0
     compile: bool = False        # static-shape compiled forwards (engine/static.py)
     batch_sizes: list[int] = field(default_factory=lambda: [1])   # methods ran at each (`+bB`)
+    continuous: bool = False     # B > 1: a finished question's place goes to the next at once
 
     @property
     def sampling(self):
@@ -226,16 +227,17 @@ class Runner:
             "stats": [g.stats for g in gens],
         }
 
-    def answer_batch(self, method: Method, questions: list[Question]) -> tuple[list, float]:
-        """The questions decoded together by `method`: each one's (texts, generations, times),
-        and the batch's wall time."""
+    def answer_batch(self, method: Method, questions: list[Question], width: int | None = None
+                     ) -> tuple[list, float]:
+        """The questions decoded together by `method`, at most `width` at once (all, by
+        default): each one's (texts, generations, times), and the batch's wall time."""
         from ..engine.batch import BatchEngine, run_batch
         method.decoding = replace(method.decoding, phases=None)
         sync(self.engine.device)
         start = time.perf_counter()
         with on_engine(method, BatchEngine(self.engine)):
             results = run_batch(self.engine, [lambda q=q: self.answer(method, q, batched=True)
-                                              for q in questions])
+                                              for q in questions], width)
         sync(self.engine.device)
         return results, time.perf_counter() - start
 
@@ -273,13 +275,15 @@ class Runner:
         turn: the answer lines not in `done` yet (a resumed batch is decoded whole again, so
         that its sequences keep their company; only its missing lines are written)."""
         for name in names:
-            results, wall = self.answer_batch(self.methods[unbatched(name)], batch)
+            size = batch_size_of(name)
+            results, wall = self.answer_batch(self.methods[unbatched(name)], batch, size)
             for question, (texts, gens, times) in zip(batch, results):
                 if (question.question_id, repeat) in done[name]:
                     continue
                 line = self.answer_line(name, question, repeat, texts, gens, times)
-                line["batch"] = {"size": batch_size_of(name), "questions": len(batch),
-                                 "first_question": batch[0].question_id, "wall_time": wall}
+                line["batch"] = {"size": size, "questions": len(batch),
+                                 "first_question": batch[0].question_id, "wall_time": wall,
+                                 "continuous": self.config.continuous}
                 yield line
 
     def run(self, progress=None):
@@ -341,14 +345,18 @@ def pending_units(config: RunConfig, questions: list[Question],
 def pending_batches(config: RunConfig, questions: list[Question], files: dict[str, Path]
                     ) -> list[tuple[int, list[Question], list[str]]]:
     """What is left to do at batch sizes above 1, in run order: (repeat, a batch of consecutive
-    questions, methods at that batch size missing an answer in it)."""
+    questions, methods at that batch size missing an answer in it). Continuous batching decodes
+    a pass's questions missing an answer as one batch, B of them at a time."""
     done = {name: read_done(path) for name, path in files.items()}
     units = []
     for repeat in range(config.repeats):
         for size in sorted(b for b in config.batch_sizes if b > 1):
             at_size = [n for n in config.methods if batch_size_of(n) == size]
-            for first in range(0, len(questions), size):
-                batch = questions[first:first + size]
+            missing = [q for q in questions
+                       if any((q.question_id, repeat) not in done[n] for n in at_size)]
+            batches = [missing] if config.continuous else \
+                [questions[first:first + size] for first in range(0, len(questions), size)]
+            for batch in batches:
                 names = [n for n in at_size
                          if any((q.question_id, repeat) not in done[n] for q in batch)]
                 if names:
