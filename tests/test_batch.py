@@ -213,3 +213,18 @@ def test_continuous_batch_refills_and_equals_alone(tiny_engine, name):
     assert max(e[2] for e in events if e[0] == "start") == 2
     order = [e[:2] for e in events]
     assert order.index(("end", 1)) < order.index(("start", 2)) < order.index(("end", 0))
+
+
+def test_a_refilled_sequence_joins_the_others_forwards(tiny_engine):
+    """Vanilla, budgets 5, 3, 4, 2 at width 2: the third starts in the round the second ends and
+    the fourth in the round the first ends, each joining the others' forwards at once, so the
+    batch takes 7 rounds of (layers, LM head), not more."""
+    engine, tok = tiny_engine
+    method = METHODS["vanilla"](engine, set())
+    prompts = prompts_of(tok)
+    batch = Batch(engine)
+    with on_engine(method, BatchEngine(engine)):
+        out = batch.run([lambda p=p, n=n: method.generate(p, n).tokens
+                         for p, n in zip(prompts, [5, 3, 4, 2])], width=2)
+    assert [len(t) for t in out] == [5, 3, 4, 2]
+    assert batch.forwards == 2 * 7

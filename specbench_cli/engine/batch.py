@@ -97,12 +97,19 @@ class Batch:
         try:
             with torch.inference_mode():
                 while waiting or live:
-                    while waiting and len(live) < (width or len(sequences)):
-                        live.append(waiting.pop(0))
                     for seq in live:       # run each until it parks or finishes
                         answer, answers[seq] = answers[seq], None
-                        seq.switch(answer) if seq else seq.switch()  # its error is raised here
+                        seq.switch(answer)           # its error is raised here
                     live = [s for s in live if not s.dead]
+                    # Start the next ones now, in the same round: a sequence started a round
+                    # later parks on its prefill's layers while the others park on their LM
+                    # head, and the two would stay out of step, each round reading the weights
+                    # twice.
+                    while waiting and len(live) < (width or len(sequences)):
+                        seq = waiting.pop(0)
+                        seq.switch()
+                        if not seq.dead:
+                            live.append(seq)
                     answers.update(self.serve(live))
         finally:
             for seq in sequences:
