@@ -353,7 +353,8 @@ def find_resumable(config) -> Path | None:
 
 def check_resume(out: Path, config) -> None:
     # Runs written before batch sizes (and continuous batching) existed ran at batch 1.
-    stored = {"batch_sizes": [1], "continuous": False, **json.loads((out / "run.json").read_text()).get("config", {})}
+    stored = {"batch_sizes": [1], "continuous": False,
+              **json.loads((out / "run.json").read_text()).get("config", {})}
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
         raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "
