@@ -23,8 +23,7 @@ import torch
 
 from specbench_cli.engine.load import load_engine
 from specbench_cli.methods import METHODS
-from specbench_cli.engine.batch import BatchEngine, run_batch
-from specbench_cli.methods.base import generate_batch, on_engine
+from specbench_cli.methods.base import generate_batch
 from specbench_cli.models.targets import model_folder
 
 PROMPT = "Summarize the history of computing machines and their uses in science, briefly."
@@ -74,9 +73,7 @@ def main():
 def decode(method, prompt, budgets: list[int], width: int | None) -> float:
     """Seconds to decode one sequence per budget, `width` at a time (None: all at once)."""
     start = time.perf_counter()
-    with on_engine(method, BatchEngine(method.engine)):
-        run_batch(method.engine._engine,
-                  [lambda n=n: method.generate(prompt, n) for n in budgets], width)
+    generate_batch(method, [prompt] * len(budgets), budgets, width)
     return time.perf_counter() - start
 
 

@@ -22,19 +22,13 @@ def prompts_of(tok):
     return [build_prompt_ids(tok, "vicuna_v1.1", [t], []) for t in PROMPTS]
 
 
-def decode_together(method, prompts, budgets):
-    with on_engine(method, BatchEngine(method.engine)):
-        return run_batch(method.engine._engine, [
-            lambda p=p, n=n: method.generate(p, n) for p, n in zip(prompts, budgets)])
-
-
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_batched_equals_alone(tiny_engine, name):
     engine, tok = tiny_engine
     method = make(name, engine, {2}, tok)
     prompts = prompts_of(tok)
     alone = [method.generate(p, n) for p, n in zip(prompts, BUDGETS)]
-    together = decode_together(method, prompts, BUDGETS)
+    together = generate_batch(method, prompts, BUDGETS)
     for a, b, n in zip(alone, together, BUDGETS):
         assert b.tokens == a.tokens, name
         if name not in LEARNING:
@@ -51,7 +45,7 @@ def test_eos_inside_an_accepted_block_ends_only_its_sequence(tiny_engine, name):
     full = [METHODS["vanilla"](engine, set()).generate(p, 30).tokens for p in prompts]
     eos = {full[0][5]}
     method = make(name, engine, eos, tok)
-    together = decode_together(method, prompts, [30, 30, 30])
+    together = generate_batch(method, prompts, [30, 30, 30])
     for answer, whole in zip(together, full):
         cut = next((i + 1 for i, t in enumerate(whole) if t in eos), len(whole))
         assert answer.tokens == whole[:cut]

@@ -93,7 +93,7 @@ class Batch:
         hands its place to the next waiting one (continuous batching)."""
         sequences = [Sequence(job) for job in jobs]
         answers = {seq: None for seq in sequences}
-        waiting, live = list(sequences), []
+        waiting, live, width = list(sequences), [], width or len(sequences)
         try:
             with torch.inference_mode():
                 while waiting or live:
@@ -105,7 +105,7 @@ class Batch:
                     # later parks on its prefill's layers while the others park on their LM
                     # head, and the two would stay out of step, each round reading the weights
                     # twice.
-                    while waiting and len(live) < (width or len(sequences)):
+                    while waiting and len(live) < width:
                         seq = waiting.pop(0)
                         seq.switch()
                         if not seq.dead:

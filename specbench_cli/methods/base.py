@@ -161,11 +161,14 @@ def on_engine(method: Method, engine):
             m.engine = e
 
 
-def generate_batch(method: Method, prompts: list[list[int]], max_new_tokens: int
-                   ) -> list[Generation]:
-    """One generation per prompt, the sequences decoded together (engine/batch.py); each equals
-    what `method.generate` gives it alone."""
+def generate_batch(method: Method, prompts: list[list[int]], max_new_tokens: int | list[int],
+                   width: int | None = None) -> list[Generation]:
+    """One generation per prompt (`max_new_tokens` for all, or a list: one per prompt), the
+    sequences decoded together, at most `width` at once (engine/batch.py); each equals what
+    `method.generate` gives it alone."""
     from ..engine.batch import BatchEngine, run_batch
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else \
+        [max_new_tokens] * len(prompts)
     with on_engine(method, BatchEngine(method.engine)):
         return run_batch(method.engine._engine, [
-            lambda p=p: method.generate(p, max_new_tokens) for p in prompts])
+            lambda p=p, n=n: method.generate(p, n) for p, n in zip(prompts, budgets)], width)
