@@ -8,11 +8,14 @@ side on one machine and one GGUF file.
    $SPECBENCH_HOME/llamacpp.
 2. Decode: llama.cpp's `tg` rate (tokens/s after a prompt of each context) against our vanilla
    one-token step at the same context (median of repeats), and block rates: llama.cpp's `pp-n`
-   (n tokens in one batch) against our n-token forward.
-3. Speculation: llama.cpp's prompt-lookup decoding (`llama-lookup`, greedy) against our vanilla
-   and every method that needs no trained add-on (PLD, LLMA, Lookahead, Token Recycling) on the
-   same official questions (`--bench`, `--limit`), and the fastest of ours that stayed exact
-   against llama.cpp's plain decode.
+   (n tokens in one batch) against our n-token forward; on the quantized GGUF and on f32 and bf16
+   GGUFs of its own dequantized tensors (the very weights our engine loads: the same bytes).
+3. Speculation: llama.cpp's plain decode at each question's context and its prompt-lookup
+   decoding (`llama-lookup`, greedy) against our vanilla and every method that needs no trained
+   add-on (PLD, LLMA, Lookahead, Token Recycling) on the same official questions (`--bench`,
+   `--limit`), all timed the way llama-lookup times itself (decoding after the prompt's
+   forward), in rounds; the fastest of ours that stayed exact against llama.cpp's plain decode;
+   and how many of our vanilla's tokens llama.cpp writes too on the same bytes.
 
 Optional: when the build is impossible (no compiler, no cmake, no network to the index) it says
 what is missing and exits 0. Never part of the unit tests.
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from specbench_cli.engine.kernels import cpu_flags, cpu_name
@@ -102,18 +106,21 @@ def build_llamacpp(root: Path, jobs: int) -> Path | None:
     return build / "bin"
 
 
-def llama_bench(tools: Path, gguf: Path, threads: int, depth: int, n: int) -> float:
-    """llama.cpp's rate in tokens/s: decode (`tg`, one token a forward) when n == 1, else a
-    block of n tokens in one batch (`pp n`), both after `depth` tokens of context."""
-    test = ["-p", "0", "-n", "32"] if n == 1 else ["-p", str(n), "-n", "0"]
+def llama_bench(tools: Path, gguf: Path, threads: int, depth: int, n: int,
+                decode_tokens: int = 32, runs: int = 3) -> float:
+    """llama.cpp's rate in tokens/s (the mean of `runs`): decode (`tg`, one token a forward,
+    `decode_tokens` of them) when n == 1, else a block of n tokens in one batch (`pp n`), both
+    after `depth` tokens of context (prefilled untimed)."""
+    test = ["-p", "0", "-n", str(decode_tokens)] if n == 1 else ["-p", str(n), "-n", "0"]
     out = subprocess.run([str(tools / "llama-bench"), "-m", str(gguf), "-t", str(threads),
-                          "-d", str(depth), "-r", "3", "-o", "json", *test],
+                          "-d", str(depth), "-r", str(runs), "-o", "json", *test],
                          capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout)[0]["avg_ts"])
 
 
 def llama_lookup(tools: Path, gguf: Path, threads: int, prompt: str, n: int) -> dict:
-    """llama.cpp's prompt-lookup decoding, greedy: decode tokens/s and draft acceptance."""
+    """llama.cpp's prompt-lookup decoding, greedy: the text it wrote after the prompt, and its
+    decode rate (llama-lookup times decoding after the prompt's forward) and draft acceptance."""
     out = subprocess.run([str(tools / "llama-lookup"), "-m", str(gguf), "-t", str(threads),
                           "-p", prompt, "-n", str(n), "--temp", "0", "--spec-draft-n-max", "10",
                           "--no-escape"], capture_output=True, text=True)
@@ -122,26 +129,59 @@ def llama_lookup(tools: Path, gguf: Path, threads: int, prompt: str, n: int) -> 
     if out.returncode != 0 or decoded is None:
         raise RuntimeError(f"llama-lookup failed: {log.strip().splitlines()[-1:]}")
     numbers = {k: int(v) for k, v in re.findall(r"(n_drafted|n_accept)\s+=\s+(\d+)", log)}
-    return {"tokens": int(decoded[1]), "seconds": float(decoded[2]), **numbers}
+    text = out.stdout.split(prompt, 1)[-1]          # it echoes the prompt first
+    return {"tokens": int(decoded[1]), "seconds": float(decoded[2]), "text": text, **numbers}
 
 
-def same_bytes_gguf(folder: Path, root: Path, outtype: str) -> Path | None:
-    """The dequantized Hugging Face folder written back as an f32 or bf16 GGUF by llama.cpp's
-    own converter, so that both engines read the same bytes a step; None when it fails."""
-    out = root / "gguf" / f"{folder.name}-{outtype}.gguf"
+def agreeing_tokens(tokenizer, tokens: list[int], text: str) -> int:
+    """How many of our first tokens llama.cpp's text starts with (a prefix that ends inside a
+    multi-byte character is skipped, not counted as a difference)."""
+    agree = 0
+    for k in range(1, len(tokens) + 1):
+        piece = tokenizer.decode(tokens[:k], skip_special_tokens=True)
+        if piece.endswith("\ufffd"):
+            continue
+        if not text.startswith(piece):
+            break
+        agree = k
+    return agree
+
+
+def same_bytes_gguf(quantized: Path, root: Path, outtype: str) -> Path:
+    """The quantized file's own tensors dequantized and written back as f32 or bf16, every metadata
+    key kept: the very weights our engine loads (transformers dequantizes the same blocks), in the
+    layout llama.cpp reads, so that both engines read the same bytes a step. Written with the
+    `gguf` package specbench already depends on (llama.cpp's converter would also need
+    sentencepiece and the Hugging Face folder)."""
+    import gguf
+    out = root / "gguf" / f"{quantized.stem}-{outtype}.gguf"
     if out.is_file():
         return out
-    script = next((root / "src").glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"),
-                  None)
-    if script is None:
-        return None
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
+    reader = gguf.GGUFReader(quantized)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, str(script), str(folder), "--outtype", outtype,
-                           "--outfile", str(out)], capture_output=True, text=True)
-    if done.returncode != 0:
-        say(f"  (no {outtype} GGUF: {(done.stderr or done.stdout).strip().splitlines()[-1:]})")
-        out.unlink(missing_ok=True)
-        return None
+    partial = out.with_suffix(".partial")
+    writer = gguf.GGUFWriter(partial, arch=arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue                                   # written by GGUFWriter itself
+        if field.name == gguf.Keys.General.FILE_TYPE:
+            continue                                   # no longer Q4_1
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        if values.ndim == 1:                           # norms stay f32, as llama.cpp keeps them
+            writer.add_tensor(tensor.name, values.astype("float32"))
+        else:
+            writer.add_tensor(tensor.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(out)
     return out
 
 
@@ -179,54 +219,87 @@ def decode_table(tools, ggufs: dict, folder: Path, threads: int, depth: int, siz
 FREE_METHODS = ("pld", "llma", "lookahead", "recycling")    # lossless, no trained add-on
 
 
-def lookup_table(tools, gguf: Path, folder: Path, threads: int, bench: Path, limit: int,
-                 max_new: int, plain_rate: float):
-    """llama.cpp's lookup against our add-on-free methods and vanilla on the first `limit`
-    questions of each of two long-input subtasks (summarization, RAG: where lookup has something
-    to copy), and the fastest of ours that stayed exact against llama.cpp's plain decode."""
+def decode_rate(method, ids: list[int], max_new: int) -> tuple[float, list[int]]:
+    """Our decode rate in tokens/s, timed as llama-lookup times its own: the tokens over the
+    seconds after the prompt's forward (the prefill phase, timed apart, is left out)."""
     import time
 
     import torch
 
+    from specbench_cli.methods.verify import Phases
+    with torch.inference_mode():
+        method.generate(ids[:64], 8)                 # warm-up (caches, first-call costs)
+        phases = Phases(method.engine.device)
+        method.decoding = replace(method.decoding, phases=phases)
+        start = time.perf_counter()
+        gen = method.generate(ids, max_new)
+        seconds = time.perf_counter() - start - phases.seconds["prefill"]
+    return len(gen.tokens) / seconds, gen.tokens
+
+
+def lookup_table(tools, ggufs: dict, folder: Path, threads: int, bench: Path, limit: int,
+                 max_new: int, rounds: int):
+    """On the first `limit` questions of each of two long-input subtasks (summarization, RAG:
+    where lookup has something to copy): llama.cpp's plain decode at the question's context and
+    its prompt lookup, both on the quantized file, against our vanilla and add-on-free methods,
+    each timed once a round, in turn (a shared host's speed drifts within minutes: each ratio is
+    taken within a round, then the median over rounds); then how our fastest exact method
+    compares with llama.cpp's plain decode, and how far our vanilla's tokens agree with
+    llama.cpp's on the same bytes."""
+    from specbench_cli.bench.prompts import build_prompt_ids
+    from specbench_cli.bench.questions import load_questions, select
     from specbench_cli.engine.load import DTYPE_NAMES, load_engine
     from specbench_cli.methods import METHODS
-    from specbench_cli.bench.prompts import build_prompt_ids
     from specbench_cli.run.runner import eos_token_ids
-    from specbench_cli.bench.questions import load_questions, select
     engine, tokenizer, _ = load_engine(str(folder), device="cpu")
+    dtype = DTYPE_NAMES[engine.dtype]
+    twin = ggufs["f32" if dtype == "fp32" else dtype]
     eos = eos_token_ids(engine, tokenizer)
     questions = select(load_questions(bench), ["summarization", "rag"], limit)
     names = ("vanilla",) + FREE_METHODS
     say(f"\n## speculation on {len(questions)} official questions (summarization, RAG), greedy, "
-        f"≤{max_new} new tokens; specbench in {DTYPE_NAMES[engine.dtype]} "
-        f"({engine.dtype_choice}); tokens/s")
-    say(f"{'question':<10}{'llama.cpp lookup':>17}{'accept':>8}"
-        + "".join(f"{n:>11}" for n in names))
-    rates = {n: [] for n in names}
-    equal = {n: 0 for n in names}
+        f"≤{max_new} new tokens; llama.cpp on Q4_1, specbench in {dtype} ({engine.dtype_choice})")
+    say(f"decode tokens/s (tokens over the seconds after the prompt's forward, on both sides), "
+        f"medians of {rounds} rounds")
+    say(f"{'question':<10}{'context':>8}{'llama.cpp':>10}{'lookup':>8}{'accept':>7}"
+        + "".join(f"{n:>10}" for n in names) + f"{'agree':>9}")
+    ratios, exact = {n: [] for n in names}, {n: True for n in names}
     for q in questions:
         ids = build_prompt_ids(tokenizer, "chat", [q.turns[0]], [])
-        theirs = llama_lookup(tools, gguf, threads, tokenizer.decode(ids), max_new)
-        tokens = {}
+        prompt = tokenizer.decode(ids)
+        timed = []
+        for _ in range(rounds):
+            row = {"plain": llama_bench(tools, ggufs["Q4_1"], threads, len(ids), 1, max_new,
+                                        runs=1)}
+            theirs = llama_lookup(tools, ggufs["Q4_1"], threads, prompt, max_new)
+            row["lookup"] = theirs["tokens"] / theirs["seconds"]
+            row["accept"] = theirs.get("n_accept", 0) / max(theirs.get("n_drafted", 0), 1)
+            tokens = {}
+            for name in names:
+                row[name], tokens[name] = decode_rate(METHODS[name](engine, eos, tokenizer), ids,
+                                                      max_new)
+                exact[name] &= tokens[name] == tokens["vanilla"]
+            timed.append(row)
+        mid = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
         for name in names:
-            method = METHODS[name](engine, eos, tokenizer)
-            with torch.inference_mode():
-                method.generate(ids[:64], 8)            # warm-up (caches, first-call costs)
-                start = time.perf_counter()
-                gen = method.generate(ids, max_new)
-                rates[name].append(len(gen.tokens) / (time.perf_counter() - start))
-            tokens[name] = gen.tokens
-            equal[name] += tokens[name] == tokens["vanilla"]
-        accept = theirs.get("n_accept", 0) / max(theirs.get("n_drafted", 0), 1)
-        say(f"{q.question_id:<10}{theirs['tokens'] / theirs['seconds']:17.1f}{100 * accept:7.0f}%"
-            + "".join(f"{rates[n][-1]:11.1f}" for n in names))
-    say(f"{'median':<10}{'':>25}" + "".join(f"{statistics.median(rates[n]):11.1f}" for n in names))
-    say("equal to vanilla: " + ", ".join(f"{n} {equal[n]}/{len(questions)}" for n in names[1:]))
-    exact = [n for n in names if equal[n] == len(questions)]
-    best = max(exact, key=lambda n: statistics.median(rates[n]))
-    ratio = statistics.median(rates[best]) / plain_rate
-    say(f"fastest exact specbench method: {best}, median {statistics.median(rates[best]):.1f} "
-        f"tokens/s = {ratio:.2f}× llama.cpp's plain decode (tg {plain_rate:.1f} tokens/s)")
+            ratios[name].append(statistics.median(r[name] / r["plain"] for r in timed))
+        same = llama_lookup(tools, twin, threads, prompt, max_new)["text"]
+        agree = agreeing_tokens(tokenizer, tokens["vanilla"], same)
+        say(f"{q.question_id:<10}{len(ids):>8}{mid['plain']:10.1f}{mid['lookup']:8.1f}"
+            f"{100 * mid['accept']:6.0f}%" + "".join(f"{mid[n]:10.1f}" for n in names)
+            + f"{agree:>5}/{len(tokens['vanilla'])}")
+    say("llama.cpp: plain decode (llama-bench tg of that many tokens after the question's context) "
+        "and llama-lookup (--spec-draft-n-max 10); agree: our vanilla's first tokens that "
+        f"llama.cpp writes too on the same {dtype} bytes ({twin.name})")
+    exact = [n for n in names if exact[n]]
+    say("equal to vanilla on every question: " + (", ".join(exact[1:]) or "none"))
+    def versus_plain(name: str) -> float:
+        return statistics.median(ratios[name])
+    best = max(exact, key=versus_plain)
+    say("÷ llama.cpp's plain decode at the same context (within a round, median over rounds, "
+        "then over questions): " + ", ".join(f"{n} {versus_plain(n):.2f}×" for n in names))
+    say(f"fastest exact specbench method: {best}, {versus_plain(best):.2f}× llama.cpp's plain "
+        "decode")
 
 
 def main():
@@ -242,6 +315,8 @@ def main():
                         "lookup against our PLD on its questions")
     parser.add_argument("--limit", type=int, default=2, help="questions per subtask (--bench)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the speculation table: "
+                        "every engine and method timed once a round, in turn")
     args = parser.parse_args()
     root = cache_root()
     tools = args.llamacpp or build_llamacpp(root, args.threads)
@@ -257,14 +332,12 @@ def main():
         f"(ours: its dequantized weights, {folder})")
     ggufs = {"Q4_1": quantized}
     for outtype in ("f32", "bf16"):
-        same = same_bytes_gguf(folder, root, outtype)
-        if same:
-            ggufs[outtype] = same
+        ggufs[outtype] = same_bytes_gguf(quantized, root, outtype)
     sizes = [int(n) for n in args.sizes.split(",")]
-    rows = decode_table(tools, ggufs, folder, args.threads, args.context, sizes, args.repeats)
+    decode_table(tools, ggufs, folder, args.threads, args.context, sizes, args.repeats)
     if args.bench:
-        lookup_table(tools, quantized, folder, args.threads, args.bench, args.limit,
-                     args.max_new_tokens, rows["llama.cpp Q4_1"][1])
+        lookup_table(tools, ggufs, folder, args.threads, args.bench, args.limit,
+                     args.max_new_tokens, args.rounds)
 
 
 if __name__ == "__main__":

@@ -18,34 +18,41 @@ pytestmark = needs_cpu_c
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("fused")
-    return {v: make_model_folder(root / v, v) for v in ("llama", "gqa", "qkv_bias", "llama3_rope")}
+    made = {v: make_model_folder(root / v, v) for v in ("llama", "gqa", "qkv_bias", "llama3_rope")}
+    # head_dim 64 (SmolLM2's): attention's 64-wide value sums; two query heads a kv head
+    made["hd64"] = make_model_folder(root / "hd64", "gqa", hidden_size=128, num_attention_heads=2,
+                                     num_key_value_heads=1)
+    return made
 
 
-def forwards(engine, path, ids):
-    """Logits of a prefill, a one-token step, a causal block of 4 and a tree block of 3 (two
-    siblings), and the cache rows they wrote, with `path` as the engine's fused step."""
+def forwards(engine, path, ids, pre):
+    """Logits of a prefill of `pre` tokens, a one-token step, a causal block of 4 and a tree block
+    of 3 (two siblings), and the cache rows they wrote, with `path` as the engine's fused step."""
     engine.fused = path
-    cache = engine.new_cache(64)
+    cache = engine.new_cache(pre + 34)
     with torch.inference_mode():
-        engine(ids[:, :30], cache, 0)
-        one = engine(ids[:, 30:31], cache, 30)
-        block = engine(ids[:, 31:35], cache, 31)
+        engine(ids[:, :pre], cache, 0)
+        one = engine(ids[:, pre:pre + 1], cache, pre)
+        block = engine(ids[:, pre + 1:pre + 5], cache, pre + 1)
         tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
-        branch = engine(ids[:, 35:38], cache, 35, positions=torch.tensor([35, 36, 36]),
-                        block_mask=tree)
+        branch = engine(ids[:, pre + 5:pre + 8], cache, pre + 5,
+                        positions=torch.tensor([pre + 5, pre + 6, pre + 6]), block_mask=tree)
     engine.fused = None
-    return [one, block, branch, cache.k[:, :, :, :38], cache.v[:, :, :, :38]], cache.lengths
+    end = pre + 8
+    return [one, block, branch, cache.k[:, :, :, :end], cache.v[:, :, :, :end]], cache.lengths
 
 
-@pytest.mark.parametrize("variant", ["llama", "gqa", "qkv_bias", "llama3_rope"])
+# pre 30: one chunk of keys; 300: attention split over chunks of keys (cpu.c's KEY_CHUNK, 128)
+@pytest.mark.parametrize("pre", [30, 300])
+@pytest.mark.parametrize("variant", ["llama", "gqa", "qkv_bias", "llama3_rope", "hd64"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_fused_layers_equal_the_torch_modules(folders, variant, dtype):
+def test_fused_layers_equal_the_torch_modules(folders, variant, dtype, pre):
     engine, _, _ = load_engine(str(folders[variant]), dtype=dtype, device="cpu",
                                with_tokenizer=False)
-    ids = torch.randint(96, (1, 40), generator=torch.Generator().manual_seed(0))
-    want, want_lengths = forwards(engine, None, ids)
-    got, got_lengths = forwards(engine, FusedLayers(engine), ids)
-    assert got_lengths == want_lengths == [38] * engine.num_layers
+    ids = torch.randint(96, (1, pre + 10), generator=torch.Generator().manual_seed(0))
+    want, want_lengths = forwards(engine, None, ids, pre)
+    got, got_lengths = forwards(engine, FusedLayers(engine), ids, pre)
+    assert got_lengths == want_lengths == [pre + 8] * engine.num_layers
     for g, w in zip(got, want):
         scale = w.float().abs().max()
         # fp32: summation order only; bf16: the same roundings as torch's eager ops, a few
@@ -57,34 +64,38 @@ def test_fused_layers_equal_the_torch_modules(folders, variant, dtype):
             assert torch.equal(g.argmax(-1), w.argmax(-1))
 
 
+# pre 252: the block's rows see 253 to 260 keys, across a chunk boundary (256) of cpu.c's split
+@pytest.mark.parametrize("variant, pre", [("gqa", 20), ("gqa", 252), ("hd64", 252)])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype):
+def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype, variant, pre):
     """A row's arithmetic does not depend on its block: vanilla's one-token steps and a
     verification block (or a tree's path) of the same tokens give the same hidden states, cache
     rows and logits, bit for bit, so exactness is not left to ties."""
-    engine, _, _ = load_engine(str(folders["gqa"]), dtype=dtype, device="cpu",
+    engine, _, _ = load_engine(str(folders[variant]), dtype=dtype, device="cpu",
                                with_tokenizer=False)
     engine.fused = FusedLayers(engine)
-    ids = torch.randint(96, (1, 28), generator=torch.Generator().manual_seed(1))
+    end = pre + 8
+    ids = torch.randint(96, (1, end), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        steps = engine.new_cache(64)
-        engine(ids[:, :20], steps, 0)
-        alone = [engine(ids[:, i:i + 1], steps, i, return_hidden=True) for i in range(20, 28)]
+        steps = engine.new_cache(end + 8)
+        engine(ids[:, :pre], steps, 0)
+        alone = [engine(ids[:, i:i + 1], steps, i, return_hidden=True) for i in range(pre, end)]
         one_by_one = torch.cat([h for _, h in alone], 1)
-        block = engine.new_cache(64)
-        engine(ids[:, :20], block, 0)
-        logits, together = engine(ids[:, 20:28], block, 20, return_hidden=True)
+        block = engine.new_cache(end + 8)
+        engine(ids[:, :pre], block, 0)
+        logits, together = engine(ids[:, pre:end], block, pre, return_hidden=True)
         # a tree: the accepted path (rows 0, 2, 4) has a rejected sibling beside each node
-        tree = engine.new_cache(64)
-        engine(ids[:, :20], tree, 0)
-        nodes = torch.tensor([[ids[0, 20], 7, ids[0, 21], 9, ids[0, 22]]])
+        tree = engine.new_cache(end + 8)
+        engine(ids[:, :pre], tree, 0)
+        nodes = torch.tensor([[ids[0, pre], 7, ids[0, pre + 1], 9, ids[0, pre + 2]]])
         mask = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 1, 1, 0],
                              [1, 0, 1, 0, 1]], dtype=torch.bool)
-        path = engine(nodes, tree, 20, positions=torch.tensor([20, 21, 21, 22, 22]),
-                      block_mask=mask, return_hidden=True)[1][:, [0, 2, 4]]
+        positions = torch.tensor([0, 1, 1, 2, 2]) + pre
+        path = engine(nodes, tree, pre, positions=positions, block_mask=mask,
+                      return_hidden=True)[1][:, [0, 2, 4]]
     assert torch.equal(one_by_one, together)
     assert torch.equal(torch.cat([l for l, _ in alone], 1), logits)
-    assert torch.equal(steps.k[:, :, :, :28], block.k[:, :, :, :28])
+    assert torch.equal(steps.k[:, :, :, :end], block.k[:, :, :, :end])
     assert torch.equal(path, one_by_one[:, :3])
 
 
