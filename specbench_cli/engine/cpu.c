@@ -241,9 +241,10 @@ typedef struct {
     int32_t bf16;                                 /* weights and activations bf16, else fp32 */
 } Shape;
 
-typedef struct {                                  /* engine/cache.py's KVCache, fp32 */
-    float *k, *v;                                 /* (layers, kv_heads, capacity, head_dim) */
+typedef struct {                                  /* engine/cache.py's KVCache */
+    void *k, *v;                                  /* (layers, kv_heads, capacity, head_dim) */
     int64_t capacity;
+    int64_t bf16;                                 /* keys and values bf16, else fp32 */
 } Cache;
 
 /* One sequence's rows of a block (engine/batch.py joins several sequences' blocks): its cache,
@@ -292,15 +293,33 @@ static void rotate(int bf16, float *v, const float *cos, const float *sin, int64
         v[i] = keep(bf16, keep(bf16, t[i] * cos[i]) + t[(i + half) % hd] * sin[i]);
 }
 
+/* Keys and values are kept in the model's dtype, fp32 or bf16 (a bf16 model's are bf16 values:
+ * wider storage would hold no more and a long context's step would read twice the bytes). They are
+ * read as fp32 either way, a bf16 value widened exactly, and all arithmetic is fp32. The kernels
+ * below take the element type as a constant `bf16` and are always inlined, so each call site
+ * compiles to a loop for its own type. */
+INLINE const void *kv_at(const void *base, int64_t i, int bf16) {
+    return (const char *)base + i * (bf16 ? 2 : 4);
+}
+
+INLINE __m256 load_kv8(const void *p, int bf16) {
+    return bf16 ? load_bf16x8((const uint16_t *)p) : _mm256_loadu_ps((const float *)p);
+}
+
+INLINE float load_kv(const void *p, int bf16) {
+    return bf16 ? bf16_to_f32(*(const uint16_t *)p) : *(const float *)p;
+}
+
 /* q . key[j] for 8 keys at once (hd a multiple of 8): eight accumulators reduced together by a
  * tree of horizontal adds, a quarter of the shuffles of eight separate reductions. Lane j's
  * arithmetic does not depend on the other keys, so a key's score is the same in any group. */
-static inline __m256 dot8(const float *q, const float *const key[8], int64_t hd) {
+INLINE __m256 dot8(const float *q, const void *const key[8], int64_t hd, int bf16) {
     __m256 a[8];
     for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
     for (int64_t d = 0; d < hd; d += 8) {
         __m256 qv = _mm256_loadu_ps(q + d);
-        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(key[j] + d), a[j]);
+        for (int j = 0; j < 8; j++)
+            a[j] = _mm256_fmadd_ps(qv, load_kv8(kv_at(key[j], d, bf16), bf16), a[j]);
     }
     __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
@@ -309,26 +328,29 @@ static inline __m256 dot8(const float *q, const float *const key[8], int64_t hd)
 
 /* Ask for rows[from .. from + 8) of a (rows x hd) cache into L1 ahead of use: the keys and values
  * of the cache were pushed out of the caches by the weights streamed since the last step. */
-static inline void prefetch_rows(const float *base, const int32_t *rows, int64_t from,
-                                 int64_t count, int64_t hd) {
+INLINE void prefetch_rows(const void *base, const int32_t *rows, int64_t from, int64_t count,
+                          int64_t hd, int bf16) {
+    const int64_t bytes = hd * (bf16 ? 2 : 4);
     for (int64_t i = from; i < from + 8 && i < count; i++)
-        for (int64_t d = 0; d < hd; d += 16) _mm_prefetch((const char *)(base + (int64_t)rows[i] * hd + d), _MM_HINT_T0);
+        for (int64_t b = 0; b < bytes; b += 64)
+            _mm_prefetch((const char *)kv_at(base, (int64_t)rows[i] * hd, bf16) + b, _MM_HINT_T0);
 }
 
 /* p[i] = q . keys[rows[i]] for i < count; the last group padded with the first key. */
-static void scores_of(const float *q, const float *keys, const int32_t *rows, float *p,
-                      int64_t count, int64_t hd) {
+INLINE void scores_of(const float *q, const void *keys, const int32_t *rows, float *p,
+                      int64_t count, int64_t hd, int bf16) {
     for (int64_t i = 0; i < count; i += 8) {
-        const float *key[8];
+        const void *key[8];
         float out[8];
-        for (int j = 0; j < 8; j++) key[j] = keys + (int64_t)rows[i + j < count ? i + j : 0] * hd;
-        prefetch_rows(keys, rows, i + 16, count, hd);
+        for (int j = 0; j < 8; j++)
+            key[j] = kv_at(keys, (int64_t)rows[i + j < count ? i + j : 0] * hd, bf16);
+        prefetch_rows(keys, rows, i + 16, count, hd, bf16);
         if (hd % 8 == 0) {
-            _mm256_storeu_ps(out, dot8(q, key, hd));
+            _mm256_storeu_ps(out, dot8(q, key, hd, bf16));
         } else {
             for (int j = 0; j < 8; j++) {
                 out[j] = 0.0f;
-                for (int64_t d = 0; d < hd; d++) out[j] += q[d] * key[j][d];
+                for (int64_t d = 0; d < hd; d++) out[j] += q[d] * load_kv(kv_at(key[j], d, bf16), bf16);
             }
         }
         for (int j = 0; j < 8 && i + j < count; j++) p[i + j] = out[j];
@@ -371,20 +393,20 @@ static void exp_inplace(float *values, int64_t n) {
 
 /* out = sum_i p[i] v[rows[i]] / total over i < count (v: rows of hd): 32 output values at a time
  * in four registers, so each accumulates in place and is stored once. */
-static void weighted_sum(const float *p, const float *v, const int32_t *rows, float *out,
-                         int64_t count, int64_t hd, float total) {
+INLINE void weighted_sum(const float *p, const void *v, const int32_t *rows, float *out,
+                         int64_t count, int64_t hd, float total, int bf16) {
     int64_t d = 0;
     __m256 inv = _mm256_set1_ps(1.0f / total);
     for (; d + 32 <= hd; d += 32) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t i = 0; i < count; i++) {
-            if (d == 0 && i % 8 == 0) prefetch_rows(v, rows, i + 16, count, hd);
+            if (d == 0 && i % 8 == 0) prefetch_rows(v, rows, i + 16, count, hd, bf16);
             __m256 e = _mm256_set1_ps(p[i]);
-            const float *vt = v + rows[i] * hd + d;
-            a0 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt), a0);
-            a1 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 8), a1);
-            a2 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 16), a2);
-            a3 = _mm256_fmadd_ps(e, _mm256_loadu_ps(vt + 24), a3);
+            const void *vt = kv_at(v, (int64_t)rows[i] * hd + d, bf16);
+            a0 = _mm256_fmadd_ps(e, load_kv8(vt, bf16), a0);
+            a1 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 8, bf16), bf16), a1);
+            a2 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 16, bf16), bf16), a2);
+            a3 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 24, bf16), bf16), a3);
         }
         _mm256_storeu_ps(out + d, _mm256_mul_ps(a0, inv));
         _mm256_storeu_ps(out + d + 8, _mm256_mul_ps(a1, inv));
@@ -393,9 +415,26 @@ static void weighted_sum(const float *p, const float *v, const int32_t *rows, fl
     }
     for (; d < hd; d++) {
         float a = 0.0f;
-        for (int64_t i = 0; i < count; i++) a += p[i] * v[rows[i] * hd + d];
+        for (int64_t i = 0; i < count; i++) a += p[i] * load_kv(kv_at(v, (int64_t)rows[i] * hd + d, bf16), bf16);
         out[d] = a * (1.0f / total);
     }
+}
+
+/* One query head over the `count` cache rows listed in `seen`: softmax of the scaled (and masked)
+ * scores, then the weighted sum of values. p: room for `count` floats. */
+INLINE void attend_head(const float *q, const void *keys, const void *values, const int32_t *seen,
+                        int64_t count, const float *m, float scale, float *p, float *out,
+                        int64_t hd, int bf16) {
+    float best = -INFINITY, total = 0.0f;
+    scores_of(q, keys, seen, p, count, hd, bf16);
+    for (int64_t k = 0; k < count; k++) {
+        p[k] = p[k] * scale + (m ? m[seen[k]] : 0.0f);
+        best = p[k] > best ? p[k] : best;
+    }
+    for (int64_t k = 0; k < count; k++) p[k] -= best;
+    exp_inplace(p, count);
+    for (int64_t k = 0; k < count; k++) total += p[k];
+    weighted_sum(p, values, seen, out, count, hd, total, bf16);
 }
 
 /* Softmax attention of each query row over the cache rows it may see: rows [0, offset + r] without
@@ -414,25 +453,18 @@ static void attention(const Shape *s, const float *qkv, float *out, const Segmen
         const Segment *sg = segs + seg_of[2 * r];
         const int64_t i = seg_of[2 * r + 1], offset = sg->offset, ctx = offset + sg->rows;
         const Cache *c = &sg->cache;
-        const float *kl = c->k + layer * kv * c->capacity * hd;
-        const float *vl = c->v + layer * kv * c->capacity * hd;
+        const int bf16 = c->bf16 != 0;
+        const int64_t first = (layer * kv + g) * c->capacity * hd;    /* this kv head's rows */
+        const void *keys = kv_at(c->k, first, bf16), *values = kv_at(c->v, first, bf16);
         const float *q = qkv + r * width + h * hd, *m = sg->mask ? sg->mask + i * ctx : NULL;
-        const float *keys = kl + g * c->capacity * hd, *values = vl + g * c->capacity * hd;
-        float *p = malloc(sizeof(float) * 2 * ctx), best = -INFINITY, total = 0.0f;
+        float *p = malloc(sizeof(float) * 2 * ctx), *o = out + r * heads * hd + h * hd;
         int32_t *seen = (int32_t *)(p + ctx);
-        if (!p) { for (int64_t d = 0; d < hd; d++) out[r * heads * hd + h * hd + d] = NAN; continue; }
+        if (!p) { for (int64_t d = 0; d < hd; d++) o[d] = NAN; continue; }
         int64_t count = 0;
         for (int64_t t = 0; t < (m ? ctx : offset + i + 1); t++)
             if (!m || !isinf(m[t])) seen[count++] = (int32_t)t;
-        scores_of(q, keys, seen, p, count, hd);
-        for (int64_t k = 0; k < count; k++) {
-            p[k] = p[k] * scale + (m ? m[seen[k]] : 0.0f);
-            best = p[k] > best ? p[k] : best;
-        }
-        for (int64_t k = 0; k < count; k++) p[k] -= best;
-        exp_inplace(p, count);
-        for (int64_t k = 0; k < count; k++) total += p[k];
-        weighted_sum(p, values, seen, out + r * heads * hd + h * hd, count, hd, total);
+        if (bf16) attend_head(q, keys, values, seen, count, m, scale, p, o, hd, 1);
+        else attend_head(q, keys, values, seen, count, m, scale, p, o, hd, 0);
         free(p);
     }
 }
@@ -483,9 +515,15 @@ int decode_segments(const Shape *s, const Layer *layers, int64_t first, int64_t 
             const Cache *c = &sg->cache;
             for (int64_t g = 0; g < kv; g++) {
                 int64_t at = ((l * kv + g) * c->capacity + sg->offset + seg_of[2 * r + 1]) * hd;
-                for (int64_t d = 0; d < hd; d++) {
-                    c->k[at + d] = row[(heads + g) * hd + d];
-                    c->v[at + d] = row[(heads + kv + g) * hd + d];
+                const float *k = row + (heads + g) * hd, *v = row + (heads + kv + g) * hd;
+                for (int64_t d = 0; d < hd; d++) {     /* bf16: values already rounded to it */
+                    if (c->bf16) {
+                        ((uint16_t *)c->k)[at + d] = f32_to_bf16(k[d]);
+                        ((uint16_t *)c->v)[at + d] = f32_to_bf16(v[d]);
+                    } else {
+                        ((float *)c->k)[at + d] = k[d];
+                        ((float *)c->v)[at + d] = v[d];
+                    }
                 }
             }
         }

@@ -46,7 +46,8 @@ class Layer(ctypes.Structure):
 
 
 class Cache(ctypes.Structure):
-    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("capacity", ctypes.c_int64)]
+    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("capacity", ctypes.c_int64),
+                ("bf16", ctypes.c_int64)]
 
 
 class Segment(ctypes.Structure):
@@ -74,8 +75,8 @@ def why_not(engine) -> str | None:
         return f"{kernels.ENV}=aten"
     if engine.device.type != "cpu" or engine.dtype not in (torch.float32, torch.bfloat16):
         return "CPU in fp32 or bf16 only"
-    if engine.cache_dtype != torch.float32 or engine.config.head_dim > 512:
-        return "needs an fp32 cache and head_dim <= 512"
+    if engine.config.head_dim > 512:
+        return "head_dim <= 512 only"
     for layer in engine.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         for fused, first in ((attn.qkv_proj, attn.q_proj), (mlp.gate_up_proj, mlp.gate_proj)):
@@ -124,7 +125,7 @@ class FusedLayers:
 
     def takes(self, engine, h: torch.Tensor, cache) -> bool:
         return (h.shape[1] in self.rows and h.shape[0] == 1 and h.dtype == self.dtype
-                and cache is not None and cache.k.dtype == torch.float32
+                and cache is not None and cache.k.dtype in (torch.float32, torch.bfloat16)
                 and not torch.is_grad_enabled()
                 and getattr(engine.model.layers[0].self_attn.qkv_proj, "weight", None)
                 is self.anchor)
@@ -168,7 +169,8 @@ class FusedLayers:
         cos, sin = (t.float().contiguous() for t in rope)
         masks = [None if seg.mask is None else seg.mask.contiguous() for seg in segments]
         table = (Segment * len(segments))(*(
-            Segment(Cache(seg.cache.k.data_ptr(), seg.cache.v.data_ptr(), seg.cache.capacity),
+            Segment(Cache(seg.cache.k.data_ptr(), seg.cache.v.data_ptr(), seg.cache.capacity,
+                          int(seg.cache.k.dtype == torch.bfloat16)),
                     seg.offset, seg.rows, pointer(mask))
             for seg, mask in zip(segments, masks)))
         rc = self.lib.decode_segments(self.shape, self.layers, start, end, table, len(segments),

@@ -237,7 +237,8 @@ class Attention(nn.Module):
         n = q.shape[2]
         if cache is not None:
             k, v = cache.write(layer, offset, k, v)
-            q = q.to(k.dtype)       # the cache may be wider than the model (Engine.cache_dtype)
+            if k.device.type == "cpu":      # fp32 attention on a CPU (Engine.attention_dtype)
+                q, k, v = q.float(), k.float(), v.float()
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(
@@ -327,12 +328,19 @@ class Engine(nn.Module):
 
     @property
     def cache_dtype(self) -> torch.dtype:
-        """Keys and values are kept in fp32 on a CPU whatever the weights' dtype: torch's CPU
-        attention is several times slower in half precision for a single query (SmolLM2's
-        shapes, 2 threads: 179 µs bf16 against 35 µs fp32 after 256 tokens, 660 against 84
-        after 1024), and at these model sizes the cache is small next to the weights."""
-        half = self.dtype in (torch.float16, torch.bfloat16)
-        return torch.float32 if half and self.device.type == "cpu" else self.dtype
+        """Keys and values are kept in the model's dtype: a half-precision model's keys and values
+        are half-precision values, so wider storage would hold nothing more, and a step at a long
+        context reads every layer's cache after the weights pushed it out of the CPU's caches
+        (SmolLM2 bf16 at ~770 tokens: 18 MiB a step instead of 35)."""
+        return self.dtype
+
+    @property
+    def attention_dtype(self) -> torch.dtype:
+        """Attention computes in fp32 on a CPU whatever the cache's dtype (keys and values are
+        widened exactly): torch's CPU attention is several times slower in half precision for a
+        single query (SmolLM2's shapes, 2 threads: 179 µs bf16 against 35 µs fp32 after 256
+        tokens, 660 against 84 after 1024)."""
+        return torch.float32 if self.device.type == "cpu" else self.dtype
 
     def new_cache(self, capacity: int, num_layers: int | None = None) -> KVCache:
         cfg = self.config
@@ -383,7 +391,7 @@ class Engine(nn.Module):
         # Built once a forward in the cache's dtype: SDPA would otherwise convert a boolean mask
         # in every layer (trees verify ~5% faster on a small model, benchmarks/
         # medusa_tree_forward.py).
-        mask = torch.zeros(n, offset + n, dtype=self.cache_dtype, device=self.device)
+        mask = torch.zeros(n, offset + n, dtype=self.attention_dtype, device=self.device)
         mask[:, offset:].masked_fill_(~block_mask.to(self.device, torch.bool), float("-inf"))
         return mask
 

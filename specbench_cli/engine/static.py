@@ -101,7 +101,7 @@ class StaticLayers:
             h = torch.cat([h, h.new_zeros(1, size - n, h.shape[-1])], dim=1)
             cos = torch.cat([cos, cos[-1:].expand(size - n, -1)])
             sin = torch.cat([sin, sin[-1:].expand(size - n, -1)])
-        mask = self.mask(offset, n, size, cache.capacity, block_mask, cache.k.dtype)
+        mask = self.mask(offset, n, size, cache.capacity, block_mask, self.engine.attention_dtype)
         rows = torch.arange(offset, offset + size, device=h.device)
         self.shapes.add((start, end, size))
         if self.mode == "reduce-overhead":
