@@ -388,7 +388,7 @@ class Engine(nn.Module):
             if n == 1 or offset == 0:
                 return None
             block_mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        # Built once a forward in the cache's dtype: SDPA would otherwise convert a boolean mask
+        # Built once a forward in attention's dtype: SDPA would otherwise convert a boolean mask
         # in every layer (trees verify ~5% faster on a small model, benchmarks/
         # medusa_tree_forward.py).
         mask = torch.zeros(n, offset + n, dtype=self.attention_dtype, device=self.device)
