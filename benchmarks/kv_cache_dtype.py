@@ -16,10 +16,10 @@ import statistics
 
 import torch
 
-from specbench_cli.engine.cache import KVCache
 from specbench_cli.engine.kernels import cpu_name
 from specbench_cli.engine.load import load_engine
 from specbench_cli.engine.timing import block_step, median_seconds
+from specbench_cli.models.targets import model_folder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,17 +34,14 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.model == "smollm2":
-        from specbench_cli.models.targets import target_folder
-        args.model = str(target_folder("smollm2"))
-    engine, _, _ = load_engine(args.model, dtype="bf16", device="cpu", with_tokenizer=False)
-    cfg = engine.config
+    engine, _, _ = load_engine(str(model_folder(args.model)), dtype="bf16", device="cpu",
+                               with_tokenizer=False)
     contexts = [int(c) for c in args.contexts.split(",")]
     times = {(c, d): [] for c in contexts for d in DTYPES}
     with torch.inference_mode():
-        steps = {(c, d): block_step(engine, args.rows, c, KVCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, c + args.rows + 8, dtype, "cpu"))
-            for c in contexts for d, dtype in DTYPES.items()}
+        steps = {(c, d): block_step(engine, args.rows, c,
+                                    engine.new_cache(c + args.rows + 8, dtype=dtype))
+                 for c in contexts for d, dtype in DTYPES.items()}
         for _ in range(args.rounds):
             for key, step in steps.items():
                 times[key].append(median_seconds(step, engine.device, args.repeats) * 1e3)

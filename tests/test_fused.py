@@ -104,17 +104,15 @@ def test_a_bf16_model_keeps_a_bf16_cache_at_no_cost_in_bits(folders, fused):
     """Its keys and values are bf16 values: a bf16 cache holds them exactly, half the bytes of
     an fp32 one, and every logit is the same (torch's path and the fused step, both widening the
     cache to fp32 for attention)."""
-    from specbench_cli.engine.cache import KVCache
     engine, _, _ = load_engine(str(folders["hd64"]), dtype="bf16", device="cpu",
                                with_tokenizer=False)
     engine.fused = FusedLayers(engine) if fused else None
     assert engine.new_cache(8).k.dtype == torch.bfloat16
-    cfg = engine.config
     ids = torch.randint(96, (1, 160), generator=torch.Generator().manual_seed(2))
     logits = {}
     with torch.inference_mode():
         for dtype in (torch.bfloat16, torch.float32):
-            cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 200, dtype, "cpu")
+            cache = engine.new_cache(200, dtype=dtype)
             out = [engine(ids[:, :150], cache, 0)]
             out += [engine(ids[:, i:i + 1], cache, i) for i in range(150, 156)]
             out.append(engine(ids[:, 156:160], cache, 156))

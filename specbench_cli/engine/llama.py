@@ -342,10 +342,12 @@ class Engine(nn.Module):
         tokens, 660 against 84 after 1024)."""
         return torch.float32 if self.device.type == "cpu" else self.dtype
 
-    def new_cache(self, capacity: int, num_layers: int | None = None) -> KVCache:
+    def new_cache(self, capacity: int, num_layers: int | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """A cache of its own (`dtype`: another than cache_dtype, to compare the two)."""
         cfg = self.config
         return KVCache(num_layers or cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity,
-                       self.cache_dtype, self.device)
+                       dtype or self.cache_dtype, self.device)
 
     def cache(self, capacity: int) -> KVCache:
         """The engine's shared cache, emptied, with room for `capacity` rows.
