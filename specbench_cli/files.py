@@ -1,5 +1,7 @@
-"""Where specbench keeps its files and how it reads them: $SPECBENCH_HOME, checksums, JSON Lines
-with errors that name the file and line. Imports nothing of the project: every layer uses it."""
+"""Where specbench keeps its files and how it reads and writes them: $SPECBENCH_HOME, checksums,
+JSON Lines with errors that name the file and line, records checked against a table of field
+types, and writes that a kill or a full disk can never leave half done. Imports nothing of the
+project but its errors: every layer uses it."""
 
 from __future__ import annotations
 
@@ -9,13 +11,82 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .errors import SpecbenchError
+
 
 def specbench_home() -> Path:
-    """Where downloads and the built-in benchmark live: $SPECBENCH_HOME or the user cache dir."""
+    """Where downloads, caches and the built-in benchmark live: $SPECBENCH_HOME or the user cache
+    dir; a folder this process can write, or a one-line error naming it."""
     if os.environ.get("SPECBENCH_HOME"):
-        return Path(os.environ["SPECBENCH_HOME"]).expanduser()
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("specbench"))
+        home, name = Path(os.environ["SPECBENCH_HOME"]).expanduser(), "SPECBENCH_HOME"
+    else:
+        import platformdirs
+        home, name = Path(platformdirs.user_cache_dir("specbench")), "specbench's cache folder"
+    if home.exists() and not home.is_dir():
+        raise SpecbenchError(f"{name} {home} cannot be used: it is a file, not a folder; point "
+                             "SPECBENCH_HOME at a folder you can write")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecbenchError(f"{name} {home} cannot be used: {err.strerror or err}; point "
+                             "SPECBENCH_HOME at a folder you can write") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise SpecbenchError(f"{name} {home} cannot be used: not writable; point SPECBENCH_HOME "
+                             "at a folder you can write")
+    return home
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a whole file under a temporary name, then rename it: a reader (or a later run after
+    a kill) sees the old file or the new one, never a part. A full disk is a one-line error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SpecbenchError(f"{path}: cannot be written ({err.strerror or err})") from None
+
+
+def checked(record: object, fields: dict, where: str, error: type[Exception] = SpecbenchError):
+    """`record` if it is a dict holding every field of `fields` ({name: type or tuple of types})
+    with a value of that type; else `error` naming `where` and the first field that is wrong.
+    A name ending in "?" is optional. bool never passes for int (JSON's true is not a count)."""
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected an object with {', '.join(fields)}, got "
+                    f"{type(record).__name__}")
+    for name, kind in fields.items():
+        optional = name.endswith("?")
+        name = name.rstrip("?")
+        if name not in record:
+            if optional:
+                continue
+            raise error(f"{where}: missing field {name!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = record[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            want = " or ".join(JSON_NAMES.get(k, k.__name__) for k in kinds)
+            raise error(f"{where}: field {name!r} must be {want}, got "
+                        f"{JSON_NAMES.get(type(value), type(value).__name__)}")
+    return record
+
+
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+              float: "a number", bool: "true/false", type(None): "null"}
+
+
+def read_json(path: Path, error: type[Exception] = SpecbenchError) -> object:
+    """A whole JSON file, or `error` naming the file and what is wrong with it."""
+    text = read_text(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: malformed JSON ({err.msg}, line {err.lineno})") from None
 
 
 def sha256_of(path: Path) -> str:

@@ -13,7 +13,8 @@ head, a Kangaroo adapter) keep the torch path.
 Like the matrix-product kernels, the fused step is chosen by measurement: for each block size
 it must beat the torch path over the model's own layers, timed once per machine and model shape
 and cached beside the kernel choices ($SPECBENCH_HOME/kernels/fused.json). `SPECBENCH_KERNELS=aten`
-turns it off.
+turns it off; `SPECBENCH_FUSED=off` turns it off alone, `=on` takes it for every block it can run
+without timing (tests, benchmarks: a choice that does not depend on a timing race).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import time
 import torch
 
 from . import kernels
+from ..errors import SpecbenchError
 
+FUSED_ENV = "SPECBENCH_FUSED"
 MAX_ROWS = kernels.BUCKETS[-1]     # the largest block timed (and so the largest it may take)
 TIMED_LAYERS = 4          # the layers the choice is timed over (enough to compare per layer)
 TIMED_CONTEXT = 64
@@ -212,9 +215,15 @@ def choose_fused(engine, key: str) -> dict:
     """Measure (or read from the kernel cache) and install the fused step where it is faster.
     Returns {"used": bool, "why": str, "rows": {rows: {"torch": ms, "fused": ms}}}."""
     engine.fused = None
-    reason = why_not(engine)
+    mode = os.environ.get(FUSED_ENV, "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        raise SpecbenchError(f"{FUSED_ENV}={mode!r}: choose auto, on or off")
+    reason = f"{FUSED_ENV}=off" if mode == "off" else why_not(engine)
     if reason is not None:
         return {"used": False, "why": reason, "rows": {}}
+    if mode == "on":
+        engine.fused = FusedLayers(engine)
+        return {"used": True, "why": f"{FUSED_ENV}=on: every block of 1–{MAX_ROWS}", "rows": {}}
     cfg = engine.config
     shape = (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
              f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}")
