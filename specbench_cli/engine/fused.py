@@ -227,13 +227,8 @@ def choose_fused(engine, key: str) -> dict:
     cfg = engine.config
     shape = (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
              f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}")
-    cache_file = kernels.kernels_home() / "fused.json"
-    cached = kernels.read_json(cache_file)
-    entry = cached.setdefault(key, {})
-    if shape not in entry:
-        entry[shape] = measure(engine)
-        kernels.write_json(cache_file, cached)
-    timed = entry[shape]
+    timed = kernels.cached_entry(kernels.kernels_home() / "fused.json", f"{key} | {shape}",
+                                 valid_timing, lambda: measure(engine))
     faster = [int(r) for r, ms in timed.items() if ms["fused"] < (1 - kernels.MIN_GAIN) * ms["torch"]]
     # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8, …, 33-64).
     rows = {n for n in range(1, MAX_ROWS + 1) if kernels.bucket_of(n) in faster}
@@ -241,6 +236,12 @@ def choose_fused(engine, key: str) -> dict:
         engine.fused = FusedLayers(engine, rows)
     return {"used": bool(rows), "rows": timed,
             "why": f"faster for blocks of {fmt_rows(rows)}" if rows else "not faster here"}
+
+
+def valid_timing(timed) -> bool:
+    """A cached timing: torch's and the fused step's ms at every block-size bucket."""
+    return isinstance(timed, dict) and all(
+        kernels.timed_ms(timed.get(str(b)), ("torch", "fused")) for b in kernels.BUCKETS)
 
 
 def fmt_rows(rows) -> str:

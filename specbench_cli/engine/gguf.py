@@ -11,11 +11,14 @@ import contextlib
 import json
 import os
 import shutil
+import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..files import checked, read_json, sha256_of, specbench_home
 
 GGUF_MAGIC = b"GGUF"
 MARKER = "specbench_gguf.json"  # written last: its presence means the folder is complete
@@ -29,17 +32,19 @@ def gguf_folder(path: Path, home: Path | None = None, console=None, force: bool 
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelLoadError(f"GGUF file {path} does not exist")
-    with path.open("rb") as fh:  # before anything heavy: a wrong file fails in microseconds
-        if fh.read(4) != GGUF_MAGIC:
-            raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic bytes)")
-    from ..files import sha256_of, specbench_home
+    check_header(path)  # before anything heavy: a wrong file fails in microseconds
     home = home if home is not None else specbench_home()
     sha = sha256_of(path)
     folder = Path(home) / "gguf" / sha[:16]
+    if not force and (folder / MARKER).is_file():
+        why = why_unusable(folder, sha)
+        if why is None:
+            return folder
+        print(f"specbench: the converted folder {folder} {why}; converting {path.name} again",
+              file=sys.stderr, flush=True)
+        force = True
     if force:
         shutil.rmtree(folder, ignore_errors=True)
-    if (folder / MARKER).is_file():
-        return folder
     try:  # only converting needs them; a cached folder loads without
         import accelerate  # noqa: F401
         import gguf  # noqa: F401
@@ -72,6 +77,34 @@ def gguf_folder(path: Path, home: Path | None = None, console=None, force: bool 
     if console is not None:
         console.print(f"[dim]GGUF {path.name} converted → {folder}[/dim]")
     return folder
+
+
+def check_header(path: Path) -> None:
+    """GGUF's fixed header (magic, version 1-3, tensor and metadata counts), or one line."""
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if head[:4] != GGUF_MAGIC:
+        raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    version, tensors, keys = struct.unpack("<IQQ", head[4:24].ljust(20, b"\0"))
+    if len(head) < 24 or version not in (1, 2, 3) or tensors > 1 << 20 or keys > 1 << 20:
+        raise ModelLoadError(f"{path}: not a GGUF file this reader knows (version {version}, "
+                             f"{tensors} tensors, {keys} metadata keys: truncated or corrupt?)")
+
+
+def why_unusable(folder: Path, sha: str) -> str | None:
+    """Why a cached conversion must not be trusted (a marker of another file, a weights file or
+    config cut short or damaged since); None where it is whole."""
+    from .load import read_config, safetensors_header
+    try:
+        marker = checked(read_json(folder / MARKER, ModelLoadError), {"sha256": str},
+                         str(folder / MARKER), ModelLoadError)
+        if marker["sha256"] != sha:
+            return "was converted from another file"
+        read_config(folder)
+        safetensors_header(folder / "model.safetensors")
+    except (ModelLoadError, OSError) as err:
+        return f"is damaged ({err})"
+    return None
 
 
 def _convert(path: Path, out: Path) -> None:

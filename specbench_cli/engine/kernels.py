@@ -81,8 +81,10 @@ def isa_level() -> int:
 
 
 def cpu_library():
-    """cpu.c compiled once per source and flags into $SPECBENCH_HOME/kernels/, loaded; None
-    where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in _LIB["why"]."""
+    """cpu.c compiled once per source, flags and compiler into $SPECBENCH_HOME/kernels/, loaded;
+    None where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in
+    _LIB["why"]. A cached library that does not load (a build cut short by a kill or a full
+    disk) is rebuilt, with one line saying so."""
     if "lib" in _LIB:
         return _LIB["lib"]
     _LIB["lib"], _LIB["why"] = None, ""
@@ -94,20 +96,20 @@ def cpu_library():
     if cc is None:
         _LIB["why"] = "no C compiler (cc/gcc) on PATH"
         return None
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()
+                         + compiler_version(cc).encode()).hexdigest()[:16]
     path = kernels_home() / f"cpu-{tag}.so"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            built = Path(tmp) / path.name
-            done = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                _LIB["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
-                return None
-            built.replace(path)      # atomic: a concurrent run sees the whole file or none
-    lib = ctypes.CDLL(str(path))
+    lib = None
+    if path.is_file():
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as err:
+            note(f"{path} does not load ({str(err).split(': ')[-1]}); building it again")
+            path.unlink(missing_ok=True)
+    if lib is None:
+        if not build_library(cc, path):
+            return None
+        lib = ctypes.CDLL(str(path))
     for name in ("gemv_f32", "gemv_bf16"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
@@ -116,6 +118,30 @@ def cpu_library():
     lib.set_isa(isa_level())
     _LIB["lib"] = lib
     return lib
+
+
+def compiler_version(cc: str) -> str:
+    """The compiler's first --version line: a new compiler builds a new library."""
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return (done.stdout.splitlines() or [""])[0]
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build_library(cc: str, path: Path) -> bool:
+    """Compile cpu.c to `path` under a temporary name, then rename (a concurrent run sees the
+    whole file or none); False with the reason in _LIB["why"] where the compiler fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        built = Path(tmp) / path.name
+        done = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            _LIB["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
+            return False
+        built.replace(path)
+    return True
 
 
 def bind_gemv(linear):
@@ -288,7 +314,13 @@ def choose_kernels(engine, console=None) -> dict:
     cache = read_json(cache_file)
     entry = f"{key} | {forced} | {'pack' if packable else 'nopack'}"
     known = cache.setdefault(entry, {})
-    todo = [g for g in groups if g not in known]
+    if not isinstance(known, dict):
+        known = cache[entry] = {}
+    stale = [g for g in groups if g in known and not valid_choice(known[g])]
+    if stale:
+        note(f"{cache_file}: choices for {', '.join(stale)} are not what this version writes; "
+             "measuring again")
+    todo = [g for g in groups if g not in known or g in stale]
     if todo and console is not None:
         console.print(f"[dim]choosing matrix-product kernels for {len(todo)} weight shapes on "
                       f"{device_name(engine.device)} (once; cached in {cache_file.parent})[/dim]")
@@ -302,6 +334,13 @@ def choose_kernels(engine, console=None) -> dict:
         write_json(cache_file, cache)
     plan = {g: known[g] for g in groups}
     return install(engine, groups, plan, forced, not todo, key)
+
+
+def valid_choice(buckets) -> bool:
+    """A group's cached choice: a kernel name for every block-size bucket."""
+    return isinstance(buckets, dict) and all(
+        isinstance(buckets.get(str(b)), dict) and buckets[str(b)].get("kernel") in KERNELS
+        for b in BUCKETS)
 
 
 def uses(buckets: dict, name: str) -> bool:
@@ -337,18 +376,55 @@ def install(engine, groups, plan, forced, cached, key) -> dict:
     return engine.kernel_choice
 
 
+# The caches of measured choices ($SPECBENCH_HOME/kernels/*.json): {machine key: entry}. Each is
+# checked before it is trusted: an unreadable file or an entry of the wrong shape is measured
+# again, with one line saying so, never a traceback.
+
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """A cache file's entries; {} where there is none yet, or (with one line) where it does not
+    parse as a JSON object."""
+    if not path.exists():
         return {}
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    note(f"{path} is unreadable (cut short or corrupt); measuring again")
+    return {}
 
 
 def write_json(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from ..files import atomic_write
+    atomic_write(path, json.dumps(data, indent=1))
+
+
+def cached_entry(path: Path, key: str, valid, measure):
+    """The entry `key` of cache file `path`, measured (and written back) where it is missing
+    or fails `valid` (an older version's shape, a hand edit)."""
+    cache = read_json(path)
+    entry = cache.get(key)
+    if entry is not None and not valid(entry):
+        note(f"{path}: the entry for this machine is not what this version writes; measuring "
+             "again")
+        entry = None
+    if entry is None:
+        entry = cache[key] = measure()
+        write_json(path, cache)
+    return entry
+
+
+def timed_ms(entry, names) -> bool:
+    """Whether a cache entry is {name: milliseconds} for every one of `names`."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(n), (int, float)) and not isinstance(entry.get(n), bool)
+        for n in names)
+
+
+def note(message: str):
+    """One line on stderr about something specbench mended by itself."""
+    print(f"specbench: {message}", file=sys.stderr, flush=True)
 
 
 def summary(choice: dict) -> list[tuple[str, str]]:

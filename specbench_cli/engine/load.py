@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..files import checked, read_json
 from .arena import pack_weights
 from .fused import choose_fused
 from .kernels import choose_kernels
@@ -72,20 +73,19 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
         return torch.float16, "auto: fp16 on CUDA (Spec-Bench's protocol)"
     if not set(BF16_FLAGS) & kernels.cpu_flags():
         return torch.float32, f"auto: fp32 (this CPU has no {' or '.join(BF16_FLAGS)})"
+    read_config(folder)              # an unusable config says so before timing
     config = (folder / "config.json").read_bytes()
-    EngineConfig.from_hf(json.loads(config))     # an unsupported model says so before timing
     key = (f"{kernels.machine_key(device)} | {hashlib.sha256(config).hexdigest()[:12]} "
            f"{sum(f.stat().st_size for f in checkpoint_files(folder))}")
-    cache_file = kernels.kernels_home() / "dtypes.json"
-    cache = kernels.read_json(cache_file)
-    if key not in cache:
+
+    def measure():
         if console is not None:
             console.print("[dim]auto dtype: timing a one-token step in fp32 and in bf16 (once for "
                           "this model and machine)[/dim]")
-        cache[key] = {name: round(step_ms(folder, name, device, console), 3)
-                      for name in ("fp32", "bf16")}
-        kernels.write_json(cache_file, cache)
-    ms = cache[key]
+        return {name: round(step_ms(folder, name, device, console), 3) for name in ("fp32", "bf16")}
+
+    ms = kernels.cached_entry(kernels.kernels_home() / "dtypes.json", key,
+                              lambda e: kernels.timed_ms(e, ("fp32", "bf16")), measure)
     pick = "bf16" if ms["bf16"] < (1 - BF16_GAIN) * ms["fp32"] else "fp32"
     return DTYPES[pick], (f"auto: {pick} (one-token step measured on {kernels.cpu_name()}: fp32 "
                           f"{ms['fp32']:.2f} ms, bf16 {ms['bf16']:.2f} ms; bf16 is taken when "
@@ -101,6 +101,19 @@ def step_ms(folder: Path, dtype: str, device: torch.device, console=None, contex
     return 1e3 * block_latency(engine, 1, context, repeats)
 
 
+# What a config.json must hold for the engine to be built from it (the rest has defaults).
+CONFIG_FIELDS = {"model_type": str, "vocab_size": int, "hidden_size": int,
+                 "intermediate_size": int, "num_hidden_layers": int, "num_attention_heads": int}
+
+
+def read_config(folder: Path) -> EngineConfig:
+    """The engine's config from a model folder's config.json, checked: a garbled or incomplete
+    file is one line naming it."""
+    path = folder / "config.json"
+    cfg = checked(read_json(path, ModelLoadError), CONFIG_FIELDS, str(path), ModelLoadError)
+    return EngineConfig.from_hf(cfg)
+
+
 def checkpoint_files(folder: Path) -> list[Path]:
     """The weight files of a folder, looked for as `from_pretrained` does: an index, then a
     single file, safetensors first.
@@ -110,7 +123,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
     """
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            weight_map = checked(read_json(folder / index, ModelLoadError), {"weight_map": dict},
+                                 str(folder / index), ModelLoadError)["weight_map"]
             files = [folder / name for name in sorted(set(weight_map.values()))]
             absent = [f.name for f in files if not f.is_file()]
             if absent:
@@ -155,17 +169,8 @@ def safetensors_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int
     tensor at a time: a converted tensor's pages leave the process as soon as it is converted,
     where safetensors' whole-file map keeps every page read resident until the file is done
     (a single-file checkpoint converted to fp32 would peak at 3x its size instead of 2x)."""
-    size = file.stat().st_size
+    header, base, size = safetensors_header(file)
     with open(file, "rb") as f:
-        try:
-            header_len = int.from_bytes(f.read(8), "little")
-            if header_len > size:
-                raise ValueError
-            header = json.loads(f.read(header_len))
-        except ValueError:
-            raise ModelLoadError(f"{file}: not a safetensors file (bad header)") from None
-        base = f.tell()
-        header.pop("__metadata__", None)
         # In file order, so the disk reads sequentially.
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
 
@@ -177,7 +182,7 @@ def safetensors_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int
                                          f"supported: {', '.join(kinds)}")
                 start, end = (base + offset for offset in info["data_offsets"])
                 shape, numel = info["shape"], math.prod(info["shape"])
-                if numel * stored.itemsize != end - start or end > size:
+                if numel * stored.itemsize != end - start:
                     raise ModelLoadError(f"{file}: tensor {name}: bytes [{start}, {end}) of "
                                          f"{size} do not hold {info['dtype']} {shape}")
                 if numel == 0:
@@ -190,6 +195,38 @@ def safetensors_tensors(file: Path, mmap: bool) -> Iterator[tuple[str, tuple[int
                 return out.clone() if out is t and not keep else out
 
             yield name, tuple(info["shape"]), read
+
+
+def safetensors_header(file: Path) -> tuple[dict, int, int]:
+    """The tensors' entries of a safetensors file, where their bytes start, and the file's size;
+    checked whole before any tensor is read, so a truncated or garbled file is one line."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        try:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= size - 8:
+                raise ValueError
+            header = json.loads(f.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError
+        except ValueError:
+            raise ModelLoadError(f"{file}: not a safetensors file (bad header)") from None
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        checked(info, TENSOR_FIELDS, f"{file}: tensor {name}", ModelLoadError)
+        start, end = (info["data_offsets"] + [None, None])[:2]
+        if not (all(isinstance(d, int) and d >= 0 for d in info["shape"])
+                and isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
+            raise ModelLoadError(f"{file}: tensor {name}: bad shape or offsets in the header")
+    base = 8 + header_len
+    data_end = base + max((info["data_offsets"][1] for info in header.values()), default=0)
+    if data_end > size:
+        raise ModelLoadError(f"{file}: truncated: its header describes {data_end} bytes, the "
+                             f"file has {size}; download or convert it again")
+    return header, base, size
+
+
+TENSOR_FIELDS = {"dtype": str, "shape": list, "data_offsets": list}
 
 
 def file_view(f, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
@@ -279,7 +316,7 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
         raise ModelLoadError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
-    cfg = EngineConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = read_config(folder)
     dev = resolve_device(device)
     run_dtype, why = choose_dtype(dtype, dev, folder, console)
     files = checkpoint_files(folder)

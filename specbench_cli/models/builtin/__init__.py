@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...files import sha256_of, specbench_home
+from ...errors import SpecbenchError
+from ...files import checked, read_json, sha256_of, specbench_home
 from .recipe import RECIPE_VERSION, Recipe, tiny_recipe
 
 __all__ = ["BuiltinAssets", "Recipe", "RECIPE_VERSION", "default_home", "prepare_builtin", "tiny_recipe"]
@@ -50,10 +52,24 @@ def _assets(root: Path, done: dict, reused: bool) -> BuiltinAssets:
 
 
 def _read_done(root: Path) -> dict | None:
-    try:
-        return json.loads((root / DONE_FILE).read_text())
-    except (OSError, ValueError):
+    """A complete build's done.json, checked against the files it hashes; None where there is
+    no build, or (with one line) where the build was damaged since: it is then built again."""
+    if not (root / DONE_FILE).exists():
         return None
+    try:
+        done = checked(read_json(root / DONE_FILE), {"quality": dict, "hashes": dict},
+                       str(root / DONE_FILE))
+        bad = [name for name, digest in done["hashes"].items()
+               if not (root / MODEL_DIR / name).is_file()
+               or sha256_of(root / MODEL_DIR / name) != digest]
+        if not bad:
+            return done
+        why = f"{', '.join(bad)} changed since it was built"
+    except SpecbenchError as err:
+        why = str(err)
+    print(f"specbench: the built-in benchmark at {root} is damaged ({why}); building it again",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def _install(tmp: Path, root: Path) -> None:
