@@ -591,7 +591,7 @@ def test_specbench_folder_without_a_clear_vanilla(tmp_path):
     bad = tmp_path / "notspec"
     bad.mkdir()
     (bad / "x-vanilla.jsonl").write_text('{"question_id": 1}\n')
-    one_line_error(invoke("report", bad), "is not a Spec-Bench answer line")
+    one_line_error(invoke("report", bad), "x-vanilla.jsonl:1: missing field 'category'")
 
 
 def test_a_run_on_two_kinds_of_device_is_reported_device_by_device(tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SpecbenchError
-from ..files import json_lines
+from ..files import checked, json_lines
 from ..names import batch_size_of, batched
 from ..bench.questions import SUBTASKS
 
@@ -67,8 +67,33 @@ class MetricsError(SpecbenchError):
     pass
 
 
+# An answer line: Spec-Bench's fields (evaluation/speed.py reads these), then ours, optional so
+# that Spec-Bench's own answer files load too ("?": optional; see files.checked).
+ANSWER_LINE = {"question_id": int, "category": str, "choices": list, "model_id?": str,
+               "method?": str, "subtask?": str, "repeat?": int, "token_ids?": list,
+               "turn_accept_lengths?": list, "stats?": list, "batch?": dict, "worker?": str}
+ANSWER_CHOICE = {"new_tokens": list, "wall_time": list, "turns?": list, "decoding_steps?": list,
+                 "accept_lengths?": list}
+
+
+def checked_answer(row: object, where: str) -> dict:
+    """An answer line with every field the numbers read, of the right type; else a one-line
+    MetricsError naming `where` (FILE:LINE) and the field."""
+    checked(row, ANSWER_LINE, where, MetricsError)
+    if not row["choices"]:
+        raise MetricsError(f"{where}: field 'choices' is empty")
+    choice = checked(row["choices"][0], ANSWER_CHOICE, f"{where}: choices[0]", MetricsError)
+    numbers = choice["new_tokens"] + choice["wall_time"]
+    if len(choice["new_tokens"]) != len(choice["wall_time"]) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers):
+        raise MetricsError(f"{where}: choices[0].new_tokens and wall_time must be lists of "
+                           "non-negative numbers, one per turn")
+    return row
+
+
 def load_answers(path: Path) -> list[dict]:
-    return [row for _, row in json_lines(path, MetricsError)]
+    return [checked_answer(row, f"{path}:{lineno}")
+            for lineno, row in json_lines(path, MetricsError)]
 
 
 def throughput(row: dict, count: Callable[[dict], int] | None = None) -> float:

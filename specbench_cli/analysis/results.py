@@ -7,13 +7,13 @@ Kept free of torch and of the other modules' tables and figures, so that `specbe
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..errors import SpecbenchError
+from ..files import checked, read_json
 from .metrics import COUNTING, NEAR_TIE, MetricsError, load_answers, summarize
 
 ANSWERS_DIR = "answers"
@@ -34,6 +34,20 @@ def method_of_answer_file(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- loading
+
+# What run.json must hold for a report, a resume and a comparison to read it.
+RUN_JSON = {"config": dict, "environment?": dict, "methods?": dict}
+RUN_CONFIG = {"model": str, "methods": list, "repeats?": int}
+
+
+def read_run_json(path: Path) -> dict:
+    """A run's run.json, checked: one line naming the file where it is garbled or lacks a field
+    the readers use."""
+    meta = checked(read_json(path, MetricsError), RUN_JSON, str(path), MetricsError)
+    checked(meta["config"], RUN_CONFIG, f"{path}: config", MetricsError)
+    return meta
+
+
 
 @dataclass
 class Run:
@@ -62,7 +76,7 @@ def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dic
     if not (run_dir / ANSWERS_DIR).is_dir() and any(run_dir.glob("*.jsonl")):
         return import_specbench(run_dir, baseline_name)
     meta_path = run_dir / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_run_json(meta_path) if meta_path.exists() else {}
     files = sorted((run_dir / ANSWERS_DIR).glob("*.jsonl"))
     answers = {method_of_answer_file(f): load_answers(f) for f in files}
     answers = {k: v for k, v in answers.items() if v}
@@ -74,9 +88,6 @@ def load_run(run_dir: Path, baseline_name: str | None = None) -> tuple[dict, dic
     order = meta.get("config", {}).get("methods", [])
     return meta, dict(sorted(answers.items(), key=lambda kv: (
         order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
-
-
-REQUIRED = ("question_id", "category", "choices")
 
 
 def import_specbench(folder: Path, baseline_name: str | None) -> tuple[dict, dict[str, list[dict]]]:
@@ -99,14 +110,10 @@ def import_specbench(folder: Path, baseline_name: str | None) -> tuple[dict, dic
 
 
 def checked_specbench_lines(path: Path) -> list[dict]:
-    rows = load_answers(path)
-    for i, row in enumerate(rows, 1):
-        choice = (row.get("choices") or [{}])[0]
-        if any(k not in row for k in REQUIRED) or not {"new_tokens", "wall_time"} <= set(choice):
-            raise MetricsError(f"{path}: answer {i} is not a Spec-Bench answer line (needs "
-                               "question_id, category, choices[0].new_tokens/wall_time)")
+    rows = load_answers(path)       # each line checked against Spec-Bench's fields
+    for row in rows:
         # Their vanilla script may leave accept lengths out: MAT then shows as unknown.
-        choice.setdefault("accept_lengths", [])
+        row["choices"][0].setdefault("accept_lengths", [])
     return rows
 
 

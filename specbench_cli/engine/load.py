@@ -18,7 +18,7 @@ from ..files import checked, read_json
 from .arena import pack_weights
 from .fused import choose_fused
 from .kernels import choose_kernels
-from .llama import Engine, EngineConfig
+from .llama import SUPPORTED_MODEL_TYPES, Engine, EngineConfig
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # run.json records the short name, whichever alias the user typed.
@@ -110,7 +110,9 @@ def read_config(folder: Path) -> EngineConfig:
     """The engine's config from a model folder's config.json, checked: a garbled or incomplete
     file is one line naming it."""
     path = folder / "config.json"
-    cfg = checked(read_json(path, ModelLoadError), CONFIG_FIELDS, str(path), ModelLoadError)
+    cfg = checked(read_json(path, ModelLoadError), {"model_type": str}, str(path), ModelLoadError)
+    if cfg["model_type"] in SUPPORTED_MODEL_TYPES:     # others: from_hf says it is unsupported
+        checked(cfg, CONFIG_FIELDS, str(path), ModelLoadError)
     return EngineConfig.from_hf(cfg)
 
 
