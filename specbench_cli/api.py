@@ -12,7 +12,6 @@ keys. Errors meant for users are SpecbenchError.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import SpecbenchError
-from .files import read_text
+from .files import folder_lock, read_text
 
 DEFAULT_METHODS = "vanilla,pld,llma"
 BUILTIN_LIMIT = 5
@@ -225,7 +224,17 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
     """Load the engine and run the plan: answers are appended question by question (a
     KeyboardInterrupt keeps them; plan the same run with resume=True to continue). Returns the
     run directory. `workers` > 0: shard the questions over that many Ray workers, one device
-    each (`distributed.execute_sharded`; a local Ray instance unless `ray_address`)."""
+    each (`distributed.execute_sharded`; a local Ray instance unless `ray_address`).
+    The run directory is locked while this process writes there: a second run on it (a script
+    started twice) is refused with one line, so no answer is ever written twice."""
+    with folder_lock(plan.out, "specbench run"):
+        if not plan.resume and (plan.out / "run.json").exists():     # written while we planned
+            raise SpecbenchError(f"{plan.out} holds a run already; use --resume to continue it "
+                                 "or another --out")
+        return execute_locked(plan, console, progress, workers, ray_address)
+
+
+def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) -> Path:
     from .engine.load import load_engine
     from .run.runner import Runner, run_meta, write_run_json
     console = console or Console()
@@ -342,11 +351,17 @@ def merge_options(first: dict | list | None, then: dict | list | None, parse) ->
 
 # ---------------------------------------------------------------- run directories
 
+def stored_config(run_json: Path) -> dict:
+    """The configuration an earlier run stored, its run.json checked (one line if garbled)."""
+    from .analysis.results import read_run_json     # lazy: the question suite loads with it
+    return read_run_json(run_json)["config"]
+
+
 def find_resumable(config) -> Path | None:
     """The newest run under results/ whose stored configuration equals this one."""
     candidates = sorted(RESULTS.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
-        if json.loads(path.read_text()).get("config") == asdict(config):
+        if stored_config(path) == asdict(config):
             return path.parent
     return None
 
@@ -354,7 +369,7 @@ def find_resumable(config) -> Path | None:
 def check_resume(out: Path, config) -> None:
     # Runs written before batch sizes (and continuous batching) existed ran at batch 1.
     stored = {"batch_sizes": [1], "continuous": False,
-              **json.loads((out / "run.json").read_text()).get("config", {})}
+              **stored_config(out / "run.json")}
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
         raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "

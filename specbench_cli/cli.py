@@ -11,7 +11,8 @@ from typer.core import TyperGroup
 
 from .api import BUILTIN_LIMIT, DEFAULT_METHODS
 from .errors import SpecbenchError
-from .terminal import console, err_console, progress_bar, user_errors
+from .terminal import (Terminated, console, err_console, interrupt_status, progress_bar,
+                       user_errors)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Spec-Bench for speculative decoding: run methods on one engine, report "
@@ -126,10 +127,11 @@ def run(
         try:
             with progress_bar() as progress:
                 out = execute(plan, console, progress, **shards)
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted; answers so far are kept. Continue with the same "
-                              f"command and --resume (run directory {plan.out}).")
-            raise typer.Exit(130)
+        except KeyboardInterrupt as err:     # Ctrl-C or SIGTERM: the question in flight is dropped
+            how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            err_console.print(f"{how}; answers so far are kept. Continue with the same command "
+                              f"and --resume (run directory {plan.out}).", highlight=False)
+            raise typer.Exit(interrupt_status(err))
         report(out, console)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -126,3 +127,31 @@ def read_text(path: Path, error: type[Exception] = ValueError) -> str:
     except OSError as err:
         raise error(f"{path}: cannot be read ({err.strerror})") from None
     return decoded(raw, str(path), error)
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str = "run"):
+    """Hold an exclusive lock on `folder` while this process writes there: flock on
+    `folder/.lock`, which the OS frees when the process ends, even by SIGKILL, so a crash never
+    leaves a stale lock. A second process is refused with one line naming the holder's pid."""
+    try:
+        import fcntl
+    except ImportError:          # Windows: no flock; runs there are not guarded
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SpecbenchError(f"{folder} is in use by another {what} (pid {holder}); wait for it "
+                             "to end, or write elsewhere (--out)") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)             # frees the lock

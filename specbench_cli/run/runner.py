@@ -30,6 +30,7 @@ from ..methods import METHODS, Generation, Method, base_name, batch_size_of, unb
 from ..methods.base import Decoding, on_engine
 from ..methods.verify import Phases
 from ..bench.prompts import build_prompt_ids
+from ..analysis.metrics import load_answers
 from ..analysis.results import ANSWERS_DIR, answer_file_name
 from ..bench.questions import Question
 
@@ -142,19 +143,15 @@ def answer_text(tokenizer, tokens: list[int], eos_ids: set[int]) -> str:
 
 
 def read_done(path: Path) -> set[tuple[int, int]]:
-    """(question_id, repeat) pairs already answered. A line cut short by a kill is removed."""
+    """(question_id, repeat) pairs already answered, each line checked (a damaged one is one
+    line naming it). A last line cut short by a kill is removed, so it is answered again."""
     if not path.exists():
         return set()
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         data = data[:data.rfind(b"\n") + 1]
         path.write_bytes(data)
-    done = set()
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            done.add((row["question_id"], row.get("repeat", 0)))
-    return done
+    return {(row["question_id"], row.get("repeat", 0)) for row in load_answers(path)}
 
 
 class Runner:
