@@ -161,7 +161,7 @@ def test_official_layout_loads_and_decodes_exactly(tiny_engine, tmp_path, arch):
     (lambda f: (f / "hydra_lm_head.pt").unlink(), "no hydra_lm_head"),
     (lambda f: (f / "config.json").write_text(json.dumps({
         "hydra_num_heads": 4, "hydra_num_layers": 2})), "missing keys"),
-    (lambda f: (f / "config.json").write_text("{"), "not JSON"),
+    (lambda f: (f / "config.json").write_text("{"), "malformed JSON"),
 ])
 def test_bad_folders_are_one_line_errors(tiny_engine, tmp_path, break_it, message):
     engine, _ = tiny_engine

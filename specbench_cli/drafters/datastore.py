@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import SpecbenchError
-from ..files import json_lines, read_text
+from ..files import atomic_write, checked, json_lines, read_json, read_text
 
 SEPARATOR = np.uint32(0xFFFFFFFF)   # between turns; never a real token, never matched
 TOKENS, MANIFEST = "tokens.u32", "manifest.json"
@@ -138,7 +138,7 @@ def index_tokens(out: Path, info: dict, started: float, progress=None) -> dict:
                 "suffix_array": sa_name, "suffix_dtype": str(suffixes.dtype),
                 "bytes": (out / TOKENS).stat().st_size + (out / sa_name).stat().st_size,
                 "build_seconds": seconds, "tokens_per_second": tokens.size / seconds}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -165,6 +165,11 @@ def token_bounds(tokens: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
+# What a loader reads of the manifest (written last, so a datastore without one is unfinished).
+MANIFEST_FIELDS = {"vocab_hash": str, "tokens": int, "suffix_array": str, "suffix_dtype": str,
+                   "bytes": int, "tokenizer?": str}
+
+
 class Datastore:
     """Memory-mapped datastore with longest-context retrieval."""
 
@@ -173,7 +178,11 @@ class Datastore:
         if not (folder / MANIFEST).is_file():
             raise DatastoreError(f"datastore {folder}: no {MANIFEST} (build one with "
                                  "`specbench datastore build`)")
-        self.manifest = m = json.loads((folder / MANIFEST).read_text())
+        self.manifest = m = checked(read_json(folder / MANIFEST, DatastoreError),
+                                    MANIFEST_FIELDS, str(folder / MANIFEST), DatastoreError)
+        if m["suffix_dtype"] not in ("int32", "int64"):
+            raise DatastoreError(f"{folder / MANIFEST}: suffix_dtype {m['suffix_dtype']!r} is "
+                                 "not int32 or int64")
         if tokenizer is not None and m["vocab_hash"] != vocab_hash(tokenizer):
             raise DatastoreError(f"datastore {folder} was built with another tokenizer "
                                  f"({m.get('tokenizer') or 'unknown'}; vocab hash "

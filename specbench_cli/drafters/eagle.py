@@ -5,7 +5,6 @@ loader for ours and the official EAGLE-1/2 checkpoints."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from ..engine.llama import DecoderLayer, Linear
 from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
 from ..models.targets import model_folder
+from .addon_folder import read_config
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The official checkpoints carry a copy of the target's embedding table (frozen in training);
@@ -62,6 +62,13 @@ class EagleHead(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+# What the loaders read of config.json (EAGLE-1/2's and EAGLE-3's; official ones hold these or
+# fewer, with these types).
+CONFIG_FIELDS = {"hidden_size?": int, "vocab_size?": int, "num_hidden_layers?": int,
+                 "bias?": bool, "qkv_bias?": bool, "draft_vocab_size?": int,
+                 "target_hidden_size?": int, "specbench?": dict}
+
+
 def head_config(target: EngineConfig, extra: dict | None = None, num_layers: int = 1) -> dict:
     """The official config.json shape (a one-layer LlamaConfig with `bias` for the FC)."""
     return {"model_type": "llama", "architectures": ["EagleHead"], "bias": True,
@@ -85,9 +92,7 @@ def load_head(spec: str, target: EngineConfig) -> tuple[EagleHead, dict, Path]:
     """An EAGLE-1/2 head folder (ours: model.safetensors; official: pytorch_model.bin, read with
     weights_only) with strict key, shape and model checks."""
     folder = head_folder(spec)
-    if not (folder / "config.json").is_file():
-        raise EagleError(f"EAGLE head {folder}: no config.json")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder, "EAGLE head", EagleError, CONFIG_FIELDS)
     files = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
     if not files:
         raise EagleError(f"EAGLE head {folder}: no {' or '.join(WEIGHT_FILES)}")

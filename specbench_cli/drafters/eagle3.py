@@ -18,7 +18,9 @@ from torch import nn
 from ..engine import EngineConfig
 from ..engine.llama import MLP, Attention, Linear, RMSNorm, rotate
 from ..engine.load import checkpoint_tensors, load_state
-from .eagle import EMBEDDING_KEY, WEIGHT_FILES, EagleError, head_folder
+from ..files import checked
+from .addon_folder import check_finished, read_config
+from .eagle import CONFIG_FIELDS, EMBEDDING_KEY, WEIGHT_FILES, EagleError, head_folder
 
 VOCAB_BUFFERS = ("d2t", "t2d")
 
@@ -141,9 +143,7 @@ def load_eagle3(spec: str, target: EngineConfig, num_layers: int) -> tuple[Eagle
     """An EAGLE-3 head folder (ours: model.safetensors; official: pytorch_model.bin or
     model.safetensors), with strict key, shape and model checks."""
     folder = head_folder(spec)
-    if not (folder / "config.json").is_file():
-        raise EagleError(f"EAGLE-3 head {folder}: no config.json")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder, "EAGLE-3 head", EagleError, CONFIG_FIELDS)
     files = [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
     if not files:
         raise EagleError(f"EAGLE-3 head {folder}: no {' or '.join(WEIGHT_FILES)}")
@@ -155,8 +155,13 @@ def load_eagle3(spec: str, target: EngineConfig, num_layers: int) -> tuple[Eagle
         if cfg.get(key) not in (None, want):
             raise EagleError(f"EAGLE-3 head {folder} was made for another model: {key} "
                              f"{cfg[key]}, the target has {want}")
-    layers = cfg.get("specbench", {}).get("feature_layers") or feature_layers(num_layers)
-    head = Eagle3Head(target, int(cfg["draft_vocab_size"]), tuple(layers))
+    ours = checked(cfg.get("specbench", {}), {"feature_layers?": list},
+                   f"{folder / 'config.json'}: specbench", EagleError)
+    layers = ours.get("feature_layers") or feature_layers(num_layers)
+    if not all(isinstance(i, int) and 1 <= i <= num_layers for i in layers):
+        raise EagleError(f"{folder / 'config.json'}: feature_layers {layers} are not layers "
+                         f"of this {num_layers}-layer target")
+    head = Eagle3Head(target, cfg["draft_vocab_size"], tuple(layers))
     # The maps are buffers, not parameters: read here, beside the embedding copy's check.
     maps = {}
     for name, shape, read in checkpoint_tensors(files[0], mmap=False):
@@ -184,6 +189,7 @@ def reduced_vocab(spec: str) -> torch.Tensor:
     or the vocabulary of an EAGLE-3 head folder (its t2d), so the two are measured alike."""
     path = Path(spec).expanduser()
     if path.is_dir():
+        check_finished(path, "EAGLE-3 head", EagleError)
         files = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
         for name, _, read in (checkpoint_tensors(files[0], True) if files else ()):
             if name == "t2d":

@@ -12,7 +12,6 @@ from the public code).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from ..engine import EngineConfig
 from ..engine.llama import DecoderLayer, RMSNorm
 from ..engine.load import load_state
 from ..errors import SpecbenchError
+from .addon_folder import read_config
 from .medusa import ResBlock, SharedLMHead
 
 WEIGHTS = ("hydra_lm_head.safetensors", "hydra_lm_head.pt")
@@ -94,6 +94,11 @@ class HydraHeads(nn.Module):
         return self.hydra_lm_head[k](self.hydra_mlp[k](inputs))
 
 
+# What the loader reads of config.json (the official names; `shared_lm_head` is ours).
+CONFIG_FIELDS = {"hydra_num_heads": int, "hydra_num_layers?": int, "hydra_head_arch?": str,
+                 "grounded_heads?": bool, "shared_lm_head?": bool}
+
+
 def weights_file(folder: Path) -> Path:
     found = [folder / n for n in WEIGHTS if (folder / n).is_file()]
     if not found:
@@ -110,23 +115,19 @@ def load_hydra(folder: Path, target: EngineConfig, lm_head: nn.Module) -> HydraH
     folder = Path(folder)
     if not folder.is_dir():
         raise HydraError(f"Hydra heads {folder}: not a folder (config.json + hydra_lm_head.pt)")
-    if not (folder / "config.json").is_file():
-        raise HydraError(f"Hydra heads {folder}: no config.json")
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise HydraError(f"{folder / 'config.json'}: not JSON ({err})") from None
+    cfg = read_config(folder, "Hydra heads", HydraError, CONFIG_FIELDS)
     arch, grounded = cfg.get("hydra_head_arch", "mlp"), cfg.get("grounded_heads", True)
     if arch not in ARCHS or not grounded:
         kind = f"{arch!r} heads{'' if grounded else ' (not grounded)'}"
         raise HydraError(f"Hydra heads {folder}: {kind}"
                          " are not supported; this method runs grounded 'mlp' and 'prefix-mlp' "
                          "heads")
-    if not isinstance(cfg.get("hydra_num_heads"), int) or cfg["hydra_num_heads"] < 1:
-        raise HydraError(f"{folder / 'config.json'}: hydra_num_heads must be a positive integer")
+    if cfg["hydra_num_heads"] < 1 or cfg.get("hydra_num_layers", 1) < 1:
+        raise HydraError(f"{folder / 'config.json'}: hydra_num_heads and hydra_num_layers must "
+                         "be positive integers")
     path = weights_file(folder)
-    shared = bool(cfg.get("shared_lm_head", False))
-    heads = HydraHeads(hidden, vocab, cfg["hydra_num_heads"], int(cfg.get("hydra_num_layers", 1)),
+    shared = cfg.get("shared_lm_head", False)
+    heads = HydraHeads(hidden, vocab, cfg["hydra_num_heads"], cfg.get("hydra_num_layers", 1),
                        shared=lm_head if shared else None,
                        prefix=target if arch == "prefix-mlp" else None)
     load_state(heads, [path], f"Hydra heads {path} do not fit the model", HydraError,

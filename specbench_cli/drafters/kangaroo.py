@@ -5,7 +5,6 @@ ours and the official checkpoints."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -14,6 +13,8 @@ from ..engine import EngineConfig
 from ..engine.llama import DecoderLayer, RMSNorm
 from ..engine.load import load_state
 from ..errors import SpecbenchError
+from ..files import checked
+from .addon_folder import read_config
 
 
 class AdapterError(SpecbenchError):
@@ -57,14 +58,17 @@ def adapter_config(target: EngineConfig, exit_layer: int, extra: dict | None = N
                           **(extra or {})}}
 
 
+# What the loader reads of config.json; official checkpoints carry the shapes only.
+CONFIG_FIELDS = {"hidden_size?": int, "vocab_size?": int, "specbench?": dict}
+
+
 def load_adapter(path: Path, target: EngineConfig) -> tuple[Adapter, dict]:
     """Load an adapter folder (ours: model.safetensors; official: pytorch_model.bin) with strict
     key, shape and model checks. Returns the adapter (fp32, CPU) and its config."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise AdapterError(f"Kangaroo adapter {path}: no config.json")
-    cfg = json.loads(cfg_file.read_text())
+    cfg = read_config(path, "Kangaroo adapter", AdapterError, CONFIG_FIELDS)
+    checked(cfg.get("specbench", {}), {"exit_layer?": int, "target_num_layers?": int},
+            f"{path / 'config.json'}: specbench", AdapterError)
     for key, want in (("hidden_size", target.hidden_size), ("vocab_size", target.vocab_size)):
         if cfg.get(key) not in (None, want):
             raise AdapterError(f"Kangaroo adapter {path} was made for another model: {key} "

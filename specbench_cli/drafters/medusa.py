@@ -16,6 +16,7 @@ from ..engine.load import checkpoint_tensors, load_state
 from ..errors import SpecbenchError
 from ..files import read_text
 from ..models.targets import model_folder
+from .addon_folder import check_finished
 
 TOP_K = 10
 
@@ -73,6 +74,7 @@ def load_heads(path: Path, hidden: int, vocab: int, lm_head: nn.Module | None = 
     count comes from the tensors: official configs miscount it. Heads without their own output
     layers (`{k}.1.weight`) share `lm_head`, the target's."""
     path = Path(path)
+    check_finished(path if path.is_dir() else path.parent, "Medusa heads", HeadsError)
     if path.is_dir():
         found = [path / n for n in ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
                  if (path / n).is_file()]

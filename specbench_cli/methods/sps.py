@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..drafters.addon_folder import check_finished
 from ..engine import Engine
 from ..engine.load import DTYPE_NAMES, load_engine, load_tokenizer
 from ..errors import SpecbenchError
@@ -53,6 +54,7 @@ def check_vocabulary(target: Engine, drafter: Engine, target_tok=None, drafter_t
 def load_drafter(name: str, target: Engine) -> tuple[Engine, object]:
     """A drafter named as any model (folder, hub id, .gguf, named target), on the target's
     device and dtype, and its tokenizer when its folder has one."""
+    check_finished(Path(name).expanduser(), "SpS drafter", DrafterError)
     folder = model_folder(name)
     drafter, _, _ = load_engine(str(folder), dtype=DTYPE_NAMES[target.dtype],
                                 device=str(target.device), with_tokenizer=False)

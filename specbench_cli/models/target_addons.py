@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import SpecbenchError
+from ..files import atomic_write, checked, read_json
 from ..methods import METHODS
 from ..methods.base import TargetAddon, fill_addons
 from .prepare import SharedTarget, build_addons, is_ready
@@ -133,8 +134,16 @@ def prepare_addons(name: str, home: Path | None = None, force: bool = False,
                                  label=f"{name} ", target_name=name, template=template)
     if result.timings:      # seconds per part, kept across resumed builds
         path = root / "timings.json"
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**earlier, **result.timings}, indent=2))
+        atomic_write(path, json.dumps({**earlier_timings(path), **result.timings}, indent=2))
     console.print(f"[green]{name} add-ons ready[/] at {root} ({TARGETS[name].license} target)",
                   highlight=False)
     return result
+
+
+def earlier_timings(path: Path) -> dict:
+    """The seconds per part an earlier build recorded; none when it left no readable record
+    (they are only a report, so a damaged one is replaced, not an error)."""
+    try:
+        return checked(read_json(path), {}, str(path)) if path.exists() else {}
+    except SpecbenchError:
+        return {}

@@ -23,6 +23,8 @@ COMMON = {
     "batch_size": (int, typer.Option(8, help="Conversations per step.")),
     "max_len": (int, typer.Option(512, help="Tokens kept per conversation.")),
     "seed": (int, typer.Option(0)),
+    "checkpoint_every": (int, typer.Option(100, help="Steps between the checkpoints an "
+                                           "interrupted run resumes from (OUT/checkpoint.pt).")),
     "template": (str, typer.Option("auto", help="How conversations are laid out, as `run` "
                                    "lays out prompts: vicuna_v1.1, chat or auto (the same "
                                    "choice `run --template auto` makes for this model).")),

@@ -57,13 +57,14 @@ def train_eagle(engine: Engine, tokenizer, data: list[Path], out: Path, *, steps
                 lr: float = 3e-4, warmup: int | None = None, batch_size: int = 8,
                 max_len: int = 512, noise: float = NOISE, seed: int = 0, target_name: str = "",
                 console=None, template: str = "vicuna_v1.1", examples=None,
-                teacher: LiveTeacher | None = None) -> dict:
+                teacher: LiveTeacher | None = None, checkpoint_every: int = 100) -> dict:
     examples = examples or load_examples(data, tokenizer, max_len, template)
     torch.manual_seed(seed)
     head = EagleHead(engine.config).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, clip_value=0.5,
-                             warmup=warmup if warmup is not None else min(2000, steps // 10))
+                             warmup=warmup if warmup is not None else min(2000, steps // 10),
+                             checkpoint_every=checkpoint_every)
     generator = torch.Generator().manual_seed(seed)
     metrics = train(head, eagle_step(engine, head, noise, generator,
                                      teacher or LiveTeacher(engine)),

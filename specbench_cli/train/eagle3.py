@@ -93,7 +93,8 @@ def train_eagle3(engine: Engine, tokenizer, data: list[Path], out: Path, *, step
                  lr: float = 5e-5, warmup: int | None = None, batch_size: int = 8,
                  max_len: int = 512, draft_vocab: int = 32000, ttt: int = 7, seed: int = 0,
                  target_name: str = "", console=None, template: str = "vicuna_v1.1",
-                 examples=None, teacher: LiveTeacher | None = None) -> dict:
+                 examples=None, teacher: LiveTeacher | None = None,
+                 checkpoint_every: int = 100) -> dict:
     if draft_vocab < 1 or ttt < 1:
         raise SpecbenchError(f"draft_vocab and ttt must be at least 1 (got {draft_vocab}, {ttt})")
     examples = examples or load_examples(data, tokenizer, max_len, template)
@@ -105,7 +106,8 @@ def train_eagle3(engine: Engine, tokenizer, data: list[Path], out: Path, *, step
     head.set_vocab(kept.to(engine.device))
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, clip_norm=0.5,
-                             warmup=warmup if warmup is not None else steps // 10)
+                             warmup=warmup if warmup is not None else steps // 10,
+                             checkpoint_every=checkpoint_every)
     metrics = train(head, eagle3_step(engine, head, teacher or LiveTeacher(engine), ttt),
                     batches(examples, batch_size, seed), settings, Path(out), console,
                     label="eagle-3 head")

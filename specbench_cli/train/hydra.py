@@ -47,7 +47,7 @@ def train_hydra(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_h
                 warmup: int | None = None, batch_size: int = 8, max_len: int = 512,
                 seed: int = 0, target_name: str = "", share_lm_head: bool = False, console=None,
                 template: str = "vicuna_v1.1", examples=None,
-                teacher: LiveTeacher | None = None) -> dict:
+                teacher: LiveTeacher | None = None, checkpoint_every: int = 100) -> dict:
     """`share_lm_head`: heads end in the target's own LM head instead of a vocab projection
     each (small targets)."""
     if num_heads < 1 or num_layers < 1:
@@ -64,7 +64,7 @@ def train_hydra(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_h
                        prefix=engine.config if arch == "prefix-mlp" else None).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
-                             steps // 10, clip_norm=1.0)
+                             steps // 10, clip_norm=1.0, checkpoint_every=checkpoint_every)
     metrics = train(heads, medusa_step(engine, heads, teacher or LiveTeacher(engine),
                                                sequential(engine)),
                     batches(examples, batch_size, seed), settings, out, console,

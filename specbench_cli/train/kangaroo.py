@@ -42,7 +42,7 @@ def train_kangaroo(engine: Engine, tokenizer, data: list[Path], out: Path, *,
                    warmup: int | None = None, batch_size: int = 8, max_len: int = 512,
                    seed: int = 0, target_name: str = "", console=None,
                    template: str = "vicuna_v1.1", loss: str = "ce", examples=None,
-                   teacher: LiveTeacher | None = None) -> dict:
+                   teacher: LiveTeacher | None = None, checkpoint_every: int = 100) -> dict:
     """`examples` and `teacher` (train.teacher) when several add-ons share one corpus pass."""
     exit_layer = exit_layer or default_exit_layer(engine.num_layers)
     if not 1 <= exit_layer < engine.num_layers:
@@ -55,7 +55,8 @@ def train_kangaroo(engine: Engine, tokenizer, data: list[Path], out: Path, *,
     init_from_target(adapter, engine, exit_layer)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
-                             min(2000, steps // 10), clip_value=0.5)
+                             min(2000, steps // 10), clip_value=0.5,
+                             checkpoint_every=checkpoint_every)
     metrics = train(adapter, kangaroo_step(engine, adapter, exit_layer,
                                            teacher or LiveTeacher(engine), loss),
                     batches(examples, batch_size, seed), settings, out, console,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..engine import Engine
 from ..errors import SpecbenchError
+from ..files import atomic_write
 from ..drafters.medusa import TOP_K, grow_tree, load_heads, make_heads
 from .data import batches, data_hash, load_examples
 from .loop import TrainSettings, finish, train
@@ -52,7 +53,8 @@ def train_medusa(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_
                  steps: int = 2000, lr: float = 1e-3, warmup: int | None = None,
                  batch_size: int = 8, max_len: int = 512, seed: int = 0, target_name: str = "",
                  share_lm_head: bool = False, console=None, template: str = "vicuna_v1.1",
-                 examples=None, teacher: LiveTeacher | None = None) -> dict:
+                 examples=None, teacher: LiveTeacher | None = None,
+                 checkpoint_every: int = 100) -> dict:
     """`share_lm_head`: heads are ResBlocks over the target's own LM head (methods.medusa.
     SharedLMHead) instead of owning a vocab projection each."""
     if num_heads < 1:
@@ -65,7 +67,7 @@ def train_medusa(engine: Engine, tokenizer, data: list[Path], out: Path, *, num_
                        shared=engine.lm_head if share_lm_head else None).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
-                             steps // 10, clip_norm=1.0)
+                             steps // 10, clip_norm=1.0, checkpoint_every=checkpoint_every)
     metrics = train(heads, medusa_step(engine, heads, teacher or LiveTeacher(engine)),
                     batches(examples, batch_size, seed), settings, out, console,
                     label="medusa heads")
@@ -102,7 +104,7 @@ def calibrate(engine: Engine, tokenizer, heads, data: list[Path], out: Path | No
     result = {"accuracy": accuracy, "positions": counts.tolist(),
               "trees": {str(b): grow_tree(accuracy, b) for b in (16, 32, 64)}}
     if out is not None:
-        (Path(out) / "calibration.json").write_text(json.dumps(result))
+        atomic_write(Path(out) / "calibration.json", json.dumps(result))
     return result
 
 

@@ -73,7 +73,7 @@ def train_sps(engine: Engine, tokenizer, data: list[Path], out: Path, *, hidden_
               lr: float = 3e-3, warmup: int | None = None, batch_size: int = 16,
               max_len: int = 512, distill: bool = True, seed: int = 0, target_name: str = "",
               console=None, template: str = "vicuna_v1.1", examples=None,
-              teacher: LiveTeacher | None = None) -> dict:
+              teacher: LiveTeacher | None = None, checkpoint_every: int = 100) -> dict:
     out = Path(out)
     config = drafter_config(engine.config, hidden_size, layers, intermediate_size)
     examples = examples or load_examples(data, tokenizer, max_len, template)
@@ -81,13 +81,14 @@ def train_sps(engine: Engine, tokenizer, data: list[Path], out: Path, *, hidden_
     drafter = new_drafter(config).to(engine.device)
     engine.requires_grad_(False)
     settings = TrainSettings(steps=steps, lr=lr, warmup=warmup if warmup is not None else
-                             steps // 20, weight_decay=0.01, clip_norm=1.0)
+                             steps // 20, weight_decay=0.01, clip_norm=1.0,
+                             checkpoint_every=checkpoint_every)
     metrics = train(drafter, sps_step(engine, drafter, teacher or LiveTeacher(engine), distill),
                     batches(examples, batch_size, seed), settings, out, console,
                     label="sps drafter")
     config["specbench"] = {"target": target_name, "data_sha256": data_hash(data),
                            "steps": steps, "lr": lr, "distill": distill, "template": template,
                            "examples": len(examples), "final": metrics}
-    finish(out, drafter, config)
     tokenizer.save_pretrained(str(out))     # the target's own: the method compares them
+    finish(out, drafter, config)            # last: it marks the folder finished
     return metrics
