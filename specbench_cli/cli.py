@@ -130,7 +130,8 @@ def run(
         except KeyboardInterrupt as err:     # Ctrl-C or SIGTERM: the question in flight is dropped
             how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
             err_console.print(f"{how}; answers so far are kept. Continue with the same command "
-                              f"and --resume (run directory {plan.out}).", highlight=False)
+                              f"and --resume (run directory {plan.out}).", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(interrupt_status(err))
         report(out, console)
 

@@ -50,7 +50,7 @@ def user_errors():
         raise typer.Exit(2)
     except KeyboardInterrupt as err:
         name = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        err_console.print(f"{name}; what was finished is kept", highlight=False)
+        err_console.print(f"{name}; what was finished is kept", highlight=False, soft_wrap=True)
         raise typer.Exit(interrupt_status(err))
     finally:
         if main:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecbenchError
+from ..files import atomic_write, sha256_of, specbench_home
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
@@ -83,8 +84,8 @@ def isa_level() -> int:
 def cpu_library():
     """cpu.c compiled once per source, flags and compiler into $SPECBENCH_HOME/kernels/, loaded;
     None where it cannot be (not x86 with AVX2/FMA, no C compiler) with the reason in
-    _LIB["why"]. A cached library that does not load (a build cut short by a kill or a full
-    disk) is rebuilt, with one line saying so."""
+    _LIB["why"]. A cached library whose checksum is not the one its build recorded (a build cut
+    short by a kill or a full disk) is rebuilt, with one line saying so."""
     if "lib" in _LIB:
         return _LIB["lib"]
     _LIB["lib"], _LIB["why"] = None, ""
@@ -99,17 +100,13 @@ def cpu_library():
     tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()
                          + compiler_version(cc).encode()).hexdigest()[:16]
     path = kernels_home() / f"cpu-{tag}.so"
-    lib = None
-    if path.is_file():
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as err:
-            note(f"{path} does not load ({str(err).split(': ')[-1]}); building it again")
-            path.unlink(missing_ok=True)
-    if lib is None:
+    # Checked before loading: dlopen of a file cut short can crash the process (SIGBUS).
+    if not whole_build(path):
+        if path.exists():
+            note(f"{path} is incomplete (a build cut short, or a full disk); building it again")
         if not build_library(cc, path):
             return None
-        lib = ctypes.CDLL(str(path))
+    lib = ctypes.CDLL(str(path))
     for name in ("gemv_f32", "gemv_bf16"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
@@ -129,9 +126,21 @@ def compiler_version(cc: str) -> str:
         return ""
 
 
+def digest_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def whole_build(library: Path) -> bool:
+    """Whether `library` is the file its build recorded (the checksum is written last)."""
+    digest = digest_file(library)
+    return library.is_file() and digest.is_file() and \
+        digest.read_text().strip() == sha256_of(library)
+
+
 def build_library(cc: str, path: Path) -> bool:
     """Compile cpu.c to `path` under a temporary name, then rename (a concurrent run sees the
-    whole file or none); False with the reason in _LIB["why"] where the compiler fails."""
+    whole file or none), then record its checksum; False with the reason in _LIB["why"] where
+    the compiler fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         built = Path(tmp) / path.name
@@ -141,6 +150,7 @@ def build_library(cc: str, path: Path) -> bool:
             _LIB["why"] = f"{cc} failed: {done.stderr.strip().splitlines()[-1:]}"
             return False
         built.replace(path)
+    atomic_write(digest_file(path), sha256_of(path))
     return True
 
 
@@ -212,7 +222,6 @@ def device_name(device: torch.device) -> str:
 
 
 def kernels_home() -> Path:
-    from ..files import specbench_home
     return specbench_home() / "kernels"
 
 
@@ -396,7 +405,6 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, data: dict):
-    from ..files import atomic_write
     atomic_write(path, json.dumps(data, indent=1))
 
 
