@@ -473,9 +473,10 @@ def train(name: str, model: str, data: list[Path], out: Path, dtype: str = "fp32
     console = console or Console()
     engine, tokenizer, _ = load_engine(model_folder(model, console=console), dtype=dtype,
                                        device=device)
-    return TRAINERS[name].function(engine, tokenizer, data, Path(out), target_name=model,
-                                   console=console, **options,
-                                   template=resolve_template(template, tokenizer, model))
+    with folder_lock(Path(out), "specbench train"):     # one trainer per output folder
+        return TRAINERS[name].function(engine, tokenizer, data, Path(out), target_name=model,
+                                       console=console, **options,
+                                       template=resolve_template(template, tokenizer, model))
 
 
 def calibrate_medusa(model: str, heads: str, data: list[Path], max_examples: int = 200) -> dict:

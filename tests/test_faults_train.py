@@ -105,8 +105,9 @@ def test_a_trainer_killed_with_sigkill_is_refused_then_resumed(tiny_model_dir, c
     assert result.exit_code == 0, result.output
     assert "resuming kangaroo adapter from step" in result.output
     assert "adapter saved to" in result.output
+    # (and the hidden .lock a trainer holds while it writes there)
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors",
-                                               loop.TRAINING_LOG}
+                                               loop.TRAINING_LOG, ".lock"}
     # Every step logged exactly once across the kill: none lost, none counted twice.
     steps = [json.loads(line)["step"] for line in (out / loop.TRAINING_LOG).open()]
     assert steps == list(range(1, 31))
@@ -200,3 +201,14 @@ def test_a_garbled_config_is_one_line_naming_it(tiny_model_dir, tiny_engine, cou
     (out / "config.json").write_text(content)
     one_line_error(run_with(tiny_model_dir, tmp_path, kind, out),
                    f"{out / 'config.json'}: {says}")
+
+
+def test_a_second_trainer_on_one_folder_is_refused_naming_the_first(tiny_model_dir,
+                                                                    counting_chats, tmp_path):
+    from specbench_cli.files import folder_lock
+    out = tmp_path / "adapter"
+    with folder_lock(out, "specbench train"):
+        result = invoke("train", "kangaroo", "--model", tiny_model_dir, "--data",
+                        counting_chats, "--out", out, "--steps", 2, "--exit-layer", 1)
+        one_line_error(result, f"{out} is in use by another specbench train (pid {os.getpid()})")
+    assert not (out / "config.json").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import SpecbenchError
-from ..files import json_lines, sha256_of, specbench_home
+from ..files import checked, json_lines, sha256_of, specbench_home
 
 # Package data; the checkout's top-level tasks/ is a link to this folder.
 SUITE_DIR = files("specbench_cli.bench") / "suites"
@@ -22,7 +22,14 @@ class TaskError(SpecbenchError):
 
 
 def load_suite(name: str = "spec_bench") -> dict:
-    return yaml.safe_load((SUITE_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    """A suite definition (package data): its subtasks and the question categories of each."""
+    path = SUITE_DIR / f"{name}.yaml"
+    suite = checked(yaml.safe_load(path.read_text(encoding="utf-8")), {"subtasks": dict},
+                    str(path), TaskError)
+    for subtask, categories in suite["subtasks"].items():
+        if not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
+            raise TaskError(f"{path}: subtasks.{subtask} must be a list of category names")
+    return suite
 
 
 SUITE = load_suite()

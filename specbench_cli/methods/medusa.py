@@ -7,14 +7,14 @@ Head k (0-based) at position t predicts token t+2+k. A tree is a set of rank tup
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..drafters.medusa import TOP_K, heads_path, load_heads, load_tree
+from ..drafters.medusa import TOP_K, HeadsError, heads_path, load_heads, load_tree
 from ..engine import Engine
 from ..errors import SpecbenchError
+from ..files import checked, read_json
 from ..train import Trainer
 from ..train.medusa import build_builtin_heads, train_medusa
 from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option
@@ -147,4 +147,7 @@ def calibration_of(heads_path: Path) -> list[list[float]] | None:
     """Per-head top-k accuracies stored beside the heads by `specbench medusa calibrate`."""
     folder = heads_path if heads_path.is_dir() else heads_path.parent
     file = folder / "calibration.json"
-    return json.loads(file.read_text())["accuracy"] if file.is_file() else None
+    if not file.is_file():
+        return None
+    return checked(read_json(file, HeadsError), {"accuracy": list}, str(file),
+                   HeadsError)["accuracy"]

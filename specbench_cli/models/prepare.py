@@ -68,7 +68,10 @@ def marker_of(opts: dict, addon, teacher: dict | None) -> dict:
 def is_ready(folder: Path, marker: dict) -> bool:
     """Whether `folder` was built completely, with exactly what `marker` records."""
     path = folder / "ready.json"
-    return path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(marker))
+    try:
+        return path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(marker))
+    except (OSError, ValueError):          # cut short or damaged: built again
+        return False
 
 
 def build_into(folder: Path, marker: dict, build) -> None:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections import deque
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..analysis.results import read_run_json
 from ..errors import SpecbenchError
 
 # Retries of one unit whose worker died (each time on a fresh worker) before the run stops:
@@ -242,7 +242,7 @@ def record_worker(out: Path, info: dict):
     """Add a worker to run.json, which the first worker of a new run writes from its meta."""
     from .runner import write_run_json
     path = out / "run.json"
-    meta = json.loads(path.read_text()) if path.exists() else info["meta"]
+    meta = read_run_json(path) if path.exists() else info["meta"]
     worker = {k: v for k, v in info.items() if k != "meta"}
     meta.setdefault("workers", {})[info["id"]] = worker
     out.mkdir(parents=True, exist_ok=True)

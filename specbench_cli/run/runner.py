@@ -26,6 +26,7 @@ import torch
 
 from ..engine import Engine, sync
 from ..errors import SpecbenchError
+from ..files import read_json
 from ..methods import METHODS, Generation, Method, base_name, batch_size_of, unbatched
 from ..methods.base import Decoding, on_engine
 from ..methods.verify import Phases
@@ -105,7 +106,7 @@ def environment(device: torch.device) -> dict:
 
 def model_context(folder: Path) -> int | None:
     """The positions the model was trained for (config.json's max_position_embeddings)."""
-    value = json.loads((Path(folder) / "config.json").read_text()).get("max_position_embeddings")
+    value = read_json(Path(folder) / "config.json").get("max_position_embeddings")
     return int(value) if value else None
 
 
