@@ -22,7 +22,7 @@ def test_weight_bytes_count_the_head_and_skip_a_gathered_embedding(tiny_engine, 
     assert matmul_flops_per_token(engine) == 2 * (layers * (4 * h * h + 3 * h * m) + v * h)
     from specbench_cli.engine.load import load_engine
     tied, _, _ = load_engine(str(make_model_folder(tmp_path / "tied", tie_word_embeddings=True)),
-                             with_tokenizer=False)
+                             dtype="fp32", with_tokenizer=False)      # 4 bytes a weight
     assert weight_bytes(tied) == 4 * (layers * per_layer + h + v * h)        # the head is it
 
 
@@ -96,6 +96,22 @@ def test_profile_engine_measures_every_point(tiny_engine):
     assert bw["range"][0] <= bw["bytes_per_s"] <= bw["range"][1] and bw["rounds"] == 9
     assert 0 < result["achieved_bandwidth_share"] < 5
     assert result["relative_cost"]["1"] == 1.0
+    # the roofline: the device's product rate, and c*(n) >= 1 growing with n past the step
+    rate = result["product_rate"]["flops_per_s"]
+    assert rate > 0 and result["flops_per_token"] == matmul_flops_per_token(engine)
+    for context, roof in result["roofline_cost"].items():
+        t1 = result["latency_seconds"][context]["1"]
+        assert roof == {n: max(t1, int(n) * result["flops_per_token"] / rate) / t1
+                        for n in ("1", "2", "4")}
+
+
+def test_the_roofline_is_one_step_until_the_products_take_longer():
+    from specbench_cli.run.profile import roofline_cost
+    # 10 ms step; 0.27 GFLOP a token at 195 GFLOP/s = 1.385 ms a token: 8 tokens 11.1 ms
+    roof = roofline_cost(0.010, 270_000_000, 195e9, (1, 4, 7, 8, 16))
+    assert roof["1"] == roof["4"] == roof["7"] == 1.0
+    assert roof["8"] == pytest.approx(8 * 0.27 / 195 / 0.010)
+    assert roof["16"] == pytest.approx(2 * roof["8"])
 
 
 def invoke(*args):
@@ -108,6 +124,7 @@ def test_profile_command_writes_json_and_plot_and_refuses_bad_sizes(tiny_model_d
                     "1,2", "--repeats", 1, "--out", out)
     assert result.exit_code == 0, result.output
     assert "context 5000 skipped" in result.output and "achieves" in result.output
+    assert "roofline ×" in result.output and "÷roof" in result.output
     doc = json.loads((out / "profile.json").read_text())
     assert doc["contexts"] == [16] and doc["dtype"] in ("fp32", "bf16") and doc["model"]
     # how the products ran and why in this dtype, in the file and on screen

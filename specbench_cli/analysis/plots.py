@@ -277,14 +277,20 @@ def write_plots(run: Run) -> list[Path]:
 
 
 def profile_figure(profile: dict, note: str) -> Figure:
-    """Forward latency against tokens in the block, one line a context, and the memory-wall
-    floor (weight bytes / streaming bandwidth) as a dashed line."""
+    """Forward latency against tokens in the block, one line a context, each with its roofline
+    (dotted: the one-token forward, or the products at the device's rate where those take
+    longer), and the memory-wall floor (weight bytes / streaming bandwidth) as a dashed line."""
     fig = new_figure((8, 4.8))
     ax = fig.add_subplot()
+    roof = profile.get("roofline_cost", {})
     for i, (context, table) in enumerate(profile["latency_seconds"].items()):
         sizes = sorted(int(n) for n in table)
         ax.plot(sizes, [1e3 * table[str(n)] for n in sizes], marker=MARKERS[i % len(MARKERS)],
                 color=COLORS[i % len(COLORS)], label=f"context {context}")
+        if context in roof:
+            ax.plot(sizes, [1e3 * table["1"] * roof[context][str(n)] for n in sizes],
+                    linestyle=":", color=COLORS[i % len(COLORS)],
+                    label=f"roofline, context {context}")
     floor = 1e3 * profile["floor_seconds"]
     ax.axhline(floor, color="#555555", linestyle="--",
                label=f"memory floor {floor:.2f} ms ({profile['weight_bytes'] / 2**20:.0f} MiB at "

@@ -410,6 +410,13 @@ def profile_notes(result: dict) -> list[str]:
         f"{result['flops_per_second_at_widest'] / 1e9:.1f} GFLOP/s",
         f"ms: median of {result['repeats']} forwards (device synchronized); ×: relative to one "
         "token at the same context"]
+    if "product_rate" in result:
+        rate = result["product_rate"]
+        lines.append(
+            f"roofline ×: c*(n) = max(t1, n × {result['flops_per_token'] / 1e9:.3f} GFLOP per "
+            f"token / {rate['flops_per_s'] / 1e9:.0f} GFLOP/s) / t1, the device's product rate "
+            f"({rate['how']}) with the weights read once; ÷roof: measured × over roofline × "
+            "(1.00: the block costs what the device allows)")
     if result.get("dtype_choice"):
         lines.append(f"dtype: {result['dtype']} ({result['dtype_choice']})")
     if result.get("kernels"):
@@ -423,14 +430,21 @@ def profile_notes(result: dict) -> list[str]:
 def profile_table(result: dict, note: str) -> Table:
     table = Table(title=f"forward latency by tokens in the block · {note}")
     table.add_column("tokens", justify="right")
+    roof = result.get("roofline_cost", {})     # profiles written before it have none
     for c in result["contexts"]:
         table.add_column(f"ctx {c} ms", justify="right")
         table.add_column("×", justify="right")
+        if str(c) in roof:
+            table.add_column("roofline ×", justify="right")
+            table.add_column("÷roof", justify="right")
     for n in result["sizes"]:
         cells = [str(n)]
         for c in result["contexts"]:
             lat = result["latency_seconds"][str(c)]
-            cells += [f"{1e3 * lat[str(n)]:.2f}", f"{lat[str(n)] / lat['1']:.2f}"]
+            cost = lat[str(n)] / lat["1"]
+            cells += [f"{1e3 * lat[str(n)]:.2f}", f"{cost:.2f}"]
+            if str(c) in roof:
+                cells += [f"{roof[str(c)][str(n)]:.2f}", f"{cost / roof[str(c)][str(n)]:.2f}"]
         table.add_row(*cells)
     return table
 

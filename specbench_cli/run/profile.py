@@ -9,6 +9,11 @@ speculative method's speedup are measured here:
   first (untouched pages read as shared zero pages and look impossibly fast); on CUDA a
   device-to-device copy.
 The floor `weight bytes / bandwidth` is the fastest any one-token step could be.
+- the device's matrix-product rate in the run dtype (a square torch product, FLOP/s): with it,
+  the roofline of an n-token block, c*(n) = max(t1, n × FLOP per token / rate) / t1, what an
+  n-token forward could cost relative to the measured one-token forward t1 if the products ran
+  at the device's rate while the weights stream once. c(n) / c*(n) says how far the engine's
+  own kernels are from what the device allows.
 """
 
 from __future__ import annotations
@@ -42,6 +47,27 @@ def matmul_flops_per_token(engine: Engine) -> int:
     attention over the context is left out (small next to the weights at these lengths)."""
     mats = [m.weight for m in engine.modules() if isinstance(m, torch.nn.Linear)]
     return 2 * sum(w.numel() for w in {id(w): w for w in mats}.values())
+
+
+def product_rate(device: torch.device, dtype: torch.dtype, size: int = 1024,
+                 repeats: int = 7) -> dict:
+    """FLOP/s of a size × size × size torch product in `dtype` (median of repeats): the
+    arithmetic the device offers a block's products (oneDNN/MKL on a CPU, cuBLAS on CUDA)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    with torch.inference_mode():
+        seconds = median_seconds(lambda: a @ b, device, repeats)
+    return {"flops_per_s": 2 * size ** 3 / seconds,
+            "how": f"{size}³ torch product in {str(dtype).removeprefix('torch.')}, median of "
+                   f"{repeats}"}
+
+
+def roofline_cost(step_seconds: float, flops_per_token: int, flops_per_s: float,
+                  sizes) -> dict[str, float]:
+    """c*(n) = max(t1, n × FLOP per token / rate) / t1: an n-token block costs one step while
+    its products take less time than the step, then grows with the arithmetic."""
+    return {str(n): max(step_seconds, n * flops_per_token / flops_per_s) / step_seconds
+            for n in sizes}
 
 
 def last_level_cache_bytes() -> int | None:
@@ -150,6 +176,8 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
     first = latency[str(contexts[0])]
     floor = read / bandwidth["bytes_per_s"]
     widest = str(max(sizes))
+    flops = matmul_flops_per_token(engine)
+    rate = product_rate(device, engine.dtype)
     return {
         "weight_bytes": read,
         "bandwidth": bandwidth,
@@ -160,7 +188,12 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
         # timed side by side with the probe (floor_share)
         "achieved_bandwidth_share": side_by_side["share"],
         "relative_cost": {n: t / first["1"] for n, t in first.items()},
-        "flops_per_second_at_widest": matmul_flops_per_token(engine) * max(sizes) / first[widest],
+        "flops_per_second_at_widest": flops * max(sizes) / first[widest],
+        "flops_per_token": flops,
+        "product_rate": rate,
+        # per context: c*(n) against that context's measured one-token forward
+        "roofline_cost": {c: roofline_cost(t["1"], flops, rate["flops_per_s"], sizes)
+                          for c, t in latency.items()},
         "batch_latency_seconds": joined_latencies(engine, batch_sizes, sizes, contexts[0],
                                                   repeats, progress) if batch_sizes else {},
     }
