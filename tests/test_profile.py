@@ -50,6 +50,20 @@ def summary(with_breakdown: bool, block_sizes=None):
         "pld": method(2.0, 3.0, 1.1, 10.0, prefill=1.0, draft=2.5, rest=1.0)}}
 
 
+def test_the_cost_model_says_whether_the_engine_or_the_device_limits_a_method():
+    # c(3) = 1.75 measured; the roofline says 1.0 up to 2 tokens, 1.5 at 4: c*(3) = 1.25
+    roofed = {**PROFILE, "roofline_cost": {"100": {"1": 1.0, "2": 1.0, "4": 1.5}}}
+    pld = predict(summary(False), roofed)["pld"]
+    assert pld["roofline_cost"] == pytest.approx(1.25)
+    assert pld["predicted_at_roofline"] == pytest.approx(2.0 / 1.25)
+    assert pld["limited_by"] == "the engine"            # 1.75 > 1.3 × 1.25
+    assert pld["why"].endswith("at the device's roofline verifying would cost 1.25 steps "
+                               "(predicted 1.60x): the engine limits it")
+    near = {**PROFILE, "roofline_cost": {"100": {"1": 1.0, "2": 1.4, "4": 1.8}}}
+    assert predict(summary(False), near)["pld"]["limited_by"] == "the device"   # 1.75 vs 1.6
+    assert "limited_by" not in predict(summary(False), PROFILE)["pld"]           # no roofline
+
+
 def test_predicted_speedup_from_mat_block_cost_and_draft_cost():
     # Memory wall only: MAT / c(3) = 2 / 1.75; pooled measured = 13 / 10 ms per token.
     plain = predict(summary(False), PROFILE)

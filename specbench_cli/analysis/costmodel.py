@@ -4,7 +4,10 @@ Everything is in units of one vanilla step (a one-token forward). A method's ver
 forward over a block of b tokens costs c(b): the profile's latency of b tokens over that of one,
 times the share of layers the verification runs (Kangaroo verifies with the deep layers only),
 averaged over the block sizes the run actually verified (c of the mean block would overrate a
-method whose blocks are 1 or 11 tokens, like PLD's). Per step it also drafts (δ) and does other
+method whose blocks are 1 or 11 tokens, like PLD's). With a profile that has the device's
+roofline c*(b) (`specbench profile`), the same average of c* says what verification would cost
+if the engine's products ran at the device's rate: where c̄ exceeds it by more than
+ENGINE_MARGIN, the engine, not the device, limits the method. Per step it also drafts (δ) and does other
 work (ρ: acceptance, cache moves), and it commits MAT tokens. Per committed token, then:
 
     vanilla: π_v + 1 + ρ_v        method: π + (c̄ + δ + ρ) / MAT
@@ -19,13 +22,13 @@ method is fastest weigh more there.
 
 from __future__ import annotations
 
+ENGINE_MARGIN = 1.3      # c̄ over c̄* past this: the engine's kernels, not the device, limit it
+
 
 def latencies_at(profile: dict, context: int | None = None) -> dict[str, float]:
     """The profile's latency table (tokens → seconds) at the measured context nearest to
     `context` (the first one when None)."""
-    contexts = [int(c) for c in profile["latency_seconds"]]
-    key = str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
-    return profile["latency_seconds"][key]
+    return profile["latency_seconds"][nearest_context(profile["latency_seconds"], context)]
 
 
 def interpolated_cost(profile: dict, tokens: float, context: int | None = None) -> float:
@@ -68,9 +71,29 @@ def terms(m: dict, unit_ms: float) -> dict:
 
 def verify_cost(m: dict, profile: dict, share: float, context: int | None) -> float:
     """c̄: the mean over the run's verification forwards of c(block size)."""
+    return mean_over_blocks(m, lambda k: interpolated_cost(profile, k, context), share)
+
+
+def roofline_verify_cost(m: dict, profile: dict, share: float,
+                         context: int | None) -> float | None:
+    """c̄*: the same mean of the device's roofline c*(block size), None where the profile has no
+    roofline (written before it was measured)."""
+    roof = profile.get("roofline_cost")
+    if not roof:
+        return None
+    table = roof[nearest_context(roof, context)]
+    return mean_over_blocks(m, lambda k: interpolated(table, k), share)
+
+
+def mean_over_blocks(m: dict, cost, share: float) -> float:
+    """`share` × the mean of cost(block size) over the run's verification forwards."""
     sizes = {int(k): n for k, n in m["block_sizes"].items()}
-    total = sum(sizes.values())
-    return share * sum(n * interpolated_cost(profile, k, context) for k, n in sizes.items()) / total
+    return share * sum(n * cost(k) for k, n in sizes.items()) / sum(sizes.values())
+
+
+def nearest_context(table: dict, context: int | None) -> str:
+    contexts = [int(c) for c in table]
+    return str(min(contexts, key=lambda c: abs(c - (context or contexts[0]))))
 
 
 def predict(summary: dict, profile: dict, context: int | None = None,
@@ -103,6 +126,13 @@ def predict(summary: dict, profile: dict, context: int | None = None,
                      "prefill_cost": t["prefill"], "vanilla_rest_cost": v["rest"],
                      "break_even": need,
                      "why": explain(mat, m["mean_verified"], cost, t["draft"], t["rest"], need)}
+        roof = roofline_verify_cost(m, profile, share, context)
+        if roof is not None and name != summary.get("baseline", "vanilla"):
+            at_roof = vanilla_per_token / (t["prefill"] + (roof + t["draft"] + t["rest"]) / mat)
+            limit = "the engine" if cost > ENGINE_MARGIN * roof else "the device"
+            out[name].update(roofline_cost=roof, predicted_at_roofline=at_roof, limited_by=limit)
+            out[name]["why"] += (f"; at the device's roofline verifying would cost {roof:.2f} "
+                                 f"steps (predicted {at_roof:.2f}x): {limit} limits it")
     return out
 
 

@@ -296,7 +296,7 @@ def render_time(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("method", style="bold", no_wrap=True)
     for col in ("prefill", "draft", "verify", "rest", "total ms/tok", "block", "c(block)",
-                "predicted", "pooled", "measured"):
+                "c*(block)", "predicted", "pooled", "measured"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, m in summary["methods"].items():
         per_token = (m.get("breakdown") or {}).get("ms_per_token") or {}
@@ -304,7 +304,8 @@ def render_time(summary: dict, title: str) -> Table:
         total = fmt(sum(per_token.values()), ".3f") if per_token else "–"
         pred = model.get(name, {})
         table.add_row(name, *phases, total, fmt(m.get("mean_verified")),
-                      fmt(pred.get("verify_cost")), fmt(pred.get("predicted"), ".2f", "x"),
+                      fmt(pred.get("verify_cost")), fmt(pred.get("roofline_cost")),
+                      fmt(pred.get("predicted"), ".2f", "x"),
                       fmt(pred.get("measured_pooled"), ".2f", "x"),
                       fmt(m.get("speedup_overall"), ".2f", "x"))
     return table
@@ -320,7 +321,10 @@ def time_notes(summary: dict) -> list[str]:
         notes.append(f"c(block): a verification forward's latency over a one-token forward's, "
                      f"averaged over the run's block sizes, from {source['file']} "
                      f"({source['model']} on {source['device']}, context "
-                     f"{source['contexts'][0]}); predicted: vanilla's time per token over the "
+                     f"{source['contexts'][0]}); c*(block): the same mean of the device's "
+                     "roofline c*(n) = max(t1, n × FLOP per token / product rate) / t1 (`specbench "
+                     "profile`), what verifying would cost at the device's limit; predicted: "
+                     "vanilla's time per token over the "
                      "method's, π + (c(block) + δ + ρ) / MAT in one-token steps (π prefill per "
                      "token, δ draft and ρ rest per step: 0 without --breakdown); pooled: "
                      "measured vanilla ms/token over the method's (what is predicted); measured: "
