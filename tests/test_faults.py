@@ -67,7 +67,13 @@ def test_a_truncated_kernel_library_is_rebuilt_with_one_line(tmp_path):
 
 def test_unreadable_and_stale_choice_caches_are_measured_again(tiny_model_dir, tmp_path,
                                                                monkeypatch, capfd):
+    from specbench_cli.engine import fused
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+    # What is measured does not matter here, only what becomes of the cache: timings stand in.
+    monkeypatch.setattr(kernels, "time_group", lambda modules, name, rows, repeats=0:
+                        {"aten": 1e-3, "gemv": 5e-4, "onednn": 2e-3}[name])
+    monkeypatch.setattr(fused, "measure", lambda engine: {
+        str(b): {"torch": 1.0, "fused": 0.5} for b in kernels.BUCKETS})
     engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
                                with_tokenizer=False)
     want = engine.kernel_choice["groups"]
@@ -234,9 +240,15 @@ def reference(tiny_model_dir, tmp_path_factory):
     """The same run, never interrupted: the answers every faulted run must end with."""
     folder = tmp_path_factory.mktemp("faults")
     qfile = write_questions(folder / "q.jsonl", QUESTIONS)
-    subprocess.run(run_command(tiny_model_dir, qfile, folder / "full"), check=True,
-                   capture_output=True, env=ONE_THREAD)
+    finish(tiny_model_dir, qfile, folder / "full")
     return qfile, answers_of(folder / "full")
+
+
+def finish(model, qfile, out, *extra):
+    """A run to its end (resumed, with --resume), which must succeed."""
+    done = subprocess.run(run_command(model, qfile, out, *extra), capture_output=True, text=True,
+                          env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
 
 
 def start(model, qfile, out, *extra) -> subprocess.Popen:
@@ -268,8 +280,7 @@ def test_three_sigkills_at_random_points_then_resume_equal_an_uninterrupted_run(
         proc.stderr.close()
         answers_of(out)                          # never a duplicate, even between kills
     assert sum(map(len, answers_of(out).values())) < total, "the run ended before a kill"
-    subprocess.run(run_command(tiny_model_dir, qfile, out, "--resume"), check=True,
-                   capture_output=True, env=ONE_THREAD)
+    finish(tiny_model_dir, qfile, out, "--resume")
     assert answers_of(out) == want
 
 
@@ -284,8 +295,7 @@ def test_sigterm_drops_the_question_in_flight_in_one_line_then_resume_completes(
     assert proc.returncode == 128 + signal.SIGTERM, err
     line = one_line(err.split("\r")[-1] if "\r" in err else err)
     assert line.startswith("terminated (SIGTERM); answers so far are kept") and "--resume" in line
-    subprocess.run(run_command(tiny_model_dir, qfile, out, "--resume"), check=True,
-                   capture_output=True, env=ONE_THREAD)
+    finish(tiny_model_dir, qfile, out, "--resume")
     assert answers_of(out) == want
 
 
@@ -332,8 +342,7 @@ def test_a_line_cut_short_is_repaired_and_a_damaged_one_is_named(tiny_model_dir,
     vanilla = out / "answers" / "vanilla.jsonl"
     lines = vanilla.read_bytes().splitlines(keepends=True)
     vanilla.write_bytes(b"".join(lines) + lines[0][:25])        # a write cut mid-line
-    subprocess.run(run_command(tiny_model_dir, qfile, out, "--resume"), check=True,
-                   capture_output=True, env=ONE_THREAD)
+    finish(tiny_model_dir, qfile, out, "--resume")
     assert answers_of(out) == want
     rows = vanilla.read_text().splitlines()
     rows[1] = rows[1].replace('"category"', '"kategory"')
