@@ -1,14 +1,119 @@
-"""Tiny random Llama-family models built in-process (no downloads)."""
+"""Tiny random Llama-family models built in-process (no downloads), and the session's setting.
+
+The session never touches the user's cache or inherits the user's knobs:
+- `$SPECBENCH_HOME` is a temporary folder of its own, made before any test runs and removed
+  after a passing session (a failing one prints and keeps it, with the choices it timed): the
+  compiled kernels and every timed choice are made afresh, as on a new clone.
+  `SPECBENCH_TEST_HOME=<folder>` uses that folder instead and keeps it: `.ci/run` passes its
+  home so the real-model tests (`-m smollm2`, `-m sampling`, `-m ray`) reuse one download.
+- Every inherited `SPECBENCH_*` variable is cleared (`SPECBENCH_KERNELS`, `SPECBENCH_FUSED`,
+  `SPECBENCH_TRAIN_PRECISION`, …). A test that needs one sets it with `monkeypatch`.
+- To force a kernel choice for the whole session (every test that does not pin its own):
+  `SPECBENCH_TEST_KERNELS=aten|gemv|onednn` and `SPECBENCH_TEST_FUSED=on|off` become
+  `SPECBENCH_KERNELS` / `SPECBENCH_FUSED`. `tests/all_kernels.sh` runs the quick suite under
+  each of them and under the timed choice.
+
+Tests that compare two numeric paths either pin the kernels (or the dtype: `pinned_run`) they
+compare, or take their tolerance from `tolerance(dtype, k, scale)` below, never from a constant
+one kernel choice happens to meet.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+# (imports read no environment: the home and the knobs are read when a test runs)
 from specbench_cli.engine.load import load_engine
+
+# Forced for the session: SPECBENCH_TEST_<name> -> SPECBENCH_<name>.
+SESSION_KNOBS = ("KERNELS", "FUSED")
+_made_home: list[str] = []
+
+
+def pytest_configure(config):
+    inherited = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SPECBENCH_")}
+    home = inherited.get("SPECBENCH_TEST_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    else:
+        home = tempfile.mkdtemp(prefix="specbench-test-home-")
+        _made_home.append(home)
+    os.environ["SPECBENCH_HOME"] = home
+    for knob in SESSION_KNOBS:
+        if inherited.get(f"SPECBENCH_TEST_{knob}"):
+            os.environ[f"SPECBENCH_{knob}"] = inherited[f"SPECBENCH_TEST_{knob}"]
+
+
+def pytest_report_header(config):
+    forced = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("SPECBENCH_")]
+    return "specbench: " + ", ".join(forced)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A failed session keeps its home: the kernel, fused-step and dtype choices it timed
+    # (kernels/*.json) are what a flaky comparison needs to be understood.
+    for home in _made_home:
+        if exitstatus in (0, 5):      # passed, or nothing collected
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"\nspecbench: the session's SPECBENCH_HOME is kept for inspection: {home}")
+
+
+def tolerance(dtype: torch.dtype, k: int, scale: float = 1.0, depth: int = 1,
+              c: float = 4.0) -> float:
+    """How far apart two computations of the same values may be when only the order of their
+    sums differs (another kernel, a joined block, cpu.c instead of torch): c * depth * eps(dtype)
+    * sqrt(k) * scale. `k`: the longest reduction (a product's inner size); `scale`: the size of
+    the values (the reference's largest magnitude); `depth`: the chained products each error
+    passes through (a model's layers). Rounding errors of a sum grow as sqrt(k) in the
+    run dtype's eps; c leaves a margin of ~5x over the worst seen across every kernel choice
+    (tests/all_kernels.sh), while a wrong layer, mask or weight is off by orders more."""
+    return c * depth * torch.finfo(dtype).eps * math.sqrt(k) * float(scale)
+
+
+def assert_sums_close(got: torch.Tensor, want: torch.Tensor, k: int, depth: int = 1,
+                      dtype: torch.dtype | None = None, c: float = 4.0):
+    """`got` equals `want` up to summation order: max |got - want| <= tolerance(dtype (default
+    want's), k, max |want|, depth, c)."""
+    dtype = dtype or want.dtype
+    scale = want.detach().float().abs().max().item()
+    tol = tolerance(dtype, k, scale, depth, c)
+    diff = (got.detach().float() - want.detach().float()).abs().max().item()
+    assert diff <= tol, (f"max |diff| {diff:.3g} > {tol:.3g} = {c} * {depth} layer(s) * "
+                         f"eps({str(dtype).removeprefix('torch.')}) * sqrt({k}) * max|want| "
+                         f"{scale:.3g} (SPECBENCH_KERNELS={os.environ.get('SPECBENCH_KERNELS', 'auto')}"
+                         f", SPECBENCH_FUSED={os.environ.get('SPECBENCH_FUSED', 'auto')})")
+
+
+def model_sums(config) -> dict:
+    """assert_sums_close's k and depth for a whole forward of a model with this config (the
+    engine's EngineConfig or transformers')."""
+    layers = getattr(config, "num_layers", None) or config.num_hidden_layers
+    return {"k": max(config.hidden_size, config.intermediate_size), "depth": layers}
+
+
+# `specbench run`'s default `--dtype auto` times fp32 against bf16 on a CPU with bf16 units
+# (AVX512-BF16, AMX) and takes the faster: a timing race, and in bf16 a method's answer may part
+# from vanilla's at a near-tie. The tests compare answers exactly, so their runs pin fp32 unless
+# they name a dtype (`test_profile` checks the timed choice itself).
+PINNED_DTYPE = ("--dtype", "fp32")
+
+
+def pinned_run(args) -> list[str]:
+    """A command line for the CLI (strings), with `--dtype fp32` added to a `run` without one."""
+    args = [str(a) for a in args]
+    if args[:1] == ["run"] and not any(a == "--dtype" or a.startswith("--dtype=") for a in args):
+        return [args[0], *PINNED_DTYPE, *args[1:]]
+    return args
+
 
 OFFICIAL_QUESTIONS = Path(__file__).resolve().parents[2] / "shared/data/spec_bench/question.jsonl"
 

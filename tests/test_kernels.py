@@ -116,6 +116,7 @@ def test_the_kernel_table_is_indexed_by_rows():
 def test_choices_are_measured_once_then_read_from_the_cache(tiny_model_dir, tmp_path,
                                                             monkeypatch):
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+    monkeypatch.delenv(kernels.ENV, raising=False)          # timed, whatever the session forces
     engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
                                with_tokenizer=False)
     first = engine.kernel_choice
