@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from specbench_cli.cli import app
 
-from conftest import OFFICIAL_QUESTIONS, write_questions
+from conftest import OFFICIAL_QUESTIONS, pinned_run, write_questions
 
 QUESTIONS = [
     {"question_id": 1, "category": "writing", "turns": ["Write a poem about the sea.",
@@ -33,7 +33,8 @@ def qfile(tmp_path):
 
 
 def invoke(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    """The CLI in this process; a `run` without `--dtype` runs in fp32 (conftest.pinned_run)."""
+    result = CliRunner().invoke(app, pinned_run(args))
     return result
 
 
@@ -143,9 +144,9 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli_command(model, qfile, out, *extra):
-    return [sys.executable, "-m", "specbench_cli.cli", "run", "--model", str(model), "--bench",
-            str(qfile), "--max-new-tokens", "48", "--repeats", "2", "--warmup", "0",
-            "--out", str(out), *extra]
+    return [sys.executable, "-m", "specbench_cli.cli", *pinned_run((
+        "run", "--model", model, "--bench", qfile, "--max-new-tokens", 48, "--repeats", 2,
+        "--warmup", 0, "--out", out, *extra))]
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,13 @@ from specbench_cli.engine.gguf import INSTALL_HINT, MARKER, gguf_folder
 from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import ModelLoadError
 
-from conftest import hf_config
+from conftest import assert_sums_close, hf_config, model_sums, pinned_run
 
 # Writing and converting files needs the optional extra; the bad-input tests run without it.
 needs_gguf = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("gguf", "accelerate")),
     reason="needs the optional 'gguf' and 'accelerate' packages")
 
-TOL = 1e-4
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -136,7 +135,7 @@ def test_engine_matches_original_model(converted):
         want = model(ids).logits
         got = engine(ids, engine.cache(64), 0)
     assert want.abs().max() > 1.0  # logits with structure, not near-uniform noise
-    assert (got - want).abs().max().item() <= TOL
+    assert_sums_close(got, want, **model_sums(engine.config))
 
 
 @needs_gguf
@@ -237,8 +236,9 @@ def test_cli_takes_a_gguf_file_for_run_and_datastore(tmp_path, monkeypatch):
     qfile = write_questions(tmp_path / "q.jsonl", [
         {"question_id": 1, "category": "qa", "turns": ["the theme is the thing"]}])
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", "--model", str(file), "--bench", str(qfile),
-                                      "--max-new-tokens", "12", "--warmup", "0", "--out", str(out)])
+    result = CliRunner().invoke(app, pinned_run(["run", "--model", file, "--bench", qfile,
+                                                 "--max-new-tokens", 12, "--warmup", 0,
+                                                 "--out", out]))
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["model"] == str(file) and meta["config"]["template"] == "chat"

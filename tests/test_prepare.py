@@ -11,6 +11,8 @@ from specbench_cli.models.builtin import tiny_recipe
 from specbench_cli.cli import app
 from specbench_cli.methods import METHODS
 
+from conftest import pinned_run
+
 SMALL_ADDONS = {"kangaroo": {"exit_layer": 1, "steps": 5, "batch_size": 4},
                 "medusa": {"num_heads": 2, "steps": 5, "batch_size": 4},
                 "rest": {},
@@ -56,8 +58,8 @@ def test_prepare_builds_addons_once_and_reuses_them(tiny_prepare):
 
 def test_default_run_uses_the_builtin_benchmark_and_every_method(tiny_prepare, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", "--max-new-tokens", "16", "--warmup", "0",
-                                      "--limit", "2", "--out", str(out)])
+    result = CliRunner().invoke(app, pinned_run(["run", "--max-new-tokens", 16, "--warmup", 0,
+                                                 "--limit", 2, "--out", out]))
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["bench"] == "builtin"

@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import write_questions
+from conftest import pinned_run, write_questions
 from specbench_cli import api
 from specbench_cli.cli import app
 from test_cli import QUESTIONS
@@ -30,8 +30,10 @@ def quiet() -> Console:
 
 
 def plan(model, qfile, out, resume=False):
+    # fp32: `auto` times fp32 against bf16 in each process (a 1-thread worker's choice is its own)
     return api.plan_run(model=str(model), bench=str(qfile), methods=METHODS, max_new_tokens=24,
-                        repeats=2, warmup=1, out=out, resume=resume, console=quiet())
+                        repeats=2, warmup=1, dtype="fp32", out=out, resume=resume,
+                        console=quiet())
 
 
 def answers_of(out: Path) -> Counter:
@@ -142,10 +144,10 @@ def test_resume_after_the_driver_was_killed(ray_cluster, tiny_model_dir, qfile, 
 def test_the_command_line_starts_a_local_ray(tiny_model_dir, qfile, single, tmp_path):
     """`specbench run --workers 2` in a fresh process: its own local Ray, then the report."""
     out = tmp_path / "cli"
-    done = subprocess.run([sys.executable, "-m", "specbench_cli.cli", "run", "--model",
-                           str(tiny_model_dir), "--bench", str(qfile), "--methods", METHODS,
-                           "--max-new-tokens", "24", "--repeats", "2", "--warmup", "1",
-                           "--workers", "2", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "specbench_cli.cli", *pinned_run((
+                           "run", "--model", tiny_model_dir, "--bench", qfile, "--methods",
+                           METHODS, "--max-new-tokens", 24, "--repeats", 2, "--warmup", 1,
+                           "--workers", 2, "--out", out))],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on 2 Ray workers" in done.stdout and "lookahead" in done.stdout

@@ -55,16 +55,16 @@ def test_run_compile_flag_reaches_the_engine_and_run_json(tiny_model_dir, tmp_pa
 
     from typer.testing import CliRunner
 
-    from conftest import write_questions
+    from conftest import pinned_run, write_questions
     from specbench_cli.cli import app
     monkeypatch.setenv(BACKEND_ENV, "aot_eager")
     qfile = write_questions(tmp_path / "q.jsonl", [
         {"question_id": 1, "category": "summarization",
          "turns": ["Summarize: the cat sat on the mat. the cat sat on the mat again."]}])
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [str(a) for a in (
+    result = CliRunner().invoke(app, pinned_run((
         "run", "--model", tiny_model_dir, "--bench", qfile, "--methods", "pld",
-        "--max-new-tokens", 24, "--warmup", 0, "--compile", "--out", out)])
+        "--max-new-tokens", 24, "--warmup", 0, "--compile", "--out", out)))
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "run.json").read_text())
     assert meta["config"]["compile"] is True

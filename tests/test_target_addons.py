@@ -173,8 +173,10 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
     qfile = write_questions(tmp_path / "q.jsonl", [
         {"question_id": 1, "category": "qa", "turns": ["Who wrote Hamlet?"]},
         {"question_id": 2, "category": "rag", "turns": ["Paris is in France. Where is Paris?"]}])
+    # fp32: `auto` would time fp32 against bf16 (conftest.pinned_run), and equality is asserted
     plan = api.plan_run(model="tiny", bench=str(qfile), methods="kangaroo,medusa,eagle,sps,rest",
-                        max_new_tokens=24, warmup=0, out=tmp_path / "run", console=quiet())
+                        max_new_tokens=24, warmup=0, dtype="fp32", out=tmp_path / "run",
+                        console=quiet())
     assert plan.config.method_options["medusa"]["heads"] == str(built.addons["medusa"])
     out = api.execute(plan, quiet())
     frame = api.results(out)
