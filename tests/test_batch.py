@@ -10,6 +10,7 @@ from specbench_cli.engine.batch import Batch, BatchEngine, Segment, Segments, ru
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.base import generate_batch, on_engine
 from specbench_cli.methods.verify import Sampling, Tree
+from conftest import assert_sums_close, model_sums
 from test_methods import PROMPTS, make, random_eagle_head
 
 BUDGETS = [40, 7, 25, 1]            # sequences that finish at different steps
@@ -98,8 +99,13 @@ def test_joined_forward_writes_each_cache_as_alone(tiny_engine, path):
 
 
 def check_joined_forward(engine, exact: bool):
-    close = torch.equal if exact else \
-        (lambda a, b: torch.allclose(a, b, atol=1e-4, rtol=1e-4))
+    def close(a, b):
+        # torch's path: a joined block of 14 rows may run other products than a block alone
+        # (the kernels are chosen per block size), equal up to summation order
+        if exact:
+            return torch.equal(a, b)
+        assert_sums_close(a, b, **model_sums(engine.config))
+        return True
     torch.manual_seed(0)
     tree = Tree([-1, 0, 0, 1, 2])
     blocks = [  # (ids, rows already in the cache, block mask, positions)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY, check_length_and_eos_edges, make_model_folder
+from conftest import (TINY, assert_sums_close, check_length_and_eos_edges, make_model_folder,
+                      model_sums)
 from specbench_cli.bench.prompts import build_prompt_ids
 from specbench_cli.drafters.eagle import EagleError
 from specbench_cli.drafters.eagle3 import (feature_layers, frequent_tokens, load_eagle3,
@@ -107,8 +108,12 @@ def test_features_are_the_hidden_states_entering_the_chosen_layers(tiny_engine):
     teacher = LiveTeacher(engine)
     want = torch.cat([teacher.hidden(batch, layer) for layer in (2, 2, 1)], -1)
     assert features.shape == (1, ids.shape[1], 3 * H)
-    torch.testing.assert_close(features, want)
-    torch.testing.assert_close(logits, engine(ids, engine.new_cache(ids.shape[1]), 0))
+    # the teacher runs without autograd (the session's chosen kernels), target_forward with it
+    # (F.linear): equal up to summation order through 2 layers; another layer's states would
+    # be off by orders more
+    assert_sums_close(features, want, **{**model_sums(engine.config), "depth": 2})
+    assert_sums_close(logits, engine(ids, engine.new_cache(ids.shape[1]), 0),
+                      **model_sums(engine.config))
 
 
 def test_training_time_test_attends_as_inference_does(tiny_engine):

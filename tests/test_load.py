@@ -15,9 +15,7 @@ from specbench_cli.errors import ModelLoadError
 from specbench_cli.engine.load import (DTYPE_NAMES, checkpoint_files, load_engine,
                                        resolve_dtype)
 
-from conftest import hf_config
-
-TOL = 1e-4
+from conftest import assert_sums_close, hf_config, model_sums
 CPU = torch.device("cpu")
 
 
@@ -43,7 +41,7 @@ def assert_same_logits(engine, ref):
     with torch.no_grad():
         got = engine(ids, engine.cache(64), 0)
         want = ref(ids).logits.float()
-    assert (got - want).abs().max().item() <= TOL
+    assert_sums_close(got, want, **model_sums(engine.config))
 
 
 def assert_loaded(engine):
