@@ -28,7 +28,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define MAX_ROWS 8
 #define INLINE static inline __attribute__((always_inline))
 #define AVX512 __attribute__((target("avx512f,avx512bw")))
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -63,130 +62,202 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * One weight row (k values) against R rows of x: out[r] = x[r] . w. Two accumulators per row,
- * alternating over the row, hide the FMA latency; the same order for every R. Always inlined and
- * called with a constant R, so the loops over rows unroll and the accumulators stay in registers.
- */
-INLINE void row_f32_avx2(const float *x, const float *w, float *out, int R, int64_t k) {
-    __m256 a0[MAX_ROWS], a1[MAX_ROWS];
-    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
-        for (int r = 0; r < R; r++) {
-            a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i), w0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * k + i + 8), w1, a1[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        float s = hsum256(_mm256_add_ps(a0[r], a1[r]));
-        for (int64_t t = i; t < k; t++) s += x[r * k + t] * w[t];
-        out[r] = s;
-    }
-}
-
-INLINE void row_bf16_avx2(const uint16_t *x, const uint16_t *w, float *out, int R, int64_t k) {
-    __m256 a0[MAX_ROWS], a1[MAX_ROWS];
-    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        __m256 w0 = load_bf16x8(w + i), w1 = load_bf16x8(w + i + 8);
-        for (int r = 0; r < R; r++) {
-            a0[r] = _mm256_fmadd_ps(load_bf16x8(x + r * k + i), w0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(load_bf16x8(x + r * k + i + 8), w1, a1[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) {
-        float s = hsum256(_mm256_add_ps(a0[r], a1[r]));
-        for (int64_t t = i; t < k; t++) s += bf16_to_f32(x[r * k + t]) * bf16_to_f32(w[t]);
-        out[r] = s;
-    }
-}
-
-AVX512 INLINE void row_f32_avx512(const float *x, const float *w, float *out, int R, int64_t k) {
-    __m512 a0[MAX_ROWS], a1[MAX_ROWS];
-    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-        __m512 w0 = _mm512_loadu_ps(w + i), w1 = _mm512_loadu_ps(w + i + 16);
-        for (int r = 0; r < R; r++) {
-            a0[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i), w0, a0[r]);
-            a1[r] = _mm512_fmadd_ps(_mm512_loadu_ps(x + r * k + i + 16), w1, a1[r]);
-        }
-    }
-    for (; i < k; i += 16) {          /* the tail: masked (zero-filled) loads */
-        __mmask16 m = k - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k - i)) - 1);
-        __m512 w0 = _mm512_maskz_loadu_ps(m, w + i);
-        for (int r = 0; r < R; r++)
-            a0[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + r * k + i), w0, a0[r]);
-    }
-    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-}
-
-/* vdpbf16ps multiplies 32 bf16 pairs exactly and adds them into 16 fp32 lanes. */
-AVX512_BF16 INLINE void row_bf16_dp(const uint16_t *x, const uint16_t *w, float *out, int R,
-                                    int64_t k) {
-    __m512 a0[MAX_ROWS], a1[MAX_ROWS];
-    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= k; i += 64) {
-        __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + i);
-        __m512bh w1 = (__m512bh)_mm512_loadu_si512(w + i + 32);
-        for (int r = 0; r < R; r++) {
-            a0[r] = _mm512_dpbf16_ps(a0[r], (__m512bh)_mm512_loadu_si512(x + r * k + i), w0);
-            a1[r] = _mm512_dpbf16_ps(a1[r], (__m512bh)_mm512_loadu_si512(x + r * k + i + 32), w1);
-        }
-    }
-    for (; i < k; i += 32) {
-        __mmask32 m = k - i >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (k - i)) - 1);
-        __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m, w + i);
-        for (int r = 0; r < R; r++)
-            a0[r] = _mm512_dpbf16_ps(a0[r], (__m512bh)_mm512_maskz_loadu_epi16(m, x + r * k + i),
-                                     w0);
-    }
-    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
-}
-
-/* ---------------------------------------------------------------------------------------------
  * Products: y[r][j] = x[r] . w[j] + bias[j] for w (n x k, row-major, as Hugging Face stores it),
- * x (rows x k) in the weight's dtype, y fp32 (rows x n), any number of rows. Threads take
- * contiguous ranges of output rows, so each streams its part of the weight front to back; each
- * weight row meets the rows of x in tiles of up to MAX_ROWS while it sits in L1. A tile's size
- * does not change any output's arithmetic: every row of every block gets the same bits.
+ * x (rows x k) in the weight's dtype, y fp32 (rows x n), any number of rows.
+ *
+ * Register tiles. Met one weight row at a time, a block's product is bound by loads (two loads a
+ * multiply-add), not by arithmetic. So a tile keeps GROUP weight rows x T block rows of
+ * accumulators in registers, the scheme of llama.cpp's tinyBLAS
+ * (ggml/src/ggml-cpu/llamafile/sgemm.cpp): per chunk of k it loads GROUP weight vectors and T x
+ * vectors for GROUP * T multiply-adds. Threads take contiguous ranges of GROUP-row weight groups,
+ * so each streams its part of the weight front to back; a group meets every tile of the block's
+ * rows while it sits in L1, so each weight is read from memory once whatever the block size (the
+ * block's rows, at most 64 x k, stay in L2). The block's rows are cut into tiles of as near equal
+ * sizes as T_MAX allows (13 rows: 5, 4, 4), so no block size falls off a cliff.
+ *
+ * Exactness: an output's arithmetic is the same in every tile: one accumulator vector fed the
+ * chunks of k in order (the last chunk zero-padded), one horizontal sum, then the bias. Neither
+ * the tile's shape nor the other rows in it enter that, so a token's outputs are the same bits
+ * alone or at any place of any block (tests/test_tiled.py).
+ *
+ * Each instruction set supplies a vector type and five operations, OPS_zero/load/tail/dot/sum
+ * (tail: the last, partial chunk, zero-filled), always inlined into the product built from them.
  */
-#define TILE(ROW, XT, WT, R)                                                                  \
-    {                                                                                         \
-        float s[MAX_ROWS];                                                                    \
-        ROW((const XT *)x + r0 * k, (const WT *)w + j * k, s, R, k);                          \
-        for (int r = 0; r < R; r++) y[(r0 + r) * n + j] = s[r] + b;                           \
-    } break;
+#define GROUP 4              /* weight rows a tile */
 
-#define DEFINE_PRODUCT(NAME, ATTR, ROW, XT, WT, IS_BF16)                                      \
-    ATTR static void NAME(const void *x, const void *w, const void *bias, float *y,           \
-                          int64_t rows, int64_t n, int64_t k) {                               \
-        _Pragma("omp parallel for schedule(static)")                                          \
-        for (int64_t j = 0; j < n; j++) {                                                     \
-            float b = !bias ? 0.0f : IS_BF16 ? bf16_to_f32(((const uint16_t *)bias)[j])      \
-                                             : ((const float *)bias)[j];                      \
-            for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {                                 \
-                switch (rows - r0 < MAX_ROWS ? rows - r0 : MAX_ROWS) {                        \
-                case 1: TILE(ROW, XT, WT, 1)                                                  \
-                case 2: TILE(ROW, XT, WT, 2)                                                  \
-                case 3: TILE(ROW, XT, WT, 3)                                                  \
-                case 4: TILE(ROW, XT, WT, 4)                                                  \
-                case 5: TILE(ROW, XT, WT, 5)                                                  \
-                case 6: TILE(ROW, XT, WT, 6)                                                  \
-                case 7: TILE(ROW, XT, WT, 7)                                                  \
-                default: TILE(ROW, XT, WT, 8)                                                 \
-                }                                                                             \
-            }                                                                                 \
+static inline int64_t tile_rows(int64_t rows, int64_t tiles, int64_t t) {
+    return rows / tiles + (t < rows % tiles);
+}
+
+static inline float bias_at(const void *bias, int64_t j, int bf16) {
+    if (!bias) return 0.0f;
+    return bf16 ? bf16_to_f32(((const uint16_t *)bias)[j]) : ((const float *)bias)[j];
+}
+
+/* AVX2, fp32: 8 lanes. */
+INLINE __m256 f32x8_zero(void) { return _mm256_setzero_ps(); }
+INLINE __m256 f32x8_load(const float *p) { return _mm256_loadu_ps(p); }
+INLINE __m256 f32x8_tail(const float *p, int64_t n) {   /* lanes >= n are neither read nor set */
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane));
+}
+INLINE __m256 f32x8_dot(__m256 acc, __m256 x, __m256 w) { return _mm256_fmadd_ps(x, w, acc); }
+INLINE float f32x8_sum(__m256 acc) { return hsum256(acc); }
+INLINE __m128 f32x8_sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    return _mm_setr_ps(hsum256(a), hsum256(b), hsum256(c), hsum256(d));
+}
+
+/* AVX2, bf16: 8 values widened to fp32 (exactly), then as fp32. */
+INLINE __m256 bf16x8_zero(void) { return _mm256_setzero_ps(); }
+INLINE __m256 bf16x8_load(const uint16_t *p) { return load_bf16x8(p); }
+INLINE __m256 bf16x8_tail(const uint16_t *p, int64_t n) {
+    uint16_t t[8] = {0};
+    for (int64_t i = 0; i < n; i++) t[i] = p[i];
+    return load_bf16x8(t);
+}
+INLINE __m256 bf16x8_dot(__m256 acc, __m256 x, __m256 w) { return _mm256_fmadd_ps(x, w, acc); }
+INLINE float bf16x8_sum(__m256 acc) { return hsum256(acc); }
+INLINE __m128 bf16x8_sum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    return f32x8_sum4(a, b, c, d);
+}
+
+/* AVX-512, fp32: 16 lanes; the tail by a masked (zero-filling) load. */
+AVX512 INLINE __m512 f32x16_zero(void) { return _mm512_setzero_ps(); }
+AVX512 INLINE __m512 f32x16_load(const float *p) { return _mm512_loadu_ps(p); }
+AVX512 INLINE __m512 f32x16_tail(const float *p, int64_t n) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+AVX512 INLINE __m512 f32x16_dot(__m512 acc, __m512 x, __m512 w) { return _mm512_fmadd_ps(x, w, acc); }
+AVX512 INLINE float f32x16_sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
+
+/* The sums of four accumulators at once, each by _mm512_reduce_add_ps's own tree (lane i + lane
+ * i + 8, then + 4, + 2, + 1; an add's two operands may only swap, which changes no bit): so the
+ * same bits as four reductions, for a third of the shuffles and adds. A tile's horizontal sums
+ * are a fifth of its work at k = 576 otherwise. */
+AVX512 INLINE __m128 sum4_x16(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    /* quarters: a's lanes i + (i + 8) for i < 4, for 4 <= i < 8, then b's; c, d's alike */
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    /* quarter q: the four partial sums of a, b, c, d in turn; then within each: + 2, + 1 */
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0,
+                                                                          0, 0, 0, 0, 0, 0, 0, 0), v));
+}
+AVX512 INLINE __m128 f32x16_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    return sum4_x16(a, b, c, d);
+}
+
+/* AVX512-BF16: vdpbf16ps multiplies 32 bf16 pairs exactly and adds them into 16 fp32 lanes. */
+AVX512_BF16 INLINE __m512 bf16x32_zero(void) { return _mm512_setzero_ps(); }
+AVX512_BF16 INLINE __m512bh bf16x32_load(const uint16_t *p) {
+    return (__m512bh)_mm512_loadu_si512(p);
+}
+AVX512_BF16 INLINE __m512bh bf16x32_tail(const uint16_t *p, int64_t n) {
+    return (__m512bh)_mm512_maskz_loadu_epi16((__mmask32)((1ull << n) - 1), p);
+}
+AVX512_BF16 INLINE __m512 bf16x32_dot(__m512 acc, __m512bh x, __m512bh w) {
+    return _mm512_dpbf16_ps(acc, x, w);
+}
+AVX512_BF16 INLINE float bf16x32_sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
+AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    return sum4_x16(a, b, c, d);
+}
+
+/* One chunk of k at offset i for a tile: LD is LOAD_FULL, or LOAD_TAIL for the last, partial
+ * chunk (`left` values). The loops have constant bounds once inlined; unrolled, acc stays in
+ * registers. */
+#define LOAD_FULL(OPS, p) OPS##_load(p)
+#define LOAD_TAIL(OPS, p) OPS##_tail(p, left)
+#define TILE_STEP(OPS, VIN, LD)                                                               \
+    {                                                                                         \
+        VIN wv[GROUP];                                                                        \
+        _Pragma("GCC unroll 8") for (int r = 0; r < W; r++) wv[r] = LD(OPS, w + r * k + i);   \
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                 \
+            VIN xv = LD(OPS, x + t * k + i);                                                  \
+            _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                               \
+                acc[r][t] = OPS##_dot(acc[r][t], xv, wv[r]);                                  \
         }                                                                                     \
     }
 
-DEFINE_PRODUCT(product_f32_avx2, , row_f32_avx2, float, float, 0)
-DEFINE_PRODUCT(product_bf16_avx2, , row_bf16_avx2, uint16_t, uint16_t, 1)
-DEFINE_PRODUCT(product_f32_avx512, AVX512, row_f32_avx512, float, float, 0)
-DEFINE_PRODUCT(product_bf16_dp, AVX512_BF16, row_bf16_dp, uint16_t, uint16_t, 1)
+/* A product for one instruction set and dtype: OPS the operations' prefix, ELT the element, VACC
+ * the accumulator vector, VIN the loaded one, CH the elements a chunk, T_MAX the most block rows
+ * a tile (GROUP * T_MAX accumulators and the loaded vectors fit the registers). */
+#define DEFINE_PRODUCT(NAME, ATTR, OPS, ELT, VACC, VIN, CH, T_MAX, IS_BF16)                   \
+    /* y[t][r] (row stride ldy) for W weight rows w and T block rows x, always inlined with     \
+     * constant W and T. `next`: the weights of the group two ahead, asked into L2 on the way   \
+     * (or NULL); without it a block's products wait on memory (c(8) 1.49 against 1.28). */     \
+    ATTR INLINE void NAME##_tile(const ELT *x, const ELT *w, int64_t k, const int W,          \
+                                 const int T, float *y, int64_t ldy, const float *b,          \
+                                 const ELT *next) {                                           \
+        VACC acc[GROUP][T_MAX];                                                               \
+        _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                                   \
+            _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) acc[r][t] = OPS##_zero();     \
+        int64_t i = 0;                                                                        \
+        for (; i + CH <= k; i += CH) {                                                        \
+            if (next) {                                                                       \
+                _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                           \
+                    _mm_prefetch((const char *)(next + r * k + i), _MM_HINT_T1);              \
+            }                                                                                 \
+            TILE_STEP(OPS, VIN, LOAD_FULL)                                                    \
+        }                                                                                     \
+        if (i < k) {                                                                          \
+            const int64_t left = k - i;                                                       \
+            TILE_STEP(OPS, VIN, LOAD_TAIL)                                                    \
+        }                                                                                     \
+        if (W == GROUP) {           /* a block row's GROUP outputs lie side by side in y */  \
+            _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)                               \
+                _mm_storeu_ps(y + t * ldy, _mm_add_ps(_mm_loadu_ps(b),                        \
+                    OPS##_sum4(acc[0][t], acc[1 % W][t], acc[2 % W][t], acc[3 % W][t])));     \
+        } else {                                                                              \
+            _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                               \
+                _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)                           \
+                    y[t * ldy + r] = OPS##_sum(acc[r][t]) + b[r];                             \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
+    /* One tile of T rows (1..T_MAX) against wn weight rows: a whole group, or the last rows   \
+     * of the weight one at a time. */                                                        \
+    ATTR static void NAME##_rows(const ELT *x, const ELT *w, int64_t k, int wn, int64_t T,    \
+                                 float *y, int64_t ldy, const float *b, const ELT *next) {    \
+        switch (T) {                                                                          \
+        TILE_CASE(NAME, 1, T_MAX) TILE_CASE(NAME, 2, T_MAX) TILE_CASE(NAME, 3, T_MAX)         \
+        TILE_CASE(NAME, 4, T_MAX) TILE_CASE(NAME, 5, T_MAX) TILE_CASE(NAME, 6, T_MAX)         \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
+    ATTR static void NAME(const void *x, const void *w, const void *bias, float *y,           \
+                          int64_t rows, int64_t n, int64_t k) {                               \
+        const int64_t groups = (n + GROUP - 1) / GROUP, tiles = (rows + T_MAX - 1) / T_MAX;   \
+        _Pragma("omp parallel for schedule(static)")                                          \
+        for (int64_t g = 0; g < groups; g++) {                                                \
+            const int64_t j = g * GROUP;                                                      \
+            const int wn = n - j < GROUP ? (int)(n - j) : GROUP;                              \
+            float b[GROUP];                                                                   \
+            for (int r = 0; r < wn; r++) b[r] = bias_at(bias, j + r, IS_BF16);               \
+            const ELT *wg = (const ELT *)w + j * k;                                           \
+            const ELT *next = n - j >= 3 * GROUP ? wg + 2 * GROUP * k : NULL;                 \
+            for (int64_t t = 0, r0 = 0; t < tiles; r0 += tile_rows(rows, tiles, t++))         \
+                NAME##_rows((const ELT *)x + r0 * k, wg, k, wn, tile_rows(rows, tiles, t),    \
+                            y + r0 * n + j, n, b, t == 0 ? next : NULL);                      \
+        }                                                                                     \
+    }
+
+/* Tiles of T rows exist up to T_MAX (the case is dead code beyond it). */
+#define TILE_CASE(NAME, T, T_MAX)                                                             \
+    case T:                                                                                   \
+        if (T <= T_MAX) {                                                                     \
+            if (wn == GROUP) NAME##_tile(x, w, k, GROUP, T, y, ldy, b, next);                 \
+            else for (int r = 0; r < wn; r++)                                                 \
+                NAME##_tile(x, w + r * k, k, 1, T, y + r, ldy, b + r, NULL);                  \
+        }                                                                                     \
+        break;
+
+DEFINE_PRODUCT(product_f32_avx2, , f32x8, float, __m256, __m256, 8, 3, 0)
+DEFINE_PRODUCT(product_bf16_avx2, , bf16x8, uint16_t, __m256, __m256, 8, 3, 1)
+DEFINE_PRODUCT(product_f32_avx512, AVX512, f32x16, float, __m512, __m512, 16, 6, 0)
+DEFINE_PRODUCT(product_bf16_dp, AVX512_BF16, bf16x32, uint16_t, __m512, __m512bh, 32, 6, 1)
 
 static void product(int bf16, const void *x, const void *w, const void *bias, float *y,
                     int64_t rows, int64_t n, int64_t k) {
