@@ -1,6 +1,7 @@
 """Block costs c(n) of two builds of engine/cpu.c side by side, in one process: the working
 tree's and a git revision's (the one before a kernel change), each as the fused step of the same
 engine, every repeat timing both in turn so that a shared machine's load drifts hit both alike.
+In bf16 on a CPU with AMX the working tree runs twice, with its AMX products off and on.
 
 c(n) is an n-token forward over a one-token forward (medians of repeats, each build over its own
 one-token step); c*(n), the roofline, is max(t1, n × FLOP a token / product rate) / t1 with the
@@ -67,6 +68,9 @@ def main():
     parser.add_argument("--blocks", default="2,4,8,16,32,64")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--products", action="store_true", help="time the products alone")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="--products: wall time, or this thread's CPU time (one thread: "
+                             "the time the OS gave other processes left out)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,9 +81,19 @@ def main():
     after = fused.FusedLayers(engine)
     before = fused.FusedLayers(engine)
     before.lib = build_at(args.before, Path(tmp.name))
-    builds = {args.before: before, "working tree": after}
+    # name: (fused step, AMX for bf16 on or off; None: the old build's own)
+    builds = {args.before: (before, None), "working tree": (after, 0)}
+    if engine.dtype == torch.bfloat16 and amx_usable(after.lib):
+        builds["working tree, AMX"] = (after, 1)
+
+    def use(name):
+        engine.fused, amx = builds[name]
+        if amx is not None:
+            after.lib.set_amx(amx)
     if args.products:
-        return time_products(engine, {k: b.lib for k, b in builds.items()}, blocks, args.repeats)
+        clock = time.thread_time if args.clock == "thread" else time.perf_counter
+        return time_products(engine, {k: b.lib for k, (b, _) in builds.items()}, use, blocks,
+                             args.repeats, clock)
     ctx = args.context
     cache = engine.cache(ctx + max(blocks + [1]) + 8)
     ids = {n: torch.randint(engine.config.vocab_size, (1, n)) for n in [1] + blocks}
@@ -88,8 +102,8 @@ def main():
         engine.fused = after
         engine(torch.randint(engine.config.vocab_size, (1, ctx)), cache, 0)
         for i in range(args.repeats + 1):           # the first round warms up
-            for name, build in builds.items():
-                engine.fused = build
+            for name in builds:
+                use(name)
                 for n in [1] + blocks:
                     cache.truncate(ctx)
                     start = time.perf_counter()
@@ -112,7 +126,14 @@ def main():
         print(f"{name:>14}: step {1e3 * t1:6.2f} ms; c(n)/c*(n): " + ", ".join(cells))
 
 
-def time_products(engine, libs: dict, blocks: list[int], repeats: int):
+def amx_usable(lib) -> bool:
+    lib.set_amx(1)
+    usable = bool(lib.uses_amx())
+    lib.set_amx(0)
+    return usable
+
+
+def time_products(engine, libs: dict, use, blocks: list[int], repeats: int, clock):
     weights = [m.weight for ms in linear_groups(engine).values() for m in ms]
     weights.sort(key=lambda w: w.data_ptr())          # layer order (engine/arena.py)
     bf16 = int(engine.dtype == torch.bfloat16)
@@ -122,17 +143,19 @@ def time_products(engine, libs: dict, blocks: list[int], repeats: int):
     times = {(name, n): [] for name in libs for n in [1] + blocks}
     for i in range(repeats + 1):
         for name, lib in libs.items():
+            use(name)
             for n in [1] + blocks:
-                start = time.perf_counter()
+                start = clock()
                 for w in weights:
                     lib.product_f32_out(x[n].data_ptr(), w.data_ptr(), None, out.data_ptr(), n,
                                         w.shape[0], w.shape[1], bf16)
                 if i:
-                    times[name, n].append(time.perf_counter() - start)
+                    times[name, n].append(clock() - start)
     flops = 2 * sum(w.numel() for w in weights)
     load = os.getloadavg()
     print(f"products alone, {engine.dtype}, {torch.get_num_threads()} threads, medians of "
-          f"{repeats}; {flops / 1e9:.3f} GFLOP a row; load average {load[0]:.2f} {load[1]:.2f}")
+          f"{repeats} ({clock.__name__}); {flops / 1e9:.3f} GFLOP a row; load average "
+          f"{load[0]:.2f} {load[1]:.2f}")
     for name in libs:
         t1 = statistics.median(times[name, 1])
         print(f"{name:>14}: one row {1e3 * t1:6.2f} ms; " + ", ".join(

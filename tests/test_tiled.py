@@ -17,17 +17,34 @@ pytestmark = pytest.mark.skipif(kernels.cpu_library() is None,
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def levels():
-    """cpu.c's instruction sets this CPU runs: AVX2, AVX-512, AVX512-BF16 (kernels.isa_level)."""
-    return range(kernels.isa_level() + 1)
+def paths():
+    """cpu.c's product paths this CPU runs, as (instruction set, AMX): AVX2, AVX-512,
+    AVX512-BF16 (kernels.isa_level), and at that level AMX tiles for bf16 where the CPU has them
+    (SPECBENCH_AMX=on)."""
+    lib = library()
+    found = [(level, 0) for level in range(kernels.isa_level() + 1)]
+    was = lib.uses_amx()
+    lib.set_isa(kernels.isa_level())
+    lib.set_amx(1)
+    if lib.uses_amx():
+        found.append((kernels.isa_level(), 1))
+    lib.set_amx(was)
+    return found
 
 
 @pytest.fixture
-def each_isa():
-    """Sets cpu.c's instruction set for a test body; the CPU's own afterwards."""
-    lib = kernels.cpu_library()
-    yield lib.set_isa
+def use_path():
+    """Sets cpu.c's product path for a test body; the CPU's own (and AMX as it was) afterwards."""
+    lib = library()
+    was = lib.uses_amx()
+
+    def use(path):
+        level, amx = path
+        lib.set_isa(level)
+        lib.set_amx(amx)
+    yield use
     lib.set_isa(kernels.isa_level())
+    lib.set_amx(was)
 
 
 def product(x, w, bias):
@@ -39,11 +56,12 @@ def product(x, w, bias):
     return out
 
 
-# n: fewer weight rows than one group of 4, a group and a part, several groups and a part;
-# k: a tail after whole chunks (fp32 16 or 8 a chunk, bf16 32 or 8), or only a tail
-@pytest.mark.parametrize("n, k", [(3, 203), (6, 45), (37, 203), (37, 7)])
+# n: fewer weight rows than one group (4 on the vector paths, 16 on AMX), a group and a part,
+# several groups and a part; k: a tail after whole chunks (fp32 16 or 8 a chunk, bf16 32 or 8),
+# only a tail, or whole chunks (AMX takes only those: k a multiple of 32)
+@pytest.mark.parametrize("n, k", [(3, 203), (6, 45), (37, 203), (37, 7), (3, 64), (37, 160)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_an_output_is_the_same_bits_in_any_tile(dtype, n, k, each_isa):
+def test_an_output_is_the_same_bits_in_any_tile(dtype, n, k, use_path):
     """Each row of a 64-row block, alone, in every leading block 1..64, and with the rows in
     another order (so in other tiles, at other places in them), and each weight row alone: the
     same bits, on every instruction set; and the product's value (fp32 sums, any order)."""
@@ -52,12 +70,12 @@ def test_an_output_is_the_same_bits_in_any_tile(dtype, n, k, each_isa):
     w = torch.randn(n, k, generator=gen).to(DTYPES[dtype])
     bias = torch.randn(n, generator=gen).to(DTYPES[dtype])
     want = F.linear(x.float(), w.float(), bias.float())
-    for level in levels():
-        each_isa(level)
+    for path in paths():
+        use_path(path)
         full = product(x, w, bias)
         assert torch.allclose(full, want, rtol=1e-5, atol=1e-4)
         for rows in range(1, MAX_ROWS + 1):
-            assert torch.equal(product(x[:rows], w, bias), full[:rows]), (level, rows)
+            assert torch.equal(product(x[:rows], w, bias), full[:rows]), (path, rows)
         assert torch.equal(torch.cat([product(x[i:i + 1], w, bias) for i in range(MAX_ROWS)]),
                            full)
         order = torch.randperm(MAX_ROWS, generator=gen)
@@ -68,19 +86,20 @@ def test_an_output_is_the_same_bits_in_any_tile(dtype, n, k, each_isa):
             assert torch.equal(product(x, w[j:j + 1], bias[j:j + 1])[:, 0], full[:, j])
 
 
+@pytest.mark.parametrize("k", [99, 96])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_gemv_kernel_gives_every_block_size_the_bits_of_one_row(dtype, each_isa):
+def test_the_gemv_kernel_gives_every_block_size_the_bits_of_one_row(dtype, k, use_path):
     """kernels.bind_gemv (the products of torch's path where `gemv` was chosen): blocks 1..64
     and odd sizes, outputs in the weight's dtype."""
     torch.manual_seed(3)
-    lin = Linear(99, 41, bias=True).to(DTYPES[dtype]).requires_grad_(False)
-    x = torch.randn(MAX_ROWS, 99).to(DTYPES[dtype])
-    for level in levels():
-        each_isa(level)
+    lin = Linear(k, 41, bias=True).to(DTYPES[dtype]).requires_grad_(False)
+    x = torch.randn(MAX_ROWS, k).to(DTYPES[dtype])
+    for path in paths():
+        use_path(path)
         gemv = kernels.bind_gemv(lin)
         alone = torch.cat([gemv(x[i:i + 1]) for i in range(MAX_ROWS)])
         for rows in range(1, MAX_ROWS + 1):
-            assert torch.equal(gemv(x[:rows]), alone[:rows]), (level, rows)
+            assert torch.equal(gemv(x[:rows]), alone[:rows]), (path, rows)
         start = 0
         for rows in (7, 13, 1, 5, 38):           # a block at every offset of x
             assert torch.equal(gemv(x[start:start + rows]), alone[start:start + rows])
@@ -88,21 +107,37 @@ def test_the_gemv_kernel_gives_every_block_size_the_bits_of_one_row(dtype, each_
 
 
 @pytest.fixture(scope="module")
-def odd_model(tmp_path_factory):
-    """Products with tails and odd widths: hidden 72 (head_dim 18), intermediate 99 (gate/up:
-    198 weight rows, not whole groups of 4; down: k = 99)."""
-    return make_model_folder(tmp_path_factory.mktemp("tiled") / "odd", "gqa", hidden_size=72,
-                             intermediate_size=99)
+def models(tmp_path_factory):
+    """odd: products with tails and odd widths: hidden 72 (head_dim 18), intermediate 99
+    (gate/up: 198 weight rows, not whole groups of 4; down: k = 99). even: every k a multiple of
+    32 (hidden 96, intermediate 192), so bf16 products take AMX where the CPU has it."""
+    root = tmp_path_factory.mktemp("tiled")
+    return {"odd": make_model_folder(root / "odd", "gqa", hidden_size=72, intermediate_size=99),
+            "even": make_model_folder(root / "even", "gqa", hidden_size=96,
+                                      intermediate_size=192)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_every_block_size_up_to_64_is_bit_equal_to_one_token_steps(odd_model, dtype,
+@pytest.mark.parametrize("model, dtype, amx", [("odd", "fp32", 0), ("odd", "bf16", 0),
+                                               ("even", "fp32", 0), ("even", "bf16", 0),
+                                               ("even", "bf16", 1)])
+def test_every_block_size_up_to_64_is_bit_equal_to_one_token_steps(models, model, dtype, amx,
                                                                    monkeypatch):
     """Through the fused step (SPECBENCH_FUSED=on: every block of 1..64): a block of n tokens,
     for every n, and the same tokens in blocks of odd sizes one after another, give the hidden
-    states, logits and cache rows of decoding each token alone."""
+    states, logits and cache rows of decoding each token alone. (amx 1: bf16 on AMX tiles where
+    the CPU has them, else the same as 0.)"""
+    lib = library()
+    was = lib.uses_amx()
+    lib.set_amx(amx)
+    try:
+        check_blocks_against_steps(models[model], dtype, monkeypatch)
+    finally:
+        lib.set_amx(was)
+
+
+def check_blocks_against_steps(folder, dtype, monkeypatch):
     monkeypatch.setenv(FUSED_ENV, "on")
-    engine, _, _ = load_engine(str(odd_model), dtype=dtype, device="cpu", with_tokenizer=False)
+    engine, _, _ = load_engine(str(folder), dtype=dtype, device="cpu", with_tokenizer=False)
     assert engine.fused is not None and engine.fused.rows == set(range(1, MAX_ROWS + 1))
     pre, end = 9, 9 + MAX_ROWS
     ids = torch.randint(96, (1, end), generator=torch.Generator().manual_seed(4))

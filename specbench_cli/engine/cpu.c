@@ -23,18 +23,42 @@
  * C compiler (-O3 -fopenmp -mavx2 -mfma -mf16c); the AVX-512 paths are compiled for their own
  * targets and chosen at run time by `set_isa`, from what /proc/cpuinfo reports.
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define INLINE static inline __attribute__((always_inline))
 #define AVX512 __attribute__((target("avx512f,avx512bw")))
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 
 /* 0: AVX2 + FMA; 1: AVX-512F/BW; 2: AVX-512 with BF16 dot products (Zen 4, Sapphire Rapids). */
 static int isa = 0;
-void set_isa(int level) { isa = level; }
+/* bf16 products on AMX tiles (Intel Sapphire Rapids and later), where the CPU has them and the
+ * kernel grants this process their state, when asked by set_amx(1) (engine/fused.py: SPECBENCH_AMX=on).
+ * Off by default: measured on a 2-core Sapphire Rapids, blocks of 4 to 32 tokens cost 1.5 to 2.2x
+ * less than on vdpbf16ps, but a one-token step 1.3x more (a 16-row tile load streams the weights
+ * from memory slower than the vector loads do), and every block size must take the same path. */
+static int amx = 0;
+
+static int amx_usable(void) {
+    static int usable = -1;
+    unsigned a, b, c, d;
+    if (usable < 0)
+        usable = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1)
+                 && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                            18 /* XFEATURE_XTILEDATA */) == 0;
+    return usable;
+}
+
+void set_isa(int level) { isa = level; amx = amx && level >= 2; }
+void set_amx(int on) { amx = on && isa >= 2 && amx_usable(); }
+int uses_amx(void) { return amx; }
 
 static inline float bf16_to_f32(uint16_t h) {
     union { uint32_t u; float f; } v = {(uint32_t)h << 16};
@@ -84,6 +108,26 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
  * (tail: the last, partial chunk, zero-filled), always inlined into the product built from them.
  */
 #define GROUP 4              /* weight rows a tile */
+
+/* The weights of the group two ahead are asked into L2 while a group's tiles run, spread evenly
+ * over all its tiles' chunk steps (`per` lines a step from `at` to `end`): memory stays busy
+ * while the later tiles compute from L1. Without it a block's products wait on memory; asked
+ * for all in the first tile, c(16) of the products alone was 1.8 (fp32, one thread). */
+typedef struct { const char *at, *end; int64_t per; } Ahead;
+
+static inline Ahead ahead_of(const char *later, int64_t bytes, int64_t t, int64_t tiles,
+                             int64_t steps) {
+    Ahead none = {NULL, NULL, 0};
+    if (!later) return none;
+    const int64_t lines = bytes / 64, from = lines * t / tiles, to = lines * (t + 1) / tiles;
+    Ahead a = {later + 64 * from, later + 64 * to, (to - from + steps - 1) / steps};
+    return a;
+}
+
+INLINE void ahead_step(Ahead *a) {
+    for (int64_t q = 0; q < a->per && a->at < a->end; q++, a->at += 64)
+        _mm_prefetch(a->at, _MM_HINT_T1);
+}
 
 static inline int64_t tile_rows(int64_t rows, int64_t tiles, int64_t t) {
     return rows / tiles + (t < rows % tiles);
@@ -186,20 +230,16 @@ AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * a tile (GROUP * T_MAX accumulators and the loaded vectors fit the registers). */
 #define DEFINE_PRODUCT(NAME, ATTR, OPS, ELT, VACC, VIN, CH, T_MAX, IS_BF16)                   \
     /* y[t][r] (row stride ldy) for W weight rows w and T block rows x, always inlined with     \
-     * constant W and T. `next`: the weights of the group two ahead, asked into L2 on the way   \
-     * (or NULL); without it a block's products wait on memory (c(8) 1.49 against 1.28). */     \
+     * constant W and T; `ahead`: lines of a later group to ask for on the way. */             \
     ATTR INLINE void NAME##_tile(const ELT *x, const ELT *w, int64_t k, const int W,          \
                                  const int T, float *y, int64_t ldy, const float *b,          \
-                                 const ELT *next) {                                           \
+                                 Ahead ahead) {                                               \
         VACC acc[GROUP][T_MAX];                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                                   \
             _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) acc[r][t] = OPS##_zero();     \
         int64_t i = 0;                                                                        \
         for (; i + CH <= k; i += CH) {                                                        \
-            if (next) {                                                                       \
-                _Pragma("GCC unroll 8") for (int r = 0; r < W; r++)                           \
-                    _mm_prefetch((const char *)(next + r * k + i), _MM_HINT_T1);              \
-            }                                                                                 \
+            ahead_step(&ahead);                                                               \
             TILE_STEP(OPS, VIN, LOAD_FULL)                                                    \
         }                                                                                     \
         if (i < k) {                                                                          \
@@ -220,7 +260,7 @@ AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     /* One tile of T rows (1..T_MAX) against wn weight rows: a whole group, or the last rows   \
      * of the weight one at a time. */                                                        \
     ATTR static void NAME##_rows(const ELT *x, const ELT *w, int64_t k, int wn, int64_t T,    \
-                                 float *y, int64_t ldy, const float *b, const ELT *next) {    \
+                                 float *y, int64_t ldy, const float *b, Ahead ahead) {        \
         switch (T) {                                                                          \
         TILE_CASE(NAME, 1, T_MAX) TILE_CASE(NAME, 2, T_MAX) TILE_CASE(NAME, 3, T_MAX)         \
         TILE_CASE(NAME, 4, T_MAX) TILE_CASE(NAME, 5, T_MAX) TILE_CASE(NAME, 6, T_MAX)         \
@@ -237,10 +277,11 @@ AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
             float b[GROUP];                                                                   \
             for (int r = 0; r < wn; r++) b[r] = bias_at(bias, j + r, IS_BF16);               \
             const ELT *wg = (const ELT *)w + j * k;                                           \
-            const ELT *next = n - j >= 3 * GROUP ? wg + 2 * GROUP * k : NULL;                 \
+            const char *later = n - j >= 3 * GROUP ? (const char *)(wg + 2 * GROUP * k) : NULL; \
             for (int64_t t = 0, r0 = 0; t < tiles; r0 += tile_rows(rows, tiles, t++))         \
                 NAME##_rows((const ELT *)x + r0 * k, wg, k, wn, tile_rows(rows, tiles, t),    \
-                            y + r0 * n + j, n, b, t == 0 ? next : NULL);                      \
+                            y + r0 * n + j, n, b,                                             \
+                            ahead_of(later, GROUP * k * sizeof(ELT), t, tiles, k / CH + 1));  \
         }                                                                                     \
     }
 
@@ -248,9 +289,9 @@ AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 #define TILE_CASE(NAME, T, T_MAX)                                                             \
     case T:                                                                                   \
         if (T <= T_MAX) {                                                                     \
-            if (wn == GROUP) NAME##_tile(x, w, k, GROUP, T, y, ldy, b, next);                 \
+            if (wn == GROUP) NAME##_tile(x, w, k, GROUP, T, y, ldy, b, ahead);                \
             else for (int r = 0; r < wn; r++)                                                 \
-                NAME##_tile(x, w + r * k, k, 1, T, y + r, ldy, b + r, NULL);                  \
+                NAME##_tile(x, w + r * k, k, 1, T, y + r, ldy, b + r, ahead_of(NULL, 0, 0, 1, 1));  \
         }                                                                                     \
         break;
 
@@ -259,8 +300,177 @@ DEFINE_PRODUCT(product_bf16_avx2, , bf16x8, uint16_t, __m256, __m256, 8, 3, 1)
 DEFINE_PRODUCT(product_f32_avx512, AVX512, f32x16, float, __m512, __m512, 16, 6, 0)
 DEFINE_PRODUCT(product_bf16_dp, AVX512_BF16, bf16x32, uint16_t, __m512, __m512bh, 32, 6, 1)
 
+/* ---------------------------------------------------------------------------------------------
+ * bf16 products on AMX. One tile multiply-add (tdpbf16ps) takes 16 weight rows x 32 values of k
+ * (tile A, read in place from the row-major weight: 64 bytes a row) against up to 16 block rows
+ * (tile B: the block's rows packed in pairs of k, each pair one 32-bit column entry, as the
+ * instruction wants), into C: 16 x up to 16 fp32 sums. Blocks over 16 rows take up to four C
+ * tiles of equal width (balanced: 17 rows are 9 + 8 columns, the last padded with zero rows), so
+ * each 16-row weight group is read once for the whole block. tdpbf16ps computes each C element
+ * as its own chain over k in order (Intel SDM), so an output's bits depend on neither the tile's
+ * width nor the other rows, as on the vector paths. Used for whole matrices with k a multiple of
+ * 32 (every k of the models here); others take vdpbf16ps.
+ */
+#define AMX_ROWS 16          /* weight rows a tile, and block rows (columns of C) at most */
+#define AMX_K 32             /* values of k a tile multiply-add */
+#define AMX_TILES 4          /* C tiles: blocks of up to 64 rows */
+
+typedef struct {             /* LDTILECFG's operand, palette 1 */
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* C tiles 0-3 (16 x width fp32), A 4 and 6 (16 x 32 bf16), B 5 and 7 (16 pairs x width). */
+static TileConfig amx_config(int64_t width) {
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = AMX_ROWS;
+        cfg.colsb[t] = (uint16_t)(t == 4 || t == 6 ? AMX_K * 2 : width * 4);
+    }
+    return cfg;
+}
+
+/* xp[b][c][p][t] = (x[b width + t][32 c + 2 p], x[b width + t][32 c + 2 p + 1]), zero past the
+ * block's last row: B tile (b, c) is 16 rows of `width` pairs. */
+static void amx_pack(const uint16_t *x, uint32_t *xp, int64_t rows, int64_t k, int64_t tiles,
+                     int64_t width) {
+    const int64_t chunks = k / AMX_K;
+    const uint32_t *pairs = (const uint32_t *)x;      /* k even: a row is k / 2 pairs */
+    for (int64_t c = 0; c < chunks; c++)
+        for (int64_t b = 0; b < tiles; b++) {
+            uint32_t *dst = xp + (b * chunks + c) * AMX_ROWS * width;
+            for (int64_t t = 0; t < width; t++) {
+                const int64_t r = b * width + t;
+                for (int p = 0; p < AMX_ROWS; p++)
+                    dst[p * width + t] = r < rows ? pairs[r * (k / 2) + c * (AMX_K / 2) + p] : 0;
+            }
+        }
+}
+
+/* One C tile's multiply-add for chunk c; `b` a constant (tile numbers are immediates). */
+#define AMX_STEP(b)                                                                           \
+    if ((b) < tiles) {                                                                        \
+        _tile_loadd(5, xp + ((b) * chunks + c) * AMX_ROWS * width, width * 4);                 \
+        _tile_dpbf16ps(b, 4, 5);                                                              \
+    }
+
+/* C tile `tile` holds weight rows [16 g, 16 g + 16) x block rows [b width, (b + 1) width). */
+#define AMX_STORE(tile, g, b)                                                                 \
+    if ((b) < tiles) {                                                                        \
+        _tile_stored(tile, out, width * 4);                                                   \
+        amx_scatter(out, (b) * width, width, rows, wn, bias + (g) * AMX_ROWS,                 \
+                    y + (g) * AMX_ROWS, n);                                                   \
+    }
+
+/* C (16 weight rows x width block rows, from block row r0) into y[r][j], plus the bias. */
+static inline void amx_scatter(const float *out, int64_t r0, int64_t width, int64_t rows, int wn,
+                               const float *bias, float *y, int64_t n) {
+    for (int64_t t = 0; t < width && r0 + t < rows; t++)
+        for (int m = 0; m < wn; m++) y[(r0 + t) * n + m] = out[m * width + t] + bias[m];
+}
+
+INLINE void amx_prefetch(const uint16_t *next, int64_t groups, int64_t k, int64_t c) {
+    for (int m = 0; m < groups * AMX_ROWS; m++)
+        _mm_prefetch((const char *)(next + m * k + c * AMX_K), _MM_HINT_T1);
+}
+
+/* Weight rows w (16, row stride k: wn of them real) against every block row (up to 4 C tiles);
+ * y at their column. `next`: the weights of a group ahead, asked into L2 on the way (or NULL). */
+AMX static void amx_group(const uint16_t *w, int64_t k, const uint32_t *xp, int64_t tiles,
+                          int64_t width, int64_t rows, int wn, const float *bias, float *y,
+                          int64_t n, const uint16_t *next) {
+    const int64_t chunks = k / AMX_K;
+    float out[AMX_ROWS * AMX_ROWS];
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t c = 0; c < chunks; c++) {
+        if (next) amx_prefetch(next, 1, k, c);
+        _tile_loadd(4, w + c * AMX_K, k * 2);
+        AMX_STEP(0) AMX_STEP(1) AMX_STEP(2) AMX_STEP(3)
+    }
+    AMX_STORE(0, 0, 0) AMX_STORE(1, 0, 1) AMX_STORE(2, 0, 2) AMX_STORE(3, 0, 3)
+}
+
+/* Two whole groups (32 weight rows) for blocks of up to 32 rows (two C tiles a group): alone, a
+ * group's multiply-adds are one chain, each waiting on the last (the one-token step was 20%
+ * slower than vdpbf16ps's); two groups are two chains, and each B tile serves both.
+ * C: group 0 in tiles 0-1, group 1 in 2-3; A: 4, 6; B: 5, 7. */
+AMX static void amx_pair(const uint16_t *w, int64_t k, const uint32_t *xp, int64_t tiles,
+                         int64_t width, int64_t rows, const float *bias, float *y, int64_t n,
+                         const uint16_t *next) {
+    const int64_t chunks = k / AMX_K;
+    const int wn = AMX_ROWS;
+    float out[AMX_ROWS * AMX_ROWS];
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t c = 0; c < chunks; c++) {
+        if (next) amx_prefetch(next, 2, k, c);
+        _tile_loadd(4, w + c * AMX_K, k * 2);
+        _tile_loadd(6, w + AMX_ROWS * k + c * AMX_K, k * 2);
+        _tile_loadd(5, xp + c * AMX_ROWS * width, width * 4);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(2, 6, 5);
+        if (tiles > 1) {
+            _tile_loadd(7, xp + (chunks + c) * AMX_ROWS * width, width * 4);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 6, 7);
+        }
+    }
+    AMX_STORE(0, 0, 0) AMX_STORE(1, 0, 1) AMX_STORE(2, 1, 0) AMX_STORE(3, 1, 1)
+}
+
+/* Returns 0, or -2 where memory ran out (the caller takes vdpbf16ps). */
+AMX static int product_bf16_amx(const void *x, const void *w, const void *bias, float *y,
+                                int64_t rows, int64_t n, int64_t k) {
+    const int64_t chunks = k / AMX_K, tiles = (rows + AMX_ROWS - 1) / AMX_ROWS;
+    const int64_t width = (rows + tiles - 1) / tiles, groups = (n + AMX_ROWS - 1) / AMX_ROWS;
+    const int last = (int)(n - (groups - 1) * AMX_ROWS);
+    uint32_t *xp = malloc(sizeof(uint32_t) * tiles * chunks * AMX_ROWS * width);
+    /* the last group's rows, zero-padded to a whole tile where n is not a multiple of 16 */
+    uint16_t *tail = last < AMX_ROWS ? calloc(AMX_ROWS * k, sizeof(uint16_t)) : NULL;
+    if (!xp || (last < AMX_ROWS && !tail)) { free(xp); free(tail); return -2; }
+    if (tail) memcpy(tail, (const uint16_t *)w + (groups - 1) * AMX_ROWS * k, sizeof(uint16_t) * last * k);
+    const TileConfig cfg = amx_config(width);
+    /* Packed before the threads start: a barrier between would cost a time slice wherever the
+     * cores are shared. */
+    amx_pack((const uint16_t *)x, xp, rows, k, tiles, width);
+    #pragma omp parallel
+    {
+        _tile_loadconfig(&cfg);            /* the tile state is each thread's own */
+        /* in pairs of groups where the block has at most two C tiles (the last, padded group
+         * alone) */
+        const int64_t step = tiles <= 2 ? 2 : 1, whole = tail ? groups - 1 : groups;
+        #pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; g += step) {
+            const int64_t j = g * AMX_ROWS;
+            const int64_t count = g + step <= whole ? step : 1;
+            float b[2 * AMX_ROWS];
+            for (int m = 0; m < step * AMX_ROWS && j + m < n; m++) b[m] = bias_at(bias, j + m, 1);
+            const uint16_t *next = g + 3 * step < groups ? (const uint16_t *)w + (j + 2 * step * AMX_ROWS) * k : NULL;
+            if (count == 2) {
+                amx_pair((const uint16_t *)w + j * k, k, xp, tiles, width, rows, b, y + j, n, next);
+                continue;
+            }
+            for (int64_t h = g; h < g + step && h < groups; h++) {      /* one group at a time */
+                const int64_t jh = h * AMX_ROWS;
+                const uint16_t *wg = h < whole ? (const uint16_t *)w + jh * k : tail;
+                amx_group(wg, k, xp, tiles, width, rows, h < whole ? AMX_ROWS : last,
+                          b + (jh - j), y + jh, n, step == 1 ? next : NULL);
+            }
+        }
+        _tile_release();
+    }
+    free(xp);
+    free(tail);
+    return 0;
+}
+
 static void product(int bf16, const void *x, const void *w, const void *bias, float *y,
                     int64_t rows, int64_t n, int64_t k) {
+    /* AMX for every product of a matrix or none (by k alone), so its outputs keep one arithmetic */
+    if (bf16 && amx && k % AMX_K == 0 && product_bf16_amx(x, w, bias, y, rows, n, k) == 0)
+        return;
     if (bf16)
         (isa >= 2 ? product_bf16_dp : product_bf16_avx2)(x, w, bias, y, rows, n, k);
     else

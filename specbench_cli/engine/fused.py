@@ -15,6 +15,10 @@ it must beat the torch path over the model's own layers, timed once per machine 
 and cached beside the kernel choices ($SPECBENCH_HOME/kernels/fused.json). `SPECBENCH_KERNELS=aten`
 turns it off; `SPECBENCH_FUSED=off` turns it off alone, `=on` takes it for every block it can run
 without timing (tests, benchmarks: a choice that does not depend on a timing race).
+
+`SPECBENCH_AMX=on` runs cpu.c's bf16 products on AMX tiles where the CPU has them (Intel Sapphire
+Rapids and later): blocks of several tokens cost far less, a one-token step more (cpu.c says how
+much), so it is off unless asked for. Every block size takes the same products either way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from . import kernels
 from ..errors import SpecbenchError
 
 FUSED_ENV = "SPECBENCH_FUSED"
+AMX_ENV = "SPECBENCH_AMX"
 MAX_ROWS = kernels.BUCKETS[-1]     # the largest block timed (and so the largest it may take)
 TIMED_LAYERS = 4          # the layers the choice is timed over (enough to compare per layer)
 TIMED_CONTEXT = 64
@@ -106,6 +111,8 @@ def library():
         ctypes.c_void_p]
     lib.product_f32_out.restype = ctypes.c_int
     lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int32]
+    lib.set_amx.argtypes = [ctypes.c_int]
+    lib.set_amx(os.environ.get(AMX_ENV, "off").lower() == "on")
     return lib
 
 
@@ -226,7 +233,8 @@ def choose_fused(engine, key: str) -> dict:
         return {"used": True, "why": f"{FUSED_ENV}=on: every block of 1–{MAX_ROWS}", "rows": {}}
     cfg = engine.config
     shape = (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
-             f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}")
+             f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}"
+             f"{' amx' if library().uses_amx() else ''}")
     timed = kernels.cached_entry(kernels.kernels_home() / "fused.json", f"{key} | {shape}",
                                  valid_timing, lambda: measure(engine))
     faster = [int(r) for r, ms in timed.items() if ms["fused"] < (1 - kernels.MIN_GAIN) * ms["torch"]]
