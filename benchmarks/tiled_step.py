@@ -50,12 +50,11 @@ def build_at(rev: str, folder: Path):
     lib = ctypes.CDLL(str(out))
     lib.set_isa.argtypes = [ctypes.c_int]
     lib.set_isa(kernels.isa_level())
-    saved = kernels._LIB.get("lib")
-    kernels._LIB["lib"] = lib
-    try:
-        return fused.library.__wrapped__()     # the same declarations on this library
-    finally:
-        kernels._LIB["lib"] = saved
+    new = fused.library()
+    for name in ("decode_layers", "decode_segments", "product_f32_out"):
+        getattr(lib, name).restype = getattr(new, name).restype
+        getattr(lib, name).argtypes = getattr(new, name).argtypes
+    return lib
 
 
 def main():
