@@ -51,7 +51,8 @@ def product(x, w, bias):
     """cpu.c's product with fp32 outputs (the engine's logits, the fused step's products)."""
     out = torch.empty(x.shape[0], w.shape[0])
     rc = library().product_f32_out(x.data_ptr(), w.data_ptr(), bias.data_ptr(), out.data_ptr(),
-                                   x.shape[0], w.shape[0], w.shape[1], int(w.dtype == torch.bfloat16))
+                                   x.shape[0], w.shape[0], w.shape[1],
+                                   int(w.dtype == torch.bfloat16))
     assert rc == 0
     return out
 

@@ -40,10 +40,11 @@
 /* 0: AVX2 + FMA; 1: AVX-512F/BW; 2: AVX-512 with BF16 dot products (Zen 4, Sapphire Rapids). */
 static int isa = 0;
 /* bf16 products on AMX tiles (Intel Sapphire Rapids and later), where the CPU has them and the
- * kernel grants this process their state, when asked by set_amx(1) (engine/fused.py: SPECBENCH_AMX=on).
- * Off by default: measured on a 2-core Sapphire Rapids, blocks of 4 to 32 tokens cost 1.5 to 2.2x
- * less than on vdpbf16ps, but a one-token step 1.3x more (a 16-row tile load streams the weights
- * from memory slower than the vector loads do), and every block size must take the same path. */
+ * kernel grants this process their state, when asked by set_amx(1) (engine/fused.py:
+ * SPECBENCH_AMX=on). Off by default: on a 2-core Sapphire Rapids, SmolLM2's products over blocks
+ * of 8 and 16 rows took 1.2x and 1.8x less time than on vdpbf16ps, but over one row 1.16x more
+ * (a 16-row tile load streams the weights from memory slower than vector loads do), and every
+ * block size must take the same path, the one-token step included. */
 static int amx = 0;
 
 static int amx_usable(void) {
@@ -171,7 +172,9 @@ AVX512 INLINE __m512 f32x16_load(const float *p) { return _mm512_loadu_ps(p); }
 AVX512 INLINE __m512 f32x16_tail(const float *p, int64_t n) {
     return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
 }
-AVX512 INLINE __m512 f32x16_dot(__m512 acc, __m512 x, __m512 w) { return _mm512_fmadd_ps(x, w, acc); }
+AVX512 INLINE __m512 f32x16_dot(__m512 acc, __m512 x, __m512 w) {
+    return _mm512_fmadd_ps(x, w, acc);
+}
 AVX512 INLINE float f32x16_sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
 
 /* The sums of four accumulators at once, each by _mm512_reduce_add_ps's own tree (lane i + lane
@@ -182,12 +185,13 @@ AVX512 INLINE __m128 sum4_x16(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
     __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
     /* quarters: a's lanes i + (i + 8) for i < 4, for 4 <= i < 8, then b's; c, d's alike */
-    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88),
+                             _mm512_shuffle_f32x4(ab, cd, 0xDD));
     /* quarter q: the four partial sums of a, b, c, d in turn; then within each: + 2, + 1 */
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0,
-                                                                          0, 0, 0, 0, 0, 0, 0, 0), v));
+    const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(firsts, v));
 }
 AVX512 INLINE __m128 f32x16_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return sum4_x16(a, b, c, d);
@@ -291,7 +295,8 @@ AVX512_BF16 INLINE __m128 bf16x32_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
         if (T <= T_MAX) {                                                                     \
             if (wn == GROUP) NAME##_tile(x, w, k, GROUP, T, y, ldy, b, ahead);                \
             else for (int r = 0; r < wn; r++)                                                 \
-                NAME##_tile(x, w + r * k, k, 1, T, y + r, ldy, b + r, ahead_of(NULL, 0, 0, 1, 1));  \
+                NAME##_tile(x, w + r * k, k, 1, T, y + r, ldy, b + r,                         \
+                            ahead_of(NULL, 0, 0, 1, 1));                                      \
         }                                                                                     \
         break;
 
@@ -407,7 +412,9 @@ AMX static int product_bf16_amx(const void *x, const void *w, const void *bias, 
     /* the last group's rows, zero-padded to a whole tile where n is not a multiple of 16 */
     uint16_t *tail = last < AMX_ROWS ? calloc(AMX_ROWS * k, sizeof(uint16_t)) : NULL;
     if (!xp || (last < AMX_ROWS && !tail)) { free(xp); free(tail); return -2; }
-    if (tail) memcpy(tail, (const uint16_t *)w + (groups - 1) * AMX_ROWS * k, sizeof(uint16_t) * last * k);
+    if (tail)
+        memcpy(tail, (const uint16_t *)w + (groups - 1) * AMX_ROWS * k,
+               sizeof(uint16_t) * last * k);
     const TileConfig cfg = amx_config(width);
     /* Packed before the threads start: a barrier between would cost a time slice wherever the
      * cores are shared. */
@@ -422,7 +429,8 @@ AMX static int product_bf16_amx(const void *x, const void *w, const void *bias, 
             float b[AMX_ROWS];
             for (int m = 0; m < wn; m++) b[m] = bias_at(bias, j + m, 1);
             const uint16_t *wg = g + 1 < groups || !tail ? (const uint16_t *)w + j * k : tail;
-            const uint16_t *next = g + 3 < groups ? (const uint16_t *)w + (j + 2 * AMX_ROWS) * k : NULL;
+            const uint16_t *next =
+                g + 3 < groups ? (const uint16_t *)w + (j + 2 * AMX_ROWS) * k : NULL;
             amx_group(wg, k, xp, tiles, width, rows, wn, b, y + j, n, next);
         }
         _tile_release();
