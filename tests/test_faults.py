@@ -69,6 +69,8 @@ def test_unreadable_and_stale_choice_caches_are_measured_again(tiny_model_dir, t
                                                                monkeypatch, capfd):
     from specbench_cli.engine import fused
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv(kernels.ENV, "auto")          # the choices that are cached: the timed ones
+    monkeypatch.setenv(fused.FUSED_ENV, "auto")
     # What is measured does not matter here, only what becomes of the cache: timings stand in.
     monkeypatch.setattr(kernels, "time_group", lambda modules, name, rows, repeats=0:
                         {"aten": 1e-3, "gemv": 5e-4, "onednn": 2e-3}[name])
