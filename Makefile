@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test test-kernels install clean
 
 $(BIN)/specbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The quick suite under each forced kernel choice and the timed one (tests/all_kernels.sh).
+test-kernels: install
+	PYTHON=$(BIN)/python tests/all_kernels.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,9 +9,9 @@ The session never touches the user's cache or inherits the user's knobs:
 - Every inherited `SPECBENCH_*` variable is cleared (`SPECBENCH_KERNELS`, `SPECBENCH_FUSED`,
   `SPECBENCH_TRAIN_PRECISION`, …). A test that needs one sets it with `monkeypatch`.
 - To force a kernel choice for the whole session (every test that does not pin its own):
-  `SPECBENCH_TEST_KERNELS=aten|gemv|onednn` and `SPECBENCH_TEST_FUSED=on|off` become
-  `SPECBENCH_KERNELS` / `SPECBENCH_FUSED`. `tests/all_kernels.sh` runs the quick suite under
-  each of them and under the timed choice.
+  `SPECBENCH_TEST_<NAME>` becomes `SPECBENCH_<NAME>`, e.g. `SPECBENCH_TEST_KERNELS=aten|gemv|
+  onednn`, `SPECBENCH_TEST_FUSED=on|off`, `SPECBENCH_TEST_AMX=on`. `tests/all_kernels.sh` runs
+  the quick suite under each of them and under the timed choice.
 
 Tests that compare two numeric paths either pin the kernels (or the dtype: `pinned_run`) they
 compare, or take their tolerance from `tolerance(dtype, k, scale)` below, never from a constant
@@ -33,8 +33,6 @@ import torch
 # (imports read no environment: the home and the knobs are read when a test runs)
 from specbench_cli.engine.load import load_engine
 
-# Forced for the session: SPECBENCH_TEST_<name> -> SPECBENCH_<name>.
-SESSION_KNOBS = ("KERNELS", "FUSED")
 _made_home: list[str] = []
 
 
@@ -47,9 +45,9 @@ def pytest_configure(config):
         home = tempfile.mkdtemp(prefix="specbench-test-home-")
         _made_home.append(home)
     os.environ["SPECBENCH_HOME"] = home
-    for knob in SESSION_KNOBS:
-        if inherited.get(f"SPECBENCH_TEST_{knob}"):
-            os.environ[f"SPECBENCH_{knob}"] = inherited[f"SPECBENCH_TEST_{knob}"]
+    for name, value in inherited.items():     # forced for the session: SPECBENCH_TEST_<NAME>
+        if name.startswith("SPECBENCH_TEST_") and name != "SPECBENCH_TEST_HOME" and value:
+            os.environ["SPECBENCH_" + name.removeprefix("SPECBENCH_TEST_")] = value
 
 
 def pytest_report_header(config):
