@@ -275,8 +275,9 @@ def test_three_sigkills_at_random_points_then_resume_equal_an_uninterrupted_run(
     out, rng = tmp_path / "killed", random.Random(7)
     for kill in range(3):
         proc = start(tiny_model_dir, qfile, out, *(["--resume"] if kill else []))
-        wait_for_answers(out, proc, rng.randint(kill * total // 4 + 1, (kill + 1) * total // 4))
-        time.sleep(rng.uniform(0, 0.3))           # anywhere inside a question, or a write
+        # within the first three fifths of the run, so that each kill lands before its end
+        wait_for_answers(out, proc, rng.randint(kill * total // 5 + 1, (kill + 1) * total // 5))
+        time.sleep(rng.uniform(0, 0.02))          # anywhere inside a question, or a write
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
         proc.stderr.close()
