@@ -42,7 +42,7 @@ def forwards(engine, path, ids, pre):
     return [one, block, branch, cache.k[:, :, :, :end], cache.v[:, :, :, :end]], cache.lengths
 
 
-# pre 30: one chunk of keys; 300: attention split over chunks of keys (cpu.c's KEY_CHUNK, 128)
+# pre 30: one chunk of values; 300: the weighted sums over several (cpu.c's KEY_CHUNK, 64)
 @pytest.mark.parametrize("pre", [30, 300])
 @pytest.mark.parametrize("variant", ["llama", "gqa", "qkv_bias", "llama3_rope", "hd64"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -67,7 +67,8 @@ def test_fused_layers_equal_the_torch_modules(folders, variant, dtype, pre, monk
             assert torch.equal(g.argmax(-1), w.argmax(-1))
 
 
-# pre 252: the block's rows see 253 to 260 keys, across a chunk boundary (256) of cpu.c's split
+# pre 252: the block's rows see 253 to 260 keys, across a boundary (256) of cpu.c's chunks of
+# values (KEY_CHUNK, 64)
 @pytest.mark.parametrize("variant, pre", [("gqa", 20), ("gqa", 252), ("hd64", 252)])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_a_token_decoded_alone_or_in_a_block_has_bit_equal_logits(folders, dtype, variant, pre):

@@ -26,6 +26,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -581,37 +582,6 @@ INLINE __m256 dot8(const float *q, const void *const key[8], int64_t hd, int bf1
     return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 
-/* Ask for rows[from .. from + 8) of a (rows x hd) cache into L1 ahead of use: the keys and values
- * of the cache were pushed out of the caches by the weights streamed since the last step. */
-INLINE void prefetch_rows(const void *base, const int32_t *rows, int64_t from, int64_t count,
-                          int64_t hd, int bf16) {
-    const int64_t bytes = hd * (bf16 ? 2 : 4);
-    for (int64_t i = from; i < from + 8 && i < count; i++)
-        for (int64_t b = 0; b < bytes; b += 64)
-            _mm_prefetch((const char *)kv_at(base, (int64_t)rows[i] * hd, bf16) + b, _MM_HINT_T0);
-}
-
-/* p[i] = q . keys[rows[i]] for i < count; the last group padded with the first key. */
-INLINE void scores_of(const float *q, const void *keys, const int32_t *rows, float *p,
-                      int64_t count, int64_t hd, int bf16) {
-    for (int64_t i = 0; i < count; i += 8) {
-        const void *key[8];
-        float out[8];
-        for (int j = 0; j < 8; j++)
-            key[j] = kv_at(keys, (int64_t)rows[i + j < count ? i + j : 0] * hd, bf16);
-        prefetch_rows(keys, rows, i + 16, count, hd, bf16);
-        if (hd % 8 == 0) {
-            _mm256_storeu_ps(out, dot8(q, key, hd, bf16));
-        } else {
-            for (int j = 0; j < 8; j++) {
-                out[j] = 0.0f;
-                for (int64_t d = 0; d < hd; d++) out[j] += q[d] * load_kv(kv_at(key[j], d, bf16), bf16);
-            }
-        }
-        for (int j = 0; j < 8 && i + j < count; j++) p[i + j] = out[j];
-    }
-}
-
 /* e^x for 8 floats: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial (relative
  * error ~2e-7, near fp32's rounding), 2^n built in the exponent bits. x below -87 gives 0, as the
  * masked scores of attention must. Scalar and vector calls use this same arithmetic. */
@@ -646,82 +616,188 @@ static void exp_inplace(float *values, int64_t n) {
     }
 }
 
-/* out = sum_i p[i] v[rows[i]] / total over i < count (v: rows of hd): 32 output values at a time
- * in four registers, so each accumulates in place and is stored once. */
-INLINE void weighted_sum(const float *p, const void *v, const int32_t *rows, float *out,
-                         int64_t count, int64_t hd, float total, int bf16) {
-    int64_t d = 0;
-    __m256 inv = _mm256_set1_ps(1.0f / total);
-    for (; d + 32 <= hd; d += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t i = 0; i < count; i++) {
-            if (d == 0 && i % 8 == 0) prefetch_rows(v, rows, i + 16, count, hd, bf16);
-            __m256 e = _mm256_set1_ps(p[i]);
-            const void *vt = kv_at(v, (int64_t)rows[i] * hd + d, bf16);
-            a0 = _mm256_fmadd_ps(e, load_kv8(vt, bf16), a0);
-            a1 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 8, bf16), bf16), a1);
-            a2 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 16, bf16), bf16), a2);
-            a3 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 24, bf16), bf16), a3);
+/* Attention. A task is up to QUERIES queries that share a KV head: the group's heads for one or
+ * more rows of a block. They meet each cached key and value together, so a block reads the cache
+ * from L2 or memory about once per task rather than once per query (for a block of 16 rows of
+ * SmolLM2, 12 times less), which matters once a long prompt's keys and values outgrow L2.
+ * Each query's arithmetic is its own and unchanged by its neighbours: its score for a key is
+ * dot8's, its softmax runs over the keys it may see in order, and each output value is one chain
+ * of multiply-adds over those keys in order. So a token gets the same bits alone, in any block, or
+ * as a node of a tree whose other branches its mask hides. */
+#define QUERIES 12           /* queries a task at most */
+#define KEY_CHUNK 64         /* values a pass of the weighted sums keeps in L1 (64 x hd) */
+
+typedef struct {
+    const float *q, *mask;   /* the query (hd); its additive mask row, or NULL: causal */
+    float *out;              /* its output (hd) */
+    int64_t span;            /* it may see only cache rows below span */
+} Query;
+
+INLINE int sees(const Query *a, int64_t t) { return a->mask ? !isinf(a->mask[t]) : t < a->span; }
+
+/* s[j][t] = q_j . keys[t] for t < span_j (rounded up to 8), each key read for all queries at once:
+ * from L2 or memory by the first, from L1 by the others. */
+INLINE void scores_of(const Query *qs, int64_t nq, const void *keys, float *s, int64_t stride,
+                      int64_t span, int64_t hd, int bf16) {
+    for (int64_t t = 0; t < span; t += 8) {
+        const void *key[8];
+        for (int j = 0; j < 8; j++) key[j] = kv_at(keys, (t + j < span ? t + j : 0) * hd, bf16);
+        for (int64_t b = 0; b < 8 * hd * (bf16 ? 2 : 4) && t + 16 < span; b += 64)
+            _mm_prefetch((const char *)kv_at(keys, (t + 16) * hd, bf16) + b, _MM_HINT_T0);
+        for (int64_t a = 0; a < nq; a++) {
+            if (t >= qs[a].span) continue;
+            float *out = s + a * stride + t;
+            if (hd % 8 == 0) {
+                _mm256_storeu_ps(out, dot8(qs[a].q, key, hd, bf16));
+            } else {
+                for (int j = 0; j < 8; j++) {
+                    out[j] = 0.0f;
+                    for (int64_t d = 0; d < hd; d++)
+                        out[j] += qs[a].q[d] * load_kv(kv_at(key[j], d, bf16), bf16);
+                }
+            }
         }
-        _mm256_storeu_ps(out + d, _mm256_mul_ps(a0, inv));
-        _mm256_storeu_ps(out + d + 8, _mm256_mul_ps(a1, inv));
-        _mm256_storeu_ps(out + d + 16, _mm256_mul_ps(a2, inv));
-        _mm256_storeu_ps(out + d + 24, _mm256_mul_ps(a3, inv));
-    }
-    for (; d < hd; d++) {
-        float a = 0.0f;
-        for (int64_t i = 0; i < count; i++) a += p[i] * load_kv(kv_at(v, (int64_t)rows[i] * hd + d, bf16), bf16);
-        out[d] = a * (1.0f / total);
     }
 }
 
-/* One query head over the `count` cache rows listed in `seen`: softmax of the scaled (and masked)
- * scores, then the weighted sum of values. p: room for `count` floats. */
-INLINE void attend_head(const float *q, const void *keys, const void *values, const int32_t *seen,
-                        int64_t count, const float *m, float scale, float *p, float *out,
-                        int64_t hd, int bf16) {
-    float best = -INFINITY, total = 0.0f;
-    scores_of(q, keys, seen, p, count, hd, bf16);
-    for (int64_t k = 0; k < count; k++) {
-        p[k] = p[k] * scale + (m ? m[seen[k]] : 0.0f);
-        best = p[k] > best ? p[k] : best;
-    }
-    for (int64_t k = 0; k < count; k++) p[k] -= best;
+/* A query's scores (s, up to span) become its softmax weights over the keys it may see, gathered
+ * in order into p (seen: their cache rows). Returns how many; *total their sum. */
+static int64_t softmax_of(const Query *a, const float *s, float scale, float *p, int32_t *seen,
+                          float *total) {
+    int64_t count = 0;
+    for (int64_t t = 0; t < a->span; t++)
+        if (sees(a, t)) { seen[count] = (int32_t)t; p[count++] = s[t] * scale + (a->mask ? a->mask[t] : 0.0f); }
+    __m256 best8 = _mm256_set1_ps(-INFINITY);       /* a maximum is the same in any order */
+    int64_t k = 0;
+    for (; k + 8 <= count; k += 8) best8 = _mm256_max_ps(best8, _mm256_loadu_ps(p + k));
+    float lanes[8], best = -INFINITY;
+    _mm256_storeu_ps(lanes, best8);
+    for (int j = 0; j < 8; j++) best = lanes[j] > best ? lanes[j] : best;
+    for (; k < count; k++) best = p[k] > best ? p[k] : best;
+    for (k = 0; k < count; k++) p[k] -= best;
     exp_inplace(p, count);
-    for (int64_t k = 0; k < count; k++) total += p[k];
-    weighted_sum(p, values, seen, out, count, hd, total, bf16);
+    __m256 sum8 = _mm256_setzero_ps();              /* 8 running sums: a fixed order per count */
+    for (k = 0; k + 8 <= count; k += 8) sum8 = _mm256_add_ps(sum8, _mm256_loadu_ps(p + k));
+    float sum = hsum256(sum8);
+    for (; k < count; k++) sum += p[k];
+    *total = sum;
+    return count;
+}
+
+/* acc_j += sum of p_j[i] v[seen_j[i]] over the keys each query sees, in order, KEY_CHUNK cache
+ * rows at a time so that a chunk of values stays in L1 for all the task's queries. from[j]: the
+ * first of query j's keys not yet added. */
+INLINE void weighted_sums(int64_t nq, const void *v, float *const p[],
+                          int32_t *const seen[], const int64_t *count, int64_t *from, float *acc,
+                          int64_t span, int64_t hd, int bf16) {
+    for (int64_t c = 0; c < span; c += KEY_CHUNK) {
+        for (int64_t a = 0; a < nq; a++) {
+            int64_t i0 = from[a], i1 = i0;
+            while (i1 < count[a] && seen[a][i1] < c + KEY_CHUNK) i1++;
+            from[a] = i1;
+            float *out = acc + a * hd;
+            int64_t d = 0;
+            for (; d + 32 <= hd; d += 32) {
+                __m256 a0 = _mm256_loadu_ps(out + d), a1 = _mm256_loadu_ps(out + d + 8);
+                __m256 a2 = _mm256_loadu_ps(out + d + 16), a3 = _mm256_loadu_ps(out + d + 24);
+                for (int64_t i = i0; i < i1; i++) {
+                    __m256 e = _mm256_set1_ps(p[a][i]);
+                    const void *vt = kv_at(v, (int64_t)seen[a][i] * hd + d, bf16);
+                    a0 = _mm256_fmadd_ps(e, load_kv8(vt, bf16), a0);
+                    a1 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 8, bf16), bf16), a1);
+                    a2 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 16, bf16), bf16), a2);
+                    a3 = _mm256_fmadd_ps(e, load_kv8(kv_at(vt, 24, bf16), bf16), a3);
+                }
+                _mm256_storeu_ps(out + d, a0);
+                _mm256_storeu_ps(out + d + 8, a1);
+                _mm256_storeu_ps(out + d + 16, a2);
+                _mm256_storeu_ps(out + d + 24, a3);
+            }
+            for (; d < hd; d++)
+                for (int64_t i = i0; i < i1; i++)
+                    out[d] = fmaf(p[a][i], load_kv(kv_at(v, (int64_t)seen[a][i] * hd + d, bf16), bf16), out[d]);
+        }
+        if (c + KEY_CHUNK < span)     /* the next chunk's values, into L2 while this one runs */
+            for (int64_t b = 0; b < KEY_CHUNK * hd * (bf16 ? 2 : 4); b += 64)
+                _mm_prefetch((const char *)kv_at(v, (c + KEY_CHUNK) * hd, bf16) + b, _MM_HINT_T1);
+    }
+}
+
+/* One task's queries over one KV head's keys and values. Returns 0, or -2 (no memory). */
+INLINE int attend(const Query *qs, int64_t nq, const void *keys, const void *values, int64_t hd,
+                  int bf16) {
+    int64_t span = 0;
+    for (int64_t a = 0; a < nq; a++) span = qs[a].span > span ? qs[a].span : span;
+    const int64_t stride = (span + 7) / 8 * 8;
+    float *s = malloc(sizeof(float) * nq * (2 * stride + hd));
+    if (!s) return -2;
+    float *acc = s + nq * stride, *p[QUERIES], total[QUERIES];
+    int32_t *seen[QUERIES];
+    int64_t count[QUERIES], from[QUERIES];
+    scores_of(qs, nq, keys, s, stride, span, hd, bf16);
+    for (int64_t a = 0; a < nq; a++) {
+        p[a] = s + a * stride;                      /* gathered in place: index <= key */
+        seen[a] = (int32_t *)(acc + nq * hd) + a * stride;
+        count[a] = softmax_of(qs + a, s + a * stride, 1.0f / sqrtf((float)hd), p[a], seen[a],
+                              total + a);
+        from[a] = 0;
+    }
+    memset(acc, 0, sizeof(float) * nq * hd);
+    weighted_sums(nq, values, p, seen, count, from, acc, span, hd, bf16);
+    for (int64_t a = 0; a < nq; a++) {
+        __m256 inv = _mm256_set1_ps(1.0f / total[a]);
+        int64_t d = 0;
+        for (; d + 8 <= hd; d += 8)
+            _mm256_storeu_ps(qs[a].out + d, _mm256_mul_ps(_mm256_loadu_ps(acc + a * hd + d), inv));
+        for (; d < hd; d++) qs[a].out[d] = acc[a * hd + d] * (1.0f / total[a]);
+    }
+    free(s);
+    return 0;
 }
 
 /* Softmax attention of each query row over the cache rows it may see: rows [0, offset + r] without
- * a mask (causal), else where the additive mask (rows x (offset + rows)) is finite. The visible
- * rows are gathered first and only they enter the arithmetic, in order: a token sees the same
- * values in the same places whether decoded alone or as a node of a tree whose other branches
- * are masked out, so both get the same bits. */
-static void attention(const Shape *s, const float *qkv, float *out, const Segment *segs,
-                      const int32_t *seg_of, int64_t layer, int64_t rows) {
+ * a mask (causal), else where the additive mask (rows x (offset + rows)) is finite. Tasks: each
+ * segment's queries per KV head (row-major: a row's group of heads side by side), cut into runs
+ * of up to QUERIES, small enough that every thread has work. */
+static int attention(const Shape *s, const float *qkv, float *out, const Segment *segs,
+                     int64_t nseg, int64_t layer, int64_t rows) {
     const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads;
     const int64_t width = (heads + 2 * kv) * hd, group = heads / kv;
-    const float scale = 1.0f / sqrtf((float)hd);
-    #pragma omp parallel for schedule(static)
-    for (int64_t task = 0; task < rows * heads; task++) {
-        int64_t r = task / heads, h = task % heads, g = h / group;
-        const Segment *sg = segs + seg_of[2 * r];
-        const int64_t i = seg_of[2 * r + 1], offset = sg->offset, ctx = offset + sg->rows;
+    int64_t per = rows * heads / (2 * omp_get_max_threads());
+    per = per < 1 ? 1 : per > QUERIES ? QUERIES : per;
+    int64_t ntasks = 0;
+    for (int64_t j = 0; j < nseg; j++) ntasks += kv * ((segs[j].rows * group + per - 1) / per);
+    int64_t *task = malloc(sizeof(int64_t) * 4 * ntasks);  /* (segment, first row, kv head, run) */
+    if (!task) return -2;
+    for (int64_t j = 0, r0 = 0, n = 0; j < nseg; r0 += segs[j++].rows)
+        for (int64_t g = 0; g < kv; g++)
+            for (int64_t at = 0; at < segs[j].rows * group; at += per, n++) {
+                task[4 * n] = j; task[4 * n + 1] = r0; task[4 * n + 2] = g; task[4 * n + 3] = at;
+            }
+    int rc = 0;
+    #pragma omp parallel for schedule(dynamic)
+    for (int64_t n = 0; n < ntasks; n++) {
+        const Segment *sg = segs + task[4 * n];
+        const int64_t r0 = task[4 * n + 1], g = task[4 * n + 2], at = task[4 * n + 3];
+        const int64_t ctx = sg->offset + sg->rows;
+        const int64_t nq = sg->rows * group - at < per ? sg->rows * group - at : per;
         const Cache *c = &sg->cache;
         const int bf16 = c->bf16 != 0;
         const int64_t first = (layer * kv + g) * c->capacity * hd;    /* this kv head's rows */
-        const void *keys = kv_at(c->k, first, bf16), *values = kv_at(c->v, first, bf16);
-        const float *q = qkv + r * width + h * hd, *m = sg->mask ? sg->mask + i * ctx : NULL;
-        float *p = malloc(sizeof(float) * 2 * ctx), *o = out + r * heads * hd + h * hd;
-        int32_t *seen = (int32_t *)(p + ctx);
-        if (!p) { for (int64_t d = 0; d < hd; d++) o[d] = NAN; continue; }
-        int64_t count = 0;
-        for (int64_t t = 0; t < (m ? ctx : offset + i + 1); t++)
-            if (!m || !isinf(m[t])) seen[count++] = (int32_t)t;
-        if (bf16) attend_head(q, keys, values, seen, count, m, scale, p, o, hd, 1);
-        else attend_head(q, keys, values, seen, count, m, scale, p, o, hd, 0);
-        free(p);
+        Query qs[QUERIES];
+        for (int64_t a = 0; a < nq; a++) {
+            const int64_t i = (at + a) / group, h = g * group + (at + a) % group;
+            qs[a].q = qkv + (r0 + i) * width + h * hd;
+            qs[a].out = out + (r0 + i) * heads * hd + h * hd;
+            qs[a].mask = sg->mask ? sg->mask + i * ctx : NULL;
+            qs[a].span = sg->mask ? ctx : sg->offset + i + 1;
+        }
+        int done = bf16 ? attend(qs, nq, kv_at(c->k, first, 1), kv_at(c->v, first, 1), hd, 1)
+                        : attend(qs, nq, kv_at(c->k, first, 0), kv_at(c->v, first, 0), hd, 0);
+        if (done != 0) rc = done;
     }
+    free(task);
+    return rc;
 }
 
 /* Layers [first, last) on hidden states h (rows x hidden, in the weights' dtype, updated in
@@ -782,7 +858,7 @@ int decode_segments(const Shape *s, const Layer *layers, int64_t first, int64_t 
                 }
             }
         }
-        attention(s, qkv, att, segs, seg_of, l, rows);
+        if ((rc = attention(s, qkv, att, segs, nseg, l, rows)) != 0) goto done;
         to_input(bf16, att, x, rows * heads * hd);
         product(bf16, x, L->o, L->o_bias, tmp, rows, H, heads * hd);
         for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
