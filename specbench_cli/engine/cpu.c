@@ -513,23 +513,25 @@ typedef struct {
 
 static inline float keep(int bf16, float v) { return bf16 ? round_bf16(v) : v; }
 
-/* x (rows x dim, fp32) normed into the next product's input: fp32, or bf16 rounded. */
-static void rms_norm(const Shape *s, const float *x, const void *weight, void *out, int64_t rows,
+/* One row x (dim, fp32) normed into row r of the next product's input: fp32, or bf16 rounded. */
+static void rms_norm(const Shape *s, const float *x, const void *weight, void *out, int64_t r,
                      int64_t dim) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float ss = 0.0f;
-        for (int64_t i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        float scale = 1.0f / sqrtf(ss / (float)dim + s->eps);
-        for (int64_t i = 0; i < dim; i++) {
-            if (s->bf16) {
-                float w = bf16_to_f32(((const uint16_t *)weight)[i]);
-                ((uint16_t *)out)[r * dim + i] = f32_to_bf16(xr[i] * scale * w);
-            } else {
-                ((float *)out)[r * dim + i] = xr[i] * scale * ((const float *)weight)[i];
-            }
+    float ss = 0.0f;
+    for (int64_t i = 0; i < dim; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / (float)dim + s->eps);
+    for (int64_t i = 0; i < dim; i++) {
+        if (s->bf16) {
+            float w = bf16_to_f32(((const uint16_t *)weight)[i]);
+            ((uint16_t *)out)[r * dim + i] = f32_to_bf16(x[i] * scale * w);
+        } else {
+            ((float *)out)[r * dim + i] = x[i] * scale * ((const float *)weight)[i];
         }
     }
+}
+
+/* resid += a product's output (bf16: each rounded as torch's eager ops round them). */
+static void add_residual(int bf16, float *resid, const float *out, int64_t dim) {
+    for (int64_t i = 0; i < dim; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, out[i]));
 }
 
 /* fp32 values into a product's input (bf16 rounded where the weights are bf16). */
@@ -547,6 +549,32 @@ static void rotate(int bf16, float *v, const float *cos, const float *sin, int64
     for (int64_t i = 0; i < hd; i++) t[i] = v[i];
     for (int64_t i = 0; i < hd; i++)
         v[i] = keep(bf16, keep(bf16, t[i] * cos[i]) + t[(i + half) % hd] * sin[i]);
+}
+
+/* One row of the q/k/v product (width values) made ready: rounded as the model's dtype, RoPE on
+ * every query and key head, and its keys and values written at its place in its segment's cache
+ * (row i of the segment, layer l). */
+static void place_qkv(const Shape *s, float *row, const float *cos, const float *sin,
+                      const Segment *sg, int64_t i, int64_t l) {
+    const int64_t hd = s->head_dim, heads = s->heads, kv = s->kv_heads;
+    const int64_t width = (heads + 2 * kv) * hd;
+    const int bf16 = s->bf16;
+    const Cache *c = &sg->cache;
+    for (int64_t j = 0; j < width; j++) row[j] = keep(bf16, row[j]);
+    for (int64_t head = 0; head < heads + kv; head++) rotate(bf16, row + head * hd, cos, sin, hd);
+    for (int64_t g = 0; g < kv; g++) {
+        int64_t at = ((l * kv + g) * c->capacity + sg->offset + i) * hd;
+        const float *k = row + (heads + g) * hd, *v = row + (heads + kv + g) * hd;
+        for (int64_t d = 0; d < hd; d++) {     /* bf16: values already rounded to it */
+            if (c->bf16) {
+                ((uint16_t *)c->k)[at + d] = f32_to_bf16(k[d]);
+                ((uint16_t *)c->v)[at + d] = f32_to_bf16(v[d]);
+            } else {
+                ((float *)c->k)[at + d] = k[d];
+                ((float *)c->v)[at + d] = v[d];
+            }
+        }
+    }
 }
 
 /* Keys and values are kept in the model's dtype, fp32 or bf16 (a bf16 model's are bf16 values:
@@ -614,6 +642,19 @@ static void exp_inplace(float *values, int64_t n) {
         _mm256_storeu_ps(t, exp8(_mm256_loadu_ps(t)));
         for (int64_t j = i; j < n; j++) values[j] = t[j - i];
     }
+}
+
+/* One row of silu(gate) * up (gate, up: M values each, side by side) into row r of the next
+ * product's input; act: room for M floats. */
+static void silu_product(int bf16, const float *gate, float *act, void *x, int64_t r, int64_t M) {
+    const float *up = gate + M;
+    for (int64_t i = 0; i < M; i++) act[i] = -keep(bf16, gate[i]);
+    exp_inplace(act, M);                                  /* e^-gate */
+    for (int64_t i = 0; i < M; i++) {
+        float g = keep(bf16, gate[i]);
+        act[i] = keep(bf16, keep(bf16, g / (1.0f + act[i])) * keep(bf16, up[i]));
+    }
+    to_input(bf16, act, bf16 ? (void *)((uint16_t *)x + r * M) : (void *)((float *)x + r * M), M);
 }
 
 /* Attention. A task is up to QUERIES queries that share a KV head: the group's heads for one or
@@ -832,52 +873,35 @@ int decode_segments(const Shape *s, const Layer *layers, int64_t first, int64_t 
     for (int64_t i = 0; i < rows * H; i++)
         resid[i] = bf16 ? bf16_to_f32(((uint16_t *)h)[i]) : ((float *)h)[i];
 
+    /* Between the products, each row's work is its own: threads take a block's rows (from 4;
+     * for fewer, a parallel region would cost more than it saves). */
+    const int split = rows >= 4;
+#define FOR_EACH_ROW(r, ...)                                                                  \
+    if (split) {                                                                              \
+        _Pragma("omp parallel for schedule(static)")                                          \
+        for (int64_t r = 0; r < rows; r++) { __VA_ARGS__ }                                    \
+    } else {                                                                                  \
+        for (int64_t r = 0; r < rows; r++) { __VA_ARGS__ }                                    \
+    }
     for (int64_t l = first; l < last; l++) {
         const Layer *L = layers + l;
         /* attention */
-        rms_norm(s, resid, L->in_norm, x, rows, H);
+        FOR_EACH_ROW(r, rms_norm(s, resid + r * H, L->in_norm, x, r, H);)
         product(bf16, x, L->qkv, L->qkv_bias, qkv, rows, width, H);
-        for (int64_t r = 0; r < rows; r++) {
-            float *row = qkv + r * width;
-            for (int64_t i = 0; i < width; i++) row[i] = keep(bf16, row[i]);
-            for (int64_t head = 0; head < heads + kv; head++)
-                rotate(bf16, row + head * hd, cos + r * hd, sin + r * hd, hd);
-            const Segment *sg = segs + seg_of[2 * r];
-            const Cache *c = &sg->cache;
-            for (int64_t g = 0; g < kv; g++) {
-                int64_t at = ((l * kv + g) * c->capacity + sg->offset + seg_of[2 * r + 1]) * hd;
-                const float *k = row + (heads + g) * hd, *v = row + (heads + kv + g) * hd;
-                for (int64_t d = 0; d < hd; d++) {     /* bf16: values already rounded to it */
-                    if (c->bf16) {
-                        ((uint16_t *)c->k)[at + d] = f32_to_bf16(k[d]);
-                        ((uint16_t *)c->v)[at + d] = f32_to_bf16(v[d]);
-                    } else {
-                        ((float *)c->k)[at + d] = k[d];
-                        ((float *)c->v)[at + d] = v[d];
-                    }
-                }
-            }
-        }
+        FOR_EACH_ROW(r, place_qkv(s, qkv + r * width, cos + r * hd, sin + r * hd,
+                                  segs + seg_of[2 * r], seg_of[2 * r + 1], l);)
         if ((rc = attention(s, qkv, att, segs, nseg, l, rows)) != 0) goto done;
         to_input(bf16, att, x, rows * heads * hd);
         product(bf16, x, L->o, L->o_bias, tmp, rows, H, heads * hd);
-        for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
         /* MLP: down(silu(gate) * up) */
-        rms_norm(s, resid, L->post_norm, x, rows, H);
+        FOR_EACH_ROW(r, add_residual(bf16, resid + r * H, tmp + r * H, H);
+                        rms_norm(s, resid + r * H, L->post_norm, x, r, H);)
         product(bf16, x, L->gate_up, L->gate_up_bias, gu, rows, 2 * M, H);
-        for (int64_t r = 0; r < rows; r++) {
-            float *gate = gu + r * 2 * M, *up = gate + M;
-            for (int64_t i = 0; i < M; i++) act[r * M + i] = -keep(bf16, gate[i]);
-            exp_inplace(act + r * M, M);                   /* e^-gate */
-            for (int64_t i = 0; i < M; i++) {
-                float g = keep(bf16, gate[i]);
-                act[r * M + i] = keep(bf16, keep(bf16, g / (1.0f + act[r * M + i])) * keep(bf16, up[i]));
-            }
-        }
-        to_input(bf16, act, x, rows * M);
+        FOR_EACH_ROW(r, silu_product(bf16, gu + r * 2 * M, act + r * M, x, r, M);)
         product(bf16, x, L->down, L->down_bias, tmp, rows, H, M);
-        for (int64_t i = 0; i < rows * H; i++) resid[i] = keep(bf16, resid[i] + keep(bf16, tmp[i]));
+        FOR_EACH_ROW(r, add_residual(bf16, resid + r * H, tmp + r * H, H);)
     }
+#undef FOR_EACH_ROW
     for (int64_t i = 0; i < rows * H; i++) {
         if (bf16) ((uint16_t *)h)[i] = f32_to_bf16(resid[i]);
         else ((float *)h)[i] = resid[i];
