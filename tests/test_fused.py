@@ -5,7 +5,7 @@ import torch
 
 from conftest import assert_sums_close, make_model_folder, model_sums
 from specbench_cli.engine import kernels
-from specbench_cli.engine.fused import FUSED_ENV, FusedLayers, choose_fused
+from specbench_cli.engine.fused import FUSED_ENV, MAX_ROWS, FusedLayers, choose_fused
 from specbench_cli.engine.load import load_engine
 from specbench_cli.methods import METHODS
 from test_methods import PROMPTS, make
@@ -194,9 +194,11 @@ def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp
     assert set(choice["rows"]) == {str(b) for b in kernels.BUCKETS}
     assert all(set(ms) == {"torch", "fused"} for ms in choice["rows"].values())
     assert choice["used"] == (engine.fused is not None)
-    if engine.fused is not None:
-        assert all(choice["rows"][str(kernels.bucket_of(n))]["fused"] <
-                   choice["rows"][str(kernels.bucket_of(n))]["torch"] for n in engine.fused.rows)
+    # a block size goes to torch's path only where that timed clearly (MIN_GAIN) faster
+    kept = {n for n in range(1, MAX_ROWS + 1)
+            if (ms := choice["rows"][str(kernels.bucket_of(n))])["torch"]
+            >= (1 - kernels.MIN_GAIN) * ms["fused"]}
+    assert (engine.fused.rows if engine.fused is not None else set()) == kept
     # the second load reads the cached timing
     again = choose_fused(engine, engine.kernel_choice["machine"])
     assert again["rows"] == choice["rows"]
