@@ -54,6 +54,8 @@ def build_at(rev: str, folder: Path):
     for name in ("decode_layers", "decode_segments", "product_f32_out"):
         getattr(lib, name).restype = getattr(new, name).restype
         getattr(lib, name).argtypes = getattr(new, name).argtypes
+    if not hasattr(lib, "set_amx"):             # a revision from before AMX products
+        lib.set_amx = lambda on: None
     return lib
 
 
@@ -80,18 +82,16 @@ def main():
     after = fused.FusedLayers(engine)
     before = fused.FusedLayers(engine)
     before.lib = build_at(args.before, Path(tmp.name))
-    # name: (fused step, AMX for bf16 on or off; None: the old build's own)
-    builds = {args.before: (before, None), "working tree": (after, 0)}
-    if engine.dtype == torch.bfloat16 and amx_usable(after.lib):
-        builds["working tree, AMX"] = (after, 1)
+    builds = {args.before: before, "working tree": after}
+    if fused.can_use_amx(engine):       # bf16 on a CPU with AMX: the working tree's AMX products too
+        builds["working tree, AMX"] = fused.FusedLayers(engine, amx=True)
 
     def use(name):
-        engine.fused, amx = builds[name]
-        if amx is not None:
-            after.lib.set_amx(amx)
+        engine.fused = builds[name]
+        engine.fused.lib.set_amx(engine.fused.amx)     # (--products calls the library directly)
     if args.products:
         clock = time.thread_time if args.clock == "thread" else time.perf_counter
-        return time_products(engine, {k: b.lib for k, (b, _) in builds.items()}, use, blocks,
+        return time_products(engine, {k: b.lib for k, b in builds.items()}, use, blocks,
                              args.repeats, clock)
     ctx = args.context
     cache = engine.cache(ctx + max(blocks + [1]) + 8)
@@ -123,13 +123,6 @@ def main():
             roof = max(t1, n * flops / rate) / t1
             cells.append(f"c({n}) {c:.2f}/{roof:.2f}={c / roof:.2f}")
         print(f"{name:>14}: step {1e3 * t1:6.2f} ms; c(n)/c*(n): " + ", ".join(cells))
-
-
-def amx_usable(lib) -> bool:
-    lib.set_amx(1)
-    usable = bool(lib.uses_amx())
-    lib.set_amx(0)
-    return usable
 
 
 def time_products(engine, libs: dict, use, blocks: list[int], repeats: int, clock):

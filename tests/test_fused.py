@@ -5,7 +5,9 @@ import torch
 
 from conftest import assert_sums_close, make_model_folder, model_sums
 from specbench_cli.engine import kernels
-from specbench_cli.engine.fused import FUSED_ENV, MAX_ROWS, FusedLayers, choose_fused
+from specbench_cli.engine.fused import (AMX_ENV, FUSED_ENV, MAX_ROWS, FusedLayers, can_use_amx,
+                                        choose_amx, choose_fused, fused_shape)
+from specbench_cli.errors import SpecbenchError
 from specbench_cli.engine.load import load_engine
 from specbench_cli.methods import METHODS
 from test_methods import PROMPTS, make
@@ -206,7 +208,40 @@ def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp
     off, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu", with_tokenizer=False)
     assert off.fused is None
     assert off.kernel_choice["fused"] == {"used": False, "why": "SPECBENCH_KERNELS=aten",
-                                          "rows": {}}
+                                          "rows": {}, "amx": False}
+
+
+def test_amx_products_are_taken_by_measurement_and_can_be_forced(tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """bf16 products on AMX tiles only where the CPU grants them, and then by timing: a 16-token
+    forward clearly faster, a one-token forward no more than the noise margin slower."""
+    monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path))
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.delenv(FUSED_ENV, raising=False)
+    monkeypatch.delenv(AMX_ENV, raising=False)
+
+    def load():
+        return load_engine(str(tiny_model_dir), dtype="bf16", device="cpu",
+                           with_tokenizer=False)[0]
+    engine = load()
+    choice = engine.kernel_choice["fused"]
+    if not can_use_amx(engine):
+        assert choice["amx"] is False and "AMX" not in choice["why"]
+    else:
+        why = choice["why"]
+        use, _, ms = choose_amx(engine, engine.kernel_choice["machine"], fused_shape(engine))
+        one, block = ms["1"], ms["16"]
+        assert use == (block["amx"] < (1 - kernels.MIN_GAIN) * block["vector"]
+                       and one["amx"] <= (1 + kernels.MIN_GAIN) * one["vector"])
+        assert choice["amx"] == (use and choice["used"]), why
+        assert (engine.fused is not None and engine.fused.amx) == choice["amx"]
+    for forced in ("on", "off"):
+        monkeypatch.setenv(AMX_ENV, forced)
+        monkeypatch.setenv(FUSED_ENV, "on")
+        assert load().fused.amx == (forced == "on" and can_use_amx(engine))
+    monkeypatch.setenv(AMX_ENV, "sometimes")
+    with pytest.raises(SpecbenchError, match="SPECBENCH_AMX='sometimes': choose auto, on or off"):
+        load()
 
 
 @pytest.mark.parametrize("variant", ["llama", "llama3_rope"])        # untied and tied LM head

@@ -1,13 +1,15 @@
 """cpu.c's register-tiled products: every block of 1 to 64 rows goes through the same bit-exact
 arithmetic, whatever tile a row lands in (engine/cpu.c, engine/fused.py)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import make_model_folder
 from specbench_cli.engine import kernels
-from specbench_cli.engine.fused import FUSED_ENV, MAX_ROWS, library
+from specbench_cli.engine.fused import AMX_ENV, FUSED_ENV, MAX_ROWS, can_use_amx, library
 from specbench_cli.engine.llama import Linear
 from specbench_cli.engine.load import load_engine
 
@@ -127,13 +129,8 @@ def test_every_block_size_up_to_64_is_bit_equal_to_one_token_steps(models, model
     for every n, and the same tokens in blocks of odd sizes one after another, give the hidden
     states, logits and cache rows of decoding each token alone. (amx 1: bf16 on AMX tiles where
     the CPU has them, else the same as 0.)"""
-    lib = library()
-    was = lib.uses_amx()
-    lib.set_amx(amx)
-    try:
-        check_blocks_against_steps(models[model], dtype, monkeypatch)
-    finally:
-        lib.set_amx(was)
+    monkeypatch.setenv(AMX_ENV, "on" if amx else "off")
+    check_blocks_against_steps(models[model], dtype, monkeypatch)
 
 
 def check_blocks_against_steps(folder, dtype, monkeypatch):
@@ -141,6 +138,7 @@ def check_blocks_against_steps(folder, dtype, monkeypatch):
     monkeypatch.setenv("SPECBENCH_KERNELS", "auto")     # =aten would turn the fused step off
     engine, _, _ = load_engine(str(folder), dtype=dtype, device="cpu", with_tokenizer=False)
     assert engine.fused is not None and engine.fused.rows == set(range(1, MAX_ROWS + 1))
+    assert engine.fused.amx == (os.environ.get(AMX_ENV) == "on" and can_use_amx(engine))
     pre, end = 9, 9 + MAX_ROWS
     ids = torch.randint(96, (1, end), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():

@@ -41,11 +41,12 @@
 /* 0: AVX2 + FMA; 1: AVX-512F/BW; 2: AVX-512 with BF16 dot products (Zen 4, Sapphire Rapids). */
 static int isa = 0;
 /* bf16 products on AMX tiles (Intel Sapphire Rapids and later), where the CPU has them and the
- * kernel grants this process their state, when asked by set_amx(1) (engine/fused.py:
- * SPECBENCH_AMX=on). Off by default: on a 2-core Sapphire Rapids, SmolLM2's products over blocks
- * of 8 and 16 rows took 1.2x and 1.8x less time than on vdpbf16ps, but over one row 1.16x more
- * (a 16-row tile load streams the weights from memory slower than vector loads do), and every
- * block size must take the same path, the one-token step included. */
+ * kernel grants this process their state, when asked by set_amx(1). engine/fused.py sets it
+ * before each call for the engine at hand, as measured for it (fused.choose_amx): on a 2-core
+ * Sapphire Rapids SmolLM2's 16-token blocks cost ~1.5x less on AMX than on vdpbf16ps and its
+ * one-token step 0-5% more (a 16-row tile load streams the weights from memory a little slower
+ * than vector loads), and every block size of an engine must take the same path, the one-token
+ * step included. */
 static int amx = 0;
 
 static int amx_usable(void) {

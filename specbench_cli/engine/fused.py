@@ -18,9 +18,12 @@ model shape and cached beside the kernel choices ($SPECBENCH_HOME/kernels/fused.
 for every block it can run without timing (tests, benchmarks: a choice that does not depend on a
 timing race).
 
-`SPECBENCH_AMX=on` runs cpu.c's bf16 products on AMX tiles where the CPU has them (Intel Sapphire
-Rapids and later): blocks of several tokens cost far less, a one-token step more (cpu.c says how
-much), so it is off unless asked for. Every block size takes the same products either way.
+On a CPU with AMX tiles (Intel Sapphire Rapids and later) a bf16 model's products may run on them:
+blocks of several tokens cost far less, a one-token step about the same or a little more. Which
+is measured too: a whole one-token step and a 16-token block (all layers, as a step streams every
+weight) with AMX off and on, and AMX is taken when it makes the block clearly faster while the
+one-token step, vanilla's whole cost, stays within the noise margin. `SPECBENCH_AMX=on|off`
+forces it. An engine's every block takes the same products either way, so exactness holds.
 """
 
 from __future__ import annotations
@@ -114,14 +117,33 @@ def library():
     lib.product_f32_out.restype = ctypes.c_int
     lib.product_f32_out.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int32]
     lib.set_amx.argtypes = [ctypes.c_int]
-    lib.set_amx(os.environ.get(AMX_ENV, "off").lower() == "on")
     return lib
+
+
+def amx_mode() -> str:
+    mode = os.environ.get(AMX_ENV, "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        raise SpecbenchError(f"{AMX_ENV}={mode!r}: choose auto, on or off")
+    return mode
+
+
+def can_use_amx(engine) -> bool:
+    """Whether cpu.c would run this engine's products on AMX tiles if asked: bf16 weights and a
+    CPU whose kernel grants this process AMX state."""
+    if engine.dtype != torch.bfloat16:
+        return False
+    lib = library()
+    was = lib.uses_amx()
+    lib.set_amx(1)
+    usable = bool(lib.uses_amx())
+    lib.set_amx(was)
+    return usable
 
 
 class FusedLayers:
     """Runs `Engine.layers` for the block sizes in `rows` through cpu.c."""
 
-    def __init__(self, engine, rows=range(1, MAX_ROWS + 1)):
+    def __init__(self, engine, rows=range(1, MAX_ROWS + 1), amx: bool = False):
         cfg = engine.config
         self.lib = library()
         self.lm_head = engine.lm_head.weight
@@ -134,6 +156,7 @@ class FusedLayers:
         self.keep = [p for l in engine.model.layers for p in l.parameters()] + [self.lm_head]
         self.dtype = engine.dtype
         self.rows = frozenset(rows)
+        self.amx = amx          # bf16 products on AMX tiles (cpu.c's switch, set before each call)
 
     def takes(self, engine, h: torch.Tensor, cache) -> bool:
         return (h.shape[1] in self.rows and h.shape[0] == 1 and h.dtype == self.dtype
@@ -164,6 +187,7 @@ class FusedLayers:
         x = h.contiguous()
         rows, hidden = weight.shape
         out = torch.empty(h.shape[:-1] + (rows,), dtype=torch.float32)
+        self.lib.set_amx(self.amx)
         self.lib.product_f32_out(x.data_ptr(), weight.data_ptr(), None, out.data_ptr(), n,
                                  rows, hidden, self.shape.bf16)
         return out
@@ -185,6 +209,7 @@ class FusedLayers:
                           int(seg.cache.k.dtype == torch.bfloat16)),
                     seg.offset, seg.rows, pointer(mask))
             for seg, mask in zip(segments, masks)))
+        self.lib.set_amx(self.amx)
         rc = self.lib.decode_segments(self.shape, self.layers, start, end, table, len(segments),
                                       out.data_ptr(), cos.data_ptr(), sin.data_ptr())
         if rc != 0:
@@ -195,13 +220,13 @@ class FusedLayers:
         return out
 
 
-def measure(engine, repeats: int = 7) -> dict:
+def measure(engine, amx: bool = False, repeats: int = 7) -> dict:
     """{rows: {"torch": ms, "fused": ms}} over the first layers after a short context: medians,
     the two paths timed in turn within each repeat, so that a shared machine's load drifts hit
-    both alike."""
+    both alike. amx: the fused step's products on AMX tiles."""
     layers = min(TIMED_LAYERS, engine.num_layers)
     cache = engine.new_cache(TIMED_CONTEXT + kernels.BUCKETS[-1], num_layers=engine.num_layers)
-    paths = {"torch": None, "fused": FusedLayers(engine)}
+    paths = {"torch": None, "fused": FusedLayers(engine, amx=amx)}
     out = {}
     with torch.inference_mode():
         for rows in kernels.BUCKETS:
@@ -220,36 +245,97 @@ def measure(engine, repeats: int = 7) -> dict:
     return out
 
 
+AMX_ROWS = (1, 16)        # a one-token step (vanilla's cost) and a typical verification block
+
+
+def measure_amx(engine, repeats: int = 7) -> dict:
+    """{rows: {"vector": ms, "amx": ms}} for whole forwards of 1 and 16 tokens (every layer and
+    the LM head: a step streams every weight, and AMX tiles stream them differently from vector
+    loads) after a short context, the two product paths in turn within each repeat."""
+    cache = engine.new_cache(TIMED_CONTEXT + AMX_ROWS[-1])
+    paths = {"vector": FusedLayers(engine), "amx": FusedLayers(engine, amx=True)}
+    out = {}
+    with torch.inference_mode():
+        for rows in AMX_ROWS:
+            ids = torch.randint(engine.config.vocab_size, (1, rows))
+            times = {name: [] for name in paths}
+            for i in range(repeats + 1):          # the first round warms up
+                for name, path in paths.items():
+                    cache.lengths = [TIMED_CONTEXT] * engine.num_layers
+                    engine.fused = path
+                    start = time.perf_counter()
+                    engine(ids, cache, TIMED_CONTEXT)
+                    if i:
+                        times[name].append(time.perf_counter() - start)
+            out[str(rows)] = {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()}
+    engine.fused = None
+    return out
+
+
+def choose_amx(engine, key: str, shape: str) -> tuple[bool, str, dict]:
+    """Whether this engine's products run on AMX tiles: (use, why, timing). Taken when a 16-token
+    block is clearly (MIN_GAIN) faster on them and a one-token step no more than MIN_GAIN slower:
+    a choice that sped up verification by slowing vanilla would inflate every speedup."""
+    mode = amx_mode()
+    if not can_use_amx(engine):
+        return False, "", {}
+    if mode != "auto":
+        return mode == "on", f"AMX {mode} ({AMX_ENV}={mode})", {}
+    ms = kernels.cached_entry(kernels.kernels_home() / "fused.json", f"{key} | {shape} | AMX?",
+                              valid_amx_timing, lambda: measure_amx(engine))
+    one, block = ms["1"], ms[str(AMX_ROWS[-1])]
+    use = (block["amx"] < (1 - kernels.MIN_GAIN) * block["vector"]
+           and one["amx"] <= (1 + kernels.MIN_GAIN) * one["vector"])
+    timed = ", ".join(f"{n}: {t['vector']:.2f}→{t['amx']:.2f}" for n, t in ms.items())
+    return use, f"AMX {'on' if use else 'off'} (ms a forward, vector→AMX by tokens: {timed})", ms
+
+
 def choose_fused(engine, key: str) -> dict:
     """Measure (or read from the kernel cache) and install the fused step where it is as fast as
-    torch's path or faster (within kernels.MIN_GAIN: exactness decides a tie).
-    Returns {"used": bool, "why": str, "rows": {rows: {"torch": ms, "fused": ms}}}."""
+    torch's path or faster (within kernels.MIN_GAIN: exactness decides a tie), with AMX products
+    where choose_amx takes them.
+    Returns {"used": bool, "why": str, "rows": {rows: {"torch": ms, "fused": ms}}, "amx": bool}."""
     engine.fused = None
     mode = os.environ.get(FUSED_ENV, "auto").lower()
     if mode not in ("auto", "on", "off"):
         raise SpecbenchError(f"{FUSED_ENV}={mode!r}: choose auto, on or off")
+    amx_mode()                                  # a bad value is an error whatever else holds
     reason = f"{FUSED_ENV}=off" if mode == "off" else why_not(engine)
     if reason is not None:
-        return {"used": False, "why": reason, "rows": {}}
-    if mode == "on":
-        engine.fused = FusedLayers(engine)
-        return {"used": True, "why": f"{FUSED_ENV}=on: every block of 1–{MAX_ROWS}", "rows": {}}
-    cfg = engine.config
-    shape = (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
-             f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}"
-             f"{' amx' if library().uses_amx() else ''}")
+        return {"used": False, "why": reason, "rows": {}, "amx": False}
+    shape = fused_shape(engine)
+    if mode == "on":        # no timing: AMX only when asked for
+        amx = amx_mode() == "on" and can_use_amx(engine)
+        engine.fused = FusedLayers(engine, amx=amx)
+        return {"used": True, "rows": {}, "amx": amx,
+                "why": f"{FUSED_ENV}=on: every block of 1–{MAX_ROWS}" + ("; AMX on" if amx else "")}
+    amx, amx_why, _ = choose_amx(engine, key, shape)
+    shape += " amx" if amx else ""
     timed = kernels.cached_entry(kernels.kernels_home() / "fused.json", f"{key} | {shape}",
-                                 valid_timing, lambda: measure(engine))
+                                 valid_timing, lambda: measure(engine, amx))
     # A size goes to torch's path only where that is clearly faster: within the noise margin the
     # fused step keeps it, as its blocks are bit-equal to one-token steps and torch's are not.
     kept = [int(r) for r, ms in timed.items() if ms["torch"] >= (1 - kernels.MIN_GAIN) * ms["fused"]]
     # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8, …, 33-64).
     rows = {n for n in range(1, MAX_ROWS + 1) if kernels.bucket_of(n) in kept}
     if rows:
-        engine.fused = FusedLayers(engine, rows)
-    return {"used": bool(rows), "rows": timed,
-            "why": f"as fast or faster for blocks of {fmt_rows(rows)}" if rows
-            else "slower here"}
+        engine.fused = FusedLayers(engine, rows, amx=amx)
+    why = f"as fast or faster for blocks of {fmt_rows(rows)}" if rows else "slower here"
+    return {"used": bool(rows), "rows": timed, "amx": amx and bool(rows),
+            "why": why + (f"; {amx_why}" if amx_why else "")}
+
+
+def fused_shape(engine) -> str:
+    """What the fused step's timings depend on besides the machine (their kernel-cache key)."""
+    cfg = engine.config
+    return (f"fused layers {cfg.hidden_size}/{cfg.intermediate_size} h{cfg.num_heads}"
+            f"/{cfg.num_kv_heads}x{cfg.head_dim} {str(engine.dtype).removeprefix('torch.')}")
+
+
+def valid_amx_timing(timed) -> bool:
+    """A cached AMX timing: the vector and AMX paths' ms at each of AMX_ROWS."""
+    return isinstance(timed, dict) and all(
+        kernels.timed_ms(timed.get(str(r)), ("vector", "amx")) for r in AMX_ROWS)
 
 
 def valid_timing(timed) -> bool:
