@@ -5,10 +5,10 @@ import torch
 
 from conftest import assert_sums_close, make_model_folder, model_sums
 from specbench_cli.engine import kernels
-from specbench_cli.engine.fused import (AMX_ENV, FUSED_ENV, MAX_ROWS, FusedLayers, can_use_amx,
-                                        choose_amx, choose_fused, fused_shape)
-from specbench_cli.errors import SpecbenchError
+from specbench_cli.engine.fused import (AMX_ENV, FUSED_ENV, MAX_BLOCK, FusedLayers,
+                                        can_use_amx, choose_amx, choose_fused, fused_shape)
 from specbench_cli.engine.load import load_engine
+from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from test_methods import PROMPTS, make
 
@@ -165,7 +165,8 @@ def test_the_torch_path_serves_training_and_large_blocks(tiny_engine):
     assert not fused.takes(engine, h, cache)                     # autograd on
     with torch.inference_mode():
         assert fused.takes(engine, h, cache)
-        assert not fused.takes(engine, torch.zeros(1, 65, h.shape[-1]), cache)  # 65 rows
+        assert fused.takes(engine, torch.zeros(1, MAX_BLOCK, h.shape[-1]), cache)
+        assert not fused.takes(engine, torch.zeros(1, MAX_BLOCK + 1, h.shape[-1]), cache)
         assert not fused.takes(engine, h, None)                  # no cache (training forward)
 
 
@@ -180,7 +181,7 @@ def test_product_over_a_slice_of_the_lm_head_is_torch_s(tiny_engine):
         got = fused.product(h[0], rows)
         assert got.shape == (3, rows.shape[0]) and got.dtype == torch.float32
         assert torch.allclose(got, torch.nn.functional.linear(h[0], rows), atol=1e-4)
-        assert fused.product(torch.randn(65, h.shape[-1]), rows) is None       # 65 rows
+        assert fused.product(torch.randn(MAX_BLOCK + 1, h.shape[-1]), rows) is None   # too many
         assert fused.product(h[0], engine.lm_head.weight[::3]) is None          # a strided view
     assert fused.product(h[0], rows) is None                                    # autograd on
 
@@ -197,7 +198,7 @@ def test_the_choice_is_measured_cached_and_can_be_turned_off(tiny_model_dir, tmp
     assert all(set(ms) == {"torch", "fused"} for ms in choice["rows"].values())
     assert choice["used"] == (engine.fused is not None)
     # a block size goes to torch's path only where that timed clearly (MIN_GAIN) faster
-    kept = {n for n in range(1, MAX_ROWS + 1)
+    kept = {n for n in range(1, MAX_BLOCK + 1)
             if (ms := choice["rows"][str(kernels.bucket_of(n))])["torch"]
             >= (1 - kernels.MIN_GAIN) * ms["fused"]}
     assert (engine.fused.rows if engine.fused is not None else set()) == kept

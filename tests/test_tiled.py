@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from conftest import make_model_folder
 from specbench_cli.engine import kernels
-from specbench_cli.engine.fused import AMX_ENV, FUSED_ENV, MAX_ROWS, can_use_amx, library
+from specbench_cli.engine.fused import (AMX_ENV, FUSED_ENV, MAX_BLOCK, MAX_ROWS, can_use_amx,
+                                        library)
 from specbench_cli.engine.llama import Linear
 from specbench_cli.engine.load import load_engine
 
@@ -123,11 +124,11 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("model, dtype, amx", [("odd", "fp32", 0), ("odd", "bf16", 0),
                                                ("even", "fp32", 0), ("even", "bf16", 0),
                                                ("even", "bf16", 1)])
-def test_every_block_size_up_to_64_is_bit_equal_to_one_token_steps(models, model, dtype, amx,
-                                                                   monkeypatch):
-    """Through the fused step (SPECBENCH_FUSED=on: every block of 1..64): a block of n tokens,
-    for every n, and the same tokens in blocks of odd sizes one after another, give the hidden
-    states, logits and cache rows of decoding each token alone. (amx 1: bf16 on AMX tiles where
+def test_every_block_size_up_to_128_is_bit_equal_to_one_token_steps(models, model, dtype, amx,
+                                                                    monkeypatch):
+    """Through the fused step (SPECBENCH_FUSED=on: every block of 1..128): a block of n tokens,
+    for every n up to 64, 81 and 128, and the same tokens in blocks of odd sizes one after
+    another, give the hidden states, logits and cache rows of decoding each token alone. (amx 1: bf16 on AMX tiles where
     the CPU has them, else the same as 0.)"""
     monkeypatch.setenv(AMX_ENV, "on" if amx else "off")
     check_blocks_against_steps(models[model], dtype, monkeypatch)
@@ -137,9 +138,9 @@ def check_blocks_against_steps(folder, dtype, monkeypatch):
     monkeypatch.setenv(FUSED_ENV, "on")
     monkeypatch.setenv("SPECBENCH_KERNELS", "auto")     # =aten would turn the fused step off
     engine, _, _ = load_engine(str(folder), dtype=dtype, device="cpu", with_tokenizer=False)
-    assert engine.fused is not None and engine.fused.rows == set(range(1, MAX_ROWS + 1))
+    assert engine.fused is not None and engine.fused.rows == set(range(1, MAX_BLOCK + 1))
     assert engine.fused.amx == (os.environ.get(AMX_ENV) == "on" and can_use_amx(engine))
-    pre, end = 9, 9 + MAX_ROWS
+    pre, end = 9, 9 + MAX_BLOCK
     ids = torch.randint(96, (1, end), generator=torch.Generator().manual_seed(4))
     with torch.inference_mode():
         steps = engine.new_cache(end)
@@ -149,7 +150,7 @@ def check_blocks_against_steps(folder, dtype, monkeypatch):
         hidden = torch.cat([h for _, h in alone], 1)
         block = engine.new_cache(end)
         engine(ids[:, :pre], block, 0)
-        for n in range(1, MAX_ROWS + 1):
+        for n in [*range(1, MAX_ROWS + 1), 81, MAX_BLOCK]:    # 81: Token Recycling's tree
             block.truncate(pre)
             got_logits, got_hidden = engine(ids[:, pre:pre + n], block, pre, return_hidden=True)
             assert torch.equal(got_hidden, hidden[:, :n]), n
@@ -160,4 +161,4 @@ def check_blocks_against_steps(folder, dtype, monkeypatch):
         for n in (7, 13, 1, 6, 37):
             parts.append(engine(ids[:, at:at + n], block, at))
             at += n
-        assert torch.equal(torch.cat(parts, 1), logits)
+        assert torch.equal(torch.cat(parts, 1), logits[:, :at - pre])

@@ -404,9 +404,18 @@ AMX static void amx_group(const uint16_t *w, int64_t k, const uint32_t *xp, int6
     AMX_STORE(0) AMX_STORE(1) AMX_STORE(2) AMX_STORE(3)
 }
 
-/* Returns 0, or -2 where memory ran out (the caller takes vdpbf16ps). */
+/* Returns 0, or -2 where memory ran out (the caller takes vdpbf16ps). Blocks over 4 C tiles
+ * (64 rows) go 64 rows at a time, each pass streaming the weights again. */
 AMX static int product_bf16_amx(const void *x, const void *w, const void *bias, float *y,
                                 int64_t rows, int64_t n, int64_t k) {
+    if (rows > 4 * AMX_ROWS) {
+        for (int64_t r = 0; r < rows; r += 4 * AMX_ROWS) {
+            int rc = product_bf16_amx((const uint16_t *)x + r * k, w, bias, y + r * n,
+                                      rows - r < 4 * AMX_ROWS ? rows - r : 4 * AMX_ROWS, n, k);
+            if (rc != 0) return rc;
+        }
+        return 0;
+    }
     const int64_t chunks = k / AMX_K, tiles = (rows + AMX_ROWS - 1) / AMX_ROWS;
     const int64_t width = (rows + tiles - 1) / tiles, groups = (n + AMX_ROWS - 1) / AMX_ROWS;
     const int last = (int)(n - (groups - 1) * AMX_ROWS);

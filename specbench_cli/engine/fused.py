@@ -1,4 +1,4 @@
-"""Whole decoder layers in one call for blocks of up to 64 tokens on a CPU (cpu.c's
+"""Whole decoder layers in one call for blocks of up to 128 tokens on a CPU (cpu.c's
 `decode_layers`).
 
 A one-token step of torch's eager forward spends ~30 small ops a layer outside the matrix
@@ -7,7 +7,7 @@ every weight. The fused step runs a range of layers in C over the engine's own w
 cache (and the LM head), so a vanilla step and a method's verification blocks cost little beyond
 the weight read, and a token gets the same bits alone or in any block the fused step takes.
 Blocks where torch's products are clearly faster (many rows: oneDNN's blocked products), prefill
-past 64 tokens, training (autograd), other devices and modules the engine does not own (an EAGLE
+past 128 tokens, training (autograd), other devices and modules the engine does not own (an EAGLE
 head, a Kangaroo adapter) keep the torch path.
 
 Like the matrix-product kernels, the fused step is chosen by measurement: for each block size
@@ -41,7 +41,10 @@ from ..errors import SpecbenchError
 
 FUSED_ENV = "SPECBENCH_FUSED"
 AMX_ENV = "SPECBENCH_AMX"
-MAX_ROWS = kernels.BUCKETS[-1]     # the largest block timed (and so the largest it may take)
+MAX_ROWS = kernels.BUCKETS[-1]     # the largest block timed
+# The largest block it may take: the 64-row timing stands for blocks up to this, so that the
+# largest verification trees (Token Recycling's 81 nodes) are bit-equal to one-token steps too.
+MAX_BLOCK = 2 * MAX_ROWS
 TIMED_LAYERS = 4          # the layers the choice is timed over (enough to compare per layer)
 TIMED_CONTEXT = 64
 LAYER_FIELDS = ("in_norm", "post_norm", "qkv", "qkv_bias", "o", "o_bias", "gate_up",
@@ -143,7 +146,7 @@ def can_use_amx(engine) -> bool:
 class FusedLayers:
     """Runs `Engine.layers` for the block sizes in `rows` through cpu.c."""
 
-    def __init__(self, engine, rows=range(1, MAX_ROWS + 1), amx: bool = False):
+    def __init__(self, engine, rows=range(1, MAX_BLOCK + 1), amx: bool = False):
         cfg = engine.config
         self.lib = library()
         self.lm_head = engine.lm_head.weight
@@ -308,7 +311,7 @@ def choose_fused(engine, key: str) -> dict:
         amx = amx_mode() == "on" and can_use_amx(engine)
         engine.fused = FusedLayers(engine, amx=amx)
         return {"used": True, "rows": {}, "amx": amx,
-                "why": f"{FUSED_ENV}=on: every block of 1–{MAX_ROWS}" + ("; AMX on" if amx else "")}
+                "why": f"{FUSED_ENV}=on: every block of 1–{MAX_BLOCK}" + ("; AMX on" if amx else "")}
     amx, amx_why, _ = choose_amx(engine, key, shape)
     shape += " amx" if amx else ""
     timed = kernels.cached_entry(kernels.kernels_home() / "fused.json", f"{key} | {shape}",
@@ -316,8 +319,8 @@ def choose_fused(engine, key: str) -> dict:
     # A size goes to torch's path only where that is clearly faster: within the noise margin the
     # fused step keeps it, as its blocks are bit-equal to one-token steps and torch's are not.
     kept = [int(r) for r, ms in timed.items() if ms["torch"] >= (1 - kernels.MIN_GAIN) * ms["fused"]]
-    # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8, …, 33-64).
-    rows = {n for n in range(1, MAX_ROWS + 1) if kernels.bucket_of(n) in kept}
+    # Each timed size stands for the sizes up to the next one (1, 2, 3-4, 5-8, …, 33-64, 65-128).
+    rows = {n for n in range(1, MAX_BLOCK + 1) if kernels.bucket_of(n) in kept}
     if rows:
         engine.fused = FusedLayers(engine, rows, amx=amx)
     why = f"as fast or faster for blocks of {fmt_rows(rows)}" if rows else "slower here"
