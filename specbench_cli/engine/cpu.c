@@ -826,7 +826,7 @@ static int attention(const Shape *s, const float *qkv, float *out, const Segment
                 task[4 * n] = j; task[4 * n + 1] = r0; task[4 * n + 2] = g; task[4 * n + 3] = at;
             }
     int rc = 0;
-    #pragma omp parallel for schedule(dynamic)
+    #pragma omp parallel for schedule(dynamic) reduction(min: rc)
     for (int64_t n = 0; n < ntasks; n++) {
         const Segment *sg = segs + task[4 * n];
         const int64_t r0 = task[4 * n + 1], g = task[4 * n + 2], at = task[4 * n + 3];
@@ -845,7 +845,7 @@ static int attention(const Shape *s, const float *qkv, float *out, const Segment
         }
         int done = bf16 ? attend(qs, nq, kv_at(c->k, first, 1), kv_at(c->v, first, 1), hd, 1)
                         : attend(qs, nq, kv_at(c->k, first, 0), kv_at(c->v, first, 0), hd, 0);
-        if (done != 0) rc = done;
+        rc = done < rc ? done : rc;                 /* 0, or -2: out of memory */
     }
     free(task);
     return rc;
