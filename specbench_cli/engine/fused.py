@@ -223,56 +223,62 @@ class FusedLayers:
         return out
 
 
-def measure(engine, amx: bool = False, repeats: int = 7) -> dict:
-    """{rows: {"torch": ms, "fused": ms}} over the first layers after a short context: medians,
-    the two paths timed in turn within each repeat, so that a shared machine's load drifts hit
-    both alike. amx: the fused step's products on AMX tiles."""
-    layers = min(TIMED_LAYERS, engine.num_layers)
-    cache = engine.new_cache(TIMED_CONTEXT + kernels.BUCKETS[-1], num_layers=engine.num_layers)
-    paths = {"torch": None, "fused": FusedLayers(engine, amx=amx)}
+def time_paths(engine, paths: dict, forward, sizes, repeats: int) -> dict:
+    """{rows: {path: ms}}: forward(rows) with each of `paths` (name: the engine's fused step, or
+    None for torch's modules) after TIMED_CONTEXT tokens of context, medians of `repeats`, the
+    paths in turn within each repeat so that a shared machine's load drifts hit all alike."""
     out = {}
     with torch.inference_mode():
-        for rows in kernels.BUCKETS:
-            h = torch.randn(1, rows, engine.config.hidden_size).to(engine.dtype)
+        for rows in sizes:
+            step = forward(rows)
             times = {name: [] for name in paths}
             for i in range(repeats + 1):          # the first round warms up
                 for name, path in paths.items():
-                    cache.lengths = [TIMED_CONTEXT] * engine.num_layers
                     engine.fused = path
                     start = time.perf_counter()
-                    engine.layers(h, 0, layers, cache, TIMED_CONTEXT)
+                    step()
                     if i:
                         times[name].append(time.perf_counter() - start)
             out[str(rows)] = {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()}
     engine.fused = None
     return out
+
+
+def measure(engine, amx: bool = False, repeats: int = 7) -> dict:
+    """{rows: {"torch": ms, "fused": ms}} over the first layers at every block-size bucket.
+    amx: the fused step's products on AMX tiles."""
+    layers = min(TIMED_LAYERS, engine.num_layers)
+    cache = engine.new_cache(TIMED_CONTEXT + kernels.BUCKETS[-1], num_layers=engine.num_layers)
+
+    def forward(rows):
+        h = torch.randn(1, rows, engine.config.hidden_size).to(engine.dtype)
+
+        def step():
+            cache.lengths = [TIMED_CONTEXT] * engine.num_layers
+            engine.layers(h, 0, layers, cache, TIMED_CONTEXT)
+        return step
+    return time_paths(engine, {"torch": None, "fused": FusedLayers(engine, amx=amx)}, forward,
+                      kernels.BUCKETS, repeats)
 
 
 AMX_ROWS = (1, 16)        # a one-token step (vanilla's cost) and a typical verification block
 
 
 def measure_amx(engine, repeats: int = 7) -> dict:
-    """{rows: {"vector": ms, "amx": ms}} for whole forwards of 1 and 16 tokens (every layer and
-    the LM head: a step streams every weight, and AMX tiles stream them differently from vector
-    loads) after a short context, the two product paths in turn within each repeat."""
+    """{rows: {"vector": ms, "amx": ms}} for whole forwards of 1 and 16 tokens: every layer and
+    the LM head, as a step streams every weight and AMX tiles stream them differently from
+    vector loads."""
     cache = engine.new_cache(TIMED_CONTEXT + AMX_ROWS[-1])
+
+    def forward(rows):
+        ids = torch.randint(engine.config.vocab_size, (1, rows))
+
+        def step():
+            cache.lengths = [TIMED_CONTEXT] * engine.num_layers
+            engine(ids, cache, TIMED_CONTEXT)
+        return step
     paths = {"vector": FusedLayers(engine), "amx": FusedLayers(engine, amx=True)}
-    out = {}
-    with torch.inference_mode():
-        for rows in AMX_ROWS:
-            ids = torch.randint(engine.config.vocab_size, (1, rows))
-            times = {name: [] for name in paths}
-            for i in range(repeats + 1):          # the first round warms up
-                for name, path in paths.items():
-                    cache.lengths = [TIMED_CONTEXT] * engine.num_layers
-                    engine.fused = path
-                    start = time.perf_counter()
-                    engine(ids, cache, TIMED_CONTEXT)
-                    if i:
-                        times[name].append(time.perf_counter() - start)
-            out[str(rows)] = {n: round(statistics.median(t) * 1e3, 3) for n, t in times.items()}
-    engine.fused = None
-    return out
+    return time_paths(engine, paths, forward, AMX_ROWS, repeats)
 
 
 def choose_amx(engine, key: str, shape: str) -> tuple[bool, str, dict]:
