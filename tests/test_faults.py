@@ -74,7 +74,7 @@ def test_unreadable_and_stale_choice_caches_are_measured_again(tiny_model_dir, t
     # What is measured does not matter here, only what becomes of the cache: timings stand in.
     monkeypatch.setattr(kernels, "time_group", lambda modules, name, rows, repeats=0:
                         {"aten": 1e-3, "gemv": 5e-4, "onednn": 2e-3}[name])
-    monkeypatch.setattr(fused, "measure", lambda engine: {
+    monkeypatch.setattr(fused, "measure", lambda engine, amx=False: {
         str(b): {"torch": 1.0, "fused": 0.5} for b in kernels.BUCKETS})
     engine, _, _ = load_engine(str(tiny_model_dir), dtype="fp32", device="cpu",
                                with_tokenizer=False)
