@@ -198,8 +198,8 @@ def test_bad_checkpoints_fail_in_one_line(tiny_engine, tmp_path, kwargs, message
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"depth": 0}, "depth must be at least 1 (got 0)"),
-    ({"total_tokens": 1}, "total_tokens must be at least 2 (got 1)"),
+    ({"depth": 0}, "eagle.depth: must be at least 1 (got 0)"),
+    ({"total_tokens": 1}, "eagle.total_tokens: must be at least 2 (got 1)"),
     ({"total_tokens": 500}, "a tree of 500 nodes is more than the 128"),
     ({"head": None}, "eagle needs a draft head: --opt eagle.head=PATH"),
 ])

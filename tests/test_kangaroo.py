@@ -77,7 +77,7 @@ def test_adapter_for_another_layer_count_is_refused(tiny_engine, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"exit_layer": 4}, "exit layer must be in [1, 3] for this 4-layer model (got 4)"),
-    ({"threshold": 1.5}, "threshold must be in [0, 1] (got 1.5)"),
+    ({"threshold": 1.5}, "kangaroo.threshold: must be in [0.0, 1.0] (got 1.5)"),
     ({"adapter": None}, "kangaroo needs an adapter"),
 ])
 def test_bad_options(tiny_engine, options, message):

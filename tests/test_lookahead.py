@@ -148,9 +148,9 @@ def test_lookahead_stops_at_max_new_tokens_and_eos(tiny_engine, limit):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"level": 1}, "lookahead: level must be at least 2"),
-    ({"window": 0}, "window at least 1"),
-    ({"guess": -1}, "guess at least 0"),
+    ({"level": 1}, "lookahead.level: must be at least 2 (got 1)"),
+    ({"window": 0}, "lookahead.window: must be at least 1 (got 0)"),
+    ({"guess": -1}, "lookahead.guess: must be at least 0 (got -1)"),
     ({"level": 9, "window": 20}, "exceeds the 128 the cache reserves"),
 ])
 def test_bad_options_are_one_line_errors(tiny_engine, options, message):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS, parse_methods
 from specbench_cli.methods.llma import first_occurrences
 from specbench_cli.methods.pld import lookup
@@ -177,6 +178,24 @@ def test_parse_methods_always_includes_vanilla_and_names_valid_ones():
 def test_unknown_method_option_is_an_error(tiny_engine):
     with pytest.raises(ValueError, match="pld: unknown option"):
         METHODS["pld"](tiny_engine[0], {2}, window=4)
+
+
+OUT_OF_RANGE = [(name, key, option) for name, method in METHODS.items()
+                for key, option in method.options.items()
+                if option.low is not None or option.high is not None]
+
+
+@pytest.mark.parametrize("name, key, option", OUT_OF_RANGE,
+                         ids=[f"{n}.{k}" for n, k, _ in OUT_OF_RANGE])
+def test_an_out_of_range_option_is_refused_through_the_python_api(tiny_engine, name, key, option):
+    """Bounds are declared once, on the option, and enforced when the method is built, whatever
+    route the value came by: here the Python API, past the command line's parsing."""
+    engine, tok = tiny_engine
+    step = 1 if option.type is int else 0.5
+    bad = option.low - step if option.low is not None else option.high + step
+    with pytest.raises(SpecbenchError) as err:
+        METHODS[name](engine, {2}, tok, **{key: option.type(bad)})
+    assert str(err.value) == f"{name}.{key}: must be {option.bounds()} (got {option.type(bad)!r})"
 
 
 def random_adapter(engine, seed=0, scale=1.0):

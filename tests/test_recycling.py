@@ -130,9 +130,9 @@ def test_info_and_overhead(tiny_engine):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"top_k": 0}, "recycling: top_k must be in [1, 8], got 0"),
-    ({"top_k": 9}, "recycling: top_k must be in [1, 8], got 9"),
-    ({"num_draft": 0}, "recycling: num_draft must be at least 1, got 0"),
+    ({"top_k": 0}, "recycling.top_k: must be in [1, 8] (got 0)"),
+    ({"top_k": 9}, "recycling.top_k: must be in [1, 8] (got 9)"),
+    ({"num_draft": 0}, "recycling.num_draft: must be at least 1 (got 0)"),
     ({"tree": "big"}, "recycling: unknown option(s) tree"),
 ])
 def test_bad_options_are_one_line_errors(tiny_engine, options, message):

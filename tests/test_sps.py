@@ -133,7 +133,7 @@ def test_padded_drafter_equals_vanilla_and_bad_drafters_are_one_line_errors(tmp_
              ({"drafter": str(tmp_path / "none")}, "does not exist"),
              ({}, "sps needs a draft model"),
              ({"drafter": 3}, "drafter must be a model name or path or a loaded Engine"),
-             ({"drafter": engine, "num_draft": 0}, "num_draft must be at least 1"),
+             ({"drafter": engine, "num_draft": 0}, "sps.num_draft: must be at least 1 (got 0)"),
              ({"drafter": engine, "gamma": 4}, "sps: unknown option(s) gamma")]
     for options, message in cases:
         with pytest.raises(SpecbenchError) as err:

@@ -9,7 +9,7 @@ from pathlib import PurePath
 
 from ..errors import SpecbenchError
 from ..names import base_name, batch_size_of, batched, unbatched
-from ..options import Option
+from ..options import Option, option_value
 from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
 from .eagle import Eagle
 from .eagle3 import Eagle3
@@ -64,44 +64,6 @@ def declared_option(method: str, key: str, where: str) -> Option:
         raise SpecbenchError(f"{where}: {method} has no option {key!r}; known: "
                              f"{', '.join(options) or 'none'} (see `specbench list`)")
     return options[key]
-
-
-TRUE, FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
-
-
-def option_value(option: Option, value, where: str):
-    """A value for a declared option: command-line text parsed by the option's type, a value
-    from a YAML/JSON config or the Python API checked against it. 'none' restores a None
-    default (the method's own choice)."""
-    if isinstance(value, str) and value.strip().lower() == "none" and option.default is None:
-        return None
-    kind = option.type.__name__
-    if isinstance(value, str) and option.type is not str:
-        text = value.strip().lower()
-        if option.type is bool:
-            if text not in TRUE + FALSE:
-                raise SpecbenchError(f"{where}: expected true or false, got {value!r}")
-            return text in TRUE
-        try:
-            parsed = option.type(value)
-        except ValueError:
-            raise SpecbenchError(f"{where}: expected {kind}, got {value!r}") from None
-        return in_range(option, parsed, where)
-    if value is None and option.default is None:
-        return None
-    if option.type is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if option.type in (int, float, bool) and (type(value) is not option.type):
-        raise SpecbenchError(f"{where}: expected {kind}, got {value!r}")
-    return in_range(option, value, where)   # str options may also take objects (a loaded adapter)
-
-
-def in_range(option: Option, value, where: str):
-    """The value, if inside the option's declared bounds; else a one-line error."""
-    if value is not None and ((option.low is not None and value < option.low) or
-                              (option.high is not None and value > option.high)):
-        raise SpecbenchError(f"{where}: must be {option.bounds()} (got {value!r})")
-    return value
 
 
 def split_spec(spec: str, flag: str) -> tuple[str, str, str]:

@@ -9,7 +9,7 @@ from typing import Callable, ClassVar
 
 from ..engine import Engine
 from ..errors import SpecbenchError
-from ..options import Option
+from ..options import Option, option_value
 from ..train import Trainer
 
 
@@ -116,7 +116,12 @@ class Method:
         self.engine = engine
         self.eos_ids = eos_ids
         self.tokenizer = tokenizer
-        self.options = {**self.defaults, **options}
+        # Types and bounds checked here, by whatever route the options came (the CLI, a run
+        # config, the Python API), against the one declaration of each.
+        declared = type(self).options
+        self.options = {**self.defaults, **{
+            key: option_value(declared[key], value, f"{self.name}.{key}")
+            for key, value in options.items()}}
 
     def require(self, option: str, how: str):
         """The value of an option the method cannot run without; `how` tells how to get one."""

@@ -72,10 +72,6 @@ class Kangaroo(Method):
         if not 1 <= o["exit_layer"] < n:
             raise SpecbenchError(f"kangaroo: exit layer must be in [1, {n - 1}] for this "
                                  f"{n}-layer model (got {o['exit_layer']})")
-        if not 0.0 <= o["threshold"] <= 1.0:
-            raise SpecbenchError(f"kangaroo: threshold must be in [0, 1] (got {o['threshold']})")
-        if o["max_draft"] < 1:
-            raise SpecbenchError(f"kangaroo: max draft must be at least 1 (got {o['max_draft']})")
 
     def info(self) -> dict:
         # Verification runs only the deep layers: the cost model scales a forward by this share.

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..engine import Engine
-from ..errors import SpecbenchError
 from .base import Generation, Method, Option, Statistic
 from .verify import DecodeState, Tree, verify_tree
 
@@ -99,10 +98,6 @@ class TokenRecycling(Method):
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        if not 1 <= o["top_k"] <= MAX_TOP_K:
-            raise SpecbenchError(f"recycling: top_k must be in [1, {MAX_TOP_K}], got {o['top_k']}")
-        if o["num_draft"] < 1:
-            raise SpecbenchError(f"recycling: num_draft must be at least 1, got {o['num_draft']}")
         self.tree = RecyclingTree(template_choices(o["num_draft"], o["top_k"]))
         self.reset()
 

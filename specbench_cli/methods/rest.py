@@ -11,7 +11,6 @@ import numpy as np
 
 from ..drafters.datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
-from ..errors import SpecbenchError
 from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
 from .verify import DecodeState, Tree, verify_chain, verify_tree
 
@@ -62,8 +61,8 @@ class REST(Method):
     description = "REST: drafts retrieved from a datastore (suffix array), verified as a tree"
     options = {
         "datastore": Option(None, str, "datastore folder (`specbench datastore build`)"),
-        "num_draft": Option(64, int, "tree tokens, root included", low=1),
-        "max_span": Option(16, int, "longest context suffix looked up", low=1),
+        "num_draft": Option(64, int, "tree tokens, root included", low=2),
+        "max_span": Option(16, int, "longest context suffix looked up", low=2),
         "max_hits": Option(5000, int, "most datastore occurrences whose continuations are "
                            "read", low=1),
         "continuation": Option(10, int, "tokens read after each occurrence (the tree's depth)",
@@ -83,8 +82,6 @@ class REST(Method):
         o = self.options
         store = self.require("datastore", "a datastore: --opt rest.datastore=PATH (build one with "
                                           "`specbench datastore build`)")
-        if o["num_draft"] < 2 or o["max_span"] < 2:
-            raise SpecbenchError("rest: num_draft and max_span must be at least 2")
         if not isinstance(store, Datastore):
             store = Datastore(Path(store), tokenizer)
             o["datastore"] = str(o["datastore"])

@@ -121,8 +121,6 @@ class SpS(Method):
                                f"not {type(drafter).__name__}")
         check_vocabulary(engine, drafter, tokenizer, drafter_tok)
         self.drafter = drafter.to(engine.device, engine.dtype).eval().requires_grad_(False)
-        if o["num_draft"] < 1:
-            raise SpecbenchError(f"sps: num_draft must be at least 1 (got {o['num_draft']})")
 
     def info(self) -> dict:
         cfg = self.drafter.config
