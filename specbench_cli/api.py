@@ -12,17 +12,18 @@ keys. Errors meant for users are SpecbenchError.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from rich.console import Console
 
 from .errors import SpecbenchError
 from .files import folder_lock, read_text
-
-DEFAULT_METHODS = "vanilla,pld,llma"
-BUILTIN_LIMIT = 5
+from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, checked_run_options, \
+    signature
 RESULTS = Path("results")
 
 
@@ -39,95 +40,115 @@ class RunPlan:
     dtype_why: str = "given"    # how the dtype was chosen (--dtype auto measures; run.json)
 
 
-def plan_run(model: str | None = None, bench: str | None = None, methods: str | None = None,
-             tasks: str = "all", limit: int | None = None, template: str = "auto",
-             max_new_tokens: int = 1024, over_context: str | None = None, repeats: int = 1,
-             warmup: int = 3, dtype: str | None = None, device: str | None = None,
-             out: Path | str | None = None, resume: bool = False,
-             options: dict | list[str] | None = None, sweep: dict | list[str] | None = None,
-             breakdown: bool = False, profile: Path | str | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             compile: bool = False, batch_size: str | int | list[int] = 1,
-             continuous: bool = False, console: Console | None = None) -> RunPlan:
-    """Check a run and resolve what it needs; the arguments are `specbench run`'s options.
-    `options`: {method: {option: value}} or ["method.option=value", ...]; `sweep`:
-    {method: {option: [values]}} or ["method.option=v1,v2", ...] (see `specbench list`);
-    `batch_size`: 4, [1, 2, 4] or '1,2,4' (every method at each); `continuous`: batches
-    refilled as sequences finish."""
-    from .engine.load import DTYPE_NAMES, choose_dtype, load_tokenizer, resolve_device, \
-        resolve_dtype
+def plan_run(console: Console | None = None, **given) -> RunPlan:
+    """Check a run and resolve what it needs. The keywords are `specbench run`'s options
+    (run_options.RUN_OPTIONS, where each is declared with its type, default and bounds; or see
+    `specbench run --help`): e.g. `options`: {method: {option: value}} or
+    ["method.option=value", ...]; `sweep`: {method: {option: [values]}} or
+    ["method.option=v1,v2", ...]; `batch_size`: 4, [1, 2, 4] or '1,2,4'."""
+    from .engine.load import choose_dtype, load_tokenizer
+    from .methods import expand_batch_sizes, expand_sweeps
     from .models.targets import model_folder
-    from .methods import checked_options, checked_sweeps, expand_batch_sizes, expand_sweeps, \
-        parse_methods, parse_options, parse_sweeps
-    from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
-    from .run.runner import OVER_CONTEXT, RunConfig, check_context
-    from .files import sha256_of
-    from .bench.questions import load_questions, parse_subtasks, resolve_bench, select
+    from .bench.prompts import build_prompt_ids, resolve_template
+    from .run.runner import check_context
+    from .bench.questions import load_questions, select
     console = console or Console()
-    out = Path(out) if out is not None else None
-    profile = Path(profile) if profile is not None else None
-    # Cheap checks first: nothing is prepared or loaded for a run that cannot start.
-    if limit is not None and limit < 1:
-        raise SpecbenchError(f"--limit must be at least 1 (got {limit})")
-    for opt, value in (("--repeats", repeats), ("--max-new-tokens", max_new_tokens)):
-        if value < 1:
-            raise SpecbenchError(f"{opt} must be at least 1 (got {value})")
-    if warmup < 0:
-        raise SpecbenchError(f"--warmup must be 0 or more (got {warmup})")
-    check_sampling_options(temperature, top_p, top_k)
-    batch_sizes = parse_counts("--batch-size", ",".join(map(str, batch_size))
-                               if isinstance(batch_size, list) else str(batch_size))
-    if continuous and max(batch_sizes) == 1:
+    s = checked_plan(checked_run_options(given))       # nothing prepared or loaded yet
+    prepared, bench, bench_file, limit, over_context = choose_bench(s, console)
+    model, names, opts = resolve_methods(s.model, s.methods, s.options, console, prepared)
+    questions = select(load_questions(bench_file), s.subtasks, limit)
+    names, opts = expand_sweeps(names, opts, s.sweep)
+    names = expand_batch_sizes(names, s.batch_sizes)
+    folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
+    dtype, dtype_why = choose_dtype(s.dtype, s.device, folder, console)
+    tokenizer = load_tokenizer(folder)
+    template = resolve_template(s.template, tokenizer, model)
+    # Fail before anything is written when a template or a prompt cannot work here.
+    build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
+    check_context(questions, tokenizer, template, s.max_new_tokens, folder, over_context)
+    config = run_config(s, model=model, bench=bench, bench_file=bench_file, limit=limit,
+                        methods=names, method_options=opts, template=template, dtype=dtype,
+                        over_context=over_context)
+    out, resume = resolve_out(s.out, s.resume, config, model, console)
+    return RunPlan(config, folder, tokenizer, questions, out, resume, s.profile, dtype_why)
+
+
+def checked_plan(values: dict) -> SimpleNamespace:
+    """The cheap checks, before anything is prepared or loaded, over the run options' values
+    (bounds and types are checked already): the rules between options, choices, paths, and
+    the texts parsed (subtasks, methods, options, sweeps, batch sizes, device, dtype)."""
+    from .bench.prompts import AUTO, TEMPLATES
+    from .bench.questions import parse_subtasks
+    from .engine.load import resolve_device, resolve_dtype
+    from .methods import checked_options, checked_sweeps, parse_methods, parse_options, \
+        parse_sweeps
+    from .run.runner import OVER_CONTEXT
+    s = SimpleNamespace(**values)
+    check_sampling_options(s.temperature, s.top_p, s.top_k)
+    batch = s.batch_size
+    s.batch_sizes = parse_counts("--batch-size", ",".join(map(str, batch))
+                                 if isinstance(batch, list) else str(batch))
+    if s.continuous and max(s.batch_sizes) == 1:
         raise SpecbenchError("--continuous refills batches: give --batch-size above 1 too")
-    if template not in (AUTO, *TEMPLATES):
-        raise SpecbenchError(f"--template {template!r}: choose one of {AUTO}, "
+    if s.template not in (AUTO, *TEMPLATES):
+        raise SpecbenchError(f"--template {s.template!r}: choose one of {AUTO}, "
                              f"{', '.join(TEMPLATES)}")
-    if over_context not in (None, *OVER_CONTEXT):
-        raise SpecbenchError(f"--over-context {over_context!r}: choose one of "
+    if s.over_context not in (None, *OVER_CONTEXT):
+        raise SpecbenchError(f"--over-context {s.over_context!r}: choose one of "
                              f"{', '.join(OVER_CONTEXT)}")
-    if profile is not None and not profile.is_file():
-        raise SpecbenchError(f"--profile {profile}: no such file")
-    if out is not None and any(p.exists() and not p.is_dir() for p in (out, *out.parents)):
-        raise SpecbenchError(f"--out {out}: a file is in the way; give a directory for the run")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    subtasks = parse_subtasks(tasks)
-    parse_methods(methods or DEFAULT_METHODS)
-    given = parse_options(options) if isinstance(options, list) else \
-        checked_options(options, "options")
-    grid = parse_sweeps(sweep) if isinstance(sweep, list) else checked_sweeps(sweep, "sweep")
-    prepared = None
-    if model is None or bench == "builtin":
+    s.out = Path(s.out) if s.out is not None else None
+    s.profile = Path(s.profile) if s.profile is not None else None
+    if s.profile is not None and not s.profile.is_file():
+        raise SpecbenchError(f"--profile {s.profile}: no such file")
+    if s.out is not None and any(p.exists() and not p.is_dir() for p in (s.out, *s.out.parents)):
+        raise SpecbenchError(f"--out {s.out}: a file is in the way; give a directory for the run")
+    if isinstance(s.methods, list):
+        s.methods = ",".join(map(str, s.methods))
+    s.device = resolve_device(s.device)
+    resolve_dtype(s.dtype, s.device)                   # a bad name is an error before loading
+    s.subtasks = parse_subtasks(s.tasks)
+    parse_methods(s.methods or DEFAULT_METHODS)
+    s.options = parse_options(s.options) if isinstance(s.options, list) else \
+        checked_options(s.options, "options")
+    s.sweep = parse_sweeps(s.sweep) if isinstance(s.sweep, list) else \
+        checked_sweeps(s.sweep, "sweep")
+    return s
+
+
+def choose_bench(s: SimpleNamespace, console: Console):
+    """(the prepared built-in benchmark or None, bench name, question file, limit,
+    over-context policy): the built-in benchmark is built on first use when it or its model is
+    asked for; it caps answers at its model's context and runs 5 questions a subtask."""
+    from .bench.questions import resolve_bench
+    prepared, bench, limit, over_context = None, s.bench, s.limit, s.over_context
+    if s.model is None or bench == "builtin":
         from .models.prepare import prepare_all
         prepared = prepare_all(console=console)
         if bench in (None, "builtin"):
-            bench, limit = "builtin", limit or BUILTIN_LIMIT
-            bench_file = prepared.question_file
             # Its model knows 512 positions and its answers end well before.
-            over_context = over_context or "cap"
-    model, names, opts = resolve_methods(model, methods, given, console, prepared)
-    if bench != "builtin":
-        bench_file = resolve_bench(bench or "spec_bench")
-    questions = select(load_questions(bench_file), subtasks, limit)
-    names, opts = expand_sweeps(names, opts, grid)
-    names = expand_batch_sizes(names, batch_sizes)
-    folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
-    dt, dtype_why = choose_dtype(dtype, dev, folder, console)
-    tokenizer = load_tokenizer(folder)
-    template = resolve_template(template, tokenizer, model)
-    over_context = over_context or "error"
-    # Fail before anything is written when a template or a prompt cannot work here.
-    build_prompt_ids(tokenizer, template, [questions[0].turns[0]], [])
-    check_context(questions, tokenizer, template, max_new_tokens, folder, over_context)
-    config = RunConfig(model=model, bench=bench or "spec_bench", bench_sha256=sha256_of(bench_file),
-                       subtasks=subtasks, limit=limit, methods=names, method_options=opts,
-                       template=template, max_new_tokens=max_new_tokens, repeats=repeats,
-                       warmup=warmup, dtype=DTYPE_NAMES[dt], device=str(dev),
-                       over_context=over_context, breakdown=breakdown,
-                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                       compile=compile, batch_sizes=batch_sizes, continuous=continuous)
-    out, resume = resolve_out(out, resume, config, model, console)
-    return RunPlan(config, folder, tokenizer, questions, out, resume, profile, dtype_why)
+            return prepared, "builtin", prepared.question_file, limit or BUILTIN_LIMIT, \
+                over_context or "cap"
+    bench = bench or "spec_bench"
+    return prepared, bench, resolve_bench(bench), limit, over_context or "error"
+
+
+def run_config(s: SimpleNamespace, bench_file: Path, **resolved):
+    """The run's RunConfig (what run.json stores and --resume compares): each field a run
+    option of the same name carries, unless the plan `resolved` it (a dtype, a template)."""
+    from dataclasses import fields
+
+    from .files import sha256_of
+    from .run.runner import RunConfig
+    from .engine.load import DTYPE_NAMES
+    resolved["dtype"] = DTYPE_NAMES[resolved["dtype"]]
+    given = {f.name: getattr(s, f.name) for f in fields(RunConfig) if hasattr(s, f.name)}
+    return RunConfig(**{**given, **resolved, "bench_sha256": sha256_of(bench_file),
+                        "device": str(s.device)})
+
+
+plan_run.__signature__ = signature(("plan",)).replace(parameters=[
+    inspect.Parameter("console", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    *signature(("plan",)).parameters.values()])
 
 
 def resolve_methods(model: str | None, methods: str | None, given: dict, console: Console,
@@ -289,21 +310,11 @@ def run(console: Console | None = None, progress=None, workers: int = 0,
                            ray_address))
 
 
-# A run config's keys and the type each value must have (`options`/`sweep`: checked below).
-RUN_CONFIG_TYPES = {
-    "model": str, "bench": str, "methods": (str, list), "tasks": str, "limit": int,
-    "template": str, "max_new_tokens": int, "over_context": str, "repeats": int, "warmup": int,
-    "dtype": str, "device": str, "out": str, "resume": bool, "options": (dict, list),
-    "sweep": (dict, list), "breakdown": bool, "profile": str, "temperature": (float, int),
-    "top_p": (float, int), "top_k": int, "seed": int, "workers": int, "ray_address": str,
-    "compile": bool, "batch_size": (str, int, list), "continuous": bool}
-RUN_CONFIG_KEYS = tuple(RUN_CONFIG_TYPES)
-
-
 def read_run_config(path: Path) -> dict:
-    """A YAML/JSON run config: plan_run's arguments as keys ('max-new-tokens' or
-    'max_new_tokens'); `options` and `sweep` as mappings method → option → value(s), or lists
-    of 'method.option=value' strings like the command line's."""
+    """A YAML/JSON run config: `specbench run`'s options as keys ('max-new-tokens' or
+    'max_new_tokens'; run_options.RUN_OPTIONS), each value checked for type and bounds;
+    `options` and `sweep` as mappings method → option → value(s), or lists of
+    'method.option=value' strings like the command line's. Returns the keys it holds."""
     import yaml
     path = Path(path)
     if not path.is_file():
@@ -315,28 +326,12 @@ def read_run_config(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise SpecbenchError(f"--config {path}: expected a mapping of run options")
     doc = {str(k).replace("-", "_"): v for k, v in doc.items()}
-    unknown = sorted(set(doc) - set(RUN_CONFIG_KEYS))
-    if unknown:
-        raise SpecbenchError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(RUN_CONFIG_KEYS)}")
-    for key, value in doc.items():
-        want = RUN_CONFIG_TYPES[key]
-        kinds = want if isinstance(want, tuple) else (want,)
-        # bool is an int to Python, never to a config
-        if value is not None and (not isinstance(value, kinds) or
-                                  (isinstance(value, bool) and bool not in kinds)):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise SpecbenchError(f"--config {path}: {key.replace('_', '-')} must be {names}, "
-                                 f"got {value!r}")
-    if isinstance(doc.get("methods"), list):
-        doc["methods"] = ",".join(map(str, doc["methods"]))
+    values = checked_run_options(doc, CONFIG_FILE, where=f"--config {path}: ")
     for key in ("options", "sweep"):
         value = doc.get(key)
-        if value is not None and not isinstance(value, (dict, list)):
-            raise SpecbenchError(f"--config {path}: {key} must be a mapping method → option")
         if isinstance(value, dict) and not all(isinstance(v, dict) for v in value.values()):
             raise SpecbenchError(f"--config {path}: {key} must map each method to its options")
-    return doc
+    return {k: values[k] for k in doc}
 
 
 def merge_options(first: dict | list | None, then: dict | list | None, parse) -> dict:
@@ -536,20 +531,18 @@ def compare(run_dir: Path, baseline: Path, speedup_tolerance: float = 0.1,
     return failed
 
 
-def run_arguments(config: Path | None, typed: dict, opt: list[str], sweep: list[str]):
+def run_arguments(config: Path | None, typed: dict, options: list[str], sweep: list[str]):
     """`specbench run`'s arguments: a run config's values, then what was typed on the command
-    line (`typed`, which wins), `--opt`/`--sweep` merged per method. Returns (plan_run's
-    arguments, the sharding arguments for `execute`)."""
+    line (`typed`, which wins), `--opt`/`--sweep` merged per method, all checked. Returns
+    (plan_run's arguments, the sharding arguments for `execute`)."""
     from .methods import parse_options, parse_sweeps
     arguments = read_run_config(config) if config else {}
     arguments.update(typed)
-    arguments["options"] = merge_options(arguments.get("options"), opt, parse_options)
+    arguments["options"] = merge_options(arguments.get("options"), options, parse_options)
     arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
-    shards = {k: arguments.pop(k) for k in ("workers", "ray_address") if k in arguments}
-    if shards.get("workers", 0) < 0:
-        raise SpecbenchError(f"--workers must be 0 (this process) or more (got "
-                             f"{shards['workers']})")
-    if shards.get("ray_address") and not shards.get("workers"):
+    arguments = checked_run_options(arguments, CONFIG_FILE)
+    shards = {k: arguments.pop(k) for k in ("workers", "ray_address")}
+    if shards["ray_address"] and not shards["workers"]:
         raise SpecbenchError("--ray-address is for sharded runs: give --workers N too")
     return arguments, shards
 

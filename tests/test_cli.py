@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from specbench_cli.cli import app
@@ -396,7 +397,7 @@ def test_bad_run_configs_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("modle: x\n")
     result = invoke("run", "--config", bad)
-    assert result.exit_code == 2 and "unknown key(s) modle" in result.output
+    assert result.exit_code == 2 and "unknown run option(s) modle" in result.output
     bad.write_text("options: {pld: 3}\n")
     result = invoke("run", "--config", bad)
     assert result.exit_code == 2 and "options must map each method to its options" in result.output
@@ -426,6 +427,51 @@ def test_the_python_api_runs_what_the_cli_runs(tiny_model_dir, qfile, tmp_path):
     assert meta["methods"]["pld"]["options"]["num_draft"] == 2
     with pytest.raises(api.SpecbenchError, match="--limit must be at least 1"):
         api.plan_run(limit=0)
+
+
+def test_every_run_option_is_one_declaration_the_cli_config_and_api_share(tmp_path):
+    """The flags of `specbench run`, a config file's keys and plan_run's keywords are all the
+    run options declared in run_options.RUN_OPTIONS, with one default each."""
+    import inspect
+
+    from specbench_cli import api
+    from specbench_cli.run.runner import RunConfig
+    from specbench_cli.run_options import RUN_OPTIONS
+    declared = {o.name: o for o in RUN_OPTIONS}
+    command = typer.main.get_command(app).commands["run"]
+    flags = {p.name: p for p in command.params if p.name != "help"}
+    assert set(flags) == set(declared)
+    for name, param in flags.items():
+        assert param.default == declared[name].default and \
+            declared[name].dashed in param.opts, name
+    keyword = inspect.signature(api.plan_run).parameters
+    plan = {o.name for o in RUN_OPTIONS if o.to == "plan"}
+    assert set(keyword) == plan | {"console"}
+    assert all(keyword[n].default == declared[n].default for n in plan)
+    # A config file takes every option but --config itself, and nothing else.
+    config = tmp_path / "run.yaml"
+    config.write_text("".join(f"{n}: null\n" for n in declared if n != "config"))
+    assert set(api.read_run_config(config)) == set(declared) - {"config"}
+    # What run.json records is either a run option of the same name or resolved by the plan.
+    resolved = {"model", "bench", "bench_sha256", "limit", "methods", "method_options",
+                "template", "dtype", "device", "over_context", "subtasks", "batch_sizes"}
+    from dataclasses import fields
+    assert {f.name for f in fields(RunConfig)} - resolved <= plan
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"repeats": 0}, "--repeats must be at least 1 (got 0)"),
+    ({"warmup": -1}, "--warmup must be at least 0 (got -1)"),
+    ({"max_new_tokens": "8"}, "--max-new-tokens must be int, got '8'"),
+    ({"breakdown": 1}, "--breakdown must be bool, got 1"),
+    ({"temperature": -0.5}, "--temperature must be at least 0 (got -0.5)"),
+    ({"max_tokens": 8}, "unknown run option(s) max_tokens"),
+])
+def test_the_python_api_checks_each_run_option_as_declared(given, message):
+    from specbench_cli import api
+    with pytest.raises(api.SpecbenchError) as err:
+        api.plan_run(**given)
+    assert message in str(err.value)
 
 
 def test_every_command_is_known_to_python_dash_m():

@@ -168,7 +168,7 @@ def test_without_ray_the_error_says_how_to_install_it(tiny_model_dir, qfile, tmp
 
 @pytest.mark.parametrize("args, message", [
     (["--ray-address", "auto"], "--ray-address is for sharded runs: give --workers N too"),
-    (["--workers", "-1"], "--workers must be 0 (this process) or more (got -1)"),
+    (["--workers", "-1"], "--workers must be at least 0 (got -1)"),
 ])
 def test_bad_worker_options_are_refused(tiny_model_dir, qfile, tmp_path, args, message):
     result = CliRunner().invoke(app, ["run", "--model", str(tiny_model_dir), "--bench",
