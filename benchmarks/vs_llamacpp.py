@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from specbench_cli.engine.kernels import cpu_flags, cpu_name
@@ -226,13 +225,13 @@ def decode_rate(method, ids: list[int], max_new: int) -> tuple[float, list[int]]
 
     import torch
 
+    from specbench_cli.methods.base import Decoding
     from specbench_cli.methods.verify import Phases
     with torch.inference_mode():
         method.generate(ids[:64], 8)                 # warm-up (caches, first-call costs)
         phases = Phases(method.engine.device)
-        method.decoding = replace(method.decoding, phases=phases)
         start = time.perf_counter()
-        gen = method.generate(ids, max_new)
+        gen = method.generate(ids, max_new, Decoding(phases=phases))
         seconds = time.perf_counter() - start - phases.seconds["prefill"]
     return len(gen.tokens) / seconds, gen.tokens
 

@@ -71,10 +71,10 @@ def test_sampling_batched_equals_alone(tiny_engine, name):
     from specbench_cli.methods.base import Decoding
     engine, tok = tiny_engine
     method = make(name, engine, {2}, tok)
-    method.decoding = Decoding(Sampling(1.0, seed=3))
+    decoding = Decoding(Sampling(1.0, seed=3))
     prompts = prompts_of(tok)
-    alone = [method.generate(p, 30).tokens for p in prompts]
-    assert [g.tokens for g in generate_batch(method, prompts, 30)] == alone
+    alone = [method.generate(p, 30, decoding).tokens for p in prompts]
+    assert [g.tokens for g in generate_batch(method, prompts, 30, decoding=decoding)] == alone
 
 
 @pytest.mark.parametrize("path", ["modules", "fused"])

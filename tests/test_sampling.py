@@ -62,10 +62,9 @@ def sampled(tiny_engine):
     return tiny_engine
 
 
-def sampling(method, settings: Sampling):
-    """The method, set to decode with these sampling settings."""
-    method.decoding = Decoding(settings)
-    return method
+def sample(method, ids, n: int, settings: Sampling) -> list[int]:
+    """The method's answer, sampled with these settings."""
+    return method.generate(ids, n, Decoding(settings)).tokens
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(sampled):
@@ -74,8 +73,7 @@ def test_same_seed_same_tokens_other_seed_other_tokens(sampled):
     for name in ("vanilla", "sps", "eagle", "recycling"):
         runs = []
         for seed in (0, 0, 1, 2):
-            method = sampling(make(name, engine, set(), tok), Sampling(0.8, seed=seed))
-            runs.append(method.generate(ids, 20).tokens)
+            runs.append(sample(make(name, engine, set(), tok), ids, 20, Sampling(0.8, seed=seed)))
         assert runs[0] == runs[1], name
         assert runs[0] != runs[2] or runs[0] != runs[3], name
 
@@ -86,10 +84,18 @@ def test_sampled_answers_are_not_greedy_and_respect_top_k(sampled):
     greedy = METHODS["vanilla"](engine, set()).generate(ids, 20).tokens
     top1 = Sampling(1.0, top_k=1)                       # top-1 sampling is greedy decoding
     for name in ("vanilla", "pld", "sps", "kangaroo", "medusa"):
-        assert sampling(make(name, engine, set(), tok), top1).generate(ids, 20).tokens == \
-            greedy, name
-    hot = sampling(METHODS["vanilla"](engine, set()), Sampling(2.0))
-    assert hot.generate(ids, 20).tokens != greedy
+        assert sample(make(name, engine, set(), tok), ids, 20, top1) == greedy, name
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_samples_when_asked_to(sampled, name):
+    """A method that dropped the run's decoding settings would answer greedily at any seed."""
+    engine, tok = sampled
+    ids = build_prompt_ids(tok, "vicuna_v1.1", ["abcabc abc"], [])
+    method = make(name, engine, set(), tok)
+    greedy = method.generate(ids, 20).tokens
+    hot = [sample(method, ids, 20, Sampling(2.0, seed=seed)) for seed in (1, 2)]
+    assert hot[0] != greedy and hot[1] != greedy and hot[0] != hot[1]
 
 
 def test_run_at_temperature_reports_speedup_and_no_equality(tiny_model_dir, tmp_path):
@@ -163,21 +169,20 @@ def test_broken_samplers_are_caught_at_the_same_sample_count(target, monkeypatch
 def batched_first_tokens(method, ids, tokens: int, samples: int, sampling: Sampling,
                          first_seed: int, batch: int) -> Counter:
     """first_tokens with the answers decoded `batch` at a time (engine/batch.py), each sequence
-    seeded first_seed + i: a sequence reads the method's decoding when it starts, before it
-    first parks, so each keeps its own seed."""
+    seeded first_seed + i (each generation is handed its own decoding settings)."""
     from dataclasses import replace
     from functools import partial
     from specbench_cli.engine.batch import BatchEngine, run_batch
     from specbench_cli.methods.base import on_engine
 
     def one(seed):
-        method.decoding = Decoding(replace(sampling, seed=seed))
-        return tuple(method.generate(ids, tokens).tokens)
+        return tuple(sample(method, ids, tokens, replace(sampling, seed=seed)))
     counts = Counter()
-    with on_engine(method, BatchEngine(method.engine)), torch.inference_mode():
+    engine = method.engine
+    with on_engine(method, BatchEngine(engine)), torch.inference_mode():
         for start in range(0, samples, batch):
             seeds = range(first_seed + start, first_seed + min(start + batch, samples))
-            counts.update(run_batch(method.engine._engine, [partial(one, s) for s in seeds]))
+            counts.update(run_batch(engine, [partial(one, s) for s in seeds]))
     return counts
 
 
@@ -200,7 +205,6 @@ def test_first_tokens_counts_every_answer(sampled):
     vanilla = METHODS["vanilla"](engine, set())
     counts = first_tokens(vanilla, ids, 2, 30, Sampling(T), 0)
     assert sum(counts.values()) == 30 and all(len(k) == 2 for k in counts)
-    assert vanilla.decoding == Decoding()   # restored: greedy for whatever runs next
 
 
 def test_check_sampling_command_passes_lossless_and_fails_broken(tiny_model_dir, monkeypatch):
@@ -225,13 +229,12 @@ def test_medusa_typical_acceptance_is_marked_lossy(tiny_model_dir, tmp_path, sam
     engine, tok = sampled
     ids = build_prompt_ids(tok, "vicuna_v1.1", ["abc abc abc"], [])
     heads = random_heads(engine)
-    exact = sampling(METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32"),
-                     Sampling(T))
-    typical = sampling(METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32",
-                                         typical=True, epsilon=0.0, delta=0.0), Sampling(T))
+    exact = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32")
+    typical = METHODS["medusa"](engine, set(), tok, heads=heads, tree="budget32", typical=True,
+                                epsilon=0.0, delta=0.0)
     assert exact.lossless and not typical.lossless
     # ε = δ = 0: every candidate passes, so every step takes the deepest path.
-    gen = typical.generate(ids, 40)
+    gen = typical.generate(ids, 40, Decoding(Sampling(T)))
     assert min(gen.accept_lengths[1:-1]) == exact.tree.depth + 1
     heads_dir = tmp_path / "heads"
     heads_dir.mkdir()

@@ -65,12 +65,14 @@ class TargetAddon:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a method decodes, handed to every DecodeState it makes (`Method.decoding`): the
-    sampling settings (verify.Sampling; None: greedy) and the phase timer of `run --breakdown`
-    (verify.Phases; None: off). The runner and the sampling check set it per method; nothing
-    rides on the engine."""
+    """How one generation decodes, an argument of `Method.generate` that the method hands to
+    its DecodeState (`Method.new_state`): the sampling settings (verify.Sampling; None: greedy)
+    and the phase timer of `run --breakdown` (verify.Phases; None: off)."""
     sampling: object = None
     phases: object = None
+
+
+GREEDY = Decoding()
 
 
 @dataclass
@@ -101,7 +103,6 @@ class Method:
     trainer: ClassVar[Trainer | None] = None          # `specbench train NAME`
     target_addons: ClassVar[dict[str, TargetAddon]] = {}    # by named target ("smollm2")
     lossless: ClassVar[bool] = True
-    decoding: Decoding = Decoding()         # greedy, untimed: the runner sets the run's
     defaults: ClassVar[dict] = {}       # derived from `options`
 
     def __init_subclass__(cls, **kwargs):
@@ -130,8 +131,24 @@ class Method:
             raise SpecbenchError(f"{self.name} needs {how}")
         return value
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
+        """Up to max_new_tokens after the prompt, decoded as `decoding` says (greedy by
+        default; every DecodeState is made by new_state, which takes it)."""
         raise NotImplementedError
+
+    def new_state(self, prompt_ids: list[int], max_new_tokens: int, decoding: Decoding,
+                  prefill=None):
+        """The generation's DecodeState on this method's engine: the prompt prefilled (by
+        `prefill(ids, cache)` when given), the first token chosen as `decoding` says."""
+        from .verify import DecodeState     # verify imports this module
+        return DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, decoding,
+                           prefill)
+
+    def parts(self) -> list["Method"]:
+        """The methods this one drafts with (SAMD's EAGLE head): they follow it onto another
+        engine (on_engine)."""
+        return []
 
     def reset(self):
         """Forget what earlier generations taught. Methods that learn across questions (Token
@@ -155,7 +172,7 @@ class Method:
 def on_engine(method: Method, engine):
     """Run `method`, and the methods it drafts with (SAMD's EAGLE head), on another view of its
     engine for a while (engine/batch.BatchEngine: several sequences at once)."""
-    held = [m for m in [method, *vars(method).values()] if isinstance(m, Method)]
+    held = [method, *method.parts()]
     saved = [m.engine for m in held]
     for m in held:
         m.engine = engine
@@ -167,13 +184,14 @@ def on_engine(method: Method, engine):
 
 
 def generate_batch(method: Method, prompts: list[list[int]], max_new_tokens: int | list[int],
-                   width: int | None = None) -> list[Generation]:
+                   width: int | None = None, decoding: Decoding = GREEDY) -> list[Generation]:
     """One generation per prompt (`max_new_tokens` for all, or a list: one per prompt), the
     sequences decoded together, at most `width` at once (engine/batch.py); each equals what
     `method.generate` gives it alone."""
     from ..engine.batch import BatchEngine, run_batch
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else \
         [max_new_tokens] * len(prompts)
-    with on_engine(method, BatchEngine(method.engine)):
-        return run_batch(method.engine._engine, [
-            lambda p=p, n=n: method.generate(p, n) for p, n in zip(prompts, budgets)], width)
+    engine = method.engine
+    with on_engine(method, BatchEngine(engine)):
+        return run_batch(engine, [lambda p=p, n=n: method.generate(p, n, decoding)
+                                  for p, n in zip(prompts, budgets)], width)

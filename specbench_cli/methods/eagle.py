@@ -25,7 +25,8 @@ from ..errors import SpecbenchError
 from ..train import Trainer
 from ..train.eagle import train_eagle
 from ..train.loop import addon_builder
-from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
+from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
+    TargetAddon
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
 
 def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
@@ -119,13 +120,13 @@ class Eagle(Method):
         params = self.head.num_parameters()
         return {"params": params, "bytes": params * self.engine.dtype.itemsize}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         engine = self.engine
         drafted_rows = len(self.tree) if self.tree else self.options["depth"] * self.options["top_k"]
         cache = engine.new_cache(len(prompt_ids) + max_new_tokens + drafted_rows,
                                  len(self.head.layers))
-        state = DecodeState(engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding, prefill=self.prefill)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding, self.prefill)
         stats = {"rounds": 0, "head_passes": 0, "drafted": 0}
         # The head's row t holds (f_t, token t+1): the prompt's features and the tokens after.
         with state.phase("prefill"):

@@ -19,7 +19,8 @@ from ..errors import SpecbenchError
 from ..train import Trainer
 from ..train.kangaroo import train_kangaroo
 from ..train.loop import addon_builder
-from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
+from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
+    TargetAddon
 from .verify import DecodeState, verify_chain
 
 
@@ -82,12 +83,12 @@ class Kangaroo(Method):
         params = self.adapter.num_parameters()
         return {"params": params, "bytes": params * self.engine.dtype.itemsize}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         # The adapter's own one-layer cache, on the engine's cache type.
         adapter_cache = self.engine.new_cache(len(prompt_ids) + max_new_tokens + 1, 1)
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            lambda ids, cache: self.prefill(ids, cache, adapter_cache),
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding,
+                               lambda ids, cache: self.prefill(ids, cache, adapter_cache))
         catch_up = None          # a layer-l state the adapter has not seen yet
         stats = {"rounds": 0, "drafted": 0, "stopped_by_threshold": 0}
         while not state.done:

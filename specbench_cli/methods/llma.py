@@ -3,8 +3,8 @@ n-gram at the end of the generated output; the first occurrence in the reference
 
 from __future__ import annotations
 
-from .base import Generation, Method, Option
-from .verify import DecodeState, verify_chain
+from .base import GREEDY, Decoding, Generation, Method, Option
+from .verify import verify_chain
 
 
 def first_occurrences(reference: list[int], max_n: int) -> dict[tuple, int]:
@@ -23,10 +23,10 @@ class LLMA(Method):
     options = {"ngram": Option(1, int, "longest output n-gram used as the trigger", low=1),
                "num_draft": Option(19, int, "tokens copied from the reference per trigger", low=1)}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         index = first_occurrences(prompt_ids, self.options["ngram"])
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         drafted = 0
         while not state.done:
             with state.phase("draft"):

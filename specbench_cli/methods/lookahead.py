@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecbenchError
-from .base import Generation, Method, Option, Statistic
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
 
 
@@ -124,7 +124,6 @@ class Lookahead(Method):
 
     def __init__(self, engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
-        o = self.options
         if self.max_block() > DRAFT_HEADROOM:
             raise SpecbenchError(f"lookahead: a block of {self.max_block()} tokens exceeds the "
                                  f"{DRAFT_HEADROOM} the cache reserves; lower level, window or guess")
@@ -139,10 +138,10 @@ class Lookahead(Method):
     def info(self) -> dict:
         return {"max_block_tokens": self.max_block()}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         o = self.options
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         window, pool = Window(prompt_ids, o["level"], o["window"]), {}
         stats = {"rounds": 0, "hits": 0, "drafted": 0}
         while not state.done:

@@ -17,7 +17,7 @@ from ..errors import SpecbenchError
 from ..files import checked, read_json
 from ..train import Trainer
 from ..train.medusa import build_builtin_heads, train_medusa
-from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option
+from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, TargetAddon
 from .verify import DecodeState, Tree, draw, verify_tree
 
 class Medusa(Method):
@@ -55,7 +55,6 @@ class Medusa(Method):
     def __init__(self, engine: Engine, eos_ids: set[int], tokenizer=None, **options):
         super().__init__(engine, eos_ids, tokenizer, **options)
         o = self.options
-        cfg = engine.config
         heads = self.require("heads", f"heads: --opt {self.name}.heads=PATH (train them with "
                                       f"`specbench train {self.name}`)")
         if isinstance(heads, (str, Path)):
@@ -106,9 +105,9 @@ class Medusa(Method):
         ranks = top.topk(TOP_K, dim=-1).indices.tolist()       # [head][rank]
         return [0] + [ranks[len(c) - 1][c[-1]] for c in self.tree.choices[1:]]
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         read = self.reader(len(prompt_ids) + max_new_tokens + 1)
         with state.phase("prefill"):
             h = read(state.hidden[0], 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Generation, Method, Option
-from .verify import DecodeState, verify_chain
+from .base import GREEDY, Decoding, Generation, Method, Option
+from .verify import verify_chain
 
 
 def lookup(tokens: torch.Tensor, max_ngram: int, num_draft: int) -> list[int]:
@@ -29,9 +29,9 @@ class PromptLookup(Method):
                                    low=1),
                "num_draft": Option(10, int, "tokens drafted per lookup", low=1)}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         drafted = 0
         while not state.done:
             with state.phase("draft"):

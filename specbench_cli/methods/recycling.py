@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..engine import Engine
-from .base import Generation, Method, Option, Statistic
-from .verify import DecodeState, Tree, verify_tree
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .verify import Tree, verify_tree
 
 # The paper's static tree (80 drafts besides the root, 6 deep; its appendix 8.1, Spec-Bench's
 # "2.2.2"): each node, named by its candidate ranks from the root, gets children of ranks
@@ -114,11 +114,11 @@ class TokenRecycling(Method):
     def parameter_overhead(self) -> dict:
         return {"params": 0, "bytes": self.matrix.nbytes}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         if not self.options["hot_start"]:
             self.reset()
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         stats = {"rounds": 0, "known_roots": 0, "drafted": 0}
         seen = {}
 

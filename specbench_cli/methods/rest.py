@@ -11,8 +11,9 @@ import numpy as np
 
 from ..drafters.datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
-from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option, Statistic
-from .verify import DecodeState, Tree, verify_chain, verify_tree
+from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
+    TargetAddon
+from .verify import Tree, verify_chain, verify_tree
 
 
 def trie_tree(conts: np.ndarray, budget: int) -> tuple[list[int], list[int]] | None:
@@ -99,9 +100,9 @@ class REST(Method):
         return trie_tree(self.store.continuations(lo, hi, o["max_hits"], o["continuation"]),
                          o["num_draft"])
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         stats = {"rounds": 0, "hits": 0, "drafted": 0, "retrieval_seconds": 0.0}
         while not state.done:
             with state.phase("draft"):

@@ -21,7 +21,7 @@ import numpy as np
 from ..drafters.datastore import SEPARATOR, Datastore
 from ..engine import Engine
 from ..errors import SpecbenchError
-from .base import Generation, Method, Option, Statistic
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
 from .eagle import Eagle
 from .recycling import MAX_TOP_K, RecyclingTree, recycle, template_choices
 from .verify import DecodeState, Tree, verify_chain, verify_tree
@@ -157,6 +157,9 @@ class SAMDecoding(Method):
                                         total_tokens=o["aux_draft"] + 1, depth=o["aux_depth"],
                                         top_k=o["aux_top_k"])
 
+    def parts(self) -> list[Method]:
+        return [self.eagle] if self.options["auxiliary"] == "eagle" else []
+
     def reset(self):
         """Token Recycling's matrix forgets; the automaton is each generation's own anyway."""
         if self.options["auxiliary"] == "recycling":
@@ -185,13 +188,13 @@ class SAMDecoding(Method):
                 draft, length = copied, span - o["static_bias"]
         return draft, length
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         o = self.options
         if o["auxiliary"] == "eagle":
-            self.eagle.decoding, self.eagle.eos_ids = self.decoding, self.eos_ids
-            return self.eagle.generate(prompt_ids, max_new_tokens)
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+            self.eagle.eos_ids = self.eos_ids
+            return self.eagle.generate(prompt_ids, max_new_tokens, decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         aux = o["auxiliary"] == "recycling"
         if aux and self.matrix is None:
             self.matrix = np.zeros((self.engine.config.vocab_size, MAX_TOP_K), dtype=np.int32)
@@ -243,10 +246,11 @@ class RetrievalFirst(Eagle):
         # The generation in progress (a batch decodes several, each in its own context).
         self.current = ContextVar("samd_generation")
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         now = SimpleNamespace(tracker=Tracker(), seen=0, counts={"retrieved": 0, "matched": 0})
         self.current.set(now)
-        generation = super().generate(prompt_ids, max_new_tokens)
+        generation = super().generate(prompt_ids, max_new_tokens, decoding)
         generation.stats.update(now.counts)
         return generation
 

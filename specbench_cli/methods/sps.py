@@ -21,7 +21,7 @@ from ..models.targets import model_folder
 from ..train import Trainer
 from ..train.loop import addon_builder
 from ..train.sps import train_sps
-from .base import ADDON_FOLDER, Addon, TargetAddon, Generation, Method, Option
+from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, TargetAddon
 from .verify import DRAFT_HEADROOM, DecodeState, verify_chain
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -130,11 +130,11 @@ class SpS(Method):
         params = self.drafter.num_parameters()
         return {"params": params, "bytes": params * self.drafter.dtype.itemsize}
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         # Its own cache, never the drafter's shared one: the drafter may be the target itself.
         cache = self.drafter.new_cache(len(prompt_ids) + max_new_tokens + DRAFT_HEADROOM)
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         seen = 0                    # committed tokens whose rows the drafter's cache holds
         length = self.options["num_draft"]
         stats = {"rounds": 0, "drafted": 0}

@@ -18,8 +18,8 @@ import itertools
 from collections import deque
 
 from ..engine import Engine
-from .base import Generation, Method, Option, Statistic
-from .verify import DecodeState, Tree, verify_chain, verify_tree
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .verify import Tree, verify_chain, verify_tree
 
 
 class Node:
@@ -175,10 +175,10 @@ class SuffixDecoding(Method):
         while len(self.cached) > self.options["max_cached"]:
             self.global_trie.add(self.cached.popleft(), sign=-1)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         o = self.options
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding)
         stats = {"rounds": 0, "matched": 0, "from_global": 0, "drafted": 0}
         with state.phase("draft"):
             local = SuffixTrie(o["tree_depth"])

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Generation, Method
-from .verify import DecodeState, verify_chain
+from .base import GREEDY, Decoding, Generation, Method
+from .verify import verify_chain
 
 
 class Vanilla(Method):
     name = "vanilla"
     description = "greedy autoregressive decoding, one token per forward (the baseline)"
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 decoding: Decoding = GREEDY) -> Generation:
         # The top-1 minus top-2 logit gap behind every token: in half precision a method's
         # answer may flip where this gap is tiny (a near-tie), which the report tells apart
         # from a real mismatch.
@@ -22,8 +23,7 @@ class Vanilla(Method):
             gaps.append(round(top2[0] - top2[1], 5))
             return logits, hidden
 
-        state = DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, prefill=forward,
-                            decoding=self.decoding)
+        state = self.new_state(prompt_ids, max_new_tokens, decoding, prefill=forward)
         while not state.done:
             verify_chain(state, [], lambda ids, offset: forward(ids, state.cache, offset)[0])
         return state.result(top2_gap=gaps[:len(state.new_tokens)])

@@ -117,16 +117,16 @@ def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
 
 class DecodeState:
     def __init__(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int,
-                 eos_ids: set[int], prefill: Callable | None = None,
-                 decoding: Decoding | None = None):
-        """Prefill the prompt and commit the first token. `prefill(ids_tensor, cache)` may replace
-        the plain forward (methods that keep extra state from the prompt); it returns the logits
-        and the final normed hidden states, kept as `hidden` (drafters that read the target's
-        features start from them)."""
+                 eos_ids: set[int], decoding: Decoding, prefill: Callable | None = None):
+        """Prefill the prompt and commit the first token. `decoding` has no default, so that no
+        method can forget to pass on a sampling run's settings (methods make their states
+        through Method.new_state). `prefill(ids_tensor, cache)` may replace the plain forward
+        (methods that keep extra state from the prompt); it returns the logits and the final
+        normed hidden states, kept as `hidden` (drafters that read the target's features start
+        from them)."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         self.engine = engine
-        decoding = decoding or Decoding()
         # `with state.phase("draft"): ...` times a phase when a breakdown was asked for.
         self.phase = decoding.phases or no_phases
         # Sampling settings, or None for greedy decoding; `rng` draws every random choice.

@@ -18,7 +18,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -171,9 +171,6 @@ class Runner:
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
             for name in dict.fromkeys(map(unbatched, config.methods))}
-        # Every DecodeState a method makes reads it: greedy (None) or the run's sampling.
-        for method in self.methods.values():
-            method.decoding = Decoding(config.sampling)
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
     # `batched`: other sequences decode beside it; its phases are not timed, since theirs overlap.
@@ -187,12 +184,10 @@ class Runner:
             budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
                                   self.context, self.config.over_context)
             phases = Phases(device) if self.config.breakdown and not batched else None
-            if not batched:
-                method.decoding = replace(method.decoding, phases=phases)
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
-                gen = method.generate(ids, budget)
+                gen = method.generate(ids, budget, Decoding(self.config.sampling, phases))
             sync(device)
             times.append(time.perf_counter() - start)
             if phases is not None:
@@ -230,7 +225,6 @@ class Runner:
         """The questions decoded together by `method`, at most `width` at once (all, by
         default): each one's (texts, generations, times), and the batch's wall time."""
         from ..engine.batch import BatchEngine, run_batch
-        method.decoding = replace(method.decoding, phases=None)
         sync(self.engine.device)
         start = time.perf_counter()
         with on_engine(method, BatchEngine(self.engine)):

@@ -40,14 +40,10 @@ def first_tokens(method: Method, prompt_ids: list[int], tokens: int, samples: in
     """How often each sequence of the first `tokens` new tokens came out over `samples`
     answers, the i-th answer seeded with first_seed + i."""
     counts: Counter = Counter()
-    before = method.decoding
-    try:
-        with torch.inference_mode():
-            for i in range(samples):
-                method.decoding = Decoding(replace(sampling, seed=first_seed + i))
-                counts[tuple(method.generate(prompt_ids, tokens).tokens)] += 1
-    finally:
-        method.decoding = before
+    with torch.inference_mode():
+        for i in range(samples):
+            decoding = Decoding(replace(sampling, seed=first_seed + i))
+            counts[tuple(method.generate(prompt_ids, tokens, decoding).tokens)] += 1
     return counts
 
 
