@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
 from rich.console import Console
 
+from .analysis.compare import gate, load_baseline, notes, one_device, save_baseline, verdict_table
+from .analysis.report import leaderboard, profile_caption
+from .analysis.results import load_by_device, read_run_json
+from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
+from .bench.questions import load_questions, parse_subtasks, resolve_bench, select
+from .drafters import datastore
 from .errors import SpecbenchError
-from .files import folder_lock, read_text
-from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, checked_run_options, \
-    signature
+from .files import folder_lock, read_text, sha256_of
+from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, checked_run_options, signature
+
+# Whatever loads torch or transformers (the engine, methods, targets, runner) is imported inside
+# the function that needs it: `specbench compare` and `report`, and notebooks that only read
+# results, import this module without them (~1.5 s; tests/test_results.py).
+
 RESULTS = Path("results")
 
 
@@ -49,9 +60,7 @@ def plan_run(console: Console | None = None, **given) -> RunPlan:
     from .engine.load import choose_dtype, load_tokenizer
     from .methods import expand_batch_sizes, expand_sweeps
     from .models.targets import model_folder
-    from .bench.prompts import build_prompt_ids, resolve_template
     from .run.runner import check_context
-    from .bench.questions import load_questions, select
     console = console or Console()
     s = checked_plan(checked_run_options(given))       # nothing prepared or loaded yet
     prepared, bench, bench_file, limit, over_context = choose_bench(s, console)
@@ -77,11 +86,8 @@ def checked_plan(values: dict) -> SimpleNamespace:
     """The cheap checks, before anything is prepared or loaded, over the run options' values
     (bounds and types are checked already): the rules between options, choices, paths, and
     the texts parsed (subtasks, methods, options, sweeps, batch sizes, device, dtype)."""
-    from .bench.prompts import AUTO, TEMPLATES
-    from .bench.questions import parse_subtasks
     from .engine.load import resolve_device, resolve_dtype
-    from .methods import checked_options, checked_sweeps, parse_methods, parse_options, \
-        parse_sweeps
+    from .methods import checked_options, checked_sweeps, parse_methods, parse_options, parse_sweeps
     from .run.runner import OVER_CONTEXT
     s = SimpleNamespace(**values)
     check_sampling_options(s.temperature, s.top_p, s.top_k)
@@ -119,7 +125,6 @@ def choose_bench(s: SimpleNamespace, console: Console):
     """(the prepared built-in benchmark or None, bench name, question file, limit,
     over-context policy): the built-in benchmark is built on first use when it or its model is
     asked for; it caps answers at its model's context and runs 5 questions a subtask."""
-    from .bench.questions import resolve_bench
     prepared, bench, limit, over_context = None, s.bench, s.limit, s.over_context
     if s.model is None or bench == "builtin":
         from .models.prepare import prepare_all
@@ -135,11 +140,9 @@ def choose_bench(s: SimpleNamespace, console: Console):
 def run_config(s: SimpleNamespace, bench_file: Path, **resolved):
     """The run's RunConfig (what run.json stores and --resume compares): each field a run
     option of the same name carries, unless the plan `resolved` it (a dtype, a template)."""
-    from dataclasses import fields
 
-    from .files import sha256_of
-    from .run.runner import RunConfig
     from .engine.load import DTYPE_NAMES
+    from .run.runner import RunConfig
     resolved["dtype"] = DTYPE_NAMES[resolved["dtype"]]
     given = {f.name: getattr(s, f.name) for f in fields(RunConfig) if hasattr(s, f.name)}
     return RunConfig(**{**given, **resolved, "bench_sha256": sha256_of(bench_file),
@@ -188,7 +191,6 @@ def check_sampling(model: str | None = None, methods: str | None = None,
     of homogeneity on their first `tokens` tokens (run.sampling_check). Methods and their
     options are resolved as `specbench run` resolves them (built-in or named-target add-ons
     included); `progress(method)` is called after each. Returns the per-method results."""
-    from .bench.prompts import build_prompt_ids, resolve_template
     from .engine.load import load_engine
     from .methods import METHODS, checked_options, parse_options
     from .methods.verify import Sampling
@@ -293,8 +295,6 @@ def results(run_dir: Path | str):
     """A run's leaderboard as a pandas frame indexed by method (unrounded numbers; columns as
     `specbench report --format csv`); by (run [device], method) when a sharded run's workers
     had different devices."""
-    from .analysis.report import leaderboard
-    from .analysis.results import load_by_device
     runs = load_by_device(Path(run_dir))
     frame = leaderboard(runs).drop(columns=["published"])
     if len(runs) > 1:
@@ -315,7 +315,6 @@ def read_run_config(path: Path) -> dict:
     'max_new_tokens'; run_options.RUN_OPTIONS), each value checked for type and bounds;
     `options` and `sweep` as mappings method → option → value(s), or lists of
     'method.option=value' strings like the command line's. Returns the keys it holds."""
-    import yaml
     path = Path(path)
     if not path.is_file():
         raise SpecbenchError(f"--config {path}: no such file")
@@ -348,7 +347,6 @@ def merge_options(first: dict | list | None, then: dict | list | None, parse) ->
 
 def stored_config(run_json: Path) -> dict:
     """The configuration an earlier run stored, its run.json checked (one line if garbled)."""
-    from .analysis.results import read_run_json     # lazy: the question suite loads with it
     return read_run_json(run_json)["config"]
 
 
@@ -413,8 +411,7 @@ def profile(model: str | None = None, dtype: str | None = None, device: str | No
     """`specbench profile`: block latencies at each context, bandwidth and the memory floor,
     written to OUT/profile.json with its plot; with `batch_sizes` ('2,4,8'), joined forwards
     of that many sequences too. Returns (the profile, its folder)."""
-    from .analysis.plots import profile_figure, save_figure
-    from .analysis.report import profile_caption
+    from .analysis.plots import profile_figure, save_figure  # matplotlib: ~1 s to import
     from .engine.load import load_engine
     from .models.targets import model_folder
     from .run.profile import write_profile
@@ -455,7 +452,6 @@ def train(name: str, model: str, data: list[Path], out: Path, dtype: str = "fp32
     """`specbench train NAME`: the trainer method NAME declares (`Method.trainer`) on the frozen
     target; `options` are the trainer's own and the common ones (steps, batch_size, max_len,
     seed). Returns its final metrics."""
-    from .bench.prompts import resolve_template
     from .engine.load import load_engine
     from .methods import TRAINERS
     from .models.targets import model_folder
@@ -492,12 +488,11 @@ def calibrate_medusa(model: str, heads: str, data: list[Path], max_examples: int
 def build_datastore(tokenizer: str, data: list[Path], out: Path, console: Console | None = None,
                     progress=None) -> dict:
     """`specbench datastore build`: REST's datastore of the corpus under the model's tokenizer."""
-    from .drafters.datastore import build_datastore as build
     from .engine.load import load_tokenizer
     from .models.targets import model_folder
     console = console or Console()
     tok = load_tokenizer(model_folder(tokenizer, console=console))
-    m = build(tok, data, out, tokenizer, progress)
+    m = datastore.build_datastore(tok, data, out, tokenizer, progress)
     console.print(f"datastore {out}: {m['tokens']:,} tokens, {m['bytes'] / 2**20:.1f} MiB, built "
                   f"in {m['build_seconds']:.1f} s ({m['tokens_per_second']:,.0f} tokens/s)")
     return m
@@ -510,8 +505,6 @@ def compare(run_dir: Path, baseline: Path, speedup_tolerance: float = 0.1,
     """`specbench compare`: the regression gate of `run_dir` against a baseline (a file, a
     published name or another run), printed as a table; returns the methods that regressed.
     With `save`, writes the baseline from `run_dir` instead."""
-    from .analysis.compare import (gate, load_baseline, notes, one_device, save_baseline,
-                                   verdict_table)
     console = console or Console()
     run = one_device(run_dir, baseline_name, counting, tokenizer)
     if save:

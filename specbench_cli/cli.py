@@ -1,4 +1,7 @@
-"""The `specbench` command line: thin wrappers that parse options and call the modules."""
+"""The `specbench` command line: thin wrappers that parse options and call the modules.
+
+Each command imports what it runs inside its function: `specbench --help`, and every command's
+own start, then load neither torch nor transformers (seconds) unless the command needs them."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import platformdirs
+
 from .errors import SpecbenchError
 
 
@@ -21,7 +23,6 @@ def specbench_home() -> Path:
     if os.environ.get("SPECBENCH_HOME"):
         home, name = Path(os.environ["SPECBENCH_HOME"]).expanduser(), "SPECBENCH_HOME"
     else:
-        import platformdirs
         home, name = Path(platformdirs.user_cache_dir("specbench")), "specbench's cache folder"
     if home.exists() and not home.is_dir():
         raise SpecbenchError(f"{name} {home} cannot be used: it is a file, not a folder; point "
@@ -135,7 +136,7 @@ def folder_lock(folder: Path, what: str = "run"):
     `folder/.lock`, which the OS frees when the process ends, even by SIGKILL, so a crash never
     leaves a stale lock. A second process is refused with one line naming the holder's pid."""
     try:
-        import fcntl
+        import fcntl     # POSIX only
     except ImportError:          # Windows: no flock; runs there are not guarded
         yield
         return

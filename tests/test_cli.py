@@ -354,11 +354,11 @@ def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tiny_model_dir
                                                                     monkeypatch):
     """Only SpecbenchError becomes a one-line message: a ValueError from a bug (here planted in
     the question loader) must reach the caller with its traceback, not be dressed as bad input."""
-    import specbench_cli.bench.questions as tasks
+    import specbench_cli.api as api
 
     def broken(*args, **kwargs):
         raise ValueError("a bug deep inside")
-    monkeypatch.setattr(tasks, "load_questions", broken)
+    monkeypatch.setattr(api, "load_questions", broken)
     result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--device", "cpu")
     assert result.exit_code != 2 and isinstance(result.exception, ValueError)
     assert "a bug deep inside" in str(result.exception)

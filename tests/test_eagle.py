@@ -90,8 +90,8 @@ def test_every_drafted_node_is_what_the_head_computes_without_a_cache(tiny_engin
     engine, tok = tiny_engine
     method = METHODS["eagle"](engine, set(), tok, head=random_head(engine, scale=3.0), **options)
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], [])
-    from specbench_cli.methods.verify import DecodeState, verify_tree
-    state = DecodeState(engine, ids, 50, set())
+    from specbench_cli.methods.verify import GREEDY, DecodeState, verify_tree
+    state = DecodeState(engine, ids, 50, set(), GREEDY)
     cache = engine.new_cache(len(ids) + 200, 1)
     out = method.catch_up(cache, state.hidden, state.tokens[1:], 0)
     committed_features = state.hidden

@@ -88,8 +88,8 @@ def test_drafts_come_only_from_the_reduced_vocabulary(tiny_engine, tmp_path, met
     m = METHODS[method](engine, set(), tok, total_tokens=20, depth=3, top_k=4, **options)
     assert m.draft_vocab_size == len(KEPT) and m.info()["draft_vocab"] == len(KEPT)
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], [])
-    from specbench_cli.methods.verify import DecodeState
-    state = DecodeState(engine, ids, 20, set(), prefill=m.prefill)
+    from specbench_cli.methods.verify import GREEDY, DecodeState
+    state = DecodeState(engine, ids, 20, set(), GREEDY, prefill=m.prefill)
     cache = engine.new_cache(len(ids) + 64, 1)
     out = m.catch_up(cache, state.hidden, state.tokens[1:], 0)
     tree, tokens, _ = m.dynamic_tree(out, state.offset, cache)

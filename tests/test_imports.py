@@ -82,3 +82,24 @@ def test_cycle_finder_finds_a_circle():
 
 def test_the_package_has_no_import_circles():
     assert cycles(graph()) == []
+
+
+def test_method_files_borrow_no_other_method_files_internals():
+    """A method file may import another method's class, to subclass it where it is that method
+    plus one idea (Hydra on Medusa, EAGLE-3 on EAGLE-2), but nothing else from it: shared
+    drafting pieces live in their own modules (methods/matrix_tree.py, drafters/)."""
+    from specbench_cli.methods import METHODS
+    classes: dict[str, set[str]] = {}
+    for cls in METHODS.values():
+        classes.setdefault(cls.__module__, set()).add(cls.__name__)
+    borrowed = []
+    for module in classes:
+        path = ROOT.parent / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                other = f"specbench_cli.methods.{node.module}"
+                if other in classes and other != module:
+                    borrowed += [(module, other, a.name) for a in node.names
+                                 if a.name not in classes[other]]
+    assert not borrowed
+    assert "specbench_cli.methods.sam" in classes          # the walk did find the method files

@@ -9,7 +9,7 @@ from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
 from specbench_cli.methods.lookahead import (Window, add_ngram, candidate_trie, combined_mask,
                                              window_mask)
-from specbench_cli.methods.verify import DecodeState, Tree, verify_tree
+from specbench_cli.methods.verify import GREEDY, DecodeState, Tree, verify_tree
 from specbench_cli.bench.prompts import build_prompt_ids
 
 from conftest import make_model_folder
@@ -88,7 +88,7 @@ def test_window_outputs_equal_plain_forwards_of_each_column(tiny_engine, levels)
     engine, tok = tiny_engine
     ids = build_prompt_ids(tok, "vicuna_v1.1", [PROMPTS[0]], [])
     method = METHODS["lookahead"](engine, {2}, level=4, window=3)
-    state = DecodeState(engine, ids, 40, {2})
+    state = DecodeState(engine, ids, 40, {2}, GREEDY)
     window = Window(ids, 4, 3)
     window.levels = [[7, 8, 9, 10]] if levels == 1 else [[7, 8], [11, 12, 13], [14, 15, 16]]
     cells, offsets = window.cells(state.pending)

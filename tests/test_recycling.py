@@ -8,8 +8,8 @@ import torch
 from specbench_cli.engine.load import load_engine
 from specbench_cli.errors import SpecbenchError
 from specbench_cli.methods import METHODS
-from specbench_cli.methods.recycling import (PAPER_TREE, RecyclingTree, recycle,
-                                             template_choices)
+from specbench_cli.methods.matrix_tree import (PAPER_TREE, RecyclingTree, recycle,
+                                               template_choices)
 from specbench_cli.bench.prompts import build_prompt_ids
 
 from conftest import make_model_folder

@@ -150,7 +150,8 @@ def test_prepare_addons_builds_everything_and_run_picks_it_up(tiny_model_dir, tm
         monkeypatch.setitem(METHODS[method].target_addons, "tiny", TargetAddon(
             values, METHODS[method].target_addons["smollm2"].options))
     monkeypatch.setitem(targets.TARGETS, "tiny", targets.TARGETS["smollm2"])
-    monkeypatch.setattr(targets, "target_folder", lambda name, **kw: tiny_model_dir)
+    for module in (targets, target_addons):     # the target's folder, wherever it is asked for
+        monkeypatch.setattr(module, "target_folder", lambda name, **kw: tiny_model_dir)
     monkeypatch.setenv("SPECBENCH_HOME", str(tmp_path / "home"))
     assert target_addons.built_addons("tiny") is None
     built = target_addons.prepare_addons("tiny", console=quiet())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from specbench_cli.methods import METHODS
-from specbench_cli.methods.verify import DecodeState, Tree, verify_tree
+from specbench_cli.methods.verify import GREEDY, DecodeState, Tree, verify_tree
 from specbench_cli.bench.prompts import build_prompt_ids
 
 #        0
@@ -47,7 +47,7 @@ def decode_with_trees(engine, ids, n, candidates, seed):
     """Greedy decoding where each step verifies a random tree whose nodes hold random tokens,
     except that `candidates(state)` may plant the right continuation on some branch."""
     rng = random.Random(seed)
-    state = DecodeState(engine, ids, n, {2})
+    state = DecodeState(engine, ids, n, {2}, GREEDY)
     accepted = []
     while not state.done:
         depth = rng.randint(1, 4)

@@ -22,6 +22,10 @@ method is fastest weigh more there.
 
 from __future__ import annotations
 
+import math
+
+from ..names import batch_size_of, unbatched
+
 ENGINE_MARGIN = 1.3      # c̄ over c̄* past this: the engine's kernels, not the device, limit it
 
 
@@ -187,7 +191,6 @@ def crossing(points: list[tuple[int, float]]) -> float | None:
     interpolated in log2(B) between the two sizes around it. None while it still gains at the
     last size; 0.0 when it gains at none (a speedup may rise with B before it falls, where
     per-forward overheads first shrink per token)."""
-    import math
     if not any(s >= 1 for _, s in points):
         return 0.0
     if points[-1][1] >= 1:
@@ -205,7 +208,6 @@ def predict_batches(summary: dict, profile: dict | None, context: int | None = N
     profile) predicted speedup at each, and the batch size where each says the gain ends
     (predicted over 1..LARGEST_BATCH; measured between the sizes run). δ, ρ come from the
     batch-1 rows' breakdown (--breakdown), else 0: the pure memory-wall curve."""
-    from ..names import batch_size_of, unbatched
     methods = summary["methods"]
     baseline = summary.get("baseline", "vanilla")
     vanilla = methods[baseline]

@@ -20,10 +20,12 @@ import statistics
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from ..bench.questions import CATEGORY_TO_SUBTASK, SUBTASKS
 from ..errors import SpecbenchError
 from ..files import checked, json_lines
 from ..names import batch_size_of, batched
-from ..bench.questions import SUBTASKS
 
 DEFINITIONS = [
     "speedup: mean over questions of the method's tokens/s divided by vanilla's mean over the "
@@ -181,7 +183,6 @@ def paired_ratios(method_rows: list[dict], vanilla_rows: list[dict],
 def bootstrap_ci(values: list[float], resamples: int = 2000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean; seeded, so a report is reproducible."""
-    import numpy as np
     if len(values) < 2:
         return None
     data = np.asarray(values, dtype=float)
@@ -346,7 +347,6 @@ def phase_breakdown(stats: dict, wall: float, tokens: int, steps: int) -> dict |
 
 
 def subtask_of(row: dict) -> str:
-    from ..bench.questions import CATEGORY_TO_SUBTASK
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..names import batch_size_of, unbatched
 from .results import SHORT, Run, caption, format_overhead, missing
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
@@ -226,7 +227,6 @@ def speedup_vs_batch(run: Run) -> Figure:
         right.plot(list(aggregate), list(aggregate.values()), marker=MARKERS[i % len(MARKERS)],
                    color=col, label=name)
     baseline = run.summary.get("baseline", "vanilla")
-    from ..names import batch_size_of, unbatched
     vanilla = {batch_size_of(n): m.get("aggregate_tokens_per_s")
                for n, m in run.summary["methods"].items() if unbatched(n) == baseline}
     right.plot(sorted(vanilla), [vanilla[b] for b in sorted(vanilla)], color="black", marker="o",

@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import SpecbenchError
-from .costmodel import LARGEST_BATCH
-from .metrics import MetricsError
-from .results import (SHORT, Run, caption, describe_missing, fmt, format_overhead,
-                      load_by_device, missing)
 from ..bench.questions import SUBTASKS
+from ..errors import SpecbenchError
+from .costmodel import LARGEST_BATCH, predict, predict_batches
+from .metrics import MetricsError
+from .results import SHORT, Run, caption, describe_missing, fmt, format_overhead, load_by_device, \
+    missing
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -186,7 +186,6 @@ PROFILE_FILE = "profile.json"
 def add_cost_model(run: Run, profile_file: Path | None = None) -> None:
     """Predicted speedups (costmodel.py) from a profile of the same model and device: the
     given file, else the one `run --breakdown` wrote into the run."""
-    from .costmodel import predict, predict_batches
     path = profile_file or run.path / PROFILE_FILE
     infos = {name: m.get("info") or {} for name, m in run.meta.get("methods", {}).items()}
     batched = any(m.get("batch_size", 1) > 1 for m in run.summary["methods"].values())
@@ -233,7 +232,7 @@ def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str 
                               f"questions: {describe_missing(run.summary)}",
                               highlight=False, soft_wrap=True)
     if plots:       # files first: a reader that stops early (| head) must not cost the plots
-        from .plots import write_plots
+        from .plots import write_plots     # matplotlib: ~1 s to import, only for --plots
         for run in runs:
             files = write_plots(run)
             # stderr, so that csv/json on stdout stay machine-readable

@@ -228,6 +228,7 @@ def spec_bench_count(meta: dict, tokenizer: Path | None):
 def counting_tokenizer(meta: dict, tokenizer: Path | None):
     """--tokenizer, else the tokenizer of run.json's model (named targets and GGUF files through
     their converted folders). Imported here: torch and transformers load only for this."""
+    # torch and the tokenizer only for --counting spec_bench: reports are read without them
     from ..engine.load import load_tokenizer
     from ..models.targets import model_folder
     model = meta.get("config", {}).get("model", "?")

@@ -6,11 +6,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..bench.prompts import TEMPLATES
+from ..bench.questions import SUITE
+
 
 def print_catalogue(console: Console):
     """`specbench list`: the methods with every option, subtasks, templates, named models, benches."""
-    from ..bench.prompts import TEMPLATES
-    from ..bench.questions import SUITE
+    # every method's declarations (torch): `specbench report` prints its tables without them
     from ..methods import METHODS
     from ..models.targets import TARGETS
     table = Table(title="methods (set an option with --opt method.option=value, sweep it with "

@@ -125,7 +125,7 @@ def build_datastore(tokenizer, files: list[Path], out: Path, tokenizer_name: str
 
 def index_tokens(out: Path, info: dict, started: float, progress=None) -> dict:
     """Build the reversed suffix array of out/tokens.u32 and write the manifest last."""
-    import pydivsufsort
+    import pydivsufsort     # a compiled extension, loaded only when a datastore is built
     task = progress.add_task("suffix array", total=1, info="") if progress else None
     tokens = np.memmap(out / TOKENS, dtype=np.uint32, mode="r")
     suffixes = pydivsufsort.divsufsort(np.ascontiguousarray(tokens[::-1]))

@@ -10,6 +10,7 @@ import heapq
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from ..engine.load import checkpoint_tensors, load_state
@@ -131,7 +132,6 @@ def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]
     path = Path(spec)
     if not path.is_file():
         raise HeadsError(f"medusa tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
-    import yaml
     try:
         choices = yaml.safe_load(read_text(path, HeadsError))
     except yaml.YAMLError as err:

@@ -36,8 +36,10 @@ import time
 
 import torch
 
-from . import kernels
 from ..errors import SpecbenchError
+from . import kernels
+from .batch import Segment as Rows
+from .llama import holds_parts
 
 FUSED_ENV = "SPECBENCH_FUSED"
 AMX_ENV = "SPECBENCH_AMX"
@@ -86,7 +88,6 @@ def layer_struct(layer) -> Layer:
 
 def why_not(engine) -> str | None:
     """Why the fused step cannot run this engine (None: it can)."""
-    from .llama import holds_parts
     if os.environ.get(kernels.ENV, "auto").lower() == "aten":
         return f"{kernels.ENV}=aten"
     if engine.device.type != "cpu" or engine.dtype not in (torch.float32, torch.bfloat16):
@@ -196,7 +197,6 @@ class FusedLayers:
         return out
 
     def run(self, h, start: int, end: int, cache, offset: int, rope, mask):
-        from .batch import Segment as Rows
         return self.run_segments(h, start, end, [Rows(cache, offset, h.shape[1], mask)], rope)
 
     def run_segments(self, h, start: int, end: int, segments, rope):

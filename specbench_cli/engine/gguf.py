@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..files import checked, read_json, sha256_of, specbench_home
+from .load import read_config, safetensors_header
 
 GGUF_MAGIC = b"GGUF"
 MARKER = "specbench_gguf.json"  # written last: its presence means the folder is complete
@@ -94,7 +95,6 @@ def check_header(path: Path) -> None:
 def why_unusable(folder: Path, sha: str) -> str | None:
     """Why a cached conversion must not be trusted (a marker of another file, a weights file or
     config cut short or damaged since); None where it is whole."""
-    from .load import read_config, safetensors_header
     try:
         marker = checked(read_json(folder / MARKER, ModelLoadError), {"sha256": str},
                          str(folder / MARKER), ModelLoadError)
@@ -108,6 +108,7 @@ def why_unusable(folder: Path, sha: str) -> str | None:
 
 
 def _convert(path: Path, out: Path) -> None:
+    # torch and transformers (seconds to import) only when a file is converted
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -45,6 +45,8 @@ import torch.nn.functional as F
 
 from ..errors import SpecbenchError
 from ..files import atomic_write, sha256_of, specbench_home
+from .arena import available_memory
+from .llama import Linear
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MIN_GAIN = 0.03            # a kernel replaces aten only when this much faster (noise margin)
@@ -283,7 +285,6 @@ def measure_group(modules, forced: str, packable: bool) -> dict:
 def linear_groups(engine) -> dict[str, list]:
     """The products a forward runs, by group: every Linear, fused ones (plain attributes, see
     Engine.fuse_projections) in place of their parts."""
-    from .llama import Linear
     found = []
     for module in engine.modules():
         found += [module] if isinstance(module, Linear) else []
@@ -300,7 +301,6 @@ def linear_groups(engine) -> dict[str, list]:
 
 def pack_budget_ok(groups) -> bool:
     """oneDNN's packed copies double the weights: try them only where that fits easily."""
-    from .arena import available_memory
     total = sum(m.weight.nbytes for ms in groups.values() for m in ms)
     free = available_memory()
     return free is not None and total < free // 4

@@ -15,10 +15,12 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..files import checked, read_json
+from . import kernels
 from .arena import pack_weights
 from .fused import choose_fused
 from .kernels import choose_kernels
 from .llama import SUPPORTED_MODEL_TYPES, Engine, EngineConfig
+from .timing import block_latency
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # run.json records the short name, whichever alias the user typed.
@@ -66,7 +68,6 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
     (Spec-Bench's protocol); on a CPU with bf16 units (AVX512-BF16 or AMX) the faster of fp32
     and bf16 for this model's one-token step, measured once and cached per machine and model
     in $SPECBENCH_HOME/kernels/dtypes.json; fp32 on other CPUs."""
-    from . import kernels
     if dtype not in (None, "auto"):
         return resolve_dtype(dtype, device), "given"
     if device.type == "cuda":
@@ -95,7 +96,6 @@ def choose_dtype(dtype: str | None, device: torch.device, folder: Path,
 def step_ms(folder: Path, dtype: str, device: torch.device, console=None, context: int = 64,
             repeats: int = 9) -> float:
     """Median ms of this model's one-token forward after `context` tokens."""
-    from .timing import block_latency
     engine, _, _ = load_engine(str(folder), dtype=dtype, device=str(device),
                                with_tokenizer=False, console=console)
     return 1e3 * block_latency(engine, 1, context, repeats)
@@ -331,7 +331,7 @@ def load_engine(folder: str | Path, dtype: str | None = None, device: str | None
     arena = pack_weights(engine, pack)
     choose_kernels(engine, console)
     if compile:
-        from .static import StaticLayers
+        from .static import StaticLayers     # torch.compile's machinery only for --compile
         engine.static = StaticLayers(engine)
         fused = {"used": False, "why": "--compile: static shapes", "rows": {}}
     else:
@@ -358,7 +358,7 @@ def no_init():
 
 
 def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer    # seconds to import; engines load without it
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from .batch import BatchEngine, run_batch
 from .llama import Engine, sync
 
 
@@ -47,7 +48,6 @@ def joined_block_step(engine: Engine, sequences: int, n: int, context: int):
     """A function running one joined forward of `sequences` sequences, each with n new tokens
     after its own `context` committed ones: their rows go through every product together,
     attention per sequence (engine/batch.py), as a batch of that size verifies its blocks."""
-    from .batch import BatchEngine, run_batch
     view = BatchEngine(engine)
     steps = [block_step(engine, n, context, engine.new_cache(context + n + 8), view)
              for _ in range(sequences)]

@@ -4,13 +4,15 @@ built-in add-on), and the record of one generation."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, ClassVar
 
 from ..engine import Engine
+from ..engine.batch import BatchEngine, run_batch
 from ..errors import SpecbenchError
 from ..options import Option, option_value
 from ..train import Trainer
+from .verify import GREEDY, DecodeState, Decoding, Generation
 
 
 @dataclass(frozen=True)
@@ -61,29 +63,6 @@ class TargetAddon:
     options a run on that target then gives the method (ADDON_FOLDER: the add-on's folder)."""
     settings: dict
     options: dict
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How one generation decodes, an argument of `Method.generate` that the method hands to
-    its DecodeState (`Method.new_state`): the sampling settings (verify.Sampling; None: greedy)
-    and the phase timer of `run --breakdown` (verify.Phases; None: off)."""
-    sampling: object = None
-    phases: object = None
-
-
-GREEDY = Decoding()
-
-
-@dataclass
-class Generation:
-    tokens: list[int]                 # new tokens, through the first EOS when one was produced
-    accept_lengths: list[int]         # tokens committed by each target forward (bonus included)
-    stats: dict = field(default_factory=dict)   # method-specific counters (drafted tokens, ...)
-
-    @property
-    def steps(self) -> int:
-        return len(self.accept_lengths)
 
 
 class Method:
@@ -141,7 +120,6 @@ class Method:
                   prefill=None):
         """The generation's DecodeState on this method's engine: the prompt prefilled (by
         `prefill(ids, cache)` when given), the first token chosen as `decoding` says."""
-        from .verify import DecodeState     # verify imports this module
         return DecodeState(self.engine, prompt_ids, max_new_tokens, self.eos_ids, decoding,
                            prefill)
 
@@ -188,7 +166,6 @@ def generate_batch(method: Method, prompts: list[list[int]], max_new_tokens: int
     """One generation per prompt (`max_new_tokens` for all, or a list: one per prompt), the
     sequences decoded together, at most `width` at once (engine/batch.py); each equals what
     `method.generate` gives it alone."""
-    from ..engine.batch import BatchEngine, run_batch
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else \
         [max_new_tokens] * len(prompts)
     engine = method.engine

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..drafters.eagle import load_head
+from ..drafters.medusa import load_tree      # EAGLE-1's trees are Medusa-style rank trees
 from ..drafters.eagle3 import reduced_vocab
 from ..engine import Engine
 from ..errors import SpecbenchError
@@ -96,7 +97,6 @@ class Eagle(Method):
             self.vocab_weight = engine.lm_head.weight[self.vocab].contiguous()
         self.tree = None
         if o["tree"] is not None:
-            from .medusa import load_tree     # EAGLE-1's trees are Medusa-style rank trees
             self.tree = Tree.from_choices(load_tree(str(o["tree"]), 64))
         size = len(self.tree) if self.tree else o["total_tokens"]
         if size > DRAFT_HEADROOM:

@@ -23,7 +23,7 @@ from ..engine import Engine
 from ..errors import SpecbenchError
 from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
 from .eagle import Eagle
-from .recycling import MAX_TOP_K, RecyclingTree, recycle, template_choices
+from .matrix_tree import MAX_TOP_K, RecyclingTree, recycle, template_choices
 from .verify import DecodeState, Tree, verify_chain, verify_tree
 
 

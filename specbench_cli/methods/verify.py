@@ -21,7 +21,7 @@ import time
 import zlib
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -29,7 +29,30 @@ import torch
 
 from ..engine import Engine, sync
 from ..errors import SpecbenchError
-from .base import Decoding, Generation
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one generation decodes, an argument of `Method.generate` that the method hands to
+    its DecodeState (`Method.new_state`): the sampling settings (verify.Sampling; None: greedy)
+    and the phase timer of `run --breakdown` (verify.Phases; None: off)."""
+    sampling: object = None
+    phases: object = None
+
+
+GREEDY = Decoding()
+
+
+@dataclass
+class Generation:
+    tokens: list[int]                 # new tokens, through the first EOS when one was produced
+    accept_lengths: list[int]         # tokens committed by each target forward (bonus included)
+    stats: dict = field(default_factory=dict)   # method-specific counters (drafted tokens, ...)
+
+    @property
+    def steps(self) -> int:
+        return len(self.accept_lengths)
+
 
 # Rows reserved past prompt + max_new_tokens for a block of drafts in flight (trees included).
 DRAFT_HEADROOM = 128
@@ -254,6 +277,11 @@ class Tree:
             raise SpecbenchError("a tree needs node 0 as root and every parent before its child")
         n = len(parents)
         self.parents = list(parents)
+        # Set by whoever builds the tree, when it has them: each node's candidate ranks from the
+        # root (from_choices: Medusa-style static trees) and each node's path log-probability
+        # (EAGLE-2's dynamic trees).
+        self.choices: list[tuple[int, ...]] | None = None
+        self.scores: list[float] | None = None
         self.depths = [0] * n
         # Built in numpy: REST makes a new tree every step, and row-by-row torch ops on a
         # 64-node mask cost a sizeable share of a small model's forward.

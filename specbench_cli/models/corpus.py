@@ -26,6 +26,12 @@ import random
 import re
 import time
 from pathlib import Path
+from pydoc_data.topics import topics as raw
+
+import torch
+from rich.progress import Progress
+
+from ..bench.prompts import build_prompt_ids
 
 SUBTASK_SHAPES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 SOURCE = ("pydoc_data.topics (CPython's reference-manual help topics; Python documentation, "
@@ -34,7 +40,6 @@ SOURCE = ("pydoc_data.topics (CPython's reference-manual help topics; Python doc
 
 def topics() -> list[tuple[str, list[str]]]:
     """(title, paragraphs) per help topic, prose only: grammar blocks and code are dropped."""
-    from pydoc_data.topics import topics as raw
     out = []
     for key in sorted(raw):
         text = raw[key]
@@ -135,11 +140,8 @@ def generate_answers(folder: Path, tokenizer, template: str, prompts: list[dict]
                      max_new_tokens: int, batch_size: int, console=None) -> int:
     """Fill each prompt's "answers" with the target's greedy answers, turn by turn, in batches
     of similar prompt lengths. Returns the tokens generated."""
-    import torch
-    from rich.progress import Progress
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM    # seconds to import; only to build a corpus
 
-    from ..bench.prompts import build_prompt_ids
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id

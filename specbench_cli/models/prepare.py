@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
+from ..engine.load import load_engine
+from ..methods import METHODS
+from ..methods.base import fill_addons
+from ..train.data import load_examples
+from ..train.teacher import CachedTeacher
 from .builtin import BuiltinAssets, prepare_builtin
 
 
@@ -37,15 +43,12 @@ class Prepared:
     def method_defaults(self) -> dict[str, dict]:
         """The options the built-in run gives each method unless the user names others, as
         each declares them (`builtin_options`), its add-on's folder filled in."""
-        from ..methods import METHODS
-        from ..methods.base import fill_addons
         return {name: fill_addons(cls.builtin_options, name, self.addons)
                 for name, cls in METHODS.items() if cls.builtin_options}
 
 
 def declared_addons() -> dict[str, dict]:
     """Each method's built-in add-on settings, as the methods declare them."""
-    from ..methods import METHODS
     return {name: cls.builtin_addon.settings for name, cls in METHODS.items()
             if cls.builtin_addon is not None}
 
@@ -104,8 +107,6 @@ class SharedTarget:
 
     def teacher(self):
         if self._teacher is None:
-            from rich.progress import Progress
-            from ..train.teacher import CachedTeacher
             engine, _, examples = self.load()
             started = time.perf_counter()
             with Progress(console=self.console) as progress:
@@ -122,7 +123,6 @@ def build_addons(wanted: dict[str, dict], root: Path, shared: SharedTarget, data
     root/<method>, unless it is there already, built with the same settings (and `teacher_key`,
     what its teacher was made with, when that is not already in `root`'s name). The target and
     the teacher pass are made only when something is built; `extra` goes to every build."""
-    from ..methods import METHODS
     folders = {}
     for name, opts in wanted.items():
         addon = METHODS[name].builtin_addon
@@ -162,11 +162,8 @@ def builtin_target(base: BuiltinAssets, teacher: dict, settings: dict, console: 
                    timings: dict) -> SharedTarget:
     """The built-in model, its training conversations and their teacher pass (holding the
     layers the add-ons in `settings` read), for `build_addons`."""
-    from ..methods import METHODS
 
     def load():
-        from ..engine.load import load_engine
-        from ..train.data import load_examples
         engine, tokenizer, _ = load_engine(str(base.model_dir), dtype="fp32", device="cpu")
         return engine, tokenizer, load_examples([base.train_file], tokenizer, teacher["max_len"],
                                                 limit=teacher["conversations"])

@@ -26,11 +26,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..bench.prompts import resolve_template
+from ..engine.load import load_engine
 from ..errors import SpecbenchError
 from ..files import atomic_write, checked, read_json
 from ..methods import METHODS
 from ..methods.base import TargetAddon, fill_addons
+from ..train.data import load_examples
+from .corpus import build_corpus, recipe_hash
 from .prepare import SharedTarget, build_addons, is_ready
+from .targets import TARGETS, target_dir, target_folder
 
 # Each target's recipe: the corpus and the teacher cache every add-on is built from. What each
 # method builds on it, and the options a run then gives the method, are declared beside the
@@ -70,8 +75,6 @@ class TargetAddons:
 
 
 def addons_root(name: str, home: Path | None = None) -> Path:
-    from .corpus import recipe_hash
-    from .targets import target_dir
     # Keyed by what the corpus and the teacher depend on: a change of one add-on's settings
     # rebuilds that add-on only (its ready.json records the settings it was built with).
     recipe = RECIPES[name]
@@ -97,11 +100,6 @@ def built_addons(name: str, home: Path | None = None) -> TargetAddons | None:
 
 def prepare_addons(name: str, home: Path | None = None, force: bool = False,
                    console: Console | None = None) -> TargetAddons:
-    from .corpus import build_corpus
-    from ..engine.load import load_engine
-    from ..bench.prompts import resolve_template
-    from .targets import TARGETS, target_folder
-    from ..train.data import load_examples
     if name not in RECIPES:
         raise SpecbenchError(f"no add-on recipe for {name!r} (have: {', '.join(RECIPES)})")
     console = console or Console()

@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.gguf import gguf_folder
 from ..errors import ModelLoadError
 from ..files import sha256_of, specbench_home
 
@@ -90,7 +91,6 @@ def fetch_gguf(target: NamedTarget, home: Path | None = None, console=None) -> P
 def target_folder(name: str, home: Path | None = None, console=None, force: bool = False) -> Path:
     """A named target as a Hugging Face folder: fetched, verified and converted on first use
     (again with `force`)."""
-    from ..engine.gguf import gguf_folder
     if force:
         shutil.rmtree(target_dir(name, home), ignore_errors=True)
     gguf = fetch_gguf(TARGETS[name], home, console)
@@ -102,7 +102,6 @@ def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...
     a llama.cpp .gguf file (both converted once and cached), a local folder as is, else a hub
     id (fetched, cached; `extra_patterns` names files beyond a model's own, such as an add-on's
     pytorch_model.bin)."""
-    from ..engine.gguf import gguf_folder
     path = Path(name_or_path).expanduser()
     if name_or_path in TARGETS and not path.exists():
         return target_folder(name_or_path, console=console)
@@ -115,7 +114,7 @@ def model_folder(name_or_path: str, console=None, extra_patterns: tuple[str, ...
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         raise ModelLoadError(f"model folder {name_or_path} does not exist")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download    # only for hub ids (the network)
         return Path(snapshot_download(name_or_path, allow_patterns=[
             "*.json", "*.safetensors", "*.model", "tokenizer*", "*.txt", "medusa_lm_head.*",
             *extra_patterns]))

@@ -22,10 +22,16 @@ import socket
 from collections import deque
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from ..analysis.results import read_run_json
+from ..engine.load import load_engine, load_tokenizer
 from ..errors import SpecbenchError
+from ..models.targets import model_folder
+from .profile import attach_profile, measured_profile, prompt_lengths
+from .runner import Runner, answer_files, append_line, environment, pending_units, run_meta, \
+    unit_label, write_run_json
 
 # Retries of one unit whose worker died (each time on a fresh worker) before the run stops:
 # a unit that kills every worker it meets (out of memory on a long question) is not a fault
@@ -35,7 +41,7 @@ UNIT_RETRIES = 3
 
 def require_ray():
     try:
-        import ray
+        import ray     # an optional extra
     except ImportError:
         raise SpecbenchError("--workers needs Ray, an optional extra: pip install "
                              "'specbench-suite[ray]'") from None
@@ -46,11 +52,7 @@ class Worker:
     """One device's share of a run (wrapped as a Ray actor by `start_worker`)."""
 
     def __init__(self, worker_id: str, config, folder: str, questions: list, threads: int):
-        import torch
 
-        from ..engine.load import load_engine, load_tokenizer
-        from ..models.targets import model_folder
-        from .runner import Runner
         self.worker_id = worker_id
         if config.device == "cpu":
             torch.set_num_threads(threads)
@@ -69,7 +71,6 @@ class Worker:
 
     def describe(self) -> dict:
         """This worker for run.json, and the run's meta as this worker sees it."""
-        from .runner import environment, run_meta
         engine = self.runner.engine
         env = environment(engine.device)
         return {"id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -84,7 +85,6 @@ class Worker:
         return lines
 
     def profile(self, contexts: list[int]) -> dict:
-        from .profile import measured_profile
         return measured_profile(self.runner.engine, self.runner.config.model, contexts)
 
 
@@ -148,7 +148,6 @@ def execute_sharded(plan, workers: int, address: str | None = None,
     """Run the plan over `workers` Ray workers (see the module's notes). `on_result(pool,
     slot)` is called after each unit is stored and the next is handed out (tests use it to
     kill a worker mid-unit)."""
-    from .runner import answer_files, append_line, pending_units, unit_label
     if workers < 1:
         raise SpecbenchError(f"--workers must be at least 1 (got {workers})")
     ray = require_ray()
@@ -205,7 +204,6 @@ def execute_sharded(plan, workers: int, address: str | None = None,
             if on_result and unit is not None:
                 on_result(pool, slot)
         if config.breakdown:
-            from .profile import attach_profile, prompt_lengths
             actor = next(iter(pool.actors.values()))
             attach_profile(lambda contexts: ray.get(actor.profile.remote(contexts)), out,
                            plan.profile, prompt_lengths(plan))
@@ -240,7 +238,6 @@ def unwrapped(err) -> Exception:
 
 def record_worker(out: Path, info: dict):
     """Add a worker to run.json, which the first worker of a new run writes from its meta."""
-    from .runner import write_run_json
     path = out / "run.json"
     meta = read_run_json(path) if path.exists() else info["meta"]
     worker = {k: v for k, v in info.items() if k != "meta"}

@@ -19,14 +19,20 @@ The floor `weight bytes / bandwidth` is the fastest any one-token step could be.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import torch
 
+from ..analysis.report import PROFILE_FILE
+from ..bench.prompts import build_prompt_ids
 from ..engine import Engine
 from ..engine.arena import huge_buffer
+from ..engine.kernels import summary
+from ..engine.load import DTYPE_NAMES
 from ..engine.timing import block_latency, block_step, joined_block_step, median_seconds
+from .runner import environment
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -202,9 +208,6 @@ def profile_engine(engine: Engine, contexts=(256, 2048), sizes=SIZES, repeats: i
 def measured_profile(engine: Engine, model: str, contexts, sizes=SIZES, repeats: int = 10,
                      progress=None, batch_sizes=()) -> dict:
     """Profile the engine: the timings, with the model, dtype, device and machine."""
-    from ..engine.kernels import summary
-    from ..engine.load import DTYPE_NAMES
-    from .runner import environment
     result = profile_engine(engine, contexts, sizes, repeats, progress, batch_sizes)
     result.update(model=model, dtype=DTYPE_NAMES[engine.dtype], device=str(engine.device),
                   environment=environment(engine.device))
@@ -227,7 +230,6 @@ def write_profile(engine: Engine, model: str, path: Path, contexts, sizes=SIZES,
 def prompt_lengths(plan) -> list[int]:
     """Each question's first prompt in tokens (`plan`: an api.RunPlan): the cost model profiles
     at their median."""
-    from ..bench.prompts import build_prompt_ids
     return [len(build_prompt_ids(plan.tokenizer, plan.config.template, [q.turns[0]], []))
             for q in plan.questions]
 
@@ -236,8 +238,6 @@ def attach_profile(measure, out: Path, profile: Path | None, prompt_lengths: lis
     """The cost model's yardstick in the run directory: the given profile, or one measured now
     at the run's median prompt length by `measure(contexts) -> profile dict` (on this engine,
     or on a Ray worker's)."""
-    import shutil
-    from ..analysis.report import PROFILE_FILE
     if profile is not None:
         shutil.copyfile(profile, out / PROFILE_FILE)
         return

@@ -24,16 +24,18 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.metrics import load_answers
+from ..analysis.results import ANSWERS_DIR, answer_file_name
+from ..bench.prompts import build_prompt_ids
+from ..bench.questions import Question
 from ..engine import Engine, sync
+from ..engine.batch import BatchEngine, run_batch
+from ..engine.kernels import cpu_name, summary
 from ..errors import SpecbenchError
 from ..files import read_json
 from ..methods import METHODS, Generation, Method, base_name, batch_size_of, unbatched
 from ..methods.base import Decoding, on_engine
-from ..methods.verify import Phases
-from ..bench.prompts import build_prompt_ids
-from ..analysis.metrics import load_answers
-from ..analysis.results import ANSWERS_DIR, answer_file_name
-from ..bench.questions import Question
+from ..methods.verify import Phases, Sampling
 
 # What happens to a turn whose prompt + max_new_tokens would run past the model's context.
 OVER_CONTEXT = ("error", "cap")
@@ -72,7 +74,6 @@ class RunConfig:
     @property
     def sampling(self):
         """The run's Sampling, None when greedy."""
-        from ..methods.verify import Sampling
         if not self.temperature:
             return None
         return Sampling(self.temperature, self.top_p, self.top_k, self.seed)
@@ -88,9 +89,8 @@ def git_commit() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
-    import transformers
+    import transformers     # seconds to import, for its version only
 
-    from ..engine.kernels import cpu_name
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -224,7 +224,6 @@ class Runner:
                      ) -> tuple[list, float]:
         """The questions decoded together by `method`, at most `width` at once (all, by
         default): each one's (texts, generations, times), and the batch's wall time."""
-        from ..engine.batch import BatchEngine, run_batch
         sync(self.engine.device)
         start = time.perf_counter()
         with on_engine(method, BatchEngine(self.engine)):
@@ -386,7 +385,6 @@ def eos_token_ids(engine: Engine, tokenizer) -> set[int]:
 def run_meta(config: RunConfig, engine: Engine, runner: Runner, dtype_why: str = "given") -> dict:
     """run.json's content: the configuration, the machine, the target, how its products run and
     why in this dtype, and each method."""
-    from ..engine.kernels import summary
     choice = getattr(engine, "kernel_choice", None)
     return {
         "config": asdict(config),

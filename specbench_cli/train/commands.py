@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from .. import api
+from ..terminal import console, user_errors
 from . import Trainer
 
 # Options every trainer takes; each trainer's own come from its declaration.
@@ -36,8 +38,6 @@ COMMON = {
 def train_command(name: str, trainer: Trainer):
     """The click command that calls `api.train(name, ...)` with what was typed."""
     def command(**values):
-        from .. import api
-        from ..terminal import console, user_errors
         with user_errors():
             metrics = api.train(name, console=console, **values)
             console.print(f"{trainer.what} saved to {values['out']} (final: " + ", ".join(

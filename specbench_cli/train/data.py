@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..bench.prompts import VICUNA_SYSTEM, build_prompt_ids
 from ..errors import SpecbenchError
 from ..files import json_lines, read_text
-from ..bench.prompts import VICUNA_SYSTEM
 from .teacher import Batch
 
 USER_ROLES = {"human", "user"}
@@ -92,7 +92,6 @@ def encode_with_template(tokenizer, pairs: list[tuple[str, str]], max_len: int,
     the earlier answers, exactly as a run renders it; what it adds to the sequence so far is
     the prompt part. Should a rendering not extend the sequence (a template that rewrites
     history), the sequence restarts from that turn's prompt."""
-    from ..bench.prompts import build_prompt_ids
     ids, mask = [], []
     turns = [q for q, _ in pairs]
     answers = [a for _, a in pairs]

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import save
 
 from ..drafters.addon_folder import mark_finished, mark_unfinished
 from ..errors import SpecbenchError
@@ -157,7 +158,6 @@ def finish(out_dir: Path, module: torch.nn.Module, config: dict, weights: str = 
     """Write the trained weights (safetensors) and config.json, each whole, then mark the folder
     finished and drop the resume checkpoint. Until the mark is gone, loaders refuse the folder
     and the same command finishes it."""
-    from safetensors.torch import save
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     atomic_write(out_dir / weights, save(state))
     atomic_write(out_dir / "config.json", json.dumps(config, indent=2))

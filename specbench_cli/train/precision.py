@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..engine import kernels
 from ..errors import SpecbenchError
 
 # bf16 must beat fp32 by this much: a rounding change for a small gain is not worth it.
@@ -49,7 +50,6 @@ def choose_precision(kind: str, step: Callable[[], None], device: torch.device |
     """(precision, why) for training steps of `kind` (e.g. the built-in recipe's hash) on this
     device. `step` must run one forward + backward (its optimizer update left out, so timing
     changes no weights)."""
-    from ..engine import kernels
     forced = os.environ.get("SPECBENCH_TRAIN_PRECISION", "auto")
     if forced in CHOICES:
         return forced, f"SPECBENCH_TRAIN_PRECISION={forced}"

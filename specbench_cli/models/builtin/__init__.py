@@ -20,9 +20,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from ...errors import SpecbenchError
 from ...files import checked, read_json, sha256_of, specbench_home
 from .recipe import RECIPE_VERSION, Recipe, tiny_recipe
+from .summary import print_summary
 
 __all__ = ["BuiltinAssets", "Recipe", "RECIPE_VERSION", "default_home", "prepare_builtin", "tiny_recipe"]
 
@@ -94,9 +97,7 @@ def prepare_builtin(home: Path | None = None, force: bool = False, seed: int = 0
     `recipe` overrides the default recipe (tests pass `tiny_recipe()`); `seed` is used only
     without one. Progress, hashes, the quality table and timings go to `console`.
     """
-    from rich.console import Console
 
-    from .summary import print_summary
 
     console = console or Console()
     recipe = recipe or Recipe(seed=seed)

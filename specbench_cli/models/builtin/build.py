@@ -11,15 +11,15 @@ import torch
 import transformers
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers.utils import logging as hf_logging
 
-from . import MODEL_DIR, QUESTION_FILE, TRAIN_FILE, sha256_file
 from ...train.precision import choose_precision, step_seconds
+from . import MODEL_DIR, QUESTION_FILE, TRAIN_FILE, sha256_file
 from .model import encode_conversations, make_model, timing_step, train
 from .quality import evaluate
 from .recipe import Recipe
 from .tasks_gen import SUBTASKS, generate, question_records, train_records, write_jsonl
 from .tokenizer import conversation_text, train_tokenizer
-
 
 # For the up-front estimate, measured on a 2-core AMD EPYC (2026-12-04, a clean clone's CI): a
 # training step costs ~1.05x its timed forward + backward (optimizer, batching), and the quality
@@ -35,7 +35,6 @@ def _threads() -> int:
 @contextmanager
 def _quiet_transformers():
     """Hide transformers' own tqdm bars (saving shards) while ours are on screen."""
-    from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

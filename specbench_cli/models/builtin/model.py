@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from ...bench.prompts import vicuna_prompt
+from ...train.precision import autocast
 from .recipe import Recipe
 
 
@@ -160,7 +161,6 @@ def train(model: LlamaForCausalLM, examples: list[tuple[list[int], list[int]]], 
           precision: str = "fp32") -> list[float]:
     """AdamW over `recipe.steps` batches, the forward under `precision` (train.precision);
     returns the loss of every step."""
-    from ...train.precision import autocast
     # No weight decay on norms (1-d weights).
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
