@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -254,7 +255,21 @@ def execute(plan: RunPlan, console: Console | None = None, progress=None, worker
         if not plan.resume and (plan.out / "run.json").exists():     # written while we planned
             raise SpecbenchError(f"{plan.out} holds a run already; use --resume to continue it "
                                  "or another --out")
-        return execute_locked(plan, console, progress, workers, ray_address)
+        with torch_threads(plan.config.threads):
+            return execute_locked(plan, console, progress, workers, ray_address)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU threads set for a while (None: left as they are); set before the engine
+    loads, since the kernel choices are measured and cached per thread count."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) -> Path:
@@ -350,19 +365,27 @@ def stored_config(run_json: Path) -> dict:
     return read_run_json(run_json)["config"]
 
 
+def stored_settings(run_json: Path) -> dict:
+    """An earlier run's stored configuration, each field it predates at RunConfig's default
+    (a run written before batch sizes existed ran at batch 1)."""
+    from .run.runner import RunConfig
+    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                for f in fields(RunConfig)
+                if f.default is not MISSING or f.default_factory is not MISSING}
+    return {**defaults, **stored_config(run_json)}
+
+
 def find_resumable(config) -> Path | None:
     """The newest run under results/ whose stored configuration equals this one."""
     candidates = sorted(RESULTS.glob("*/run.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
-        if stored_config(path) == asdict(config):
+        if stored_settings(path) == asdict(config):
             return path.parent
     return None
 
 
 def check_resume(out: Path, config) -> None:
-    # Runs written before batch sizes (and continuous batching) existed ran at batch 1.
-    stored = {"batch_sizes": [1], "continuous": False,
-              **stored_config(out / "run.json")}
+    stored = stored_settings(out / "run.json")
     diff = [k for k, v in asdict(config).items() if stored.get(k) != v]
     if diff:
         raise SpecbenchError(f"--resume: {out} was run with other options ({', '.join(diff)} "

@@ -64,6 +64,8 @@ RUN_OPTIONS = (
               "float32, float16/half, bfloat16. auto: fp16 on CUDA; on a CPU with bf16 units the "
               "faster of fp32 and bf16 for this model (timed once, cached); fp32 elsewhere."),
     RunOption("device", str, None, "cpu, cuda, cuda:1 (default: cuda if available)."),
+    RunOption("threads", int, None, "CPU threads for torch and the fused step (default: torch's "
+              "own choice, one per core); with --workers, each worker's.", low=1),
     RunOption("compile", bool, False, "Static-shape decoding: blocks of up to 128 tokens padded "
               "to a few sizes and compiled with torch.compile (CUDA graphs on CUDA), for GPUs "
               "where an eager step is bound by kernel launches. Each new shape compiles once "

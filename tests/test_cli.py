@@ -459,6 +459,22 @@ def test_every_run_option_is_one_declaration_the_cli_config_and_api_share(tmp_pa
     assert {f.name for f in fields(RunConfig)} - resolved <= plan
 
 
+def test_threads_is_the_runs_cpu_threads_recorded_and_then_given_back(tiny_model_dir, qfile,
+                                                                       tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    out = tmp_path / "threads"
+    result = invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--methods", "pld",
+                    "--tasks", "qa", "--max-new-tokens", 8, "--warmup", 0, "--threads", 1,
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["threads"] == 1 and meta["environment"]["torch_threads"] == 1
+    assert torch.get_num_threads() == before
+    one_line_error(invoke("run", "--model", tiny_model_dir, "--bench", qfile, "--threads", 0),
+                   "--threads must be at least 1 (got 0)")
+
+
 @pytest.mark.parametrize("given, message", [
     ({"repeats": 0}, "--repeats must be at least 1 (got 0)"),
     ({"warmup": -1}, "--warmup must be at least 0 (got -1)"),

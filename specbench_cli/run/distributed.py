@@ -119,6 +119,7 @@ class Pool:
     def __init__(self, ray, plan, workers: int):
         self.ray, self.plan = ray, plan
         self.options, self.threads = worker_resources(ray, plan.config.device, workers)
+        self.threads = plan.config.threads or self.threads
         self.actor_class = ray.remote(max_restarts=0, max_task_retries=0)(Worker)
         self.actors: dict[int, object] = {}      # slot → its live worker
         self.ids: dict[int, str] = {}

@@ -61,6 +61,7 @@ class RunConfig:
     warmup: int = 3
     dtype: str = "fp32"
     device: str = "cpu"
+    threads: int | None = None   # CPU threads (torch's pool, which the fused step shares too)
     over_context: str = "error"
     breakdown: bool = False      # time prefill/draft/verify apart (device synced around each)
     temperature: float = 0.0     # 0: greedy; > 0: sampling (methods keep the target's distribution)
