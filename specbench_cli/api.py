@@ -30,7 +30,8 @@ from .bench.questions import load_questions, parse_subtasks, resolve_bench, sele
 from .drafters import datastore
 from .errors import SpecbenchError
 from .files import folder_lock, read_text, sha256_of
-from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, checked_run_options, signature
+from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, SHARDING, \
+    checked_run_options, signature
 
 # Whatever loads torch or transformers (the engine, methods, targets, runner) is imported inside
 # the function that needs it: `specbench compare` and `report`, and notebooks that only read
@@ -141,7 +142,6 @@ def choose_bench(s: SimpleNamespace, console: Console):
 def run_config(s: SimpleNamespace, bench_file: Path, **resolved):
     """The run's RunConfig (what run.json stores and --resume compares): each field a run
     option of the same name carries, unless the plan `resolved` it (a dtype, a template)."""
-
     from .engine.load import DTYPE_NAMES
     from .run.runner import RunConfig
     resolved["dtype"] = DTYPE_NAMES[resolved["dtype"]]
@@ -150,7 +150,7 @@ def run_config(s: SimpleNamespace, bench_file: Path, **resolved):
                         "device": str(s.device)})
 
 
-plan_run.__signature__ = signature(("plan",)).replace(parameters=[
+plan_run.__signature__ = inspect.Signature([
     inspect.Parameter("console", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
     *signature(("plan",)).parameters.values()])
 
@@ -549,15 +549,15 @@ def compare(run_dir: Path, baseline: Path, speedup_tolerance: float = 0.1,
 
 def run_arguments(config: Path | None, typed: dict, options: list[str], sweep: list[str]):
     """`specbench run`'s arguments: a run config's values, then what was typed on the command
-    line (`typed`, which wins), `--opt`/`--sweep` merged per method, all checked. Returns
-    (plan_run's arguments, the sharding arguments for `execute`)."""
+    line (`typed`, which wins), `--opt`/`--sweep` merged per method. Returns (plan_run's
+    arguments, which plan_run checks, and the sharding arguments for `execute`, checked here)."""
     from .methods import parse_options, parse_sweeps
     arguments = read_run_config(config) if config else {}
     arguments.update(typed)
     arguments["options"] = merge_options(arguments.get("options"), options, parse_options)
     arguments["sweep"] = merge_options(arguments.get("sweep"), sweep, parse_sweeps)
-    arguments = checked_run_options(arguments, CONFIG_FILE)
-    shards = {k: arguments.pop(k) for k in ("workers", "ray_address")}
+    shards = checked_run_options({k: arguments.pop(k) for k in SHARDING if k in arguments},
+                                 ("execute",))
     if shards["ray_address"] and not shards["workers"]:
         raise SpecbenchError("--ray-address is for sharded runs: give --workers N too")
     return arguments, shards

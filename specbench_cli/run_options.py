@@ -20,6 +20,7 @@ from .errors import SpecbenchError
 DEFAULT_METHODS = "vanilla,pld,llma"        # with --model; the built-in model runs every method
 BUILTIN_LIMIT = 5                           # questions a subtask on the built-in benchmark
 
+
 @dataclass(frozen=True)
 class RunOption:
     name: str                   # plan_run's keyword and the config key; the flag is --name-dashed
@@ -116,6 +117,7 @@ RUN_OPTIONS = (
               "options given on the command line win.", to="cli"),
 )
 CONFIG_FILE = ("plan", "execute")      # whose options a run config file may hold
+SHARDING = tuple(o.name for o in RUN_OPTIONS if o.to == "execute")     # execute's, not plan_run's
 
 
 def checked_run_options(given: dict, to: tuple[str, ...] = ("plan",), where: str = "") -> dict:

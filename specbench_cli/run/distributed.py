@@ -52,7 +52,6 @@ class Worker:
     """One device's share of a run (wrapped as a Ray actor by `start_worker`)."""
 
     def __init__(self, worker_id: str, config, folder: str, questions: list, threads: int):
-
         self.worker_id = worker_id
         if config.device == "cpu":
             torch.set_num_threads(threads)
