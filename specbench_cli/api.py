@@ -30,6 +30,7 @@ from .bench.questions import load_questions, parse_subtasks, resolve_bench, sele
 from .drafters import datastore
 from .errors import SpecbenchError
 from .files import folder_lock, read_text, sha256_of
+from .names import base_name, budget_of
 from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, SHARDING, \
     checked_run_options, signature
 
@@ -51,6 +52,7 @@ class RunPlan:
     resume: bool                # continue the run already in `out`
     profile: Path | None        # with breakdown: a profile.json to use instead of measuring
     dtype_why: str = "given"    # how the dtype was chosen (--dtype auto measures; run.json)
+    fit_questions: list = ()    # --budget auto: held-out questions the budgets are fitted on
 
 
 def plan_run(console: Console | None = None, **given) -> RunPlan:
@@ -60,15 +62,18 @@ def plan_run(console: Console | None = None, **given) -> RunPlan:
     ["method.option=value", ...]; `sweep`: {method: {option: [values]}} or
     ["method.option=v1,v2", ...]; `batch_size`: 4, [1, 2, 4] or '1,2,4'."""
     from .engine.load import choose_dtype, load_tokenizer
-    from .methods import expand_batch_sizes, expand_sweeps
+    from .bench.questions import held_out
+    from .methods import expand_batch_sizes, expand_budgets, expand_sweeps
     from .models.targets import model_folder
     from .run.runner import check_context
     console = console or Console()
     s = checked_plan(checked_run_options(given))       # nothing prepared or loaded yet
     prepared, bench, bench_file, limit, over_context = choose_bench(s, console)
     model, names, opts = resolve_methods(s.model, s.methods, s.options, console, prepared)
-    questions = select(load_questions(bench_file), s.subtasks, limit)
+    every_question = load_questions(bench_file)
+    questions = select(every_question, s.subtasks, limit)
     names, opts = expand_sweeps(names, opts, s.sweep)
+    names, opts = expand_budgets(names, opts, s.budget)
     names = expand_batch_sizes(names, s.batch_sizes)
     folder = model_folder(model, console=console)   # fetches/converts named and GGUF targets
     dtype, dtype_why = choose_dtype(s.dtype, s.device, folder, console)
@@ -81,7 +86,8 @@ def plan_run(console: Console | None = None, **given) -> RunPlan:
                         methods=names, method_options=opts, template=template, dtype=dtype,
                         over_context=over_context)
     out, resume = resolve_out(s.out, s.resume, config, model, console)
-    return RunPlan(config, folder, tokenizer, questions, out, resume, s.profile, dtype_why)
+    fit = held_out(every_question, questions, s.subtasks) if "auto" in s.budget else []
+    return RunPlan(config, folder, tokenizer, questions, out, resume, s.profile, dtype_why, fit)
 
 
 def checked_plan(values: dict) -> SimpleNamespace:
@@ -89,7 +95,8 @@ def checked_plan(values: dict) -> SimpleNamespace:
     (bounds and types are checked already): the rules between options, choices, paths, and
     the texts parsed (subtasks, methods, options, sweeps, batch sizes, device, dtype)."""
     from .engine.load import resolve_device, resolve_dtype
-    from .methods import checked_options, checked_sweeps, parse_methods, parse_options, parse_sweeps
+    from .methods import checked_options, checked_sweeps, parse_budgets, parse_methods, \
+        parse_options, parse_sweeps
     from .run.runner import OVER_CONTEXT
     s = SimpleNamespace(**values)
     check_sampling_options(s.temperature, s.top_p, s.top_k)
@@ -120,6 +127,7 @@ def checked_plan(values: dict) -> SimpleNamespace:
         checked_options(s.options, "options")
     s.sweep = parse_sweeps(s.sweep) if isinstance(s.sweep, list) else \
         checked_sweeps(s.sweep, "sweep")
+    s.budget = parse_budgets(s.budget)
     return s
 
 
@@ -277,11 +285,16 @@ def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) 
     from .run.runner import Runner, run_meta, write_run_json
     console = console or Console()
     config, out = plan.config, plan.out
+    fitted = [name for name in config.methods if budget_of(name) == "auto"]
     if workers:
         from .run.distributed import execute_sharded
         if max(config.batch_sizes) > 1:
             raise SpecbenchError("--workers shards questions one at a time; --batch-size above 1 "
                                  "runs in this process only (leave out --workers)")
+        if fitted:
+            raise SpecbenchError("--budget auto fits each budget in this process before the "
+                                 "timed questions: leave out --workers, or give the budgets "
+                                 "as numbers")
         return execute_sharded(plan, workers, ray_address, console, progress)
     console.print(f"loading {config.model} ({config.dtype} on {config.device}, template "
                   f"{config.template}) …")
@@ -289,9 +302,12 @@ def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) 
                                with_tokenizer=False, compile=config.compile)
     runner = Runner(config, engine, plan.tokenizer, plan.questions, out,
                     Path(config.model).name)
+    if fitted:
+        runner.use_budgets(fitted_budgets(plan, runner, fitted, console, progress))
     if not plan.resume:
         out.mkdir(parents=True, exist_ok=True)
-        write_run_json(out, run_meta(config, engine, runner, plan.dtype_why))
+        write_run_json(out, {**run_meta(config, engine, runner, plan.dtype_why),
+                             **({"budgets": runner.fits} if fitted else {})})
     console.print(f"{len(plan.questions)} questions × {len(config.methods)} methods × "
                   f"{config.repeats} repeats → {out}")
     started = time.perf_counter()
@@ -304,6 +320,22 @@ def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) 
                                                          progress=progress, batch_sizes=batches),
                        out, plan.profile, prompt_lengths(plan))
     return out
+
+
+def fitted_budgets(plan: RunPlan, runner, rows: list[str], console: Console, progress
+                   ) -> dict[str, dict]:
+    """The budgets of `--budget auto` rows: fitted now (run/budget.py; cached), or, when the
+    run is resumed, as its run.json recorded them, so that every answer of a row comes from the
+    same options."""
+    from .run.budget import fit_budgets, model_stamp
+    if plan.resume:
+        stored = read_run_json(plan.out / "run.json").get("budgets") or {}
+        if set(rows) <= set(stored):
+            return {row: stored[row] for row in rows}
+    console.print(f"fitting the budgets of {', '.join(dict.fromkeys(map(base_name, rows)))} on "
+                  f"{len(plan.fit_questions)} held-out questions (cached once measured) …")
+    return fit_budgets(runner, rows, list(plan.fit_questions),
+                       model_stamp(plan.config.model, plan.folder), progress)
 
 
 def results(run_dir: Path | str):

@@ -89,6 +89,14 @@ RUN_OPTIONS = (
     RunOption("sweep", list, [], "Ablation grid, repeatable: method.option=v1,v2 (e.g. "
               "kangaroo.exit_layer=1,2,3); each point runs as its own row in the same process. "
               "In a config file: a mapping method → option → list of values.", also=(dict,)),
+    RunOption("budget", str, "default", "Tokens each method verifies a step (its block: the "
+              "pending token and every draft or tree node), comma-separated: a number (2-128) "
+              "sets every method with a budget to at most that many (rows 'eagle@budget=16'); "
+              "auto fits each method's to this device, model, dtype and batch size before the "
+              "timed questions (measured on held-out questions, cached; rows "
+              "'eagle@budget=auto'); default is the method's own size (rows 'eagle'). E.g. "
+              "default,auto,4,8,16. `specbench list` shows what each method's budget sets.",
+              also=(int, list)),
     RunOption("breakdown", bool, False, "Time each method's prefill, drafting, verification "
               "forwards and the rest apart (device synchronized around each: off by default, as "
               "the syncs perturb the headline timing), profile the forward and report predicted "

@@ -93,7 +93,10 @@ def test_tree_files_and_their_errors(tiny_engine, tmp_path):
     with pytest.raises(HeadsError, match="not JSON/YAML"):
         load_tree(str(broken), 2)
     with pytest.raises(HeadsError, match="not a preset"):
-        load_tree("budget7", 2)
+        load_tree("budget", 2)
+    with pytest.raises(HeadsError, match="the root and at least one node"):
+        load_tree("budget1", 2)
+    assert len(load_tree("budget7", 2)) == 6       # any budgetN: N tokens, root included
     engine, _ = tiny_engine
     with pytest.raises(ValueError, match="the tree is 3 deep but there are only 2 heads"):
         METHODS["medusa"](engine, {2}, heads=random_heads(engine, 2), tree=[(0,), (0, 0), (0, 0, 0)])

@@ -99,10 +99,11 @@ def random_eagle3_head(engine, kept=None, seed=0, scale=0.3):
     return head
 
 
-def make(name, engine, eos_ids, tok=None):
+def make(name, engine, eos_ids, tok=None, budget=None):
     """A method with test options: Kangaroo gets a random adapter, Medusa random heads, REST a
     datastore of the model's own outputs, SpS a random tiny drafter, EAGLE a random head, EAGLE-3 a
-    random head over the even ids, Hydra random sequentially dependent heads."""
+    random head over the even ids, Hydra random sequentially dependent heads. `budget`: the
+    options its declared budget sets for that many tokens a step, on top."""
     options = {"kangaroo": lambda: {"adapter": random_adapter(engine), "threshold": 0.0},
                "medusa": lambda: {"heads": random_heads(engine), "tree": "budget32"},
                "rest": lambda: {"datastore": tiny_datastore(engine, tok)},
@@ -110,7 +111,11 @@ def make(name, engine, eos_ids, tok=None):
                "eagle": lambda: {"head": random_eagle_head(engine)},
                "eagle3": lambda: {"head": random_eagle3_head(engine)},
                "hydra": lambda: {"heads": random_hydra_heads(engine), "tree": "budget32"}}
-    return METHODS[name](engine, eos_ids, tok, **options.get(name, dict)())
+    given = options.get(name, dict)()
+    if budget is not None:
+        declared = METHODS[name]
+        given.update(declared.budget.to_options(budget, {**declared.defaults, **given}))
+    return METHODS[name](engine, eos_ids, tok, **given)
 
 
 def hf_greedy(folder, prompt_ids, n):

@@ -149,6 +149,20 @@ def test_every_lossless_method_samples_vanilla_s_distribution(target):
 
 
 @pytest.mark.sampling
+def test_every_method_keeps_the_distribution_at_a_small_budget(target):
+    """`run --budget 3`: every method verifies at most 3 tokens a step (a chain of two, a tree
+    of three) and still samples vanilla's distribution."""
+    engine, tok, ids = target
+    methods = {"vanilla": make("vanilla", engine, set(), tok)}
+    methods.update({name: make(name, engine, set(), tok, budget=3) for name, cls in
+                    METHODS.items() if cls.budget is not None})
+    # ALPHA / 5 per check: its 26 checks add ~0.5% of false alarms to the ~3% above
+    for r in check_sampling(methods, ids, tokens=3, samples=SAMPLES, sampling=Sampling(T),
+                            alpha=ALPHA / 5):
+        assert r.categories >= 10 and r.passed, r
+
+
+@pytest.mark.sampling
 @pytest.mark.parametrize("broken, methods", [
     ("accept every draft", ("pld", "sps", "eagle", "medusa")),
     ("skip the residual", ("recycling",)),

@@ -252,14 +252,55 @@ def speedup_vs_batch(run: Run) -> Figure:
     return fig
 
 
+def speedup_vs_budget(run: Run) -> Figure:
+    """Speedup against the tokens verified a step, one line a method (and batch size): the rows
+    run at fixed budgets and the method's own size (measured, solid), the fitted budget (a star)
+    and the fit's predicted curve over its candidates (dotted)."""
+    fig = new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    curves = run.summary["budgets"]
+    ticks = set()
+    for i, (group, curve) in enumerate(curves.items()):
+        col = COLORS[i % len(COLORS)] if len(curves) <= len(COLORS) else f"C{i % 10}"
+        points = sorted((row["budget"], row["speedup"]) for label, row in curve["rows"].items()
+                        if label != "auto" and row["budget"] and row["speedup"] is not None)
+        ticks.update(b for b, _ in points)
+        ax.plot([b for b, _ in points], [s for _, s in points], marker=MARKERS[i % len(MARKERS)],
+                color=col, label=group)
+        predicted = sorted(curve["predicted_curve"].items())
+        if predicted:
+            ax.plot([b for b, _ in predicted], [s for _, s in predicted], color=col, ls=":",
+                    lw=1.2)
+        auto = curve["auto"]
+        if auto and auto["measured"] is not None:
+            ax.plot([auto["budget"]], [auto["measured"]], marker="*", ms=14, color=col,
+                    markeredgecolor="black", ls="none")
+            ticks.add(auto["budget"])
+    ax.axhline(1.0, color="black", lw=0.9, ls="--", label="vanilla (break-even)")
+    ax.plot([], [], marker="*", ms=12, color="#888888", markeredgecolor="black", ls="none",
+            label="budget=auto (fitted)")
+    ax.plot([], [], color="#555555", ls=":", label="fit's prediction (cost model)")
+    ax.set_xscale("log", base=2)
+    if ticks:
+        ax.set_xticks(sorted(ticks), [str(b) for b in sorted(ticks)])
+    ax.set_xlabel("budget: tokens one verification forward takes (pending token + drafts)")
+    ax.set_ylabel("speedup over vanilla (×)")
+    ax.set_title("Speedup against budget")
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    return fig
+
+
 FIGURES = {"speedup_by_subtask": speedup_by_subtask, "speedup_vs_accepted": speedup_vs_accepted,
            "accept_lengths": accept_lengths, "overhead_vs_speedup": overhead_vs_speedup,
-           "time_by_phase": time_by_phase, "speedup_vs_batch": speedup_vs_batch}
+           "time_by_phase": time_by_phase, "speedup_vs_batch": speedup_vs_batch,
+           "speedup_vs_budget": speedup_vs_budget}
 
 
 def write_plots(run: Run) -> list[Path]:
     """The figures as PNG and SVG (time by phase only for runs made with --breakdown, speedup
-    against batch size only for runs with --batch-size above 1); each
+    against batch size only for runs with --batch-size above 1, against budget only for runs
+    with --budget); each
     carries the run's model and device underneath."""
     folder = run.path / f"plots{run.suffix}"
     folder.mkdir(exist_ok=True)
@@ -268,7 +309,8 @@ def write_plots(run: Run) -> list[Path]:
     has_breakdown = any(m.get("breakdown") for m in run.summary["methods"].values())
     for name, draw in FIGURES.items():
         if name == "time_by_phase" and not has_breakdown or \
-                name == "speedup_vs_batch" and not run.summary.get("batches"):
+                name == "speedup_vs_batch" and not run.summary.get("batches") or \
+                name == "speedup_vs_budget" and not run.summary.get("budgets"):
             continue
         fig = draw(run)
         fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=7.5, color="#555555")

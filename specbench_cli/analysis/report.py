@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..bench.questions import SUBTASKS
 from ..errors import SpecbenchError
+from .budgets import budget_curves, budget_notes
 from .costmodel import LARGEST_BATCH, predict, predict_batches
 from .metrics import MetricsError
 from .results import SHORT, Run, caption, describe_missing, fmt, format_overhead, load_by_device, \
@@ -225,6 +226,9 @@ def report_runs(run_dirs: list[Path], console: Console | None = None, fmt_: str 
             for run in load_by_device(d, baseline_name, counting, tokenizer)]
     for run in runs:
         add_cost_model(run, profile)
+        curves = budget_curves(run.summary, run.meta)
+        if curves:
+            run.summary["budgets"] = curves
         (run.path / f"summary{run.suffix}.json").write_text(json.dumps(run.summary, indent=2))
         if run.summary["missing"]:
             # Not fatal: a run still in progress is worth a look. Speedups pair questions.
@@ -273,6 +277,10 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
         if run.summary.get("batches"):
             console.print(render_batches(run.summary, "speedup against batch size" + label))
             for line in batch_notes(run.summary):
+                console.print(f"  [dim]{escape(line)}[/dim]")
+        if run.summary.get("budgets"):
+            console.print(render_budgets(run.summary["budgets"], "speedup against budget" + label))
+            for line in budget_notes(run.summary["budgets"]):
                 console.print(f"  [dim]{escape(line)}[/dim]")
     console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
                                                if v in shown.columns) + "[/dim]")
@@ -354,6 +362,29 @@ def render_batches(summary: dict, title: str) -> Table:
                                                     curve["largest_measured"]),
                       break_even_text(curve["break_even_predicted"], LARGEST_BATCH,
                                       curve["predicted"].get("1") is None))
+    return table
+
+
+def render_budgets(curves: dict, title: str) -> Table:
+    """Per method (and batch size): the speedup of each budget run, its own size and the fitted
+    one with the budget they came to in brackets."""
+    fixed = sorted({int(k) for c in curves.values() for k in c["rows"]
+                    if k not in ("default", "auto")})
+    labels = ["default", *map(str, fixed), "auto"]
+    table = Table(title=title)
+    table.add_column("method", style="bold", no_wrap=True)
+    for label in labels:
+        table.add_column(label if label in ("default", "auto") else f"budget {label}",
+                         justify="right", no_wrap=True)
+    for group, curve in curves.items():
+        cells = []
+        for label in labels:
+            row = curve["rows"].get(label)
+            text = "–" if row is None else fmt(row["speedup"], ".2f", "x")
+            if row is not None and label in ("default", "auto"):
+                text += f" ({row['budget'] if row['budget'] is not None else '?'})"
+            cells.append(f"[bold]{text}[/bold]" if label == curve["best_fixed"] else text)
+        table.add_row(group, *cells)
     return table
 
 

@@ -16,11 +16,15 @@ def print_catalogue(console: Console):
     from ..methods import METHODS
     from ..models.targets import TARGETS
     table = Table(title="methods (set an option with --opt method.option=value, sweep it with "
-                        "--sweep method.option=v1,v2)")
+                        "--sweep method.option=v1,v2; every method's budget with --budget)")
     for col in ("method", "description", "option", "type", "default", "help"):
         table.add_column(col)
     for name, cls in METHODS.items():
         table.add_row(name, cls.description, *([""] * 4), end_section=not cls.options)
+        if cls.budget is not None:       # `run --budget N` sets it
+            table.add_row("", "", "[bold]budget[/bold]", "int",
+                          str(cls.budget.of(cls.defaults) or "-"),
+                          f"tokens verified a step, set by --budget: {cls.budget.how}")
         for i, (key, option) in enumerate(cls.options.items()):
             table.add_row("", "", key, option.type.__name__, str(option.default), option.help,
                           end_section=i == len(cls.options) - 1)

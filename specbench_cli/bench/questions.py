@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -103,6 +103,23 @@ def select(questions: list[Question], subtasks: list[str], limit: int | None) ->
             out.append(q)
     if not out:
         raise TaskError(f"no questions of subtasks {', '.join(subtasks)} in this file")
+    return out
+
+
+def held_out(questions: list[Question], chosen: list[Question], subtasks: list[str]
+             ) -> list[Question]:
+    """One question per subtask that `chosen` leaves out (the first after them in file order),
+    its first turn only: what a method is tuned on before the timed run, so the tuning never
+    sees the questions it is timed on. A subtask with none left lends its first chosen one."""
+    taken = {q.question_id for q in chosen}
+    out = []
+    for subtask in subtasks:
+        mine = [q for q in questions if q.subtask == subtask]
+        spare = [q for q in mine if q.question_id not in taken] or \
+            [q for q in chosen if q.subtask == subtask]
+        if spare:
+            out.append(replace(spare[0], turns=spare[0].turns[:1],
+                               reference=spare[0].reference[:1] if spare[0].reference else None))
     return out
 
 

@@ -7,6 +7,7 @@ per-rank accuracies, or a file of rank tuples)."""
 from __future__ import annotations
 
 import heapq
+import re
 from pathlib import Path
 
 import torch
@@ -122,16 +123,28 @@ def grow_tree(accuracy: list[list[float]], budget: int) -> list[tuple[int, ...]]
 # top-1 accuracy falls with k, and rank r's share falls geometrically (shape as in the Medusa
 # paper's Vicuna-7B measurements; `specbench medusa calibrate` measures a model's own).
 DEFAULT_ACCURACY = [[a * 0.55 ** r for r in range(TOP_K)] for a in (0.60, 0.45, 0.35, 0.28)]
-PRESETS = {f"budget{b}": b for b in (16, 32, 64)}
+PRESET = re.compile(r"budget(\d+)")       # a tree grown for N tokens, root included
+
+
+def preset_size(spec) -> int | None:
+    """budgetN → N; None for anything else (a tree file, a list of rank tuples)."""
+    match = PRESET.fullmatch(spec) if isinstance(spec, str) else None
+    return int(match.group(1)) if match else None
 
 
 def load_tree(spec: str, num_heads: int, accuracy=None) -> list[tuple[int, ...]]:
-    """A preset name (budget16/32/64) or a JSON/YAML file holding a list of rank tuples."""
-    if spec in PRESETS:
-        return grow_tree((accuracy or DEFAULT_ACCURACY)[:num_heads], PRESETS[spec])
+    """A preset budgetN (the greedy tree of N tokens, root included, for these accuracies:
+    budget16, budget32, budget64 are Medusa's) or a JSON/YAML file holding a list of rank
+    tuples."""
+    size = preset_size(spec)
+    if size is not None:
+        if size < 2:
+            raise HeadsError(f"medusa tree {spec}: a tree holds the root and at least one node")
+        return grow_tree((accuracy or DEFAULT_ACCURACY)[:num_heads], size)
     path = Path(spec)
     if not path.is_file():
-        raise HeadsError(f"medusa tree {spec}: not a preset ({', '.join(PRESETS)}) or a file")
+        raise HeadsError(f"medusa tree {spec}: not a preset (budgetN: budget16, budget32, "
+                         "budget64, ...) or a file")
     try:
         choices = yaml.safe_load(read_text(path, HeadsError))
     except yaml.YAMLError as err:

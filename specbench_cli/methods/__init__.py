@@ -8,9 +8,10 @@ import itertools
 from pathlib import PurePath
 
 from ..errors import SpecbenchError
-from ..names import base_name, batch_size_of, batched, unbatched
+from ..names import base_name, batch_size_of, batched, unbatched, with_budget
 from ..options import Option, option_value
-from .base import ADDON_FOLDER, Addon, Generation, Method, Statistic
+from .base import ADDON_FOLDER, LARGEST_BUDGET, SMALLEST_BUDGET, Addon, Budget, Generation, \
+    Method, Statistic
 from .eagle import Eagle
 from .eagle3 import Eagle3
 from .hydra import Hydra
@@ -143,6 +144,53 @@ def expand_sweeps(names: list[str], options: dict[str, dict], grid: dict[str, di
     return out_names, out_options
 
 
+def parse_budgets(spec) -> list:
+    """`--budget default,auto,4,8` (or a list, or one number, from a config) → ['default',
+    'auto', 4, 8]: each checked, in the order given, repeats dropped."""
+    items = spec if isinstance(spec, list) else str(spec).split(",")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        value = text if text in ("default", "auto") else None
+        if value is None:
+            try:
+                value = int(text)
+            except ValueError:
+                raise SpecbenchError(f"--budget {text!r}: give default, auto or the tokens a "
+                                     f"step verifies ({SMALLEST_BUDGET} to {LARGEST_BUDGET}), "
+                                     "comma-separated") from None
+            if not SMALLEST_BUDGET <= value <= LARGEST_BUDGET:
+                raise SpecbenchError(
+                    f"--budget {value}: a budget is the tokens one verification forward takes, "
+                    f"the pending token and at least one draft: {SMALLEST_BUDGET} to "
+                    f"{LARGEST_BUDGET}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise SpecbenchError("--budget: give default, auto or numbers of tokens, comma-separated")
+    return out
+
+
+def expand_budgets(names: list[str], options: dict[str, dict], budgets: list):
+    """Every method with a budget (Method.budget) becomes one row per budget: 'pld@budget=8' with
+    the options that verify at most 8 tokens a step, 'pld@budget=auto' with its own options
+    until the run fits the budget (run/budget.py), and 'pld' itself for 'default'. Methods
+    without one (vanilla) keep their one row. Returns (names, options)."""
+    out_names, out_options = [], {}
+    for name in names:
+        declared = METHODS[base_name(name)]
+        own = options.get(name, {})
+        rows = [name] if declared.budget is None else \
+            [name if b == "default" else with_budget(name, b) for b in budgets]
+        for row, budget in zip(rows, budgets if declared.budget else ["default"]):
+            out_names.append(row)
+            chosen = declared.budget.to_options(budget, {**declared.defaults, **own}) \
+                if isinstance(budget, int) else {}
+            if own or chosen:
+                out_options[row] = {**own, **chosen}
+    return out_names, out_options
+
+
 def expand_batch_sizes(names: list[str], sizes: list[int]) -> list[str]:
     """Every method at every batch size ('pld', 'pld+b4', …), batch by batch. Vanilla at batch 1
     is always run: each batched answer must equal its batch-1 vanilla answer."""
@@ -150,7 +198,7 @@ def expand_batch_sizes(names: list[str], sizes: list[int]) -> list[str]:
     return out if 1 in sizes else ["vanilla", *out]
 
 
-__all__ = ["ADDON_FOLDER", "METHODS", "TRAINERS", "Addon", "Generation", "Method", "Option", "Statistic",
+__all__ = ["ADDON_FOLDER", "METHODS", "TRAINERS", "Addon", "Budget", "Generation", "Method", "Option", "Statistic",
            "base_name", "batch_size_of", "batched", "unbatched", "checked_options", "checked_sweeps", "expand_batch_sizes",
-           "expand_sweeps", "parse_methods", "parse_options",
+           "expand_budgets", "expand_sweeps", "parse_budgets", "parse_methods", "parse_options",
            "parse_sweeps"]

@@ -57,6 +57,36 @@ class Addon:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A method's verification width, declared once: the budget is the tokens one verification
+    forward takes (the pending token plus every drafted token or tree node), the quantity whose
+    cost the profile's c(n) measures. `to_options(n, options)` gives the options that verify at
+    most n tokens a step, given the method's current ones (depth and width may follow the
+    size); `of(options)` is the budget the options give (None where they do not say, e.g. a
+    tree file). `option` and `how` are what `specbench list` shows."""
+    option: str
+    how: str
+    to_options: Callable[[int, dict], dict]
+    of: Callable[[dict], int | None]
+
+
+def draft_budget(option: str) -> Budget:
+    """A budget set by an option that counts the drafts (the block adds the pending token)."""
+    return Budget(option, f"{option} = budget − 1", lambda n, o: {option: n - 1},
+                  lambda o: o[option] + 1)
+
+
+def node_budget(option: str) -> Budget:
+    """A budget set by an option that counts the block's tokens, the pending one included."""
+    return Budget(option, f"{option} = budget", lambda n, o: {option: n}, lambda o: o[option])
+
+
+# Budgets a run may give: a step verifies the pending token and at least one draft, and no
+# block may exceed the rows the cache reserves past the answer (verify.DRAFT_HEADROOM).
+SMALLEST_BUDGET, LARGEST_BUDGET = 2, 128
+
+
+@dataclass(frozen=True)
 class TargetAddon:
     """A method's add-on for a named real target (`specbench prepare NAME --addons`,
     models/target_addons.py): the settings its `builtin_addon.build` runs with there, and the
@@ -67,8 +97,8 @@ class TargetAddon:
 
 class Method:
     """A decoding method on the engine. Subclasses set `name`, `description`, `options` and
-    implement `generate`; `statistics`, `trainer`, `builtin_addon`, `builtin_options` and
-    `target_addons` are optional. Lossless methods must return exactly vanilla's greedy
+    implement `generate`; `statistics`, `trainer`, `builtin_addon`, `builtin_options`,
+    `target_addons` and `budget` (every method that drafts) are optional. Lossless methods must return exactly vanilla's greedy
     tokens."""
 
     name: ClassVar[str]
@@ -81,6 +111,7 @@ class Method:
     builtin_options: ClassVar[dict] = {}
     trainer: ClassVar[Trainer | None] = None          # `specbench train NAME`
     target_addons: ClassVar[dict[str, TargetAddon]] = {}    # by named target ("smollm2")
+    budget: ClassVar[Budget | None] = None      # what sets its verification width (`--budget`)
     lossless: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}       # derived from `options`
 

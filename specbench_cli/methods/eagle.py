@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 
 from ..drafters.eagle import load_head
-from ..drafters.medusa import load_tree      # EAGLE-1's trees are Medusa-style rank trees
+from ..drafters.medusa import load_tree, preset_size   # EAGLE-1's: Medusa-style rank trees
 from ..drafters.eagle3 import reduced_vocab
 from ..engine import Engine
 from ..errors import SpecbenchError
 from ..train import Trainer
 from ..train.eagle import train_eagle
 from ..train.loop import addon_builder
-from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
-    TargetAddon
+from .base import ADDON_FOLDER, GREEDY, Addon, Budget, Decoding, Generation, Method, Option, \
+    Statistic, TargetAddon
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
 
 def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
@@ -38,6 +38,16 @@ def select_nodes(scores: torch.Tensor, budget: int) -> list[int]:
     chosen set is prefix-closed."""
     order = torch.sort(scores, descending=True, stable=True).indices[:budget]
     return sorted(order.tolist())
+
+
+def tree_within(budget: int, options: dict) -> dict:
+    """EAGLE-2's tree of `budget` nodes: the head passes (depth) and the nodes expanded at each
+    (top_k) follow it down, since a deeper or wider draft than the tree can keep is drafting
+    paid for nothing; EAGLE-1's static tree is the preset grown for `budget` tokens."""
+    if options["tree"] is not None:
+        return {"tree": f"budget{budget}"}
+    return {"total_tokens": budget, "depth": min(options["depth"], budget - 1),
+            "top_k": min(options["top_k"], budget - 1)}
 
 
 class Eagle(Method):
@@ -58,6 +68,10 @@ class Eagle(Method):
         "draft_vocab": Option(None, str, "FR-Spec: draft only among these target ids (a JSON "
                               "list, or an EAGLE-3 head folder's reduced vocabulary), so a "
                               "head pass scores a slice of the LM head")}
+    budget = Budget("total_tokens (depth, top_k follow)", "total_tokens = budget; depth and "
+                    "top_k at most budget − 1 (EAGLE-1: tree = budgetN)", tree_within,
+                    lambda o: preset_size(o["tree"]) if o["tree"] is not None
+                    else o["total_tokens"])
     statistics = (Statistic("head passes/step", "head_passes", "rounds", 1, "",
                             "draft-head forwards per verification step (catch-up included)"),)
     builtin_addon = Addon(settings={"steps": 1500, "lr": 3e-3, "batch_size": 16},

@@ -20,7 +20,7 @@ from ..train import Trainer
 from ..train.kangaroo import train_kangaroo
 from ..train.loop import addon_builder
 from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
-    TargetAddon
+    TargetAddon, draft_budget
 from .verify import DecodeState, verify_chain
 
 
@@ -35,6 +35,7 @@ class Kangaroo(Method):
         "threshold": Option(0.6, float, "stop drafting when a draft's top-1 probability is "
                             "below this (the second early exit)", low=0.0, high=1.0),
         "max_draft": Option(6, int, "most drafts per round (γ)", low=1)}
+    budget = draft_budget("max_draft")
     statistics = (Statistic("η-stop", "stopped_by_threshold", "rounds", 100, "%",
                             "share of drafting rounds ended by the confidence threshold"),)
     # Exit after layer 1 of the built-in model's 6 (default_exit_layer): the teacher keeps it.

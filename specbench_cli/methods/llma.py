@@ -3,7 +3,7 @@ n-gram at the end of the generated output; the first occurrence in the reference
 
 from __future__ import annotations
 
-from .base import GREEDY, Decoding, Generation, Method, Option
+from .base import GREEDY, Decoding, Generation, Method, Option, draft_budget
 from .verify import verify_chain
 
 
@@ -22,6 +22,7 @@ class LLMA(Method):
     # Paper defaults: trigger n = 1, copy 19 tokens.
     options = {"ngram": Option(1, int, "longest output n-gram used as the trigger", low=1),
                "num_draft": Option(19, int, "tokens copied from the reference per trigger", low=1)}
+    budget = draft_budget("num_draft")
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int,
                  decoding: Decoding = GREEDY) -> Generation:

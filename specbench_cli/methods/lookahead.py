@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import SpecbenchError
-from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .base import GREEDY, Budget, Decoding, Generation, Method, Option, Statistic
 from .verify import DRAFT_HEADROOM, DecodeState, Tree, verify_tree
 
 
@@ -106,12 +106,33 @@ class Window:
         self.levels = [rows[1][1:]] + rows[2:]
 
 
+def block_tokens(level: int, window: int, guess: int) -> int:
+    """Most tokens one forward feeds: the root, the largest window (start-up included) and
+    `guess` full n-grams."""
+    cells = max(k * (window + level - 1 - k) for k in range(1, level)) - 1
+    return 1 + cells + guess * (level - 1)
+
+
+def shape_within(budget: int, options: dict) -> dict:
+    """The largest window and pool within `budget` tokens a forward, no larger than `options`'
+    level, window and guess, verifying at least one n-gram; of equal blocks, the deeper
+    n-grams, then a window about as wide as the pool (the window is what fills the pool)."""
+    shapes = [(block_tokens(n, w, g), n, min(w, g), g, w)
+              for n in range(2, options["level"] + 1) for w in range(1, options["window"] + 1)
+              for g in range(1, max(options["guess"], 1) + 1)]
+    fitting = [s for s in shapes if s[0] <= budget] or [min(shapes)]
+    _, level, _, guess, window = max(fitting)
+    return {"level": level, "window": window, "guess": guess}
+
+
 class Lookahead(Method):
     name = "lookahead"
     description = "lookahead decoding: Jacobi-window n-grams verified as a tree in the same forward"
     options = {"level": Option(5, int, "n-gram size N (the window has N-1 levels)", low=2),
                "window": Option(7, int, "window width W (columns of Jacobi guesses)", low=1),
                "guess": Option(7, int, "most pool n-grams verified per step (G)", low=0)}
+    budget = Budget("level, window, guess", "the largest window and pool within the budget",
+                    shape_within, lambda o: block_tokens(o["level"], o["window"], o["guess"]))
     # The report's "draft len" already shows the pool tokens verified per step (`drafted`).
     statistics = (Statistic("pool hit", "hits", "rounds", 100, "%",
                             "share of steps with at least one pool n-gram starting with the "
@@ -129,11 +150,7 @@ class Lookahead(Method):
                                  f"{DRAFT_HEADROOM} the cache reserves; lower level, window or guess")
 
     def max_block(self) -> int:
-        """Most tokens one forward feeds: the root, the largest window (start-up included) and
-        G full n-grams."""
-        n, w = self.options["level"], self.options["window"]
-        window = max(k * (w + n - 1 - k) for k in range(1, n)) - 1
-        return 1 + window + self.options["guess"] * (n - 1)
+        return block_tokens(self.options["level"], self.options["window"], self.options["guess"])
 
     def info(self) -> dict:
         return {"max_block_tokens": self.max_block()}

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..drafters.medusa import TOP_K, HeadsError, heads_path, load_heads, load_tree
+from ..drafters.medusa import TOP_K, HeadsError, heads_path, load_heads, load_tree, preset_size
 from ..engine import Engine
 from ..errors import SpecbenchError
 from ..files import checked, read_json
 from ..train import Trainer
 from ..train.medusa import build_builtin_heads, train_medusa
-from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, TargetAddon
+from .base import ADDON_FOLDER, GREEDY, Addon, Budget, Decoding, Generation, Method, Option, \
+    TargetAddon
 from .verify import DecodeState, Tree, draw, verify_tree
 
 class Medusa(Method):
@@ -32,6 +33,9 @@ class Medusa(Method):
         "typical": Option(False, bool, "sampling: typical acceptance (lossy)"),
         "epsilon": Option(0.09, float, "typical: ε in p(x) > min(ε, δ·e^−H)", low=0.0),
         "delta": Option(0.3, float, "typical: δ in p(x) > min(ε, δ·e^−H)", low=0.0)}
+    budget = Budget("tree", "tree = budgetN, the tree grown for N tokens from the heads' "
+                    "accuracies", lambda n, o: {"tree": f"budget{n}"},
+                    lambda o: preset_size(o["tree"]))
     # On the built-in model a wide tree costs more than it gains on a CPU.
     builtin_addon = Addon(settings={"num_heads": 4, "steps": 300, "lr": 3e-3, "batch_size": 16},
                           build=build_builtin_heads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import GREEDY, Decoding, Generation, Method, Option
+from .base import GREEDY, Decoding, Generation, Method, Option, draft_budget
 from .verify import verify_chain
 
 
@@ -28,6 +28,7 @@ class PromptLookup(Method):
     options = {"max_ngram": Option(3, int, "longest n-gram looked up (tries n, n-1, ..., 1)",
                                    low=1),
                "num_draft": Option(10, int, "tokens drafted per lookup", low=1)}
+    budget = draft_budget("num_draft")
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int,
                  decoding: Decoding = GREEDY) -> Generation:

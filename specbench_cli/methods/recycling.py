@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Engine
-from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic, draft_budget
 from .matrix_tree import MAX_TOP_K, RecyclingTree, recycle, template_choices
 from .verify import verify_tree
 
@@ -28,6 +28,7 @@ class TokenRecycling(Method):
                             "80-node template, cheapest nodes first", low=1),
         "hot_start": Option(True, bool, "carry the matrix from one generation to the next "
                             "(false: every generation starts from zeros)")}
+    budget = draft_budget("num_draft")
     statistics = (
         Statistic("hot roots", "known_roots", "rounds", 100, "%",
                   "share of steps whose root token already had recycled candidates"),)

@@ -12,7 +12,7 @@ import numpy as np
 from ..drafters.datastore import SEPARATOR, Datastore, build_datastore
 from ..engine import Engine
 from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, Statistic, \
-    TargetAddon
+    TargetAddon, node_budget
 from .verify import Tree, verify_chain, verify_tree
 
 
@@ -68,6 +68,7 @@ class REST(Method):
                            "read", low=1),
         "continuation": Option(10, int, "tokens read after each occurrence (the tree's depth)",
                                low=1)}
+    budget = node_budget("num_draft")
     statistics = (
         Statistic("hit rate", "hits", "rounds", 100, "%", "share of steps with a datastore match"),
         Statistic("retr ms", "retrieval_seconds", "rounds", 1000, "ms",

@@ -21,7 +21,7 @@ import numpy as np
 from ..drafters.datastore import SEPARATOR, Datastore
 from ..engine import Engine
 from ..errors import SpecbenchError
-from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .base import GREEDY, Budget, Decoding, Generation, Method, Option, Statistic
 from .eagle import Eagle
 from .matrix_tree import MAX_TOP_K, RecyclingTree, recycle, template_choices
 from .verify import DecodeState, Tree, verify_chain, verify_tree
@@ -125,6 +125,14 @@ class SAMDecoding(Method):
         "static_bias": Option(4, int, "tokens a static match must exceed the dynamic one by",
                               low=0),
         "max_span": Option(16, int, "longest suffix looked up in the datastore", low=2)}
+    # Both drafters verify at most the budget: the copied chain and the auxiliary tree (an
+    # EAGLE tree's depth and width follow its size, as in eagle.py).
+    budget = Budget("num_draft, aux_draft", "num_draft = aux_draft = budget − 1",
+                    lambda n, o: {"num_draft": n - 1, "aux_draft": n - 1,
+                                  "aux_depth": min(o["aux_depth"], n - 1),
+                                  "aux_top_k": min(o["aux_top_k"], n - 1)},
+                    lambda o: max(o["num_draft"], 0 if o["auxiliary"] == "none"
+                                  else o["aux_draft"]) + 1)
     statistics = (
         Statistic("retrieved", "retrieved", "rounds", 100, "%",
                   "share of steps drafted by retrieval (match ≥ min_match)"),

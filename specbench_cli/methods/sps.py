@@ -21,7 +21,8 @@ from ..models.targets import model_folder
 from ..train import Trainer
 from ..train.loop import addon_builder
 from ..train.sps import train_sps
-from .base import ADDON_FOLDER, GREEDY, Addon, Decoding, Generation, Method, Option, TargetAddon
+from .base import ADDON_FOLDER, GREEDY, Addon, Budget, Decoding, Generation, Method, Option, \
+    TargetAddon
 from .verify import DRAFT_HEADROOM, DecodeState, verify_chain
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -82,6 +83,10 @@ class SpS(Method):
                            "accepted round, -1 otherwise, in [1, 2·num_draft] (Hugging Face's "
                            "heuristic schedule)"),
     }
+    # Adaptive γ may reach 2·num_draft drafts, so it starts from half the budget.
+    budget = Budget("num_draft", "num_draft = budget − 1 (adaptive: (budget − 1) / 2)",
+                    lambda n, o: {"num_draft": max(1, (n - 1) // 2) if o["adaptive"] else n - 1},
+                    lambda o: o["num_draft"] * (2 if o["adaptive"] else 1) + 1)
     # ~45 s on 2 cores (training 36 s): top-1 agreement with the target 0.95 (0.66 after 400
     # steps of 192 tokens).
     builtin_addon = Addon(settings={"steps": 1200, "lr": 3e-3, "batch_size": 8,

@@ -18,7 +18,7 @@ import itertools
 from collections import deque
 
 from ..engine import Engine
-from .base import GREEDY, Decoding, Generation, Method, Option, Statistic
+from .base import GREEDY, Decoding, Generation, Method, Option, Statistic, draft_budget
 from .verify import Tree, verify_chain, verify_tree
 
 
@@ -147,6 +147,7 @@ class SuffixDecoding(Method):
                            "of frequency ratios along its path)", low=0.0, high=1.0),
         "max_cached": Option(10000, int, "earlier outputs kept in the global tree, oldest "
                              "dropped first (0: no global tree, the prompt's only)", low=0)}
+    budget = draft_budget("max_spec")
     statistics = (
         Statistic("match", "matched", "rounds", 1, "",
                   "mean length of the pattern a step's draft was grown from (0: no draft)"),

@@ -34,6 +34,7 @@ from ..engine.kernels import cpu_name, summary
 from ..errors import SpecbenchError
 from ..files import read_json
 from ..methods import METHODS, Generation, Method, base_name, batch_size_of, unbatched
+from ..names import budget_of
 from ..methods.base import Decoding, on_engine
 from ..methods.verify import Phases, Sampling
 
@@ -71,6 +72,7 @@ class RunConfig:
     compile: bool = False        # static-shape compiled forwards (engine/static.py)
     batch_sizes: list[int] = field(default_factory=lambda: [1])   # methods ran at each (`+bB`)
     continuous: bool = False     # B > 1: a finished question's place goes to the next at once
+    budget: list = field(default_factory=lambda: ["default"])    # --budget: default, auto, N
 
     @property
     def sampling(self):
@@ -167,24 +169,44 @@ class Runner:
         self.model_id = model_id
         self.eos_ids = eos_token_ids(engine, tokenizer)
         self.context = engine.config.max_position_embeddings
-        # One method object per method, whatever the batch sizes it runs at ('pld', 'pld+b4').
+        # One method object per method, whatever the batch sizes it runs at ('pld', 'pld+b4'),
+        # but one per row where the budget is fitted per batch size (use_budgets).
         self.methods: dict[str, Method] = {
             name: METHODS[base_name(name)](engine, self.eos_ids, tokenizer,
                                            **config.method_options.get(name, {}))
-            for name in dict.fromkeys(map(unbatched, config.methods))}
+            for name in dict.fromkeys(map(unbatched, config.methods))
+            if budget_of(name) != "auto"}
+        self.fits: dict[str, dict] = {}
+
+    def use_budgets(self, fits: dict[str, dict]):
+        """The rows whose budget was fitted (`run --budget auto`, run/budget.py: row → its
+        fit), each built with the options its chosen budget sets."""
+        self.fits = fits
+        for row, fit in fits.items():
+            options = {**self.config.method_options.get(unbatched(row), {}), **fit["options"]}
+            self.methods[row] = METHODS[base_name(row)](self.engine, self.eos_ids,
+                                                        self.tokenizer, **options)
+
+    def method(self, row: str) -> Method:
+        """The method object that answers for run row `row`."""
+        return self.methods[row] if row in self.methods else self.methods[unbatched(row)]
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
     # `batched`: other sequences decode beside it; its phases are not timed, since theirs overlap.
-    def answer(self, method: Method, question: Question, batched: bool = False
+    # `breakdown`, `max_new_tokens`: the run's unless given (a budget fit times phases always).
+    def answer(self, method: Method, question: Question, batched: bool = False,
+               breakdown: bool | None = None, max_new_tokens: int | None = None
                ) -> tuple[list[str], list[Generation], list[float]]:
         texts, gens, times = [], [], []
         device = self.engine.device
+        timed = self.config.breakdown if breakdown is None else breakdown
         for i in range(len(question.turns)):
             ids = build_prompt_ids(self.tokenizer, self.config.template,
                                    list(question.turns[:i + 1]), texts)
-            budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
+            budget = token_budget(question, i, len(ids),
+                                  max_new_tokens or self.config.max_new_tokens,
                                   self.context, self.config.over_context)
-            phases = Phases(device) if self.config.breakdown and not batched else None
+            phases = Phases(device) if timed and not batched else None
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
@@ -239,15 +261,18 @@ class Runner:
         if not self.config.warmup:
             return
         sizes = [b for b in self.config.batch_sizes if b > 1]
-        task = progress.add_task("warm-up", total=(self.config.warmup + len(sizes))
-                                 * len(self.methods), info="") if progress else None
+        # each method object once per batch size it answers at
+        at = {size: {id(self.method(n)): (n, self.method(n)) for n in self.config.methods
+                     if batch_size_of(n) == size}.values() for size in [1, *sizes]}
+        task = progress.add_task("warm-up", total=self.config.warmup * len(at[1]) + sum(
+            len(at[size]) for size in sizes), info="") if progress else None
         for _ in range(self.config.warmup):
-            for name, method in self.methods.items():
+            for name, method in at[1]:
                 self.answer(method, self.questions[0])
                 if progress:
                     progress.update(task, advance=1, info=name)
         for size in sizes:
-            for name, method in self.methods.items():
+            for name, method in at[size]:
                 self.answer_batch(method, self.questions[:size])
                 if progress:
                     progress.update(task, advance=1, info=f"{name} at batch {size}")
@@ -258,7 +283,7 @@ class Runner:
         """The named methods on one question in one repeat, in turn: their answer lines, each
         yielded as soon as it exists (so the caller can store it before the next starts)."""
         for name in names:
-            texts, gens, times = self.answer(self.methods[name], question)
+            texts, gens, times = self.answer(self.method(name), question)
             yield self.answer_line(name, question, repeat, texts, gens, times)
 
     def answer_batches(self, batch: list[Question], repeat: int, names: list[str],
@@ -268,7 +293,7 @@ class Runner:
         that its sequences keep their company; only its missing lines are written)."""
         for name in names:
             size = batch_size_of(name)
-            results, wall = self.answer_batch(self.methods[unbatched(name)], batch, size)
+            results, wall = self.answer_batch(self.method(name), batch, size)
             for question, (texts, gens, times) in zip(batch, results):
                 if (question.question_id, repeat) in done[name]:
                     continue
@@ -393,14 +418,16 @@ def run_meta(config: RunConfig, engine: Engine, runner: Runner, dtype_why: str =
         "kernels": dict(summary(choice)) if choice else None,
         "environment": environment(engine.device),
         "model_parameters": engine.num_parameters(),
-        "methods": {name: describe(runner.methods[unbatched(name)]) for name in config.methods},
+        "methods": {name: describe(runner.method(name)) for name in config.methods},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 def describe(m: Method) -> dict:
+    declared = type(m).budget
     return {"options": m.options, "overhead": m.parameter_overhead(), "lossless": m.lossless,
-            "info": m.info(), "statistics": m.declared_statistics()}
+            "info": m.info(), "statistics": m.declared_statistics(),
+            "budget": declared.of(m.options) if declared else None}
 
 
 def write_run_json(out_dir: Path, meta: dict) -> dict:
