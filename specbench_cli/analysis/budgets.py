@@ -34,7 +34,8 @@ def budget_curves(summary: dict, meta: dict) -> dict[str, dict]:
         fit = fits.get(rows.get("auto"), {})
         out[group] = {
             "rows": measured, "best_fixed": best,
-            "auto": {"budget": fit.get("budget"), "predicted": fit.get("predicted"),
+            "auto": {"row": rows["auto"], "budget": fit.get("budget"),
+                     "predicted": fit.get("predicted"),
                      "measured": measured.get("auto", {}).get("speedup"),
                      "cached": fit.get("cached"), "questions": len(fit.get("questions", [])),
                      "tokens": fit.get("tokens")} if fit else None,
@@ -55,10 +56,10 @@ def budget_notes(curves: dict) -> list[str]:
         best = curve["rows"].get(curve["best_fixed"], {})
         ratio = (f", {auto['measured'] / best['speedup']:.2f} of the best fixed row's"
                  if auto["measured"] and best.get("speedup") else "")
-        notes.append(f"{group}@budget=auto: {auto['budget']} tokens a step, predicted "
+        notes.append(f"{auto['row']}: {auto['budget']} tokens a step, predicted "
                      f"{auto['predicted']:.2f}x, measured {auto['measured'] or 0:.2f}x{ratio}; "
-                     f"fitted on {auto['questions']} held-out questions × {auto['tokens']} "
-                     "tokens: each candidate's MAT, drafting and other work per step measured, "
+                     f"fitted on {auto['questions']} held-out questions (≤ {auto['tokens']} "
+                     "tokens a turn): each candidate's MAT, drafting and other work per step measured, "
                      "its verification cost from the profile's c(n), the highest prediction "
                      "chosen" + (" (read from the cache)" if auto["cached"] else ""))
     return notes

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -106,21 +107,19 @@ def select(questions: list[Question], subtasks: list[str], limit: int | None) ->
     return out
 
 
-def held_out(questions: list[Question], chosen: list[Question], subtasks: list[str]
-             ) -> list[Question]:
-    """One question per subtask that `chosen` leaves out (the first after them in file order),
-    its first turn only: what a method is tuned on before the timed run, so the tuning never
-    sees the questions it is timed on. A subtask with none left lends its first chosen one."""
+def held_out(questions: list[Question], chosen: list[Question], subtasks: list[str],
+             per_subtask: int = 5) -> list[Question]:
+    """Up to `per_subtask` questions of each subtask that `chosen` leaves out (the first after
+    them in file order), round-robin over the subtasks: what a method is tuned on before the
+    timed run, so the tuning never sees the questions it is timed on. A subtask with none left
+    lends its first chosen one."""
     taken = {q.question_id for q in chosen}
-    out = []
+    spares = []
     for subtask in subtasks:
         mine = [q for q in questions if q.subtask == subtask]
-        spare = [q for q in mine if q.question_id not in taken] or \
-            [q for q in chosen if q.subtask == subtask]
-        if spare:
-            out.append(replace(spare[0], turns=spare[0].turns[:1],
-                               reference=spare[0].reference[:1] if spare[0].reference else None))
-    return out
+        spares.append([q for q in mine if q.question_id not in taken][:per_subtask]
+                      or [q for q in chosen if q.subtask == subtask][:1])
+    return [q for round_ in itertools.zip_longest(*spares) for q in round_ if q is not None]
 
 
 def download_verified(url: str, dest: Path, sha256: str) -> Path:

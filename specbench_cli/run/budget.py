@@ -2,11 +2,12 @@
 and batch size, before the timed questions.
 
 A method's budget is the tokens one verification forward takes (Method.budget). For each
-candidate budget b the method answers the fit questions (one per subtask that the run does not
-time, first turns, FIT_TOKENS new tokens each; never reported as results) with its phases timed
+candidate budget b the method answers the fit questions (held-out: questions the run does not
+time, up to five a subtask taken round-robin, as many as vanilla answers in FIT_SECONDS and at
+least one a subtask; every turn, up to FIT_TOKENS new tokens a turn; never reported as results) with its phases timed
 as `--breakdown` times them, in passes until FIT_SECONDS have gone by (a small model answers in
 milliseconds). That gives MAT(b), the block sizes it verified, and its drafting δ(b) and other
-work ρ(b) per step, in one-token steps by the same answers' own verification time (in_steps). A profile of the engine at the fit prompts' length (`specbench
+work ρ(b) per step, in vanilla's one-token steps (measured on the same questions). A profile of the engine at the fit prompts' length (`specbench
 profile`'s measurements, with joined forwards at each batch size above one) gives c(n) and
 c_B(n). The cost model then predicts the speedup at batch size B (costmodel.predicted_at_batch):
 
@@ -28,11 +29,13 @@ import hashlib
 import json
 import statistics
 import time
+from copy import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..analysis.costmodel import interpolated_cost, predicted_at_batch
+from ..analysis.costmodel import interpolated_cost, predicted_at_batch, terms
 from ..analysis.metrics import block_histogram, mean_accepted, mean_block, method_stats, \
     phase_breakdown
 from ..bench.prompts import build_prompt_ids
@@ -45,7 +48,8 @@ from ..names import without_budget
 
 GRID = (2, 4, 8, 16, 32, 64)
 FALLING = 0.8          # stop widening once the prediction is below this share of the best
-FIT_TOKENS = 64        # new tokens per fit answer
+TIE = 0.01             # predictions this close are equal (the fit's timing noise)
+FIT_TOKENS = 128       # new tokens per fit answer's turn (at most the run's)
 FIT_SECONDS, MAX_PASSES = 2.0, 32    # passes over the fit questions: until 2 s, at most 32
 VERSION = 1            # of what an entry holds; another version's entries are measured again
 
@@ -88,20 +92,25 @@ def search(measure, predicted, own: int | None, batch_sizes: list[int]) -> dict[
 
 
 def best_budget(points: dict[int, dict], predicted) -> int:
-    """The budget whose point `predicted(point)` rates highest; of equal ones, the smallest."""
-    return max(sorted(points), key=lambda b: (round(predicted(points[b]), 6), -b))
+    """The smallest budget whose point `predicted(point)` rates within TIE of the highest: a
+    fit's timings differ by a few percent from pass to pass, and of two budgets that predict
+    alike the smaller verifies less (and costs less at larger batch sizes)."""
+    ratings = {b: predicted(p) for b, p in points.items()}
+    top = max(ratings.values())
+    return min(b for b, r in ratings.items() if r >= top * (1 - TIE))
 
 
 def predicted_speedup(point: dict, vanilla: dict, profile: dict, context: int, size: int,
                       share: float = 1.0) -> float:
     """The cost model's speedup at batch size `size` for a method whose fit answers gave
-    `point` (MAT, block sizes, phases), against vanilla's on the same questions."""
+    `point` (MAT, block sizes, phases), against vanilla's on the same questions: verification
+    priced by the profile's c_B(n), the rest in vanilla's one-token steps as measured."""
     blocks = {int(k): n for k, n in point["block_sizes"].items()}
     if not blocks:
         return 0.0
+    unit = vanilla["breakdown"]["ms_per_step"]["verify"]
     return predicted_at_batch(size, point["mean_accepted_overall"], blocks, profile, share,
-                              in_steps(point, profile, context, share),
-                              in_steps(vanilla, profile, context), context)
+                              terms(point, unit), terms(vanilla, unit), context)
 
 
 def verify_cost(point: dict, profile: dict, context: int, share: float = 1.0) -> float:
@@ -112,40 +121,42 @@ def verify_cost(point: dict, profile: dict, context: int, share: float = 1.0) ->
                        for k, n in blocks.items()) / max(sum(blocks.values()), 1)
 
 
-def in_steps(point: dict, profile: dict, context: int, share: float = 1.0) -> dict:
-    """π, δ, ρ in one-token steps: each phase's ms over the same answers' verification ms per
-    step, times c̄. A shared machine's speed drifts between candidates; within one pass it
-    drifts for all of its phases alike."""
-    b = point["breakdown"]
-    scale = verify_cost(point, profile, context, share) / b["ms_per_step"]["verify"]
-    return {"prefill": b["ms_per_token"]["prefill"] * scale,
-            "draft": b["ms_per_step"]["draft"] * scale,
-            "rest": b["ms_per_step"]["rest"] * scale}
-
-
 class Fitter:
     """Measures what the fit needs on one runner's engine, through the cache."""
 
     def __init__(self, runner, questions: list, model_key: dict, progress=None):
-        self.runner = runner
+        subtasks = len({q.subtask for q in questions})
+        # The run's runner answering as the fit does: phases timed, at most FIT_TOKENS new
+        # tokens a turn, capped at the context (held-out questions were never checked
+        # against it as the timed ones were).
+        self.tokens = min(FIT_TOKENS, runner.config.max_new_tokens)
+        self.runner = copy(runner)
+        self.runner.config = replace(runner.config, breakdown=True, over_context="cap",
+                                     max_new_tokens=self.tokens)
         self.progress = progress
         engine, config = runner.engine, runner.config
         self.path = specbench_home() / "budgets" / "fits.json"
         lengths = {q.question_id: len(build_prompt_ids(runner.tokenizer, config.template,
                                                        [q.turns[0]], [])) for q in questions}
-        # Held-out questions were not checked against the context as the timed ones were.
         room = runner.context or float("inf")
-        self.questions = [q for q in questions if lengths[q.question_id] + FIT_TOKENS <= room]
-        if not self.questions:
-            raise SpecbenchError(f"--budget auto: no held-out question leaves room for "
-                                 f"{FIT_TOKENS} new tokens in the model's context")
-        self.context = int(statistics.median(lengths[q.question_id] for q in self.questions))
+        pool = [q for q in questions if lengths[q.question_id] < room]
+        if not pool:
+            raise SpecbenchError("--budget auto: every held-out question's prompt fills the "
+                                 "model's context")
         self.key = {"version": VERSION, **model_key, "dtype": config.dtype,
                     "device": str(engine.device), "cpu": cpu_name(),
                     "threads": torch.get_num_threads(), "template": config.template,
                     "sampling": [config.temperature, config.top_p, config.top_k, config.seed],
-                    "questions": [q.question_id for q in self.questions], "tokens": FIT_TOKENS}
+                    "tokens": self.tokens}
         self.cached = True
+        # As many of the pool (round-robin over the subtasks) as vanilla answers in
+        # FIT_SECONDS, one per subtask at least: a small model's fit then samples as widely
+        # as the run it tunes, a large one's stays short. Decided once, then cached.
+        count = self.cached_entry({"what": "questions", "pool": [q.question_id for q in pool]},
+                                  lambda: {"count": self.affordable(pool, subtasks)})["count"]
+        self.questions = pool[:count]
+        self.key["questions"] = [q.question_id for q in self.questions]
+        self.context = int(statistics.median(lengths[q.question_id] for q in self.questions))
         self.vanilla = self.measured("vanilla", {}, None)
         self.batch_sizes: list[int] = sorted({b for b in config.batch_sizes if b > 1})
         self.profile = self.cached_entry({"what": "profile", "context": self.context,
@@ -179,14 +190,14 @@ class Fitter:
                     predicted(points[own], size) if own in points else None,
                 "candidates": {str(b): self.terms(points[b], size, share)
                                for b in sorted(points)},
-                "questions": self.key["questions"], "tokens": FIT_TOKENS,
+                "questions": self.key["questions"], "tokens": self.tokens,
                 "context": self.context, "cached": self.cached}
         return out
 
     def terms(self, point: dict, size: int, share: float) -> dict:
         """A candidate as the report shows it: prediction, MAT, mean block, and its costs in
         one-token steps (c̄ at batch size 1)."""
-        t = in_steps(point, self.profile, self.context, share)
+        t = terms(point, self.vanilla["breakdown"]["ms_per_step"]["verify"])
         return {"predicted": predicted_speedup(point, self.vanilla, self.profile, self.context,
                                                size, share),
                 "mean_accepted": point["mean_accepted_overall"], "block": point["mean_verified"],
@@ -219,7 +230,7 @@ class Fitter:
                                                   runner.tokenizer, **options)
         label = f"fit {without_budget(name)}" + (f" at {budget}" if budget else "")
         task = self.progress.add_task(label, total=None, info="") if self.progress else None
-        runner.answer(method, self.questions[0], breakdown=True, max_new_tokens=FIT_TOKENS)  # warm
+        runner.answer(method, self.questions[0])        # warm-up, unrecorded
         lines, started, passes = [], time.perf_counter(), 0
         # Passes over the questions (each from the same start) until FIT_SECONDS have gone by:
         # a small model's answers take milliseconds, too few to time drafting by.
@@ -228,13 +239,24 @@ class Fitter:
             for question in self.questions:
                 if self.progress:
                     self.progress.update(task, info=f"q{question.question_id}")
-                texts, gens, times = runner.answer(method, question, breakdown=True,
-                                                   max_new_tokens=FIT_TOKENS)
+                texts, gens, times = runner.answer(method, question)
                 lines.append(runner.answer_line(name, question, passes, texts, gens, times))
             passes += 1
         if self.progress:
             self.progress.remove_task(task)
         return {**point_of(lines), "passes": passes}
+
+    def affordable(self, pool: list, subtasks: int) -> int:
+        """How many of `pool` vanilla answers within FIT_SECONDS (at least `subtasks`)."""
+        method = METHODS["vanilla"](self.runner.engine, self.runner.eos_ids)
+        self.runner.answer(method, pool[0])              # warm-up, unrecorded
+        started = time.perf_counter()
+        count = 0
+        while count < len(pool) and (count < subtasks
+                                     or time.perf_counter() - started < FIT_SECONDS):
+            self.runner.answer(method, pool[count])
+            count += 1
+        return count
 
     def measure_profile(self) -> dict:
         from .profile import measured_profile

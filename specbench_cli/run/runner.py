@@ -193,20 +193,16 @@ class Runner:
 
     # One question, all its turns, for one method. Each turn sees the method's own earlier answers.
     # `batched`: other sequences decode beside it; its phases are not timed, since theirs overlap.
-    # `breakdown`, `max_new_tokens`: the run's unless given (a budget fit times phases always).
-    def answer(self, method: Method, question: Question, batched: bool = False,
-               breakdown: bool | None = None, max_new_tokens: int | None = None
+    def answer(self, method: Method, question: Question, batched: bool = False
                ) -> tuple[list[str], list[Generation], list[float]]:
         texts, gens, times = [], [], []
         device = self.engine.device
-        timed = self.config.breakdown if breakdown is None else breakdown
         for i in range(len(question.turns)):
             ids = build_prompt_ids(self.tokenizer, self.config.template,
                                    list(question.turns[:i + 1]), texts)
-            budget = token_budget(question, i, len(ids),
-                                  max_new_tokens or self.config.max_new_tokens,
+            budget = token_budget(question, i, len(ids), self.config.max_new_tokens,
                                   self.context, self.config.over_context)
-            phases = Phases(device) if timed and not batched else None
+            phases = Phases(device) if self.config.breakdown and not batched else None
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode():
