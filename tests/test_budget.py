@@ -193,6 +193,19 @@ def test_a_resumed_run_keeps_the_budget_its_run_json_recorded(tiny_model_dir, tm
     assert json.loads((out / "run.json").read_text())["budgets"]["llma@budget=auto"] == fitted
 
 
+def test_cache_entries_are_checked_before_they_are_trusted():
+    good = {"key": {"version": fit.VERSION},
+            "value": {**point(1.5, 4), "mean_accepted_overall": 1.5}}
+    assert fit.valid(good, "point")
+    assert not fit.valid({**good, "key": {"version": fit.VERSION + 1}}, "point")
+    assert not fit.valid({"key": good["key"], "value": {"block_sizes": {}}}, "point")
+    assert not fit.valid({"key": good["key"], "value": {**good["value"], "breakdown": {}}},
+                         "point")
+    assert not fit.valid("garbage", "point") and not fit.valid({"value": 3}, "profile")
+    assert fit.valid({"key": good["key"], "value": {"count": 6}}, "questions")
+    assert not fit.valid({"key": good["key"], "value": {"count": "6"}}, "questions")
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "fast"])
 def test_a_bad_budget_ends_in_one_line(tiny_model_dir, tmp_path, value):
     result = invoke("run", "--model", tiny_model_dir, "--budget", value, "--out", tmp_path / "r")

@@ -213,9 +213,7 @@ class Fitter:
         def measured():
             self.cached = False
             return {"key": json.loads(json.dumps(key, default=str)), "value": measure()}
-        entry = cached_entry(self.path, digest[:24], lambda e: isinstance(e, dict) and
-                             isinstance(e.get("value"), dict) and e.get("key", {}).get(
-                                 "version") == VERSION, measured)
+        entry = cached_entry(self.path, digest[:24], lambda e: valid(e, what["what"]), measured)
         return entry["value"]
 
     def measured(self, name: str, options: dict, budget: int | None) -> dict:
@@ -262,6 +260,25 @@ class Fitter:
         from .profile import measured_profile
         return measured_profile(self.runner.engine, self.runner.config.model, [self.context],
                                 progress=self.progress, batch_sizes=self.batch_sizes)
+
+
+# What each kind of cache entry must hold before it is trusted (else it is measured again).
+SHAPES = {"point": {"mean_accepted_overall": (int, float), "block_sizes": dict,
+                    "breakdown": dict},
+          "questions": {"count": int}, "profile": {"latency_seconds": dict}}
+
+
+def valid(entry, what: str) -> bool:
+    """Whether a cache entry is what this version writes for `what` (a hand edit, a cut file
+    or an older version's entry is not)."""
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if not isinstance(value, dict) or not isinstance(entry.get("key"), dict) \
+            or entry["key"].get("version") != VERSION:
+        return False
+    if not all(isinstance(value.get(k), kind) for k, kind in SHAPES[what].items()):
+        return False
+    return what != "point" or all(isinstance(value["breakdown"].get(k), dict)
+                                  for k in ("ms_per_step", "ms_per_token"))
 
 
 def point_of(lines: list[dict]) -> dict:
