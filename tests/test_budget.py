@@ -86,7 +86,7 @@ def profile_of(costs: dict[int, float]) -> dict:
 def point(mat: float, block: int, draft_ms: float = 0.0, verify_ms: float = 10.0) -> dict:
     """Fit answers that accepted `mat` tokens a step over blocks of `block` tokens."""
     return {"mean_accepted_overall": mat, "block_sizes": {str(block): 100},
-            "mean_verified": block,
+            "mean_verified": block, "share": 1.0,
             "breakdown": {"ms_per_step": {"draft": draft_ms, "verify": verify_ms, "rest": 0.0},
                           "ms_per_token": {"prefill": 0.0}}}
 

@@ -180,9 +180,8 @@ def expand_budgets(names: list[str], options: dict[str, dict], budgets: list):
     for name in names:
         declared = METHODS[base_name(name)]
         own = options.get(name, {})
-        rows = [name] if declared.budget is None else \
-            [name if b == "default" else with_budget(name, b) for b in budgets]
-        for row, budget in zip(rows, budgets if declared.budget else ["default"]):
+        for budget in budgets if declared.budget else ["default"]:
+            row = name if budget == "default" else with_budget(name, budget)
             out_names.append(row)
             chosen = declared.budget.to_options(budget, {**declared.defaults, **own}) \
                 if isinstance(budget, int) else {}

@@ -51,7 +51,7 @@ FALLING = 0.8          # stop widening once the prediction is below this share o
 TIE = 0.01             # predictions this close are equal (the fit's timing noise)
 FIT_TOKENS = 128       # new tokens per fit answer's turn (at most the run's)
 FIT_SECONDS, MAX_PASSES = 2.0, 32    # passes over the fit questions: until 2 s, at most 32
-VERSION = 1            # of what an entry holds; another version's entries are measured again
+VERSION = 2            # of what an entry holds; another version's entries are measured again
 
 
 def fit_budgets(runner, rows: list[str], questions: list, model_key: dict, progress=None
@@ -165,12 +165,9 @@ class Fitter:
     def fit(self, name: str, batch_sizes: list[int]) -> dict[str, dict]:
         """The budget of run row `name` (its base options) at each batch size."""
         declared = METHODS[base_name(name)]
-        given = self.runner.config.method_options.get(name, {})
-        options = {**declared.defaults, **given}
+        options = {**declared.defaults, **self.runner.config.method_options.get(name, {})}
         own = declared.budget.of(options)
         self.cached = True          # until a point is measured rather than read
-        probe = declared(self.runner.engine, self.runner.eos_ids, self.runner.tokenizer, **given)
-        share = probe.info().get("verify_layer_share", 1.0)
 
         def measure(budget: int) -> dict:
             chosen = declared.budget.to_options(budget, options)
@@ -178,7 +175,7 @@ class Fitter:
 
         def predicted(point: dict, size: int) -> float:
             return predicted_speedup(point, self.vanilla, self.profile, self.context, size,
-                                     share)
+                                     point["share"])
         points = search(measure, predicted, own, batch_sizes)
         out = {}
         for size in batch_sizes:
@@ -188,15 +185,15 @@ class Fitter:
                 "batch_size": size, "options": declared.budget.to_options(chosen, options),
                 "default_budget": own, "default_predicted":
                     predicted(points[own], size) if own in points else None,
-                "candidates": {str(b): self.terms(points[b], size, share)
-                               for b in sorted(points)},
+                "candidates": {str(b): self.terms(points[b], size) for b in sorted(points)},
                 "questions": self.key["questions"], "tokens": self.tokens,
                 "context": self.context, "cached": self.cached}
         return out
 
-    def terms(self, point: dict, size: int, share: float) -> dict:
+    def terms(self, point: dict, size: int) -> dict:
         """A candidate as the report shows it: prediction, MAT, mean block, and its costs in
         one-token steps (c̄ at batch size 1)."""
+        share = point["share"]
         t = terms(point, self.vanilla["breakdown"]["ms_per_step"]["verify"])
         return {"predicted": predicted_speedup(point, self.vanilla, self.profile, self.context,
                                                size, share),
@@ -242,7 +239,9 @@ class Fitter:
             passes += 1
         if self.progress:
             self.progress.remove_task(task)
-        return {**point_of(lines), "passes": passes}
+        # the share of layers its verification runs (Kangaroo's deep ones), for the cost model
+        return {**point_of(lines), "passes": passes,
+                "share": method.info().get("verify_layer_share", 1.0)}
 
     def affordable(self, pool: list, subtasks: int) -> int:
         """How many of `pool` vanilla answers within FIT_SECONDS (at least `subtasks`)."""
@@ -264,7 +263,7 @@ class Fitter:
 
 # What each kind of cache entry must hold before it is trusted (else it is measured again).
 SHAPES = {"point": {"mean_accepted_overall": (int, float), "block_sizes": dict,
-                    "breakdown": dict},
+                    "breakdown": dict, "share": (int, float)},
           "questions": {"count": int}, "profile": {"latency_seconds": dict}}
 
 
