@@ -1,11 +1,9 @@
 """specbench's vanilla and prompt lookup against llama.cpp, the peer a CPU user would pick, side by
 side on one machine and one GGUF file.
 
-1. llama.cpp's `llama-bench`, `llama-lookup` and `llama-cli`-free tools are built from the source
-   vendored in the package index's `llama-cpp-python` sdist (or taken from `--llamacpp DIR`),
-   with the instruction sets this CPU reports (a `-DGGML_NATIVE=ON` build can die with an illegal
-   instruction on a VM whose hypervisor hides some of them). The build is cached under
-   $SPECBENCH_HOME/llamacpp.
+1. llama.cpp's `llama-bench` and `llama-lookup` (and `llama-server`, for endpoint rows) are built
+   by specbench_cli/llamacpp.py from the source vendored in the package index's
+   `llama-cpp-python` sdist (or taken from `--llamacpp DIR`), cached under $SPECBENCH_HOME.
 2. Decode: llama.cpp's `tg` rate (tokens/s after a prompt of each context) against our vanilla
    one-token step at the same context (median of repeats), and block rates: llama.cpp's `pp-n`
    (n tokens in one batch) against our n-token forward; on the quantized GGUF and on f32 and bf16
@@ -29,81 +27,16 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
-from specbench_cli.engine.kernels import cpu_flags, cpu_name
-
-SDIST = "llama-cpp-python==0.3.36"
-TOOLS = ("llama-bench", "llama-lookup")
-# /proc/cpuinfo flag → ggml's CMake option; every flag is switched on only where the CPU has it.
-ISA_OPTIONS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
-               "bmi2": "GGML_BMI2", "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI",
-               "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16",
-               "avx_vnni": "GGML_AVX_VNNI"}
+from specbench_cli.engine.kernels import cpu_name
+from specbench_cli.llamacpp import build_llamacpp, cache_root, same_bytes_gguf
 
 
 def say(text: str):
     print(text, flush=True)
-
-
-def cache_root() -> Path:
-    home = os.environ.get("SPECBENCH_HOME")
-    if home:
-        return Path(home).expanduser() / "llamacpp"
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("specbench")) / "llamacpp"
-
-
-def build_llamacpp(root: Path, jobs: int) -> Path | None:
-    """The folder holding the built tools, building them when absent; None (with the reason
-    printed) when they cannot be built here."""
-    flags = cpu_flags()
-    options = [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in ISA_OPTIONS.items()]
-    tag = "-".join(sorted(flag for flag in ISA_OPTIONS if flag in flags)) or "generic"
-    build = root / f"build-{tag}"
-    if all((build / "bin" / tool).is_file() for tool in TOOLS):
-        return build / "bin"
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            say(f"llama.cpp not built: no {tool} on this machine (apt-get install cmake g++)")
-            return None
-    source = root / "src"
-    vendored = next(source.glob("llama_cpp_python-*/vendor/llama.cpp"), None) \
-        if source.is_dir() else None
-    if vendored is None:
-        say(f"fetching the llama.cpp source: pip download --no-binary :all: {SDIST}")
-        with tempfile.TemporaryDirectory() as tmp:
-            got = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                                  "--no-binary", ":all:", SDIST, "-d", tmp],
-                                 capture_output=True, text=True)
-            archives = list(Path(tmp).glob("*.tar.gz"))
-            if got.returncode != 0 or not archives:
-                say(f"llama.cpp not built: pip download {SDIST} failed: "
-                    f"{(got.stderr or got.stdout).strip().splitlines()[-1:]}")
-                return None
-            source.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(archives[0]) as tar:
-                tar.extractall(source, filter="data")
-        vendored = next(source.glob("llama_cpp_python-*/vendor/llama.cpp"))
-    say(f"building llama.cpp ({', '.join(TOOLS)}) in {build} with {tag}; ~10 min on 2 cores")
-    configure = ["cmake", "-S", str(vendored), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                 "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF",
-                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", *options]
-    steps = [configure, ["cmake", "--build", str(build), "-j", str(jobs), "--target", *TOOLS]]
-    log = root / f"build-{tag}.log"
-    with open(log, "w") as out:
-        for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-                say(f"llama.cpp not built: `{' '.join(step[:3])} …` failed; see {log}")
-                return None
-    return build / "bin"
-
 
 def llama_bench(tools: Path, gguf: Path, threads: int, depth: int, n: int,
                 decode_tokens: int = 32, runs: int = 3) -> float:
@@ -144,44 +77,6 @@ def agreeing_tokens(tokenizer, tokens: list[int], text: str) -> int:
             break
         agree = k
     return agree
-
-
-def same_bytes_gguf(quantized: Path, root: Path, outtype: str) -> Path:
-    """The quantized file's own tensors dequantized and written back as f32 or bf16, every metadata
-    key kept: the very weights our engine loads (transformers dequantizes the same blocks), in the
-    layout llama.cpp reads, so that both engines read the same bytes a step. Written with the
-    `gguf` package specbench already depends on (llama.cpp's converter would also need
-    sentencepiece and the Hugging Face folder)."""
-    import gguf
-    out = root / "gguf" / f"{quantized.stem}-{outtype}.gguf"
-    if out.is_file():
-        return out
-    qtype = {"f32": gguf.GGMLQuantizationType.F32, "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
-    reader = gguf.GGUFReader(quantized)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    writer = gguf.GGUFWriter(partial, arch=arch)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue                                   # written by GGUFWriter itself
-        if field.name == gguf.Keys.General.FILE_TYPE:
-            continue                                   # no longer Q4_1
-        kind = field.types[0]
-        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-    for tensor in reader.tensors:
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        if values.ndim == 1:                           # norms stay f32, as llama.cpp keeps them
-            writer.add_tensor(tensor.name, values.astype("float32"))
-        else:
-            writer.add_tensor(tensor.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.rename(out)
-    return out
 
 
 def ours(folder: Path, dtype: str, depth: int, sizes, repeats: int) -> dict:

@@ -26,12 +26,13 @@ from .analysis.compare import gate, load_baseline, notes, one_device, save_basel
 from .analysis.report import leaderboard, profile_caption
 from .analysis.results import load_by_device, read_run_json
 from .bench.prompts import AUTO, TEMPLATES, build_prompt_ids, resolve_template
-from .bench.questions import load_questions, parse_subtasks, resolve_bench, select
+from .bench.questions import bench_subtasks, load_questions, parse_subtasks, resolve_bench, \
+    select
 from .drafters import datastore
 from .errors import SpecbenchError
 from .files import folder_lock, read_text, sha256_of
-from .names import base_name, budget_of
-from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, SHARDING, \
+from .names import base_name, budget_of, unbatched
+from .run_options import BUILTIN_LIMIT, CONFIG_FILE, DEFAULT_METHODS, RUN_DEFAULTS, SHARDING, \
     checked_run_options, signature
 
 # Whatever loads torch or transformers (the engine, methods, targets, runner) is imported inside
@@ -68,6 +69,11 @@ def plan_run(console: Console | None = None, **given) -> RunPlan:
     from .run.runner import check_context
     console = console or Console()
     s = checked_plan(checked_run_options(given))       # nothing prepared or loaded yet
+    if s.endpoint:
+        return plan_endpoints(s, console)
+    for name in ("baseline", "concurrency", "request_timeout"):
+        if given.get(name) not in (None, RUN_DEFAULTS[name]):
+            raise SpecbenchError(f"--{name.replace('_', '-')} is for --endpoint runs")
     prepared, bench, bench_file, limit, over_context = choose_bench(s, console)
     model, names, opts = resolve_methods(s.model, s.methods, s.options, console, prepared)
     every_question = load_questions(bench_file)
@@ -88,6 +94,48 @@ def plan_run(console: Console | None = None, **given) -> RunPlan:
     out, resume = resolve_out(s.out, s.resume, config, model, console)
     fit = held_out(every_question, questions, s.subtasks) if "auto" in s.budget else []
     return RunPlan(config, folder, tokenizer, questions, out, resume, s.profile, dtype_why, fit)
+
+
+def plan_endpoints(s: SimpleNamespace, console: Console) -> RunPlan:
+    """A run of deployed servers (`--endpoint NAME=URL`, run/endpoint.py): each endpoint a row
+    at every --concurrency, the questions as for our engine; every server asked for its models
+    before anything is written, so a wrong URL or model name ends here in one line."""
+    from .names import batched
+    from .run.endpoint import check_model, parse_endpoints
+    ours = {"methods": s.methods, "options": s.options, "sweep": s.sweep,
+            "breakdown": s.breakdown, "compile": s.compile, "temperature": s.temperature,
+            "budget": s.budget != ["default"], "batch_size": max(s.batch_sizes) > 1}
+    clash = [k.replace("_", "-") for k, v in ours.items() if v]
+    if clash:
+        raise SpecbenchError(f"--endpoint rows are the servers' own decoding: leave out "
+                             f"--{', --'.join(clash)} (a report can join runs: `specbench "
+                             "report A B`); --concurrency sets requests in flight")
+    endpoints = parse_endpoints([s.endpoint] if isinstance(s.endpoint, str) else s.endpoint)
+    names = [e.name for e in endpoints]
+    if s.baseline not in names:
+        raise SpecbenchError(f"no endpoint named {s.baseline!r} to divide speedups by: name one "
+                             f"so, or pass --baseline with one of {', '.join(names)}")
+    if s.bench in (None, "builtin"):
+        raise SpecbenchError("--endpoint runs take real questions: --bench spec_bench (the "
+                             "official file) or a question file's path")
+    _, bench, bench_file, limit, over_context = choose_bench(
+        SimpleNamespace(**{**vars(s), "model": "endpoint"}), console)
+    questions = select(load_questions(bench_file), s.subtasks, limit)
+    models = {e.name: check_model(e, s.model, s.request_timeout) for e in endpoints}
+    sizes = parse_counts("--concurrency", ",".join(map(str, s.concurrency))
+                         if isinstance(s.concurrency, list) else str(s.concurrency))
+    # The baseline answers at one request in flight too: every row's answers must equal those.
+    rows = [batched(name, size) for size in sizes for name in names]
+    rows = rows if 1 in sizes else [s.baseline, *rows]
+    s.batch_sizes, s.continuous, s.dtype = sizes, max(sizes) > 1, "server"
+    config = run_config(s, model=models[s.baseline], bench=bench, bench_file=bench_file,
+                        limit=limit, methods=rows, template="server",
+                        method_options={e.name: {"url": e.url, "model": models[e.name]}
+                                        for e in endpoints},
+                        over_context=over_context, dtype="server")
+    out, resume = resolve_out(s.out, s.resume, config, "endpoints-" + models[s.baseline].replace(
+        "/", "-"), console)
+    return RunPlan(config, None, None, questions, out, resume, None, "the servers' own")
 
 
 def checked_plan(values: dict) -> SimpleNamespace:
@@ -121,7 +169,7 @@ def checked_plan(values: dict) -> SimpleNamespace:
         s.methods = ",".join(map(str, s.methods))
     s.device = resolve_device(s.device)
     resolve_dtype(s.dtype, s.device)                   # a bad name is an error before loading
-    s.subtasks = parse_subtasks(s.tasks)
+    s.subtasks = parse_subtasks(s.tasks, bench_subtasks(s.bench))  # Spec- or SPEED-Bench's
     parse_methods(s.methods or DEFAULT_METHODS)
     s.options = parse_options(s.options) if isinstance(s.options, list) else \
         checked_options(s.options, "options")
@@ -152,7 +200,7 @@ def run_config(s: SimpleNamespace, bench_file: Path, **resolved):
     option of the same name carries, unless the plan `resolved` it (a dtype, a template)."""
     from .engine.load import DTYPE_NAMES
     from .run.runner import RunConfig
-    resolved["dtype"] = DTYPE_NAMES[resolved["dtype"]]
+    resolved["dtype"] = DTYPE_NAMES.get(resolved["dtype"], resolved["dtype"])
     given = {f.name: getattr(s, f.name) for f in fields(RunConfig) if hasattr(s, f.name)}
     return RunConfig(**{**given, **resolved, "bench_sha256": sha256_of(bench_file),
                         "device": str(s.device)})
@@ -285,6 +333,11 @@ def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) 
     from .run.runner import Runner, run_meta, write_run_json
     console = console or Console()
     config, out = plan.config, plan.out
+    if config.endpoint:
+        if workers:
+            raise SpecbenchError("--workers shards our engine's work; endpoint rows run from "
+                                 "this process (--concurrency sets requests in flight)")
+        return execute_endpoints(plan, console, progress)
     fitted = [name for name in config.methods if budget_of(name) == "auto"]
     if workers:
         from .run.distributed import execute_sharded
@@ -319,6 +372,32 @@ def execute_locked(plan: RunPlan, console, progress, workers: int, ray_address) 
         attach_profile(lambda contexts: measured_profile(engine, config.model, contexts,
                                                          progress=progress, batch_sizes=batches),
                        out, plan.profile, prompt_lengths(plan))
+    return out
+
+
+def execute_endpoints(plan: RunPlan, console: Console, progress) -> Path:
+    """Endpoint rows: run.json (this client's machine, each endpoint's URL and model), then the
+    questions through the servers."""
+    from .run.endpoint import STATISTICS, EndpointRunner
+    from .run.runner import environment, write_run_json
+    import torch
+    config, out = plan.config, plan.out
+    if not plan.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_json(out, {
+            "config": asdict(config), "baseline": config.baseline,
+            "dtype_choice": plan.dtype_why, "environment": environment(torch.device("cpu")),
+            "engine": "endpoints",
+            "methods": {row: {"options": config.method_options[unbatched(row)],
+                              "overhead": None, "lossless": True, "statistics": STATISTICS,
+                              "info": {"endpoint": config.method_options[unbatched(row)]["url"]}}
+                        for row in config.methods},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    console.print(f"{len(plan.questions)} questions × {len(config.methods)} endpoint rows × "
+                  f"{config.repeats} repeats → {out}")
+    started = time.perf_counter()
+    EndpointRunner(config, plan.questions, out).run(progress)
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
     return out
 
 

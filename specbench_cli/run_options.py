@@ -43,8 +43,11 @@ RUN_OPTIONS = (
               "package index). Llama, Vicuna, Mistral, Qwen2. Default: the built-in model "
               "(prepared on first use)."),
     RunOption("bench", str, None, "'spec_bench' (official file, downloaded and "
-              "checksum-verified), 'builtin', or a path to a question file in its format. "
-              "Default: builtin without --model, spec_bench with it."),
+              "checksum-verified), 'builtin', 'speed_bench:CONFIG' (NVIDIA's SPEED-Bench: "
+              "qualitative, throughput_1k/2k/8k/16k/32k; the file you saved as "
+              "$SPECBENCH_HOME/speed_bench/CONFIG.parquet or .jsonl), or a path to a question "
+              "file: Spec-Bench's JSONL or SPEED-Bench's parquet/JSONL (each category a "
+              "subtask). Default: builtin without --model, spec_bench with it."),
     RunOption("methods", str, None, "Comma-separated methods; vanilla is always included. "
               f"Default: all on the built-in model, {DEFAULT_METHODS} otherwise.", also=(list,)),
     RunOption("tasks", str, "all", "Comma-separated subtasks (see `specbench list`)."),
@@ -97,6 +100,23 @@ RUN_OPTIONS = (
               "'eagle@budget=auto'); default is the method's own size (rows 'eagle'). E.g. "
               "default,auto,4,8,16. `specbench list` shows what each method's budget sets.",
               also=(int, list)),
+    RunOption("endpoint", list, [], "A deployed engine as a row, repeatable: NAME=URL, the "
+              "base URL of an OpenAI-compatible server (http://host:8080/v1; /v1 is added when "
+              "left out): llama.cpp's llama-server, vLLM, SGLang. The questions go through its "
+              "/v1/chat/completions, streamed and greedy, with the same --max-new-tokens and "
+              "turns; acceptance comes from the engine's own counters. The endpoint named "
+              "vanilla (or --baseline) is the baseline. Not with --methods: `specbench report A "
+              "B` puts an endpoint run beside one of ours. --model names the served model "
+              "(default: the one each server lists first).", also=(str,)),
+    RunOption("baseline", str, "vanilla", "With --endpoint: the endpoint every speedup divides "
+              "by, and whose answers the others must equal."),
+    RunOption("concurrency", str, "1", "With --endpoint: requests in flight, comma-separated "
+              "(e.g. 1,4,16); rows 'name+b4' run with 4 at once, their speedup over the "
+              "baseline at the same concurrency, with aggregate tokens/s (the servers need as "
+              "many slots, e.g. llama-server --parallel 4).", also=(int, list)),
+    RunOption("request_timeout", float, 600.0, "With --endpoint: seconds a request may take "
+              "before the run ends with an error (answers so far kept; --resume goes on).",
+              also=(int,), low=1),
     RunOption("breakdown", bool, False, "Time each method's prefill, drafting, verification "
               "forwards and the rest apart (device synchronized around each: off by default, as "
               "the syncs perturb the headline timing), profile the forward and report predicted "
@@ -124,6 +144,7 @@ RUN_OPTIONS = (
               "(max_new_tokens: 256, options: {kangaroo: {threshold: 0.4}}, sweep: {...}); "
               "options given on the command line win.", to="cli"),
 )
+RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTIONS}
 CONFIG_FILE = ("plan", "execute")      # whose options a run config file may hold
 SHARDING = tuple(o.name for o in RUN_OPTIONS if o.to == "execute")     # execute's, not plan_run's
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..bench.questions import CATEGORY_TO_SUBTASK, SUBTASKS
+from ..bench.records import CATEGORY_TO_SUBTASK, in_column_order
 from ..errors import SpecbenchError
 from ..files import checked, json_lines
 from ..names import batch_size_of, batched
@@ -55,6 +55,35 @@ CONTINUOUS = ("continuous batching (--continuous): a question that finished hand
               "to the next at once; agg tok/s is every sequence's tokens over the pass's wall "
               "time")
 
+# Said under the table of a run of endpoints (`run --endpoint`).
+ENDPOINTS = ("endpoint rows (run --endpoint): each a deployed server's OpenAI API, streamed and "
+             "greedy, timed on this client; new tokens by the server's usage count; MAT: new "
+             "tokens over the target forwards the engine's own counters imply (tokens − accepted "
+             "drafts); equal compares the answers' texts with the baseline endpoint's, a "
+             "difference a near-tie where the baseline's top-1 − top-2 log-probability gap "
+             "there (its untimed second answer, with logprobs) was below bf16's tolerance (0.5); "
+             "gap p50/p90/p99: time between streamed chunks, pooled over all answers, in ms; "
+             "rows 'name+bB' had B requests in flight (--concurrency B)")
+
+
+def endpoint_latency(rows: list[dict]) -> dict | None:
+    """An endpoint row's gaps between streamed chunks, pooled over its answers: percentiles in
+    ms; None for rows of our engine."""
+    turns = [s for r in rows for s in r.get("stats") or []]
+    if not any(s.get("endpoint") for s in turns):
+        return None
+    gaps = sorted(g for s in turns for g in s.get("gaps_ms", []))
+    at = (lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else None)
+    positions = [s["per_position"] for s in turns if s.get("per_position")]
+    accepted = [sum(p[i] for p in positions if i < len(p))
+                for i in range(max(map(len, positions), default=0))]
+    drafts = sum(s.get("drafts", 0) for s in turns if s.get("per_position"))
+    sources = sorted({s["counter_source"] for s in turns if s.get("counter_source")})
+    return {"p50": statistics.median(gaps) if gaps else None, "p90": at(0.9), "p99": at(0.99),
+            "gaps": len(gaps), "counter_sources": sources,
+            "accepted_per_position": [a / drafts for a in accepted] if drafts else None}
+
+
 # How the baseline's tokens are counted in speedups (report and compare --counting).
 COUNTING = {
     "ids": "new tokens are counted from ids, through EOS, for every method alike",
@@ -73,7 +102,8 @@ class MetricsError(SpecbenchError):
 # that Spec-Bench's own answer files load too ("?": optional; see files.checked).
 ANSWER_LINE = {"question_id": int, "category": str, "choices": list, "model_id?": str,
                "method?": str, "subtask?": str, "repeat?": int, "token_ids?": list,
-               "turn_accept_lengths?": list, "stats?": list, "batch?": dict, "worker?": str}
+               "turn_accept_lengths?": list, "stats?": list, "batch?": dict, "worker?": str,
+               "endpoint?": str, "original_id?": str}
 ANSWER_CHOICE = {"new_tokens": list, "wall_time": list, "turns?": list, "decoding_steps?": list,
                  "accept_lengths?": list}
 
@@ -115,13 +145,22 @@ def aggregate_throughput(rows: list[dict]) -> float | None:
         batch = r.get("batch")
         key = (r.get("repeat", 0), batch["first_question"]) if batch else \
             (r.get("repeat", 0), "q", r["question_id"])
-        walls[key] = batch["wall_time"] if batch else sum(r["choices"][0]["wall_time"])
+        # An endpoint pass's lines each hold its wall time so far: the largest is the pass's.
+        walls[key] = max(walls.get(key, 0.0), batch["wall_time"] if batch
+                         else sum(r["choices"][0]["wall_time"]))
     return tokens / sum(walls.values()) if walls and sum(walls.values()) > 0 else None
 
 
 def mean_accepted(rows: list[dict]) -> float:
-    lengths = [a for r in rows for a in r["choices"][0]["accept_lengths"]]
-    return sum(lengths) / len(lengths) if lengths else float("nan")
+    """Accept lengths pooled; an endpoint's rows (no accept lengths, the engine's counters
+    instead) as their new tokens over the target forwards its counters imply."""
+    lengths = [a for r in rows for a in r["choices"][0].get("accept_lengths") or []]
+    if lengths:
+        return sum(lengths) / len(lengths)
+    turns = [(tokens, stats.get("forwards")) for r in rows
+             for tokens, stats in zip(r["choices"][0]["new_tokens"], r.get("stats") or [])]
+    forwards = sum(f for _, f in turns if f)
+    return sum(t for t, f in turns if f) / forwards if forwards else float("nan")
 
 
 def ctar(rows: list[dict], w: int) -> float:
@@ -218,7 +257,9 @@ def missing_answers(answers: dict[str, list[dict]]) -> dict[str, list[tuple[int,
 # Two units in the last place of a logit between 32 and 64 in each dtype (bf16 keeps 8
 # significant bits, fp16 11): on SmolLM2 in bf16, 10% of vanilla's own tokens have a gap
 # under 0.25 and 21% under 0.5, and every flip seen was at a gap of 0 to 0.25.
-NEAR_TIE = {"fp32": 1e-4, "fp16": 0.0625, "bf16": 0.5}
+# A server's (run --endpoint) dtype is its own and its log-probabilities' gaps are the logits':
+# bf16's tolerance, the widest, since servers run half precision or quantized weights.
+NEAR_TIE = {"fp32": 1e-4, "fp16": 0.0625, "bf16": 0.5, "server": 0.5}
 
 
 def first_difference(mine: list[list[int]], theirs: list[list[int]]) -> tuple[int, int] | None:
@@ -229,6 +270,31 @@ def first_difference(mine: list[list[int]], theirs: list[list[int]]) -> tuple[in
             return turn, next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
                               min(len(a), len(b)))
     return None if len(mine) == len(theirs) else (min(len(mine), len(theirs)), 0)
+
+
+def answer_texts(row: dict) -> list[bytes]:
+    return [str(t).encode() for t in row["choices"][0].get("turns") or []]
+
+
+def first_text_difference(mine: list[bytes], theirs: list[bytes]) -> tuple[int, int] | None:
+    """(turn, byte offset) where two answers' texts first differ (endpoint rows: a server's
+    token ids are not in its OpenAI replies); None when equal."""
+    return first_difference([list(t) for t in mine], [list(t) for t in theirs])
+
+
+def token_at(base: dict, turn: int, offset: int) -> int | None:
+    """The baseline's token holding byte `offset` of a turn (its untimed logprobs answer
+    recorded each token's bytes); None when not recorded."""
+    stats = base.get("stats") or []
+    sizes = stats[turn].get("token_bytes") if turn < len(stats) else None
+    if not sizes:
+        return None
+    end = 0
+    for i, size in enumerate(sizes):
+        end += size
+        if offset < end:
+            return i
+    return None
 
 
 def vanilla_gap(base: dict, turn: int, position: int) -> float | None:
@@ -250,14 +316,18 @@ def equality(method_rows: list[dict], vanilla_rows: list[dict], tolerance: float
     compared, equal, near_tie, first_diff, first_mismatch, diffs = 0, 0, 0, None, None, []
     ordered = sorted(method_rows, key=lambda r: (r.get("repeat", 0), r["question_id"]))
     for row, base in paired(ordered, vanilla_rows):
-        if "token_ids" not in row or "token_ids" not in base:
+        texts = "endpoint" in row and "endpoint" in base
+        if not texts and ("token_ids" not in row or "token_ids" not in base):
             continue
         compared += 1
-        where = first_difference(row["token_ids"], base["token_ids"])
+        where = first_text_difference(answer_texts(row), answer_texts(base)) if texts else \
+            first_difference(row["token_ids"], base["token_ids"])
         if where is None:
             equal += 1
             continue
-        gap = vanilla_gap(base, *where)
+        if texts:
+            where = (where[0], token_at(base, *where))
+        gap = vanilla_gap(base, *where) if where[1] is not None else None
         tie = gap is not None and gap < tolerance
         near_tie += tie
         first_diff = first_diff if first_diff is not None else row["question_id"]
@@ -347,6 +417,8 @@ def phase_breakdown(stats: dict, wall: float, tokens: int, steps: int) -> dict |
 
 
 def subtask_of(row: dict) -> str:
+    """An answer line's subtask: ours name it (a SPEED-Bench category is its own); a Spec-Bench
+    answer file's lines have their category, mapped as Spec-Bench maps it."""
     return row.get("subtask") or CATEGORY_TO_SUBTASK.get(row["category"], row["category"])
 
 
@@ -362,7 +434,9 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         raise MetricsError(f"no {baseline} answers: every speedup divides by {baseline}")
     declared = {name: (declared or {}).get(name, []) for name in answers}
     check_declarations(declared)
-    present = [s for s in SUBTASKS if any(subtask_of(r) == s for r in answers[baseline])]
+    # The subtasks the baseline answered, in their suite's column order (Spec-Bench's six or
+    # a SPEED-Bench config's categories: answer lines name their subtask).
+    present = in_column_order({subtask_of(r) for r in answers[baseline]})
     out = {}
     for name, rows in answers.items():
         stats, declared_values = method_stats(rows, declared[name])
@@ -404,10 +478,12 @@ def summarize(answers: dict[str, list[dict]], baseline: str = "vanilla",
         m["block_sizes"] = block_histogram(rows)
         m["mean_verified"] = mean_block(m["block_sizes"])
         m["breakdown"] = phase_breakdown(m["stats"], wall, m["new_tokens"], m["steps"])
+        m["latency"] = endpoint_latency(rows)
     counting = "ids" if base_count is None else "spec_bench"
     return {"subtasks": present, "methods": out, "baseline": baseline, "counting": counting,
             "missing": {k: [list(x) for x in v] for k, v in missing_answers(answers).items()},
             "definitions": DEFINITIONS + [COUNTING[counting]] + statistic_definitions(declared)
+            + ([ENDPOINTS] if any(m["latency"] for m in out.values()) else [])
             + ([BATCHED] if any(m["batch_size"] > 1 for m in out.values()) else [])
             + ([CONTINUOUS] if any(r.get("batch", {}).get("continuous")
                                    for rows in answers.values() for r in rows) else [])}

@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..bench.questions import SUBTASKS
+from ..bench.records import in_column_order
 from ..errors import SpecbenchError
 from .budgets import budget_curves, budget_notes
 from .costmodel import LARGEST_BATCH, predict, predict_batches
+from .endpoints import is_endpoint_run, render_endpoints
 from .metrics import MetricsError
 from .results import SHORT, Run, caption, describe_missing, fmt, format_overhead, load_by_device, \
     missing
@@ -74,15 +75,16 @@ def leaderboard(runs: list[Run], published: list[dict] = ()) -> pd.DataFrame:
     stacked in order, published rows after them."""
     rows = [r for run in runs for r in run_rows(run)] + [r for doc in published
                                                           for r in baseline_rows(doc)]
-    columns = (["run", "published", "method"] + [SHORT[s] for s in SUBTASKS]
+    # A column for each subtask a run measured, in its suite's order (a published row's other
+    # subtasks have nothing to stand beside).
+    subtasks = in_column_order({s for run in runs for s in run.summary["subtasks"]})
+    columns = (["run", "published", "method"] + [SHORT.get(s, s) for s in subtasks]
                + ["overall", "std", "paired", "ci_low", "ci_high", "MAT", "tok/s", "B",
                   "agg tok/s", "overhead",
                   "params", "bytes", "equal", "first_diff", "lossless", "near_tie", "mismatch",
                   "dtype", "questions", "repeats"])
-    shown = [s for s in SUBTASKS if any(s in run.summary["subtasks"] for run in runs)]
     # dtype object: ints stay ints beside None (question ids, parameter counts).
-    frame = pd.DataFrame(rows, columns=columns, dtype=object).drop(
-        columns=[SHORT[s] for s in SUBTASKS if s not in shown])
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
     return frame.where(frame.notna(), None)     # NaN → None: JSON null, '–' in tables
 
 
@@ -268,7 +270,10 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
     console.print(render_table(shown, published_flags, title, captions))
     for run in runs:
         label = f" · {run.label}" if len(runs) > 1 else ""
-        console.print(render_details(run.summary, "acceptance details" + label))
+        if is_endpoint_run(run.summary):
+            console.print(render_endpoints(run.summary, "endpoint details" + label))
+        else:
+            console.print(render_details(run.summary, "acceptance details" + label))
         if any(m.get("breakdown") for m in run.summary["methods"].values()) \
                 or run.summary.get("cost_model"):
             console.print(render_time(run.summary, "where the time goes" + label))
@@ -282,8 +287,9 @@ def print_tables(console: Console, runs: list[Run], published: list[dict], shown
             console.print(render_budgets(run.summary["budgets"], "speedup against budget" + label))
             for line in budget_notes(run.summary["budgets"]):
                 console.print(f"  [dim]{escape(line)}[/dim]")
-    console.print("  [dim]columns: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()
-                                               if v in shown.columns) + "[/dim]")
+    long_name = {v: k for k, v in SHORT.items()}
+    console.print("  [dim]columns: " + ", ".join(f"{c} = {long_name[c]}" for c in shown.columns
+                                               if c in long_name) + "[/dim]")
     # Every run's definitions once: runs may declare different method statistics.
     for line in dict.fromkeys(line for run in runs for line in run.summary["definitions"]):
         console.print(f"  [dim]{escape(line)}[/dim]")

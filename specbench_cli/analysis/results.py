@@ -18,9 +18,13 @@ from .metrics import COUNTING, NEAR_TIE, MetricsError, load_answers, summarize
 
 ANSWERS_DIR = "answers"
 
-# The leaderboard's column names.
+# The leaderboard's column names: Spec-Bench's six subtasks, then SPEED-Bench's categories
+# (qa, rag, summarization shared), each name its own so that runs of both can sit side by side.
 SHORT = {"mt_bench": "MT", "translation": "Trans", "summarization": "Sum", "qa": "QA",
-         "math_reasoning": "Math", "rag": "RAG"}
+         "math_reasoning": "Math", "rag": "RAG",
+         "coding": "Code", "humanities": "Hum", "math": "Mth", "multilingual": "Multi",
+         "reasoning": "Reas", "roleplay": "Role", "stem": "STEM", "writing": "Write",
+         "low_entropy": "LowEnt", "mixed": "Mixed", "high_entropy": "HighEnt"}
 
 
 def answer_file_name(method: str) -> str:
@@ -276,6 +280,11 @@ def caption(meta: dict) -> str:
         return (f"imported Spec-Bench answers {meta['imported']} · model {cfg.get('model', '?')} "
                 f"· speedups over {meta.get('baseline')}{counting}")
     device = env.get("gpu") or env.get("cpu") or "?"
+    if cfg.get("endpoint"):     # the servers' own engines; only the client ran here
+        return (f"endpoints {', '.join(cfg['endpoint'])} (the servers' engines, not specbench's) "
+                f"· model {cfg.get('model', '?')} · bench {cfg.get('bench', '?')} · "
+                f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats "
+                f"{cfg.get('repeats', '?')} · timed from this client ({device})")
     return (f"model {cfg.get('model', '?')} · {cfg.get('dtype', '?')} on {cfg.get('device', '?')} "
             f"({device}, {env.get('torch_threads', '?')} threads) · bench {cfg.get('bench', '?')} · "
             f"max_new_tokens {cfg.get('max_new_tokens', '?')} · repeats {cfg.get('repeats', '?')}"

@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..bench.prompts import TEMPLATES
-from ..bench.questions import SUITE
+from ..bench.records import SPEED_CONFIGS, SUITE
+from .results import SHORT
 
 
 def print_catalogue(console: Console):
@@ -35,13 +36,23 @@ def print_catalogue(console: Console):
     for sub, cats in SUITE["subtasks"].items():
         table.add_row(sub, ", ".join(cats))
     console.print(table)
+    table = Table(title="SPEED-Bench configs (--bench speed_bench:CONFIG or a file of one): each "
+                        "category is a subtask, its report column in parentheses")
+    table.add_column("config")
+    table.add_column("categories = subtasks")
+    for config, cats in SPEED_CONFIGS.items():
+        table.add_row(config, ", ".join(f"{c} ({SHORT[c]})" for c in cats))
+    console.print(table)
     console.print(f"templates: auto (default: the tokenizer's chat template, else vicuna_v1.1), "
                   f"{', '.join(TEMPLATES)}")
     for target in TARGETS.values():
         console.print(f"named models: {target.name}: {target.description} ({target.license}; "
                       "from the package index)")
-    console.print("benches: spec_bench (the official 480 questions, downloaded and verified), "
-                  "or a path to a question file in Spec-Bench's format")
+    console.print("benches: spec_bench (the official 480 questions, downloaded and verified); "
+                  "speed_bench:CONFIG (SPEED-Bench's file for CONFIG in "
+                  "$SPECBENCH_HOME/speed_bench/CONFIG.parquet or .jsonl, saved there by you); "
+                  "or a path to a question file: Spec-Bench's JSONL, or SPEED-Bench's parquet "
+                  "or JSONL")
 
 
 def print_sampling_check(console: Console, results, samples: int, tokens: int,

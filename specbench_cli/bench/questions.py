@@ -1,53 +1,19 @@
-"""Question files in Spec-Bench's format → Question records grouped into the six subtasks."""
+"""Question files → Question records grouped into subtasks (the report's columns): Spec-Bench's
+JSONL, its categories mapped to six subtasks, or SPEED-Bench's parquet/JSONL (speed_bench.py),
+each category its own subtask."""
 
 from __future__ import annotations
 
 import itertools
 import shutil
 import urllib.request
-from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
-import yaml
-
-from ..errors import SpecbenchError
-from ..files import checked, json_lines, sha256_of, specbench_home
-
-# Package data; the checkout's top-level tasks/ is a link to this folder.
-SUITE_DIR = files("specbench_cli.bench") / "suites"
-
-
-class TaskError(SpecbenchError):
-    """Bad question file or selection; the message is one line for the user."""
-
-
-def load_suite(name: str = "spec_bench") -> dict:
-    """A suite definition (package data): its subtasks and the question categories of each."""
-    path = SUITE_DIR / f"{name}.yaml"
-    suite = checked(yaml.safe_load(path.read_text(encoding="utf-8")), {"subtasks": dict},
-                    str(path), TaskError)
-    for subtask, categories in suite["subtasks"].items():
-        if not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
-            raise TaskError(f"{path}: subtasks.{subtask} must be a list of category names")
-    return suite
-
-
-SUITE = load_suite()
-SUBTASKS: list[str] = list(SUITE["subtasks"])
-CATEGORY_TO_SUBTASK = {cat: sub for sub, cats in SUITE["subtasks"].items() for cat in cats}
-
-
-@dataclass(frozen=True)
-class Question:
-    question_id: int
-    category: str
-    turns: tuple[str, ...]
-    reference: tuple[str, ...] | None = None
-
-    @property
-    def subtask(self) -> str:
-        return CATEGORY_TO_SUBTASK[self.category]
+from ..files import json_lines, sha256_of, specbench_home
+from .records import CATEGORY_TO_SUBTASK, KNOWN_SUBTASKS, SPEED_CONFIGS, SUBTASKS, SUITE, \
+    Question, TaskError
+from .speed_bench import config_file, file_config, is_speed_bench, load_speed_bench, \
+    named_config
 
 
 def parse_question(row, where: str) -> Question:
@@ -57,18 +23,24 @@ def parse_question(row, where: str) -> Question:
     if not isinstance(qid, int):
         raise TaskError(f"{where}: question_id must be an integer")
     if category not in CATEGORY_TO_SUBTASK:
+        hint = " (a SPEED-Bench file? give it a sub_category or source field, or name it after " \
+            "its config: qualitative.jsonl)" if category in KNOWN_SUBTASKS else ""
         raise TaskError(f"{where}: unknown category {category!r}; known: "
-                        f"{', '.join(CATEGORY_TO_SUBTASK)}")
+                        f"{', '.join(CATEGORY_TO_SUBTASK)}{hint}")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
         raise TaskError(f"{where}: question {qid} has no turns (need a list of strings)")
     reference = row.get("reference")
-    return Question(qid, category, tuple(turns), tuple(map(str, reference)) if reference else None)
+    return Question(qid, category, tuple(turns), tuple(map(str, reference)) if reference else None,
+                    subtask=CATEGORY_TO_SUBTASK[category])
 
 
 def load_questions(path: Path) -> list[Question]:
+    """A question file's questions: SPEED-Bench's (speed_bench.is_speed_bench) or Spec-Bench's."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"question file {path} does not exist")
+    if is_speed_bench(path):
+        return load_speed_bench(path)
     questions, seen = [], set()
     for lineno, row in json_lines(path, TaskError):
         q = parse_question(row, f"{path}:{lineno}")
@@ -81,15 +53,28 @@ def load_questions(path: Path) -> list[Question]:
     return questions
 
 
-def parse_subtasks(spec: str | None) -> list[str]:
-    """'mt_bench,summarization' → checked list; None or 'all' → all six."""
+def parse_subtasks(spec: str | None, valid: list[str] = SUBTASKS) -> list[str]:
+    """'mt_bench,summarization' → checked list; None or 'all' → all of `valid`: Spec-Bench's six,
+    or what bench_subtasks says the bench has."""
     if spec is None or spec.strip() in ("", "all"):
-        return list(SUBTASKS)
+        return list(valid)
     chosen = [s.strip() for s in spec.split(",") if s.strip()]
     for s in chosen:
-        if s not in SUBTASKS:
-            raise TaskError(f"unknown subtask {s!r}; valid: {', '.join(SUBTASKS)}")
+        if s not in valid:
+            raise TaskError(f"unknown subtask {s!r}; valid: {', '.join(valid)}")
     return chosen
+
+
+def bench_subtasks(bench: str | None) -> list[str]:
+    """The subtasks of a --bench value, as --tasks checks them: a SPEED-Bench config's
+    categories (named, or read from the file's name or first row), else Spec-Bench's six (the
+    built-in benchmark's too). A missing file is resolve_bench's error, later."""
+    if config := named_config(bench):
+        return list(SPEED_CONFIGS[config])
+    path = Path(bench).expanduser() if bench not in (None, "builtin", "spec_bench") else None
+    if path is not None and path.is_file() and is_speed_bench(path):
+        return list(file_config(path)[1])
+    return list(SUBTASKS)
 
 
 def select(questions: list[Question], subtasks: list[str], limit: int | None) -> list[Question]:
@@ -103,7 +88,9 @@ def select(questions: list[Question], subtasks: list[str], limit: int | None) ->
             taken[q.subtask] = taken.get(q.subtask, 0) + 1
             out.append(q)
     if not out:
-        raise TaskError(f"no questions of subtasks {', '.join(subtasks)} in this file")
+        present = dict.fromkeys(q.subtask for q in questions)
+        raise TaskError(f"no questions of subtasks {', '.join(subtasks)} in this file (its "
+                        f"subtasks: {', '.join(present)})")
     return out
 
 
@@ -151,14 +138,18 @@ def official_question_file() -> Path:
 
 
 def resolve_bench(bench: str) -> Path:
-    """'spec_bench' → the official file; otherwise a path to a file in its format. A path whose
-    content is the official file is also kept in the cache, so that `--bench spec_bench` works
-    from then on without a network."""
+    """'spec_bench' → the official file; 'speed_bench:CONFIG' → that SPEED-Bench config's file in
+    $SPECBENCH_HOME (speed_bench.config_file); otherwise a path to a question file. A path whose
+    content is Spec-Bench's official file is also kept in the cache, so that `--bench spec_bench`
+    works from then on without a network."""
     if bench == "spec_bench":
         return official_question_file()
+    if config := named_config(bench):
+        return config_file(config)
     path = Path(bench).expanduser()
     if not path.is_file():
-        raise TaskError(f"--bench {bench}: no such file (or use 'spec_bench' / 'builtin')")
+        raise TaskError(f"--bench {bench}: no such file (or use 'spec_bench', "
+                        "'speed_bench:CONFIG' or 'builtin')")
     cached = specbench_home() / "spec_bench" / "question.jsonl"
     if not cached.is_file() and sha256_of(path) == SUITE["sha256"]:
         cached.parent.mkdir(parents=True, exist_ok=True)

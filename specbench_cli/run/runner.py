@@ -73,6 +73,9 @@ class RunConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1])   # methods ran at each (`+bB`)
     continuous: bool = False     # B > 1: a finished question's place goes to the next at once
     budget: list = field(default_factory=lambda: ["default"])    # --budget: default, auto, N
+    endpoint: list = field(default_factory=list)     # NAME=URL servers as rows (run/endpoint.py)
+    baseline: str = "vanilla"                        # --endpoint: the row speedups divide by
+    request_timeout: float = 600.0                   # --endpoint: seconds a request may take
 
     @property
     def sampling(self):
@@ -218,22 +221,9 @@ class Runner:
     def answer_line(self, name: str, question: Question, repeat: int, texts, gens, times) -> dict:
         """Spec-Bench's answer-line format, plus our fields (token ids, repeat, method stats)."""
         return {
-            "question_id": question.question_id,
-            "category": question.category,
-            "answer_id": f"{name}-{question.question_id}-{repeat}",
-            "model_id": f"{self.model_id}-{name}",
-            "tstamp": time.time(),
-            "choices": [{
-                "index": 0,
-                "turns": texts,
-                "decoding_steps": [g.steps for g in gens],
-                "new_tokens": [len(g.tokens) for g in gens],
-                "wall_time": times,
-                "accept_lengths": [a for g in gens for a in g.accept_lengths],
-            }],
-            "method": name,
-            "subtask": question.subtask,
-            "repeat": repeat,
+            **spec_bench_line(name, question, repeat, f"{self.model_id}-{name}", texts,
+                              [g.steps for g in gens], [len(g.tokens) for g in gens], times,
+                              [a for g in gens for a in g.accept_lengths]),
             "token_ids": [g.tokens for g in gens],
             "turn_accept_lengths": [g.accept_lengths for g in gens],
             "stats": [g.stats for g in gens],
@@ -332,6 +322,27 @@ class Runner:
                                                f"{line_rate(line):.0f} tok/s")
             if progress:
                 progress.update(task, advance=1)
+
+
+def spec_bench_line(name: str, question: Question, repeat: int, model_id: str, texts: list[str],
+                    steps: list, new_tokens: list[int], times: list[float],
+                    accept_lengths: list[int]) -> dict:
+    """An answer line's fields in Spec-Bench's format (evaluation/speed.py reads them) and the
+    ones every row of ours adds: its name, subtask and repeat, the file's own id."""
+    return {
+        "question_id": question.question_id,
+        "category": question.category,
+        "answer_id": f"{name}-{question.question_id}-{repeat}",
+        "model_id": model_id,
+        "tstamp": time.time(),
+        "choices": [{"index": 0, "turns": texts, "decoding_steps": steps,
+                     "new_tokens": new_tokens, "wall_time": times,
+                     "accept_lengths": accept_lengths}],
+        "method": name,
+        "subtask": question.subtask,
+        "repeat": repeat,
+        **({"original_id": question.original_id} if question.original_id else {}),
+    }
 
 
 def answer_files(out_dir: Path, methods: list[str]) -> dict[str, Path]:
