@@ -212,4 +212,28 @@ def test_a_second_answer_parting_at_a_near_tie_is_no_sampling(bench, tmp_path):
     with FakeServer(fail="random", gap=0.1) as plain:
         out = run(bench, tmp_path / "run", {"vanilla": plain.url})
     turn = answers(out, "vanilla")[0]["stats"][0]
-    assert turn["probe_parted_at"] == 2 and turn["token_bytes"] == []     # " r1" against " r2"
+    assert turn["probe_parted_at"] == 2                                     # " r1" against " r2"
+    assert turn["token_bytes"] == [3] and turn["top2_gap"] == [pytest.approx(0.1)]
+
+
+def test_a_row_parting_where_the_baselines_second_answer_did_is_a_near_tie(bench, tmp_path):
+    # the baseline's second answer parts from its first at token 0 with a gap of 0.1; the other
+    # server writes another first word too: the baseline's margin there was a near-tie
+    with FakeServer(fail="random", gap=0.1) as plain, FakeServer() as other:
+        out = run(bench, tmp_path / "run", {"vanilla": plain.url, "other": other.url})
+    eq = load_summarized(out).summary["methods"]["other"]["equal_to_vanilla"]
+    assert eq["share"] == 0.0 and eq["near_tie"] == 1.0 and eq["mismatch"] == 0.0
+
+
+def test_drafting_rounds_and_positions_come_from_prometheus_beside_per_request_counters(
+        bench, tmp_path):
+    per_request = {"num_drafts": 2, "num_draft_tokens": 8, "num_accepted_tokens": 6,
+                   "positions": [2, 1]}
+    with FakeServer(timings={}) as plain, \
+            FakeServer(timings={"draft_n": 8, "draft_n_accepted": 6}, metrics=per_request) as spec:
+        out = run(bench, tmp_path / "run", {"vanilla": plain.url, "spec": spec.url})
+    turn = answers(out, "spec")[0]["stats"][0]
+    assert turn["counter_source"] == "llama.cpp timings"        # the reply's own counters win
+    assert (turn["drafts"], turn["per_position"]) == (2, [2, 1])
+    row = load_summarized(out).summary["methods"]["spec"]
+    assert row["latency"]["accepted_per_position"] == pytest.approx([1.0, 0.5])

@@ -383,10 +383,10 @@ class EndpointRunner:
             counters, source = reply.counters, reply.source
             if not source and after:
                 counters, source = counter_delta(before[0], after[0]), before[1]
-            elif after:     # the per-position acceptance only Prometheus gives
+            elif after:     # what only Prometheus counts: drafting rounds, each position's
                 delta = counter_delta(before[0], after[0])
-                if "per_position" in delta:
-                    counters = {**counters, "per_position": delta["per_position"]}
+                counters = {**{k: delta[k] for k in ("drafts", "per_position") if k in delta},
+                            **counters}
             turn = turn_stats(reply, counters, source)
             if alone and self.needs_probe(row):
                 turn.update(self.probe(endpoint, messages, reply))
@@ -418,7 +418,9 @@ class EndpointRunner:
                 f"endpoint {endpoint.name} answered one greedy request twice, differently "
                 f"(after {at} equal bytes{'' if gap is None else f', at a gap of {gap:.2f}'}): "
                 "it does not decode greedily at temperature 0; answers so far are kept")
-        return {"token_bytes": sizes[:index], "top2_gap": gaps[:index], "probe_parted_at": at}
+        # its margins hold up to the token it parted at, that one included
+        return {"token_bytes": sizes[:index + 1], "top2_gap": gaps[:index + 1],
+                "probe_parted_at": at}
 
     def line(self, row: str, question: Question, repeat: int, texts, replies, stats) -> dict:
         """Spec-Bench's answer-line format, as our own rows write it, with the endpoint's URL and
