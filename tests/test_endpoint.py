@@ -237,3 +237,22 @@ def test_drafting_rounds_and_positions_come_from_prometheus_beside_per_request_c
     assert (turn["drafts"], turn["per_position"]) == (2, [2, 1])
     row = load_summarized(out).summary["methods"]["spec"]
     assert row["latency"]["accepted_per_position"] == pytest.approx([1.0, 0.5])
+
+
+def test_speed_bench_questions_go_to_endpoints_with_a_column_a_category(tmp_path):
+    rows = [{"question_id": f"q-{i}", "category": cat, "sub_category": "x", "source": "s",
+             "src_id": str(i), "difficulty": "easy", "multiturn": False,
+             "turns": [f"Question {i} about {cat}."]}
+            for i, cat in enumerate(["coding", "coding", "math", "writing"])]
+    rows.append({**rows[0], "question_id": "q-9", "turns": [
+        "FULL BENCHMARK DATA SHOULD BE FETCHED FROM THE SOURCE USING SPECDEC_BENCH"]})
+    bench = tmp_path / "qualitative.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FakeServer(timings={}) as plain, FakeServer(timings={"draft_n": 2,
+                                                              "draft_n_accepted": 1}) as spec:
+        out = run(bench, tmp_path / "run", {"vanilla": plain.url, "spec": spec.url},
+                  tasks="coding,math")
+    summary = load_summarized(out).summary
+    assert summary["subtasks"] == ["coding", "math"]
+    assert summary["methods"]["spec"]["questions"] == 3          # the placeholder left out
+    assert [line["original_id"] for line in answers(out, "spec")] == ["q-0", "q-1", "q-2"]
