@@ -35,7 +35,10 @@ def test_three_live_llama_servers_as_endpoint_rows(tmp_path):
             {"question_id": 1, "category": "summarization", "turns": [
                 "Summarize: The cat sat on the mat. The cat was happy on the mat. The mat was "
                 "red, and the cat liked the red mat."]},
-            {"question_id": 2, "category": "qa", "turns": ["What is the capital of France?"]}])
+            {"question_id": 2, "category": "qa", "turns": ["What is the capital of France?"]},
+            {"question_id": 3, "category": "rag", "turns": [
+                "Context: Paris is the capital of France. It lies on the Seine.\n\nQuestion: "
+                "On which river does the capital of France lie?"]}])
     out = tmp_path / "run"
     servers = {"vanilla": (), "ngram": NGRAM,
                "draft": ("--spec-type", "draft-simple", "--spec-draft-model", str(quantized),
