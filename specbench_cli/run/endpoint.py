@@ -107,9 +107,9 @@ def parse_endpoints(given: list[str]) -> list[Endpoint]:
 
 # ---------------------------------------------------------------- HTTP
 
-def request(endpoint: Endpoint, path: str, body: dict | None, timeout: float):
-    """An open HTTP response, or one line saying why there is none."""
-    url = endpoint.url + path if path.startswith("/") else f"{endpoint.root}/{path}"
+def request(endpoint: Endpoint, url: str, body: dict | None, timeout: float):
+    """An open HTTP response from one of the endpoint's URLs (a GET, or a POST of `body`), or
+    one line saying why there is none."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
@@ -131,11 +131,14 @@ def server_message(err: urllib.error.HTTPError) -> str:
     """The error a server wrote into its reply (OpenAI's {"error": {"message": …}}), one line."""
     try:
         body = err.read().decode("utf-8", "replace")
-        doc = json.loads(body)
-        message = doc.get("error", doc) if isinstance(doc, dict) else doc
+    except OSError:
+        body = str(err.reason)
+    try:
+        message = json.loads(body)
+        message = message.get("error", message) if isinstance(message, dict) else message
         message = message.get("message", message) if isinstance(message, dict) else message
-    except (ValueError, OSError):
-        message = body if "body" in locals() else err.reason
+    except ValueError:
+        message = body or err.reason
     return " ".join(str(message).split())[:300]
 
 
@@ -146,7 +149,7 @@ def timed_out(endpoint: Endpoint, timeout: float) -> EndpointError:
 
 def served_models(endpoint: Endpoint, timeout: float) -> list[str]:
     """The model names the server lists (GET /v1/models)."""
-    with request(endpoint, "/models", None, timeout) as reply:
+    with request(endpoint, endpoint.url + "/models", None, timeout) as reply:
         try:
             doc = json.loads(reply.read())
             return [str(m["id"]) for m in doc["data"]]
@@ -190,7 +193,7 @@ def chat(endpoint: Endpoint, model: str, messages: list[dict], max_tokens: int, 
     start = time.perf_counter()
     pieces, stamps, chunks, finished, usage, probs = [], [], [], False, None, []
     deadline = start + timeout
-    with request(endpoint, "/chat/completions", body, timeout) as reply:
+    with request(endpoint, endpoint.url + "/chat/completions", body, timeout) as reply:
         try:
             for raw in reply:
                 if time.perf_counter() > deadline:
@@ -284,7 +287,7 @@ def prometheus(endpoint: Endpoint, timeout: float) -> tuple[dict, str] | None:
     """The server's speculative-decoding counters (summed over label sets; the per-position
     acceptance as a list), or None where it exposes none."""
     try:
-        with request(endpoint, "metrics", None, timeout) as reply:
+        with request(endpoint, endpoint.root + "/metrics", None, timeout) as reply:
             text = reply.read().decode("utf-8", "replace")
     except EndpointError:
         return None
