@@ -15,7 +15,7 @@ from fake_openai import WORDS, FakeServer
 from specbench_cli import api
 from specbench_cli.analysis.results import load_summarized
 from specbench_cli.errors import SpecbenchError
-from specbench_cli.run.endpoint import EndpointError, parse_endpoints, prometheus
+from specbench_cli.run.endpoint import WARM_UP, EndpointError, parse_endpoints, prometheus
 
 QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["Write a poem about alpha.",
@@ -52,12 +52,15 @@ def test_endpoint_rows_record_texts_tokens_and_the_engines_counters(bench, tmp_p
     with FakeServer(timings={}) as plain, FakeServer(timings=timings) as spec:
         out = run(bench, tmp_path / "run", {"vanilla": plain.url, "spec": spec.url})
         # every turn was asked greedy and streamed, with the run's token limit
-        body = spec.requests[0]
+        body = spec.requests[3]                             # after the 3 warm-up requests
         assert body["temperature"] == 0.0 and body["stream"] is True
         assert body["max_tokens"] == 64 and body["model"] == "fake-model"
         # the second turn carries the first turn's question and answer
         second = [r for r in spec.requests if len(r["messages"]) == 3][0]
         assert second["messages"][1]["role"] == "assistant"
+    # --warmup (3) untimed requests first, with a prompt none of the questions has
+    assert [r["messages"][0]["content"] for r in spec.requests[:3]] == [WARM_UP] * 3
+    assert not any(r["messages"][-1]["content"] == WARM_UP for r in spec.requests[3:])
     lines = answers(out, "spec")
     assert [line["question_id"] for line in lines] == [81, 82, 201, 202]
     first = lines[0]
@@ -165,16 +168,16 @@ def test_plan_errors_before_anything_is_written(bench, tmp_path):
 
 
 @pytest.mark.parametrize("fail, after, message", [
-    ("http500", 4, "HTTP 500 out of memory"),
-    ("cut", 4, "the stream was cut before the answer ended"),
-    ("slow", 4, "no reply within --request-timeout 1 s"),
+    ("http500", 7, "HTTP 500 out of memory"),
+    ("cut", 7, "the stream was cut before the answer ended"),
+    ("slow", 7, "no reply within --request-timeout 1 s"),
     ("random", 0, "answered one greedy request twice, differently"),
 ])
 def test_a_failing_server_ends_in_one_line_and_resume_finishes(bench, tmp_path, fail, after,
                                                                message):
     out = tmp_path / "run"
-    # the spec server fails from its 5th request on (question 82; its first was checked for
-    # determinism), or from its first where it ignores temperature 0
+    # the spec server fails from its 8th request on (3 warm-ups, then question 81's 2 turns
+    # and their determinism check: question 82), or from its first where it ignores temperature 0
     with FakeServer() as plain, FakeServer(fail=fail, fail_after=after, delay=3) as spec:
         endpoints = {"vanilla": plain.url, "spec": spec.url}
         with pytest.raises(EndpointError, match=message):

@@ -73,6 +73,9 @@ STATISTICS = [
 ]
 
 
+WARM_UP = "Count from one to twenty in words."      # asked untimed before the questions
+
+
 class EndpointError(SpecbenchError):
     """A server that cannot be used as asked: one line naming the endpoint."""
 
@@ -400,6 +403,15 @@ class EndpointRunner:
             self.checked.add(unbatched(row))
         return texts, replies, stats
 
+    def warm_up(self):
+        """`--warmup` untimed requests to every endpoint (a server's first request may load
+        kernels or fill caches), with a prompt of their own: the questions' own would fill the
+        servers' prompt caches and speed up the first timed answers."""
+        for endpoint in self.endpoints.values():
+            for _ in range(self.config.warmup):
+                chat(endpoint, self.models[endpoint.name], [{"role": "user", "content": WARM_UP}],
+                     min(self.config.max_new_tokens, 32), self.config.request_timeout)
+
     def needs_probe(self, row: str) -> bool:
         return unbatched(row) == self.baseline or unbatched(row) not in self.checked
 
@@ -450,6 +462,8 @@ class EndpointRunner:
                     rate = sum(line["choices"][0]["new_tokens"]) / max(
                         sum(line["choices"][0]["wall_time"]), 1e-9)
                     progress.update(task, info=f"{label} {line['method']} {rate:.0f} tok/s")
+        if units or passes:
+            self.warm_up()
         for repeat, question, names in units:
             for row in names:
                 store(self.line(row, question, repeat, *self.answer(row, question)),
