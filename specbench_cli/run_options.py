@@ -62,7 +62,8 @@ RUN_OPTIONS = (
               "before the run starts) or 'cap' (generate only up to the context; the built-in "
               "default, its answers end sooner)."),
     RunOption("repeats", int, 1, "Times every question is timed (speedups averaged).", low=1),
-    RunOption("warmup", int, 3, "Unrecorded generations of the first question per method.",
+    RunOption("warmup", int, 3, "Unrecorded generations of the first question per method "
+              "(with --endpoint: untimed requests to each server, with a prompt of their own).",
               low=0),
     RunOption("dtype", str, None, "auto (default), fp32, fp16 or bf16, or torch's names "
               "float32, float16/half, bfloat16. auto: fp16 on CUDA; on a CPU with bf16 units the "
