@@ -110,7 +110,9 @@ def plan_endpoints(s: SimpleNamespace, console: Console) -> RunPlan:
         raise SpecbenchError(f"--endpoint rows are the servers' own decoding: leave out "
                              f"--{', --'.join(clash)} (a report can join runs: `specbench "
                              "report A B`); --concurrency sets requests in flight")
-    endpoints = parse_endpoints([s.endpoint] if isinstance(s.endpoint, str) else s.endpoint)
+    # a config file may give one endpoint as a string; the run stores the list
+    s.endpoint = [s.endpoint] if isinstance(s.endpoint, str) else list(s.endpoint)
+    endpoints = parse_endpoints(s.endpoint)
     names = [e.name for e in endpoints]
     if s.baseline not in names:
         raise SpecbenchError(f"no endpoint named {s.baseline!r} to divide speedups by: name one "
@@ -127,7 +129,7 @@ def plan_endpoints(s: SimpleNamespace, console: Console) -> RunPlan:
     # The baseline answers at one request in flight too: every row's answers must equal those.
     rows = [batched(name, size) for size in sizes for name in names]
     rows = rows if 1 in sizes else [s.baseline, *rows]
-    s.batch_sizes, s.continuous, s.dtype = sizes, max(sizes) > 1, "server"
+    s.batch_sizes, s.continuous = sizes, max(sizes) > 1
     config = run_config(s, model=models[s.baseline], bench=bench, bench_file=bench_file,
                         limit=limit, methods=rows, template="server",
                         method_options={e.name: {"url": e.url, "model": models[e.name]}

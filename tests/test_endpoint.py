@@ -259,3 +259,13 @@ def test_speed_bench_questions_go_to_endpoints_with_a_column_a_category(tmp_path
     assert summary["subtasks"] == ["coding", "math"]
     assert summary["methods"]["spec"]["questions"] == 3          # the placeholder left out
     assert [line["original_id"] for line in answers(out, "spec")] == ["q-0", "q-1", "q-2"]
+
+
+def test_one_endpoint_given_as_a_string_is_a_list_of_one(bench, tmp_path):
+    """A run config file may write `endpoint: vanilla=URL`: the run stores it as a list."""
+    with FakeServer(timings={}) as plain:
+        plan = api.plan_run(console=Console(file=io.StringIO()), endpoint=f"vanilla={plain.url}",
+                            bench=str(bench), out=tmp_path / "run", max_new_tokens=8)
+        assert plan.config.endpoint == [f"vanilla={plain.url}"]
+        out = api.execute(plan, Console(file=io.StringIO()))
+    assert [line["question_id"] for line in answers(out, "vanilla")] == [81, 82, 201, 202]

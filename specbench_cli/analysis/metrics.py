@@ -69,9 +69,9 @@ ENDPOINTS = ("endpoint rows (run --endpoint): each a deployed server's OpenAI AP
 def endpoint_latency(rows: list[dict]) -> dict | None:
     """An endpoint row's gaps between streamed chunks, pooled over its answers: percentiles in
     ms; None for rows of our engine."""
-    turns = [s for r in rows for s in r.get("stats") or []]
-    if not any(s.get("endpoint") for s in turns):
+    if not any("endpoint" in r for r in rows):
         return None
+    turns = [s for r in rows for s in r.get("stats") or []]
     gaps = sorted(g for s in turns for g in s.get("gaps_ms", []))
     at = (lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else None)
     positions = [s["per_position"] for s in turns if s.get("per_position")]
@@ -267,9 +267,13 @@ def first_difference(mine: list[list[int]], theirs: list[list[int]]) -> tuple[in
     turns are not compared past it: their prompts already differ."""
     for turn, (a, b) in enumerate(zip(mine, theirs)):
         if a != b:
-            return turn, next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
-                              min(len(a), len(b)))
+            return turn, common_prefix(a, b)
     return None if len(mine) == len(theirs) else (min(len(mine), len(theirs)), 0)
+
+
+def common_prefix(a, b) -> int:
+    """How many leading items (tokens, bytes) two sequences share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def answer_texts(row: dict) -> list[bytes]:

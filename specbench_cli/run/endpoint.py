@@ -29,7 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..analysis.metrics import NEAR_TIE, token_at
+from ..analysis.metrics import NEAR_TIE, common_prefix, token_at
 from ..bench.questions import Question
 from ..errors import SpecbenchError
 from ..names import batch_size_of, unbatched
@@ -334,7 +334,7 @@ def turn_stats(reply: Reply, counters: dict, source: str | None) -> dict:
     """What an answer line keeps of a turn: latency on this side and the engine's counters.
     Forwards (target steps) are tokens − accepted where the counters say what was accepted:
     each forward commits one token of its own plus the drafts it accepts."""
-    stats = {"turns": 1, "ttft_seconds": reply.ttft or 0.0, "endpoint": True,
+    stats = {"turns": 1, "ttft_seconds": reply.ttft or 0.0,
              "gaps_ms": [round(1e3 * g, 3) for g in reply.gaps]}
     if reply.ttft is not None and reply.gaps:
         stats["decode_seconds"] = sum(reply.gaps)
@@ -448,7 +448,7 @@ class EndpointRunner:
 
     def run(self, progress=None):
         from .runner import answer_files, append_line, pending_batches, pending_units, \
-            unit_label
+            read_done, unit_label
         files = answer_files(self.out_dir, self.config.methods)
         units = pending_units(self.config, self.questions, files)
         passes = pending_batches(self.config, self.questions, files)
@@ -472,15 +472,13 @@ class EndpointRunner:
                 progress.update(task, advance=1)
         for repeat, batch, names in passes:
             for row in names:
-                self.concurrent(row, batch, repeat, store, progress, task)
+                self.concurrent(row, batch, repeat, read_done(files[row]), store, progress,
+                                task)
 
-    def concurrent(self, row: str, questions: list[Question], repeat: int, store, progress,
-                   task):
-        """A pass of `row`'s questions with B requests in flight: each line records its pass's
-        wall time so far, so the last one written holds the whole pass's."""
-        from .runner import read_done
-        from ..analysis.results import ANSWERS_DIR, answer_file_name
-        done = read_done(self.out_dir / ANSWERS_DIR / answer_file_name(row))
+    def concurrent(self, row: str, questions: list[Question], repeat: int, done: set, store,
+                   progress, task):
+        """A pass of `row`'s questions not in `done` with B requests in flight: each line
+        records its pass's wall time so far, so the last one written holds the whole pass's."""
         todo = [q for q in questions if (q.question_id, repeat) not in done]
         size, start = batch_size_of(row), time.perf_counter()
 
@@ -498,7 +496,4 @@ class EndpointRunner:
             for future in [pool.submit(one, q) for q in todo]:
                 future.result()          # the first error ends the pass, answers kept
 
-
-def common_prefix(a, b) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
